@@ -1,0 +1,113 @@
+"""Turns the sampler's latest snapshot into Prometheus metric families at scrape time.
+
+A custom collector in the ``prometheus_client`` sense: it keeps no metric state of its own and builds fresh
+families from the snapshot on every scrape, so a scrape never reads hardware. Every metric is documented in
+docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.host import HostInfo
+from exporter.sampler import Snapshot
+from exporter.sources.rapl import ZoneEnergy
+
+RAPL_DOMAIN_HELP = {
+    "package": "Energy of the whole CPU package (socket): cores, caches, uncore, integrated graphics.",
+    "dram": "Energy of the DRAM attached to the package.",
+    "core": "Energy of the CPU cores alone; part of the package energy, never add the two.",
+    "uncore": "Energy of the uncore (integrated graphics on client CPUs); part of the package energy.",
+    "psys": "Energy of the whole platform (SoC and more) as the firmware reports it.",
+}
+
+
+class ImpactCollector(Collector):
+    """Exports the latest snapshot.
+
+    Sample lines::
+
+        impact_rapl_package_joules_total{package="0"} 240422.366267
+        impact_source_up{source="rapl"} 1.0
+    """
+
+    def __init__(self, snapshot: Callable[[], Snapshot], host: HostInfo, version: str) -> None:
+        self._snapshot = snapshot
+        self._host = host
+        self._version = version
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot()
+        yield from rapl_families(snapshot.rapl_zones)
+        yield from source_families(snapshot)
+        yield from exporter_families(snapshot)
+        yield from info_families(self._host, self._version)
+
+
+def rapl_families(zones: tuple[ZoneEnergy, ...]) -> Iterator[Metric]:
+    """One counter per RAPL domain, labelled by package: domains overlap, so they must not share a name."""
+    families: dict[str, CounterMetricFamily] = {}
+    for zone in zones:
+        domain = zone.zone.domain
+        if domain not in families:
+            families[domain] = CounterMetricFamily(
+                f"impact_rapl_{domain}_joules",
+                RAPL_DOMAIN_HELP[domain],
+                labels=["package"],
+                unit="joules",
+            )
+        families[domain].add_metric([zone.zone.package], zone.joules_total)
+    yield from families.values()
+
+
+def source_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """Health of each source: up at the last sample, and failed reads since start."""
+    up = GaugeMetricFamily(
+        "impact_source_up", "1 if the source's last read succeeded, else 0.", labels=["source"]
+    )
+    errors = CounterMetricFamily(
+        "impact_source_errors", "Failed reads of the source since the exporter started.", labels=["source"]
+    )
+    for name, status in sorted(snapshot.sources.items()):
+        up.add_metric([name], 1.0 if status.up else 0.0)
+        errors.add_metric([name], float(status.errors_total))
+    yield up
+    yield errors
+
+
+def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """How the sampler itself is doing."""
+    yield GaugeMetricFamily(
+        "impact_exporter_sample_duration_seconds",
+        "Time the last sample took to read every source.",
+        value=snapshot.sample_duration_seconds,
+        unit="seconds",
+    )
+    yield CounterMetricFamily(
+        "impact_exporter_samples", "Samples taken since the exporter started.", value=snapshot.samples_total
+    )
+    yield GaugeMetricFamily(
+        "impact_exporter_last_sample_timestamp_seconds",
+        "Unix time of the last sample; stale when far behind the scrape time.",
+        value=snapshot.timestamp,
+        unit="seconds",
+    )
+
+
+def info_families(host: HostInfo, version: str) -> Iterator[Metric]:
+    """Build and host facts, as info metrics of value 1."""
+    yield InfoMetricFamily("impact_build", "The exporter's version.", value={"version": version})
+    yield InfoMetricFamily(
+        "impact_host",
+        "The host the exporter runs on; the reporter reads hardware from here.",
+        value={
+            "hostname": host.hostname,
+            "cpu_model": host.cpu_model,
+            "cpu_vendor": host.cpu_vendor,
+            "cpu_count": str(host.cpu_count),
+            "kernel": host.kernel,
+        },
+    )

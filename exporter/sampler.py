@@ -1,0 +1,248 @@
+"""The sampling thread: reads every source on a fixed interval and publishes an immutable snapshot.
+
+Scrapes read the latest snapshot and never touch hardware, so a slow or failing source can delay a sample
+but never a scrape, and every scraper sees the same numbers for the same instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from exporter.attribution import GroupShareBasis, attribute_interval
+from exporter.sources import SourceError
+from exporter.sources.procfs import GroupUsage, ProcessGroups, ProcFS
+from exporter.sources.rapl import RaplSource, ZoneEnergy
+
+log = logging.getLogger(__name__)
+
+RAPL = "rapl"
+PROCFS = "procfs"
+
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """Whether a source's last read succeeded, and how many reads have failed since start."""
+
+    up: bool
+    errors_total: int
+
+
+@dataclass(frozen=True)
+class GroupTotals:
+    """Cumulative figures of one process group (a run) since it was first tracked."""
+
+    energy_joules: Mapping[str, float]
+    cpu_seconds: float
+    memory_bytes: int
+    processes: int
+    root_alive: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a scrape reports, as of one sample."""
+
+    timestamp: float = 0.0
+    samples_total: int = 0
+    sample_duration_seconds: float = 0.0
+    sources: Mapping[str, SourceStatus] = field(default_factory=dict)
+    rapl_zones: tuple[ZoneEnergy, ...] = ()
+    groups: Mapping[str, GroupTotals] = field(default_factory=dict)
+    unattributed_joules: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """Energy and usage measured since the last interval that could be attributed.
+
+    When one source fails for a few samples, its counterpart's figures wait here, so the interval finally
+    attributed covers the same span of time on both sides and nothing is dropped.
+    """
+
+    energy_joules: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    group_cpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    busy_cpu_seconds: float = 0.0
+
+
+def no_groups() -> Mapping[str, int]:
+    """The group provider of an exporter that tracks no runs."""
+    return {}
+
+
+class Sampler:
+    """Reads the sources, attributes each interval's energy and keeps the cumulative totals."""
+
+    def __init__(
+        self,
+        procfs: ProcFS,
+        rapl: RaplSource | None = None,
+        group_roots: Callable[[], Mapping[str, int]] = no_groups,
+        interval_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._procfs = procfs
+        self._rapl = rapl
+        self._group_roots = group_roots
+        self._interval = interval_seconds
+        self._clock = clock
+        self._groups = ProcessGroups(procfs)
+        self._errors: dict[str, int] = {name: 0 for name in self.source_names}
+        self._up: dict[str, bool] = {name: False for name in self.source_names}
+        self._busy_cpu_seconds: float | None = None
+        self._total_memory_bytes = 0
+        self._usage: dict[str, GroupUsage] = {}
+        self._pending = _Pending()
+        self._group_energy: dict[str, dict[str, float]] = {}
+        self._group_cpu: dict[str, float] = {}
+        self._unattributed: dict[str, float] = defaultdict(float)
+        self._rapl_zones: tuple[ZoneEnergy, ...] = ()
+        self._samples = 0
+        self._snapshot = Snapshot()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The sources this sampler reads, as named in ``impact_source_up{source}``."""
+        return (PROCFS, RAPL) if self._rapl is not None else (PROCFS,)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest published snapshot (replaced whole, never mutated)."""
+        return self._snapshot
+
+    def sample_once(self) -> Snapshot:
+        """Read every source once, attribute what can be attributed, publish and return the new snapshot."""
+        started = time.perf_counter()
+        usage_read = self._read_usage()
+        energy_read = self._read_energy()
+        if usage_read and (energy_read or self._rapl is None):
+            self._attribute_pending()
+        self._samples += 1
+        self._snapshot = self._build_snapshot(time.perf_counter() - started)
+        return self._snapshot
+
+    def start(self) -> None:
+        """Sample in a daemon thread every interval from now on until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="impact-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the sampling thread to finish and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        deadline = time.monotonic()
+        while True:
+            deadline = max(deadline + self._interval, time.monotonic())
+            if self._stop.wait(deadline - time.monotonic()):
+                return
+            try:
+                self.sample_once()
+            except Exception:  # a bug in one sample must not end sampling for good
+                log.exception("sample failed")
+
+    def _read_usage(self) -> bool:
+        """Read group usage and system busy time and queue them for attribution; False on failure."""
+        try:
+            roots = dict(self._group_roots())
+            cpu = self._procfs.cpu_times()
+            self._total_memory_bytes = self._procfs.meminfo().total_bytes
+            usage = self._groups.sample(roots)
+        except SourceError as error:
+            self._mark_down(PROCFS, error)
+            return False
+        if self._busy_cpu_seconds is not None:
+            self._pending.busy_cpu_seconds += max(0.0, cpu.busy_seconds - self._busy_cpu_seconds)
+        self._busy_cpu_seconds = cpu.busy_seconds
+        for group, group_usage in usage.items():
+            self._pending.group_cpu_seconds[group] += group_usage.cpu_seconds
+            self._group_cpu[group] = self._group_cpu.get(group, 0.0) + group_usage.cpu_seconds
+        self._usage = usage
+        self._forget_groups_not_in(roots)
+        self._up[PROCFS] = True
+        return True
+
+    def _read_energy(self) -> bool:
+        """Read this interval's RAPL joules per domain and queue them for attribution; False on failure."""
+        if self._rapl is None:
+            return False
+        try:
+            sample = self._rapl.sample()
+        except SourceError as error:
+            self._mark_down(RAPL, error)
+            return False
+        self._rapl_zones = sample.zones
+        for zone in sample.zones:
+            self._pending.energy_joules[zone.zone.domain] += zone.joules_delta
+        self._up[RAPL] = True
+        return True
+
+    def _attribute_pending(self) -> None:
+        """Attribute the queued energy by the queued usage and add the result to the running totals."""
+        pending = self._pending
+        self._pending = _Pending()
+        if not pending.energy_joules:
+            return
+        bases = {
+            group: GroupShareBasis(cpu_seconds=cpu, memory_bytes=float(self._usage[group].memory_bytes))
+            for group, cpu in pending.group_cpu_seconds.items()
+            if group in self._usage
+        }
+        attribution = attribute_interval(
+            pending.energy_joules,
+            bases,
+            system_busy_cpu_seconds=pending.busy_cpu_seconds,
+            total_memory_bytes=float(self._total_memory_bytes),
+        )
+        for group, joules_by_domain in attribution.by_group.items():
+            totals = self._group_energy.setdefault(group, defaultdict(float))
+            for domain, joules in joules_by_domain.items():
+                totals[domain] += joules
+        for domain, joules in attribution.unattributed.items():
+            self._unattributed[domain] += joules
+
+    def _forget_groups_not_in(self, roots: Mapping[str, int]) -> None:
+        for group in [g for g in self._group_cpu if g not in roots]:
+            del self._group_cpu[group]
+            self._group_energy.pop(group, None)
+
+    def _mark_down(self, source: str, error: SourceError) -> None:
+        if self._up[source]:
+            log.warning("source %s is down: %s", source, error)
+        else:
+            log.debug("source %s still down: %s", source, error)
+        self._up[source] = False
+        self._errors[source] += 1
+
+    def _build_snapshot(self, duration: float) -> Snapshot:
+        groups = {
+            group: GroupTotals(
+                energy_joules=MappingProxyType(dict(self._group_energy.get(group, {}))),
+                cpu_seconds=cpu,
+                memory_bytes=self._usage[group].memory_bytes,
+                processes=self._usage[group].processes,
+                root_alive=self._usage[group].root_alive,
+            )
+            for group, cpu in self._group_cpu.items()
+        }
+        return Snapshot(
+            timestamp=self._clock(),
+            samples_total=self._samples,
+            sample_duration_seconds=duration,
+            sources=MappingProxyType(
+                {name: SourceStatus(self._up[name], self._errors[name]) for name in self.source_names}
+            ),
+            rapl_zones=self._rapl_zones,
+            groups=MappingProxyType(groups),
+            unattributed_joules=MappingProxyType(dict(self._unattributed)),
+        )

@@ -1,0 +1,32 @@
+# Setup steps shared by the project's scripts; source it from the repository root.
+
+VENV="${VENV:-.venv}"
+
+# Debian packages: installed when missing and running as root, otherwise the exact command is printed.
+install_apt_packages() {
+  local missing=()
+  local package
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]}; install them with: sudo apt-get install ${missing[*]}" >&2
+    return 0
+  fi
+  echo "installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# A virtual environment in $VENV with the project installed in editable mode, tests' extras included.
+# It sees the system's site-packages, so numpy/scipy/pandas already installed are not downloaded again.
+install_python_env() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv --system-site-packages "$VENV" 2>/dev/null || {
+      install_apt_packages python3-venv
+      python3 -m venv --system-site-packages "$VENV"
+    }
+  fi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+}

@@ -1,0 +1,184 @@
+"""Real servers for integration tests: a Prometheus on a loopback port and impact-exporter processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_binary(name: str, install_hint: str) -> str:
+    """The path of an external program; under CI=true its absence fails the test instead of skipping it."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found on PATH; install it with: {install_hint}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll until ``condition()`` returns something truthy, and return it; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class PrometheusServer:
+    """A private Prometheus that scrapes every second the targets tests add through file-based discovery."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = require_binary("prometheus", "apt-get install prometheus")
+        self.workdir = workdir
+        self.targets_file = workdir / "targets.json"
+        self.targets: list[dict[str, Any]] = []
+        self._write_targets()
+        self.config_file = workdir / "prometheus.yml"
+        self.config_file.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n"
+            "  - job_name: impact\n"
+            "    file_sd_configs:\n"
+            f"      - files: ['{self.targets_file}']\n"
+            "        refresh_interval: 1s\n"
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file = workdir / "prometheus.log"
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={self.config_file}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._ready, 30, f"prometheus to become ready (log: {self.log_file})")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"prometheus exited with {self.process.returncode}: {self.log_file.read_text()[-2000:]}")
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def _write_targets(self) -> None:
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.targets))
+        os.replace(tmp, self.targets_file)
+
+    def add_target(self, address: str, labels: dict[str, str] | None = None) -> None:
+        """Scrape ``address`` from now on, and wait until the first scrape succeeded."""
+        self.targets.append({"targets": [address], "labels": labels or {}})
+        self._write_targets()
+        wait_for(
+            lambda: self.query(f'up{{instance="{address}"}} == 1'), 30, f"prometheus to scrape {address}"
+        )
+
+    def remove_target(self, address: str) -> None:
+        self.targets = [t for t in self.targets if address not in t["targets"]]
+        self._write_targets()
+
+    def api(self, endpoint: str, **params: Any) -> Any:
+        """The ``data`` of a Prometheus HTTP API response; fails the test on an API error."""
+        response = requests.get(f"{self.url}/api/v1/{endpoint}", params=params, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant query result vector (or matrix for range selectors)."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self.api("query", **params)["result"]
+
+    def samples(self, selector: str, window: str = "10m") -> list[tuple[float, float]]:
+        """Raw (timestamp, value) samples of one series over the last ``window``."""
+        result = self.query(f"{selector}[{window}]")
+        assert len(result) == 1, f"expected one series for {selector}, got {result}"
+        return [(float(t), float(v)) for t, v in result[0]["values"]]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class ExporterProcess:
+    """``python -m exporter`` on a loopback port chosen by the kernel, with its log kept in a file."""
+
+    LISTENING = re.compile(r"listening on (\S+),")
+
+    def __init__(self, workdir: Path, args: Sequence[str]) -> None:
+        self.log_file = workdir / f"exporter-{time.monotonic_ns()}.log"
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+            )
+        self.address = wait_for(self._listening_address, 30, "the exporter to listen")
+        self.url = f"http://{self.address}"
+
+    def _listening_address(self) -> str | None:
+        if self.process.poll() is not None:
+            pytest.fail(f"exporter exited with {self.process.returncode}: {self.log()}")
+        match = self.LISTENING.search(self.log())
+        return match.group(1) if match else None
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def metrics_text(self) -> str:
+        response = requests.get(f"{self.url}/metrics", timeout=5)
+        response.raise_for_status()
+        return response.text
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
