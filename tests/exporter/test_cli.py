@@ -1,0 +1,141 @@
+"""The command line: flags, start-up errors a user can fix, exit codes, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from exporter.cli import main, parse_listen_address
+from tests.fakes.powercap import FakePowercap
+from tests.servers import REPO_ROOT, ExporterProcess
+
+
+def run_exporter(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+    )
+
+
+def test_help_explains_every_flag() -> None:
+    result = run_exporter("--help")
+    assert result.returncode == 0
+    for flag in ["--web.listen-address", "--path.sysfs", "--path.procfs", "--sample-interval", "--collector.rapl",
+                 "--no-collector.rapl", "--log.level"]:
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--sample-interval=0", "--sample-interval=0.0: must be more than 0"),
+        ("--sample-interval=-1", "must be more than 0"),
+        ("--sample-interval=nan", "must be more than 0"),
+        ("--sample-interval=abc", "invalid float value"),
+        ("--web.listen-address=localhost", "expected [HOST]:PORT"),
+        ("--web.listen-address=:99999", "expected [HOST]:PORT"),
+        ("--log.level=loud", "invalid choice"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message_and_no_traceback(flag: str, message: str) -> None:
+    result = run_exporter(flag)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(":9877", ("::", 9877)), ("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:9100", ("::1", 9100))],
+)
+def test_listen_address_forms(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_address(value) == expected
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_exporter(f"--web.listen-address=127.0.0.1:{port}", "--no-collector.rapl")
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--web.listen-address" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_procfs_names_the_flag(tmp_path: Path) -> None:
+    result = run_exporter(f"--path.procfs={tmp_path / 'nowhere'}", "--no-collector.rapl")
+    assert result.returncode == 1
+    assert "--path.procfs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_rapl_zones_is_a_warning_not_a_failure(
+    tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    exporter = start_exporter(f"--path.sysfs={tmp_path}")
+    assert "no RAPL zones" in exporter.log()
+    text = exporter.metrics_text()
+    assert 'impact_source_up{source="procfs"} 1.0' in text
+    assert "impact_rapl_" not in text
+    assert 'source="rapl"' not in text
+
+
+def test_unreadable_energy_counters_stop_start_up_with_the_fixes(tmp_path: Path) -> None:
+    """energy_uj is root-only on current kernels; a non-root exporter must say how to fix that."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="impact-test-"))
+    tmp_path.chmod(0o755)  # the unprivileged child must reach the zone directories, as in /sys
+    powercap = FakePowercap.amd(tmp_path / "sys")
+    for zone in ("intel-rapl:0", "intel-rapl:0:0"):
+        (powercap.zone_dir(zone) / "energy_uj").chmod(0o400)
+    log = tmp_path / "stderr"
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody when root, then run main() as a user would
+        try:
+            sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (the child exits right after)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            code = main([f"--path.sysfs={tmp_path / 'sys'}", "--web.listen-address=127.0.0.1:0"])
+        except BaseException:
+            traceback.print_exc()
+            code = 99
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    stderr = log.read_text()
+    shutil.rmtree(tmp_path)
+    assert os.waitstatus_to_exitcode(status) == 1, stderr
+    for fix in ("root", "systemd", "chmod"):
+        assert fix in stderr
+    assert "Traceback" not in stderr
+
+
+def test_sigterm_and_sigint_shut_down_cleanly(
+    tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    FakePowercap.amd(tmp_path / "sys")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        exporter = start_exporter(f"--path.sysfs={tmp_path / 'sys'}")
+        assert requests.get(f"{exporter.url}/-/healthy", timeout=5).text == "Healthy\n"
+        assert exporter.stop(sig) == 0
+        assert "shutting down" in exporter.log()
+        assert "Traceback" not in exporter.log()
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("impact-exporter")
+    assert script.exists(), "pip install -e . creates the impact-exporter console script"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0
+    assert result.stdout.startswith("impact-exporter ")
