@@ -1,0 +1,587 @@
+"""procfs: system CPU time, memory, CPU model, and the CPU and memory of process groups.
+
+Everything is read from files under one procfs root (``--path.procfs``). A container that mounts the host's procfs
+at ``/host/proc`` therefore sees the host's processes. Nothing here uses psutil or any ``os`` call that reads
+this process's own ``/proc``. The ``parse_*`` functions are pure: they take file text and raise ``ValueError`` on
+text they cannot read. ``ProcFS`` turns ``OSError`` and ``ValueError`` into the source errors the sampler
+understands.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+
+# The errors that mean "the process is gone". A process can exit between the directory listing and the read, or
+# during the read itself (ESRCH).
+_GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
+
+# /proc/<pid>/stat fields after the ")" that ends comm, counted from 0 at the state field (field 3 in proc(5)).
+_STATE, _PPID, _UTIME, _STIME, _CUTIME, _CSTIME, _STARTTIME = 0, 1, 11, 12, 13, 14, 19
+
+# ARM "CPU implementer" codes (arch/arm64/include/asm/cputype.h) and a few common "CPU part" codes.
+_ARM_IMPLEMENTERS = {
+    0x41: "ARM",
+    0x42: "Broadcom",
+    0x43: "Cavium",
+    0x46: "Fujitsu",
+    0x48: "HiSilicon",
+    0x4E: "NVIDIA",
+    0x50: "APM",
+    0x51: "Qualcomm",
+    0x53: "Samsung",
+    0x56: "Marvell",
+    0x61: "Apple",
+    0x69: "Intel",
+    0xC0: "Ampere",
+}
+_ARM_PARTS = {
+    (0x41, 0xD03): "Cortex-A53",
+    (0x41, 0xD08): "Cortex-A72",
+    (0x41, 0xD0B): "Cortex-A76",
+    (0x41, 0xD0C): "Neoverse-N1",
+    (0x41, 0xD40): "Neoverse-V1",
+    (0x41, 0xD49): "Neoverse-N2",
+    (0x41, 0xD4F): "Neoverse-V2",
+    (0xC0, 0xAC3): "AmpereOne",
+}
+UNKNOWN = "unknown"
+
+_T = TypeVar("_T")
+
+
+# --- system-wide CPU time ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU time of all CPUs together since boot, in seconds, split into busy and idle."""
+
+    busy_seconds: float
+    idle_seconds: float
+
+
+def parse_stat(text: str, ticks_per_second: int) -> CpuTimes:
+    """Read the aggregate ``cpu`` line of ``/proc/stat``.
+
+    Busy is user+nice+system+irq+softirq+steal. The guest and guest_nice columns are left out because the
+    kernel already counts guest time inside user and nice. Idle is idle+iowait. Older kernels print fewer
+    columns, and the missing ones count as 0.
+    """
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            if len(fields) < 5:
+                raise ValueError(f"/proc/stat cpu line has too few columns: {line!r}")
+            ticks = [int(value) for value in fields[1:9]] + [0] * (9 - len(fields))
+            user, nice, system, idle, iowait, irq, softirq, steal = ticks
+            busy = user + nice + system + irq + softirq + steal
+            return CpuTimes(busy_seconds=busy / ticks_per_second, idle_seconds=(idle + iowait) / ticks_per_second)
+    raise ValueError("/proc/stat has no aggregate 'cpu' line")
+
+
+# --- one process ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of ``/proc/<pid>/stat`` that group accounting needs.
+
+    ``(pid, start_ticks)`` identifies a process even when its PID is reused later. ``children_cpu_seconds`` is the
+    CPU time of children this process has waited for. The kernel adds that time when it reaps them.
+    """
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    start_ticks: int
+    cpu_seconds: float
+    children_cpu_seconds: float
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(pid, start_ticks)``: the same only for the same process."""
+        return (self.pid, self.start_ticks)
+
+    @property
+    def total_cpu_seconds(self) -> float:
+        """Own CPU time plus that of reaped children: what this process accounts for."""
+        return self.cpu_seconds + self.children_cpu_seconds
+
+
+def parse_pid_stat(text: str, ticks_per_second: int) -> ProcStat:
+    """Read ``/proc/<pid>/stat``.
+
+    comm may contain spaces and parentheses, so the line is split at the first ``(`` and the last ``)``.
+    """
+    open_paren, close_paren = text.find("("), text.rfind(")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
+    fields = text[close_paren + 1 :].split()
+    if len(fields) <= _STARTTIME:
+        raise ValueError(f"/proc/<pid>/stat has too few fields: {text[:80]!r}")
+    return ProcStat(
+        pid=int(text[:open_paren]),
+        comm=text[open_paren + 1 : close_paren],
+        state=fields[_STATE],
+        ppid=int(fields[_PPID]),
+        start_ticks=int(fields[_STARTTIME]),
+        cpu_seconds=(int(fields[_UTIME]) + int(fields[_STIME])) / ticks_per_second,
+        children_cpu_seconds=(int(fields[_CUTIME]) + int(fields[_CSTIME])) / ticks_per_second,
+    )
+
+
+def parse_smaps_rollup_pss_bytes(text: str) -> int:
+    """Read the proportional set size (PSS) from ``/proc/<pid>/smaps_rollup``.
+
+    PSS splits shared pages among the processes that map them, so a group's sum counts them once.
+    """
+    return _kib_field(text, "Pss", "smaps_rollup")
+
+
+def parse_statm_rss_bytes(text: str, page_size: int) -> int:
+    """Read the resident set size from ``/proc/<pid>/statm`` (second column, in pages), for when PSS is unreadable."""
+    fields = text.split()
+    if len(fields) < 2:
+        raise ValueError(f"/proc/<pid>/statm has too few fields: {text!r}")
+    return int(fields[1]) * page_size
+
+
+def parse_status_uid(text: str) -> int:
+    """Read the real uid from the ``Uid:`` line of ``/proc/<pid>/status`` (real, effective, saved, filesystem)."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise ValueError("/proc/<pid>/status has no Uid: line")
+
+
+# --- memory --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemInfo:
+    """Total memory and the memory still available to new work, in bytes."""
+
+    total_bytes: int
+    available_bytes: int
+
+
+def parse_meminfo(text: str) -> MemInfo:
+    """Read ``/proc/meminfo``.
+
+    Kernels before 3.14 have no MemAvailable line. For them, available memory is estimated as
+    MemFree+Buffers+Cached.
+    """
+    values = _kib_fields(text)
+    if "MemTotal" not in values:
+        raise ValueError("/proc/meminfo has no MemTotal line")
+    available = values.get("MemAvailable")
+    if available is None:
+        available = sum(values.get(name, 0) for name in ("MemFree", "Buffers", "Cached"))
+    return MemInfo(total_bytes=values["MemTotal"], available_bytes=available)
+
+
+def _kib_fields(text: str) -> dict[str, int]:
+    """Read ``Name:   123 kB`` lines as bytes. The first of each name wins; lines without a number are skipped."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, rest = line.partition(":")
+        name, parts = name.strip(), rest.split()
+        if sep and parts and parts[0].isdigit() and name not in values:
+            values[name] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+    return values
+
+
+def _kib_field(text: str, name: str, what: str) -> int:
+    """One ``Name: N kB`` value in bytes. Raises ``ValueError`` naming the file when the name is absent."""
+    values = _kib_fields(text)
+    if name not in values:
+        raise ValueError(f"{what} has no {name} line")
+    return values[name]
+
+
+# --- CPU model -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """CPU model and vendor as the kernel names them, and how many logical CPUs it shows."""
+
+    model: str
+    vendor: str
+    logical_cpus: int
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """Read ``/proc/cpuinfo``. Each field comes from its first occurrence; absent ones become ``"unknown"``.
+
+    On x86 this uses "model name" and "vendor_id". 64-bit ARM has neither. There the vendor comes from
+    "CPU implementer", and the model from "Hardware" or a known "CPU implementer"/"CPU part" pair. Logical CPUs
+    are counted from the "processor" lines.
+    """
+    fields: dict[str, str] = {}
+    processors = 0
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep:
+            continue
+        if name == "processor":
+            processors += 1
+        fields.setdefault(name, value.strip())
+    implementer = _hex_or_none(fields.get("CPU implementer"))
+    return CpuInfo(
+        model=fields.get("model name") or fields.get("Hardware") or _arm_model(implementer, fields),
+        vendor=fields.get("vendor_id") or _arm_vendor(implementer),
+        logical_cpus=processors,
+    )
+
+
+def _arm_vendor(implementer: int | None) -> str:
+    """Vendor name for an ARM implementer code, ``"implementer 0x.."`` for one not in the table, else unknown."""
+    if implementer is None:
+        return UNKNOWN
+    return _ARM_IMPLEMENTERS.get(implementer, f"implementer 0x{implementer:02x}")
+
+
+def _arm_model(implementer: int | None, fields: Mapping[str, str]) -> str:
+    """Core name for a known implementer/part pair, ``"<vendor> part 0x..."`` for another part, else unknown."""
+    part = _hex_or_none(fields.get("CPU part"))
+    if implementer is None or part is None:
+        return UNKNOWN
+    return _ARM_PARTS.get((implementer, part), f"{_arm_vendor(implementer)} part 0x{part:03x}")
+
+
+def _hex_or_none(value: str | None) -> int | None:
+    """``"0x41"`` -> 65. Returns None when the value is absent or not a number."""
+    try:
+        return int(value, 0) if value else None
+    except ValueError:
+        return None
+
+
+# --- reading one procfs mount --------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    """Read a procfs file whole. Bytes that are not UTF-8 become U+FFFD (a comm can hold any byte)."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+class ProcFS:
+    """Reads one procfs mount.
+
+    The system-wide readers raise ``HardwareNotFound``, ``HardwareUnreadable`` or ``SourceError``. Per-process
+    readers return None when the process is gone, because processes exit between any two reads.
+    """
+
+    def __init__(self, root: Path, *, ticks_per_second: int | None = None, page_size: int | None = None) -> None:
+        """Check that ``root`` looks like procfs. Tick and page size default to this host's (sysconf, not /proc)."""
+        self._root = Path(root)
+        if not (self._root / "stat").is_file():
+            raise HardwareNotFound(f"{self._root / 'stat'} does not exist: point --path.procfs at a procfs mount")
+        self._ticks = ticks_per_second or os.sysconf("SC_CLK_TCK")
+        self._page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+        self._children_files: bool | None = None
+
+    @property
+    def root(self) -> Path:
+        """The procfs mount this reads."""
+        return self._root
+
+    @property
+    def children_files_supported(self) -> bool | None:
+        """Whether this kernel has ``task/<tid>/children`` (CONFIG_PROC_CHILDREN). None until a lookup has shown it."""
+        return self._children_files
+
+    # system-wide
+
+    def cpu_times(self) -> CpuTimes:
+        """Busy and idle CPU seconds of the whole machine since boot."""
+        return self._parse_system_file("stat", lambda text: parse_stat(text, self._ticks))
+
+    def meminfo(self) -> MemInfo:
+        """Total and available memory of the machine."""
+        return self._parse_system_file("meminfo", parse_meminfo)
+
+    def cpuinfo(self) -> CpuInfo:
+        """CPU model, vendor and logical CPU count."""
+        return self._parse_system_file("cpuinfo", parse_cpuinfo)
+
+    def _parse_system_file(self, name: str, parse: Callable[[str], _T]) -> _T:
+        """Read ``<root>/<name>`` and parse it, turning each failure into the matching source error."""
+        path = self._root / name
+        try:
+            return parse(_read_text(path))
+        except FileNotFoundError as error:
+            raise HardwareNotFound(f"{path} does not exist") from error
+        except PermissionError as error:
+            raise HardwareUnreadable(f"{path}: permission denied") from error
+        except (OSError, ValueError) as error:
+            raise SourceError(f"{path}: {error}") from error
+
+    # per process
+
+    def process(self, pid: int) -> ProcStat | None:
+        """The stat of ``pid``, or None when it is gone. Zombies are still present until reaped."""
+        text = self._read_pid_file(pid, "stat")
+        if not text:  # gone, or exited while it was read (the kernel then returns nothing)
+            return None
+        try:
+            return parse_pid_stat(text, self._ticks)
+        except ValueError as error:
+            raise SourceError(f"{self._root / str(pid) / 'stat'}: {error}") from error
+
+    def memory_bytes(self, pid: int) -> int | None:
+        """PSS from smaps_rollup when this process may read it, else RSS from statm. None when the process is gone.
+
+        smaps_rollup needs ptrace access to the process and kernel 4.14 or later. statm needs neither. Zombies and
+        kernel threads have an empty smaps_rollup and fall through to statm, which shows 0 for them.
+        """
+        try:
+            return parse_smaps_rollup_pss_bytes(_read_text(self._root / str(pid) / "smaps_rollup"))
+        except (OSError, ValueError):
+            pass  # absent on this kernel, not permitted, empty, or gone: statm decides which
+        text = self._read_pid_file(pid, "statm")
+        if not text:
+            return None
+        try:
+            return parse_statm_rss_bytes(text, self._page_size)
+        except ValueError as error:
+            raise SourceError(f"{self._root / str(pid) / 'statm'}: {error}") from error
+
+    def uid(self, pid: int) -> int | None:
+        """Real uid of ``pid``, or None when it is gone."""
+        text = self._read_pid_file(pid, "status")
+        if not text:
+            return None
+        try:
+            return parse_status_uid(text)
+        except ValueError as error:
+            raise SourceError(f"{self._root / str(pid) / 'status'}: {error}") from error
+
+    def children(self, pid: int) -> list[int]:
+        """Direct children of ``pid``, or [] when it is gone.
+
+        These are read from ``task/*/children`` of every thread, since a child belongs to the thread that forked
+        it. A kernel without those files needs a scan of every ``<root>/*/stat`` instead.
+        """
+        if self._children_files is not False:
+            found = self._children_from_files(pid)
+            if found is not None:
+                return found
+        return self.scan_children().get(pid, [])
+
+    def scan_children(self) -> dict[int, list[int]]:
+        """Parent PID -> child PIDs from one pass over every ``<root>/<pid>/stat`` (one read per process)."""
+        tree: dict[int, list[int]] = {}
+        for stat in self._all_processes():
+            tree.setdefault(stat.ppid, []).append(stat.pid)
+        return tree
+
+    def _all_processes(self) -> Iterable[ProcStat]:
+        """The stat of every process under the root. Processes that exit during the pass are skipped."""
+        for entry in sorted(os.listdir(self._root)):
+            if entry.isdigit():
+                stat = self.process(int(entry))
+                if stat is not None:
+                    yield stat
+
+    def _children_from_files(self, pid: int) -> list[int] | None:
+        """Children from the per-thread children files. Returns None, and remembers it, when the kernel has none."""
+        task_dir = self._root / str(pid) / "task"
+        try:
+            tids = sorted(os.listdir(task_dir))
+        except _GONE:
+            return []
+        children: dict[int, None] = {}
+        for tid in tids:
+            try:
+                text = _read_text(task_dir / tid / "children")
+            except _GONE:
+                if (task_dir / tid).is_dir():  # the thread is there but the file is not: the kernel lacks it
+                    self._children_files = False
+                    return None
+                continue  # the thread exited
+            except OSError as error:
+                raise SourceError(f"{task_dir / tid / 'children'}: {error}") from error
+            self._children_files = True
+            children.update(dict.fromkeys(int(child) for child in text.split()))
+        return list(children)
+
+    def _read_pid_file(self, pid: int, name: str) -> str | None:
+        """``<root>/<pid>/<name>``, or None when the process is gone. Other OS errors become source errors."""
+        path = self._root / str(pid) / name
+        try:
+            return _read_text(path)
+        except _GONE:
+            return None
+        except PermissionError as error:  # for example procfs mounted with hidepid=1
+            raise HardwareUnreadable(f"{path}: permission denied") from error
+        except OSError as error:
+            raise SourceError(f"{path}: {error}") from error
+
+
+# --- process groups ------------------------------------------------------------------------------------------------
+
+ProcKey = tuple[int, int]  # (pid, start_ticks)
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    """What one process group used in the last interval, and what it holds now."""
+
+    cpu_seconds: float
+    memory_bytes: int
+    processes: int
+    root_alive: bool
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the previous sample recorded about one member."""
+
+    ppid: int
+    total_cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class _Group:
+    """State kept between samples for one group id. ``root_start`` is None when the root was gone at first sight."""
+
+    root_pid: int
+    root_start: int | None
+    members: Mapping[ProcKey, _Seen]
+
+
+class ProcessGroups:
+    """Per-interval CPU and memory of process groups: a root PID plus all its descendants.
+
+    Each sample walks the tree down from the root, so the cost grows with the group's size and not the machine's.
+    Processes are keyed by ``(pid, start_ticks)`` so that a reused PID is never taken for the same process.
+    A member's total is its own CPU time plus that of the children it has reaped (cutime+cstime). A group's
+    interval CPU is the sum of totals of the members now, minus the sum of totals of the members at the previous
+    sample. The exception is a member that vanished since then. It is subtracted only when its time has moved into
+    a member that is counted now: it died, and its last-seen parent is a member now, or is itself a vanished member
+    subtracted by this same rule. The parent's cutime then carries the child's whole life, including the part after
+    the last sample, and the child is counted there exactly once. A vanished member whose parent is outside the
+    group (the root itself, or a parent that is gone too) is not subtracted. Neither is a member that is still alive
+    but no longer a descendant (orphaned to init). Their time up to the previous sample stays counted, and later time
+    is not the group's. So children that fork and exit between two samples are not lost, as long as a member reaps
+    them.
+
+    Limits: a member that ignores SIGCHLD has its children auto-reaped, and their time is added to no one. Their
+    last counted time is then subtracted anyway, and the interval is clamped at 0. On the first sample of a group
+    only the baseline is recorded, and 0 is reported, because time used before tracking is not the run's. Zombies
+    count as members until reaped. ``root_alive`` is False once the root is a zombie or gone.
+    """
+
+    def __init__(self, procfs: ProcFS) -> None:
+        """Keep no groups yet. They appear as ``sample`` is given their ids."""
+        self._procfs = procfs
+        self._groups: dict[str, _Group] = {}
+
+    def sample(self, roots: Mapping[str, int]) -> dict[str, GroupUsage]:
+        """Group id -> root PID in, group id -> usage since the previous call out. Forgets ids no longer passed.
+
+        An id passed again with a different root PID starts over as a new group.
+        """
+        children = _ChildLookup(self._procfs)
+        usage: dict[str, GroupUsage] = {}
+        groups: dict[str, _Group] = {}
+        for group_id, root_pid in roots.items():
+            previous = self._groups.get(group_id)
+            if previous is not None and previous.root_pid != root_pid:
+                previous = None
+            usage[group_id], groups[group_id] = self._sample_group(root_pid, previous, children)
+        self._groups = groups
+        return usage
+
+    def _sample_group(
+        self, root_pid: int, previous: _Group | None, children: Callable[[int], list[int]]
+    ) -> tuple[GroupUsage, _Group]:
+        """Usage of one group and the state to keep for the next sample."""
+        if previous is None:
+            root = self._procfs.process(root_pid)
+            root_start = root.start_ticks if root is not None else None
+        else:
+            root_start = previous.root_start
+        members = self._walk(root_pid, root_start, children)
+        cpu_seconds = 0.0 if previous is None else self._interval_cpu(previous.members, members)
+        root_stat = members.get((root_pid, root_start)) if root_start is not None else None
+        usage = GroupUsage(
+            cpu_seconds=cpu_seconds,
+            memory_bytes=sum(self._procfs.memory_bytes(pid) or 0 for pid, _ in members),
+            processes=len(members),
+            root_alive=root_stat is not None and root_stat.state not in ("Z", "X"),
+        )
+        seen = {key: _Seen(stat.ppid, stat.total_cpu_seconds) for key, stat in members.items()}
+        return usage, _Group(root_pid, root_start, seen)
+
+    def _walk(
+        self, root_pid: int, root_start: int | None, children: Callable[[int], list[int]]
+    ) -> dict[ProcKey, ProcStat]:
+        """The root (when it is still the same process) and every descendant, keyed by ``(pid, start_ticks)``."""
+        root = self._procfs.process(root_pid) if root_start is not None else None
+        if root is None or root.start_ticks != root_start:
+            return {}
+        members = {root.key: root}
+        stack = [root]
+        while stack:
+            parent = stack.pop()
+            for pid in children(parent.pid):
+                child = self._procfs.process(pid)
+                # The list can be stale by the time the child is read: the PID may have been reused meanwhile.
+                if child is not None and child.ppid == parent.pid and child.key not in members:
+                    members[child.key] = child
+                    stack.append(child)
+        return members
+
+    def _interval_cpu(self, before: Mapping[ProcKey, _Seen], now: Mapping[ProcKey, ProcStat]) -> float:
+        """CPU seconds the group used since ``before``, following the rules in the class docstring, clamped at 0."""
+        reaped = self._reaped_into_group(before, now)
+        total_now = sum(stat.total_cpu_seconds for stat in now.values())
+        total_before = sum(seen.total_cpu_seconds for key, seen in before.items() if key in now or key in reaped)
+        return max(0.0, total_now - total_before)
+
+    def _reaped_into_group(self, before: Mapping[ProcKey, _Seen], now: Mapping[ProcKey, ProcStat]) -> set[ProcKey]:
+        """Vanished members whose time now sits in the cutime of a counted member."""
+        vanished = [key for key in before if key not in now]
+        dead = {key for key in vanished if not self._still_alive(key)}
+        by_pid = {pid: (pid, start) for pid, start in before}
+        decided: dict[ProcKey, bool] = {}
+
+        def reaped(key: ProcKey) -> bool:
+            if key not in decided:
+                decided[key] = False  # a cycle cannot happen in a tree, but a reused PID could fake one
+                parent = by_pid.get(before[key].ppid)
+                decided[key] = key in dead and parent is not None and (parent in now or reaped(parent))
+            return decided[key]
+
+        return {key for key in vanished if reaped(key)}
+
+    def _still_alive(self, key: ProcKey) -> bool:
+        """Whether the process ``key`` still exists (it left the group without dying)."""
+        stat = self._procfs.process(key[0])
+        return stat is not None and stat.start_ticks == key[1]
+
+
+class _ChildLookup:
+    """``children(pid)`` for one sample. Without per-thread children files, one ``/proc`` scan serves every lookup."""
+
+    def __init__(self, procfs: ProcFS) -> None:
+        self._procfs = procfs
+        self._scan: dict[int, list[int]] | None = None
+
+    def __call__(self, pid: int) -> list[int]:
+        if self._procfs.children_files_supported is not False:
+            return self._procfs.children(pid)
+        if self._scan is None:
+            self._scan = self._procfs.scan_children()
+        return self._scan.get(pid, [])

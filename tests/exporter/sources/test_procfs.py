@@ -1,0 +1,680 @@
+"""procfs source: pure parsers on literal text, group accounting on a fake procfs tree, and a real process tree."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from exporter.sources import HardwareNotFound
+from exporter.sources.procfs import (
+    CpuInfo,
+    CpuTimes,
+    GroupUsage,
+    MemInfo,
+    ProcessGroups,
+    ProcFS,
+    parse_cpuinfo,
+    parse_meminfo,
+    parse_pid_stat,
+    parse_smaps_rollup_pss_bytes,
+    parse_stat,
+    parse_status_uid,
+    parse_statm_rss_bytes,
+)
+
+TICKS = 100
+PAGE = 4096
+
+# --- pure parsers --------------------------------------------------------------------------------------------------
+
+PROC_STAT = """\
+cpu  1000 200 300 4000 500 60 70 80 900 100
+cpu0 500 100 150 2000 250 30 35 40 450 50
+cpu1 500 100 150 2000 250 30 35 40 450 50
+intr 12345 0 0
+ctxt 987654
+"""
+
+
+def test_parse_stat_leaves_guest_time_inside_user_and_nice():
+    times = parse_stat(PROC_STAT, TICKS)
+    # busy = user+nice+system+irq+softirq+steal = 1000+200+300+60+70+80; guest 900 and guest_nice 100 not added.
+    assert times == CpuTimes(busy_seconds=17.10, idle_seconds=45.00)
+
+
+def test_parse_stat_old_kernel_with_four_columns():
+    assert parse_stat("cpu  10 20 30 40\n", 10) == CpuTimes(busy_seconds=6.0, idle_seconds=4.0)
+
+
+def test_parse_stat_without_aggregate_line_is_an_error():
+    with pytest.raises(ValueError, match="cpu"):
+        parse_stat("cpu0 1 2 3 4 5\n", TICKS)
+
+
+def test_parse_pid_stat_with_spaces_and_parens_in_comm():
+    text = "4242 ((a) b)) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 50 1200 300 20 0 1 0 987654 1000 10\n"
+    stat = parse_pid_stat(text, TICKS)
+    assert stat.pid == 4242
+    assert stat.comm == "(a) b)"
+    assert stat.state == "S"
+    assert stat.ppid == 17
+    assert stat.start_ticks == 987654
+    assert stat.cpu_seconds == pytest.approx(3.0)
+    assert stat.children_cpu_seconds == pytest.approx(15.0)
+    assert stat.key == (4242, 987654)
+
+
+def test_parse_pid_stat_rejects_truncated_text():
+    with pytest.raises(ValueError):
+        parse_pid_stat("4242 (python) S 1 2 3", TICKS)
+
+
+MEMINFO = """\
+MemTotal:       16318480 kB
+MemFree:         1203212 kB
+MemAvailable:    9876544 kB
+Buffers:          412340 kB
+Cached:          7012000 kB
+HugePages_Total:       0
+"""
+
+
+def test_parse_meminfo():
+    assert parse_meminfo(MEMINFO) == MemInfo(total_bytes=16318480 * 1024, available_bytes=9876544 * 1024)
+
+
+def test_parse_meminfo_without_memavailable_estimates_it():
+    text = MEMINFO.replace("MemAvailable:    9876544 kB\n", "")
+    assert parse_meminfo(text).available_bytes == (1203212 + 412340 + 7012000) * 1024
+
+
+SMAPS_ROLLUP = """\
+55d0c6a4e000-7ffd8a1f2000 ---p 00000000 00:00 0                          [rollup]
+Rss:               45872 kB
+Pss:               21337 kB
+Pss_Dirty:         12000 kB
+Pss_Anon:          11800 kB
+Shared_Clean:      20000 kB
+"""
+
+
+def test_parse_smaps_rollup_pss():
+    assert parse_smaps_rollup_pss_bytes(SMAPS_ROLLUP) == 21337 * 1024
+
+
+def test_parse_smaps_rollup_empty_is_an_error():
+    with pytest.raises(ValueError, match="Pss"):
+        parse_smaps_rollup_pss_bytes("")
+
+
+def test_parse_statm_rss():
+    assert parse_statm_rss_bytes("765 405 377 5 0 123 0\n", PAGE) == 405 * PAGE
+
+
+def test_parse_status_uid_is_the_real_uid():
+    assert parse_status_uid("Name:\tpython\nPPid:\t1\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n") == 1000
+
+
+INTEL_CPUINFO = """\
+processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 85
+model name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz
+flags\t\t: fpu vme
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz
+
+processor\t: 2
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz
+
+processor\t: 3
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz
+"""
+
+AMD_CPUINFO = """\
+processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7742 64-Core Processor
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7742 64-Core Processor
+"""
+
+ARM64_CPUINFO = """\
+processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+
+processor\t: 1
+CPU implementer\t: 0x41
+CPU part\t: 0xd0c
+"""
+
+
+def test_parse_cpuinfo_intel():
+    info = parse_cpuinfo(INTEL_CPUINFO)
+    assert info == CpuInfo(model="Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", vendor="GenuineIntel", logical_cpus=4)
+
+
+def test_parse_cpuinfo_amd():
+    assert parse_cpuinfo(AMD_CPUINFO) == CpuInfo(
+        model="AMD EPYC 7742 64-Core Processor", vendor="AuthenticAMD", logical_cpus=2
+    )
+
+
+def test_parse_cpuinfo_arm64_without_model_name_uses_implementer_and_part():
+    assert parse_cpuinfo(ARM64_CPUINFO) == CpuInfo(model="Neoverse-N1", vendor="ARM", logical_cpus=2)
+
+
+def test_parse_cpuinfo_arm_unknown_part_and_board_hardware():
+    unknown_part = ARM64_CPUINFO.replace("0xd0c", "0xd05")
+    assert parse_cpuinfo(unknown_part).model == "ARM part 0xd05"
+    assert parse_cpuinfo(unknown_part + "Hardware\t: BCM2835\n").model == "BCM2835"
+
+
+def test_parse_cpuinfo_without_any_known_field_is_unknown():
+    assert parse_cpuinfo("processor\t: 0\nflags\t: x\n") == CpuInfo(model="unknown", vendor="unknown", logical_cpus=1)
+
+
+# --- a fake procfs tree --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeProcess:
+    """One process of the fake tree. CPU times are in ticks (1/100 s)."""
+
+    pid: int
+    ppid: int
+    start: int
+    utime: int = 0
+    stime: int = 0
+    cutime: int = 0
+    cstime: int = 0
+    state: str = "S"
+    comm: str = "worker"
+    pss_kib: int | None = None
+    rss_pages: int = 0
+    uid: int = 1000
+
+    @property
+    def total(self) -> int:
+        return self.utime + self.stime + self.cutime + self.cstime
+
+
+class FakeProc:
+    """A procfs tree of real files under tmp_path that mirrors how the kernel moves CPU time on reaping."""
+
+    def __init__(self, root: Path, *, children_files: bool = True) -> None:
+        self.root = root
+        self.children_files = children_files
+        self.processes: dict[int, FakeProcess] = {}
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "stat").write_text(PROC_STAT)
+        (root / "meminfo").write_text(MEMINFO)
+        (root / "cpuinfo").write_text(AMD_CPUINFO)
+
+    def procfs(self) -> ProcFS:
+        return ProcFS(self.root, ticks_per_second=TICKS, page_size=PAGE)
+
+    def spawn(self, pid: int, ppid: int, start: int, **fields: object) -> None:
+        self.processes[pid] = FakeProcess(pid, ppid, start, **fields)  # type: ignore[arg-type]
+        self._write()
+
+    def run(self, pid: int, ticks: int) -> None:
+        """``pid`` burns ``ticks`` of user time."""
+        process = self.processes[pid]
+        self.update(pid, utime=process.utime + ticks)
+
+    def update(self, pid: int, **fields: object) -> None:
+        self.processes[pid] = replace(self.processes[pid], **fields)  # type: ignore[arg-type]
+        self._write()
+
+    def reap(self, pid: int) -> None:
+        """``pid`` exits and its parent waits for it: its whole total lands in the parent's cutime."""
+        child = self.processes.pop(pid)
+        parent = self.processes[child.ppid]
+        cutime, cstime = parent.cutime + child.utime + child.cutime, parent.cstime + child.stime + child.cstime
+        self.processes[parent.pid] = replace(parent, cutime=cutime, cstime=cstime)
+        self._write()
+
+    def vanish(self, pid: int) -> None:
+        """``pid`` is gone and its time lands nowhere we can see (reaped by init, or auto-reaped)."""
+        del self.processes[pid]
+        self._write()
+
+    def _write(self) -> None:
+        for entry in self.root.iterdir():
+            if entry.name.isdigit():
+                shutil.rmtree(entry)
+        for process in self.processes.values():
+            self._write_process(process)
+
+    def _write_process(self, p: FakeProcess) -> None:
+        directory = self.root / str(p.pid)
+        task = directory / "task" / str(p.pid)
+        task.mkdir(parents=True)
+        fields = [p.state, p.ppid, p.pid, p.pid, 0, -1, 4194304, 0, 0, 0, 0]
+        fields += [p.utime, p.stime, p.cutime, p.cstime, 20, 0, 1, 0, p.start, 123456, p.rss_pages]
+        (directory / "stat").write_text(f"{p.pid} ({p.comm}) {' '.join(map(str, fields))}\n")
+        (directory / "statm").write_text(f"{p.rss_pages * 2} {p.rss_pages} 10 5 0 20 0\n")
+        uids = "\t".join([str(p.uid)] * 4)
+        (directory / "status").write_text(f"Name:\t{p.comm}\nPPid:\t{p.ppid}\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n")
+        if p.pss_kib is not None:
+            (directory / "smaps_rollup").write_text(f"00-ff ---p 0 00:00 0 [rollup]\nRss: 1 kB\nPss: {p.pss_kib} kB\n")
+        if self.children_files:
+            children = [q.pid for q in self.processes.values() if q.ppid == p.pid]
+            (task / "children").write_text("".join(f"{child} " for child in children))
+
+
+@pytest.fixture(params=[True, False], ids=["children-files", "stat-scan"])
+def fake(request: pytest.FixtureRequest, tmp_path: Path) -> FakeProc:
+    """Every group test runs with per-thread children files and on a kernel without them (ppid scan)."""
+    return FakeProc(tmp_path / "proc", children_files=request.param)
+
+
+ROOT = 100
+
+
+def test_first_sample_is_a_baseline_of_zero(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=500, cutime=300)
+    fake.spawn(101, ROOT, start=1010, utime=200)
+    groups = ProcessGroups(fake.procfs())
+
+    usage = groups.sample({"run": ROOT})["run"]
+
+    assert usage.cpu_seconds == 0.0
+    assert usage.processes == 2
+    assert usage.root_alive is True
+
+
+def test_cpu_of_live_members_is_the_interval_delta(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=500)
+    fake.spawn(101, ROOT, start=1010, utime=200)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(ROOT, 30)
+    fake.run(101, 70)
+    fake.spawn(102, 101, start=1020, utime=25)  # forked since the last sample: all its time is the interval's
+
+    usage = groups.sample({"run": ROOT})["run"]
+    assert usage.cpu_seconds == pytest.approx(1.25)
+    assert usage.processes == 3
+
+
+def test_child_reaped_by_root_between_samples_is_counted_once(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=100)
+    fake.spawn(101, ROOT, start=1010, utime=30)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(101, 20)  # 0.2 s after the last sample, then exits
+    fake.reap(101)  # root's cutime now holds all 0.5 s of the child
+    fake.run(ROOT, 10)
+
+    usage = groups.sample({"run": ROOT})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.3)
+    assert usage.processes == 1
+
+    fake.run(ROOT, 5)
+    assert groups.sample({"run": ROOT})["run"].cpu_seconds == pytest.approx(0.05)
+
+
+def test_children_that_fork_and_exit_between_samples_are_not_lost(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    for offset in range(5):  # never seen by any sample
+        fake.spawn(200 + offset, ROOT, start=1100 + offset, utime=4, stime=2)
+        fake.reap(200 + offset)
+
+    assert groups.sample({"run": ROOT})["run"].cpu_seconds == pytest.approx(0.30)
+
+
+def test_grandchild_reaped_by_child_reaped_by_root(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010, utime=10)
+    fake.spawn(102, 101, start=1020, utime=40)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(102, 15)
+    fake.reap(102)
+    fake.run(101, 5)
+    fake.reap(101)
+
+    assert groups.sample({"run": ROOT})["run"].cpu_seconds == pytest.approx(0.20)
+
+
+def test_pid_reuse_with_a_new_start_time_is_a_new_process(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010, utime=80)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(101, 10)
+    fake.reap(101)  # the old 101 ends with 0.9 s, 0.1 s of it new
+    fake.spawn(101, ROOT, start=1500, utime=30)  # a new process with the same PID
+
+    usage = groups.sample({"run": ROOT})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.1 + 0.3)
+    assert usage.processes == 2
+
+
+def test_reused_pid_of_a_member_that_left_the_group_is_counted_from_zero(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010, utime=10)
+    fake.spawn(102, 101, start=1020, utime=10)
+    fake.spawn(103, 102, start=1030, utime=60)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(101, 10)
+    fake.reap(101)  # 102 is orphaned to init and leaves the group
+    fake.update(102, ppid=1)
+    fake.reap(103)  # by 102, outside the group now: 103's 0.6 s stay counted
+    fake.spawn(103, ROOT, start=1600, utime=30)  # the root forks a new process that gets PID 103
+
+    usage = groups.sample({"run": ROOT})["run"]
+    # Taken for the old 103, the new one would net 0.3 - 0.6 and the interval would clamp to 0.
+    assert usage.cpu_seconds == pytest.approx(0.1 + 0.3)
+    assert usage.processes == 2
+
+
+def test_reused_root_pid_is_not_the_root(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=50)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.vanish(ROOT)
+    fake.spawn(ROOT, 1, start=9000, utime=700)  # an unrelated process got the PID
+    fake.spawn(101, ROOT, start=9001, utime=300)
+
+    usage = groups.sample({"run": ROOT})["run"]
+    assert usage.root_alive is False
+    assert usage.processes == 0
+    assert usage.cpu_seconds == 0.0
+    assert usage.memory_bytes == 0
+
+
+def test_reparented_orphan_keeps_its_counted_time_and_stops_counting(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010, utime=20)
+    fake.spawn(102, 101, start=1020, utime=50)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(101, 10)
+    fake.reap(101)  # 101's 0.3 s land in the root; 102 is orphaned to init
+    fake.update(102, ppid=1)
+    fake.run(102, 40)
+
+    usage = groups.sample({"run": ROOT})["run"]
+    # 101's interval time (0.1) counts; 102's earlier 0.5 s is not taken back, its later time is not the run's.
+    assert usage.cpu_seconds == pytest.approx(0.1)
+    assert usage.processes == 1
+
+    fake.run(102, 40)
+    fake.vanish(102)  # init reaps it
+    assert groups.sample({"run": ROOT})["run"].cpu_seconds == 0.0
+
+
+def test_root_reaped_by_its_outside_parent_keeps_counted_time(fake: FakeProc):
+    fake.spawn(1, 0, start=1)
+    fake.spawn(ROOT, 1, start=1000, utime=10)
+    fake.spawn(101, ROOT, start=1010, utime=60)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(101, 10)
+    fake.reap(101)
+    fake.reap(ROOT)  # the shell that started the run waits for it
+
+    usage = groups.sample({"run": ROOT})["run"]
+    # Neither the root's final time nor 101's (inside it) can be seen; what was counted is not taken back.
+    assert usage.cpu_seconds == 0.0
+    assert usage.root_alive is False
+    assert usage.processes == 0
+
+
+def test_zombie_root_counts_its_reaped_children_but_is_not_alive(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=10)
+    fake.spawn(101, ROOT, start=1010, utime=60)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.run(101, 10)
+    fake.reap(101)
+    fake.update(ROOT, state="Z")
+
+    usage = groups.sample({"run": ROOT})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.1)
+    assert usage.processes == 1
+    assert usage.root_alive is False
+
+
+def test_auto_reaped_child_clamps_the_interval_at_zero(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010, utime=90)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT})
+
+    fake.vanish(101)  # parent ignores SIGCHLD: the kernel reaps 101 and adds its time to no one
+    fake.run(ROOT, 5)
+
+    assert groups.sample({"run": ROOT})["run"].cpu_seconds == 0.0
+
+
+def test_stale_child_list_entry_with_another_parent_is_not_a_member(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010)
+    procfs = fake.procfs()
+    fake.update(101, ppid=1)
+    if fake.children_files:  # the children file was read, then 101 died and its PID went to another parent
+        (fake.root / str(ROOT) / "task" / str(ROOT) / "children").write_text("101 555 ")
+
+    usage = ProcessGroups(procfs).sample({"run": ROOT})["run"]
+    assert usage.processes == 1
+
+
+def test_memory_is_pss_when_readable_else_rss(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, pss_kib=2048, rss_pages=5000)
+    fake.spawn(101, ROOT, start=1010, rss_pages=300)  # no smaps_rollup: old kernel or not permitted
+    procfs = fake.procfs()
+
+    assert procfs.memory_bytes(ROOT) == 2048 * 1024
+    assert procfs.memory_bytes(101) == 300 * PAGE
+    assert procfs.memory_bytes(999) is None
+    assert ProcessGroups(procfs).sample({"run": ROOT})["run"].memory_bytes == 2048 * 1024 + 300 * PAGE
+
+
+def test_forgotten_group_starts_over_with_a_baseline(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(200, 1, start=1001)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": ROOT, "other": 200})
+
+    fake.run(ROOT, 50)
+    fake.run(200, 20)
+    assert set(groups.sample({"other": 200})) == {"other"}
+    fake.run(ROOT, 50)
+
+    fake.run(200, 20)
+
+    usage = groups.sample({"run": ROOT, "other": 200})
+    assert usage["run"].cpu_seconds == 0.0  # a baseline again, although the root ran 1.0 s while tracked
+    assert usage["other"].cpu_seconds == pytest.approx(0.2)
+
+
+def test_group_with_root_gone_at_first_sight_never_adopts_the_pid(fake: FakeProc):
+    groups = ProcessGroups(fake.procfs())
+    assert groups.sample({"run": ROOT})["run"] == GroupUsage(0.0, 0, 0, root_alive=False)
+
+    fake.spawn(ROOT, 1, start=5000, utime=10)
+    fake.run(ROOT, 10)
+    assert groups.sample({"run": ROOT})["run"] == GroupUsage(0.0, 0, 0, root_alive=False)
+
+
+# --- ProcFS readers on the fake tree -------------------------------------------------------------------------------
+
+
+def test_missing_procfs_names_the_path_and_the_flag(tmp_path: Path):
+    with pytest.raises(HardwareNotFound, match=r"nowhere/stat.*--path\.procfs"):
+        ProcFS(tmp_path / "nowhere")
+
+
+def test_procfs_readers(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=120, stime=30, comm="train (gpu)", uid=4321)
+    fake.spawn(101, ROOT, start=1001)
+    fake.spawn(102, ROOT, start=1002)
+    procfs = fake.procfs()
+
+    assert procfs.cpu_times() == CpuTimes(busy_seconds=17.10, idle_seconds=45.00)
+    assert procfs.meminfo().total_bytes == 16318480 * 1024
+    assert procfs.cpuinfo().logical_cpus == 2
+    stat = procfs.process(ROOT)
+    assert stat is not None and (stat.comm, stat.cpu_seconds, stat.start_ticks) == ("train (gpu)", 1.5, 1000)
+    assert procfs.process(999) is None
+    assert procfs.uid(ROOT) == 4321
+    assert procfs.uid(999) is None
+    assert sorted(procfs.children(ROOT)) == [101, 102]
+    assert procfs.children(999) == []
+    assert procfs.children_files_supported is fake.children_files
+
+
+# --- the real /proc ------------------------------------------------------------------------------------------------
+
+FORKING_PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+
+    def burn(seconds):
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.process_time()
+    read_end, write_end = os.pipe()
+    children = []
+    for _ in range(50):
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            burn(0.02)
+            os.write(write_end, f"{time.process_time()}\\n".encode())
+            os._exit(0)
+        children.append(pid)
+    os.close(write_end)
+    for pid in children:
+        os.waitpid(pid, 0)
+    with os.fdopen(read_end) as reports:
+        children_seconds = sum(float(line) for line in reports)
+    print(children_seconds + time.process_time() - start, flush=True)
+    sys.stdin.readline()
+    """
+)
+
+BUSY_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    pid = os.fork()
+    if pid == 0:
+        start = time.process_time()
+        while time.process_time() - start < 0.5:
+            pass
+        print(time.process_time(), flush=True)
+        sys.stdin.readline()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@pytest.fixture
+def spawn() -> Iterator:
+    """Start a Python script with pipes, and make sure it is gone after the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(script: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-c", script]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        return process
+
+    yield start
+    for process in started:
+        if process.stdin:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tell(process: subprocess.Popen[str], line: str) -> str:
+    """Send a line to the script and return the next line it prints."""
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(line + "\n")
+    process.stdin.flush()
+    return process.stdout.readline()
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux procfs")
+def test_real_group_counts_children_that_exited_and_were_reaped(spawn):
+    parent = spawn(FORKING_PARENT)
+    groups = ProcessGroups(ProcFS(Path("/proc")))
+    assert groups.sample({"run": parent.pid})["run"].cpu_seconds == 0.0
+
+    reported = float(tell(parent, "go"))  # the 50 children's CPU plus the parent's, as they measured it
+
+    usage = groups.sample({"run": parent.pid})["run"]
+    assert reported >= 50 * 0.02
+    assert reported - 0.05 <= usage.cpu_seconds <= reported * 1.25 + 0.1
+    assert usage.processes == 1
+    assert usage.root_alive is True
+    assert usage.memory_bytes > 1_000_000
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux procfs")
+def test_real_busy_child_is_measured_live_and_not_again_when_reaped(spawn):
+    parent = spawn(BUSY_CHILD)
+    groups = ProcessGroups(ProcFS(Path("/proc")))
+    groups.sample({"run": parent.pid})
+
+    child_seconds = float(tell(parent, "go"))
+    live = groups.sample({"run": parent.pid})["run"]
+    assert live.processes == 2
+    assert child_seconds - 0.03 <= live.cpu_seconds <= child_seconds + 0.1
+
+    assert tell(parent, "exit") == "reaped\n"  # the child reads this line, exits, and the parent reaps it
+    reaped = groups.sample({"run": parent.pid})["run"]
+    assert reaped.processes == 1
+    assert reaped.cpu_seconds < 0.05
