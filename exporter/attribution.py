@@ -44,11 +44,9 @@ def usage_shares(usage: Mapping[str, float], total: float) -> dict[str, float]:
     """
     if total <= 0:
         return {group: 0.0 for group in usage}
-    shares = {group: max(0.0, used / total) for group, used in usage.items()}
-    share_sum = sum(shares.values())
-    if share_sum > 1.0:
-        shares = {group: share / share_sum for group, share in shares.items()}
-    return shares
+    used = {group: max(0.0, amount) for group, amount in usage.items()}
+    denominator = max(total, sum(used.values()))
+    return {group: amount / denominator for group, amount in used.items()}
 
 
 def split_energy(joules: float, shares: Mapping[str, float]) -> tuple[dict[str, float], float]:

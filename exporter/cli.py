@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -15,9 +17,11 @@ from pathlib import Path
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.api import RunAPI
 from exporter.collector import ImpactCollector
 from exporter.host import read_host_info
-from exporter.http import ExporterServer
+from exporter.http import ExporterServer, UnixExporterServer
+from exporter.runs import RunRegistry, open_store
 from exporter.sampler import Sampler
 from exporter.sources import HardwareNotFound, SourceError
 from exporter.sources.procfs import ProcFS
@@ -26,7 +30,9 @@ from exporter.sources.rapl import RaplSource
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9877
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE = 0, 1
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+SECONDS_PER_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,11 @@ class Settings:
     sample_interval_seconds: float
     rapl: bool
     log_level: str
+    api_socket: Path | None
+    api_socket_gid: int | None
+    api_token: str | None
+    state_dir: Path
+    retain_finished_seconds: float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--collector.rapl", dest="rapl", action=argparse.BooleanOptionalAction, default=True,
         help="read CPU package and DRAM energy from RAPL powercap zones (default: enabled)",
     )
+    api = parser.add_argument_group("run API")
+    api.add_argument(
+        "--api.socket", dest="api_socket", type=Path, default=Path("/run/impact-exporter/api.sock"), metavar="PATH",
+        help="Unix socket through which experiments on this node start and stop runs; the kernel tells the "
+        "exporter who the caller is, so users can only register their own processes (default: %(default)s)",
+    )
+    api.add_argument(
+        "--no-api.socket", dest="api_socket", action="store_const", const=None,
+        help="serve no Unix socket",
+    )
+    api.add_argument(
+        "--api.socket-group", dest="api_socket_group", metavar="GROUP",
+        help="group that owns the socket (mode 0660), so its members may mark runs (default: the exporter's group)",
+    )
+    api.add_argument(
+        "--api.token-file", dest="api_token_file", type=Path, metavar="FILE",
+        help="also serve the run API over TCP on the metrics port, to requests with 'Authorization: Bearer "
+        "<the file's content>'; without this flag the TCP run API is off",
+    )
+    api.add_argument(
+        "--state-dir", dest="state_dir", type=Path, default=Path("/var/lib/impact-exporter"), metavar="DIR",
+        help="where runs are stored (SQLite), so they survive restarts (default: %(default)s)",
+    )
+    api.add_argument(
+        "--runs.retain-finished", dest="retain_finished", default="15m", metavar="DURATION",
+        help="how long finished runs stay in /metrics so Prometheus scrapes their final values; they stay in "
+        "the store (default: %(default)s)",
+    )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
         "--sample-interval", dest="sample_interval", type=float, default=1.0, metavar="SECONDS",
@@ -99,12 +138,41 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host or "::", int(port_text)
 
 
+def parse_duration(value: str) -> float:
+    """Seconds in a Prometheus-style duration such as ``15m``, ``1h30m`` or ``90s``."""
+    parts = DURATION_PART.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value:
+        raise ValueError(f"{value!r} is not a duration such as 90s, 15m or 1h30m")
+    return sum(float(number) * SECONDS_PER_UNIT[unit] for number, unit in parts)
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path``, stripped of surrounding whitespace."""
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise ValueError(f"--api.token-file={path}: {error.strerror or error}") from error
+    if not token:
+        raise ValueError(f"--api.token-file={path}: the file is empty")
+    return token
+
+
+def group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"--api.socket-group={name}: no such group") from None
+
+
 def parse_settings(argv: Sequence[str] | None) -> Settings:
     """Parse and validate flags; a bad flag ends the program through ``parser.error`` (exit code 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         host, port = parse_listen_address(args.listen_address)
+        retain = parse_duration(args.retain_finished)
+        token = read_token(args.api_token_file) if args.api_token_file else None
+        gid = group_id(args.api_socket_group) if args.api_socket_group else None
     except ValueError as error:
         parser.error(str(error))
     if not (math.isfinite(args.sample_interval) and 0 < args.sample_interval <= 3600):
@@ -117,6 +185,11 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         sample_interval_seconds=args.sample_interval,
         rapl=args.rapl,
         log_level=args.log_level,
+        api_socket=args.api_socket,
+        api_socket_gid=gid,
+        api_token=token,
+        state_dir=args.state_dir,
+        retain_finished_seconds=retain,
     )
 
 
@@ -133,14 +206,14 @@ def open_rapl(settings: Settings) -> RaplSource | None:
     return rapl
 
 
-def open_server(settings: Settings, registry: CollectorRegistry) -> ExporterServer:
+def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI) -> ExporterServer:
     """The HTTP server bound to the listen address; every interface falls back to IPv4 without IPv6."""
     try:
-        return ExporterServer(settings.listen_host, settings.listen_port, registry, __version__)
+        return ExporterServer(settings.listen_host, settings.listen_port, registry, __version__, api, settings.api_token)
     except OSError:
         if settings.listen_host != "::":
             raise
-        return ExporterServer("0.0.0.0", settings.listen_port, registry, __version__)
+        return ExporterServer("0.0.0.0", settings.listen_port, registry, __version__, api, settings.api_token)
 
 
 def serve(settings: Settings) -> int:
@@ -151,29 +224,59 @@ def serve(settings: Settings) -> int:
     except SourceError as error:
         log.error("%s", error)
         return EXIT_FAILURE
-    sampler = Sampler(procfs, rapl=rapl, interval_seconds=settings.sample_interval_seconds)
+    store, store_error = open_store(settings.state_dir)
+    if store_error:
+        log.error("%s; /metrics works, but new runs are refused until then", store_error)
+    runs = RunRegistry(procfs, store, store_error, settings.retain_finished_seconds)
+    sampler = Sampler(
+        procfs,
+        rapl=rapl,
+        group_roots=runs.group_roots,
+        interval_seconds=settings.sample_interval_seconds,
+        on_sample=runs.observe,
+    )
+    runs.attach_sampler(sampler.sample_now)
     sampler.sample_once()
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(ImpactCollector(lambda: sampler.snapshot, read_host_info(settings.procfs), __version__))
+    registry.register(
+        ImpactCollector(lambda: sampler.snapshot, read_host_info(settings.procfs), __version__, runs=runs.runs)
+    )
+    api = RunAPI(runs, lambda: sampler.snapshot)
     try:
-        server = open_server(settings, registry)
+        servers = [open_server(settings, registry, api)]
     except OSError as error:
         log.error(
             "cannot listen on %s:%s: %s; choose another address with --web.listen-address",
             settings.listen_host, settings.listen_port, error.strerror or error,
         )
         return EXIT_FAILURE
+    if settings.api_socket is not None:
+        try:
+            servers.append(UnixExporterServer(
+                settings.api_socket, registry, __version__, api, settings.api_socket_gid
+            ))
+        except OSError as error:
+            log.error(
+                "cannot serve the run API on %s: %s; choose another path with --api.socket",
+                settings.api_socket, error.strerror or error,
+            )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     sampler.start()
-    threading.Thread(target=server.serve_forever, name="impact-http", daemon=True).start()
-    log.info("listening on %s, sampling every %ss", server.listen_address, settings.sample_interval_seconds)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, name="impact-http", daemon=True).start()
+    log.info(
+        "listening on %s, sampling every %ss",
+        ", ".join(server.listen_address for server in servers), settings.sample_interval_seconds,
+    )
     stop.wait()
     log.info("shutting down")
-    server.shutdown()
-    server.server_close()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
     sampler.stop(timeout=5)
+    runs.close()
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from exporter.host import HostInfo
+from exporter.runs import COMPONENT_DOMAINS, Run
 from exporter.sampler import Snapshot
 from exporter.sources.rapl import ZoneEnergy
 
@@ -31,17 +32,27 @@ class ImpactCollector(Collector):
     Sample lines::
 
         impact_rapl_package_joules_total{package="0"} 240422.366267
+        impact_run_energy_joules_total{component="cpu",run_id="4f0c..."} 812.5
         impact_source_up{source="rapl"} 1.0
     """
 
-    def __init__(self, snapshot: Callable[[], Snapshot], host: HostInfo, version: str) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        host: HostInfo,
+        version: str,
+        runs: Callable[[], list[Run]] = list,
+    ) -> None:
         self._snapshot = snapshot
         self._host = host
         self._version = version
+        self._runs = runs
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
         yield from rapl_families(snapshot.rapl_zones)
+        yield from run_families(self._runs())
+        yield unattributed_family(snapshot)
         yield from source_families(snapshot)
         yield from exporter_families(snapshot)
         yield from info_families(self._host, self._version)
@@ -61,6 +72,54 @@ def rapl_families(zones: tuple[ZoneEnergy, ...]) -> Iterator[Metric]:
             )
         families[domain].add_metric([zone.zone.package], zone.joules_total)
     yield from families.values()
+
+
+def run_families(runs: list[Run]) -> Iterator[Metric]:
+    """Per-run series keyed by ``run_id`` alone; the descriptive labels live only on ``impact_run_info``."""
+    info = GaugeMetricFamily("impact_run_info", "Labels of a run; join on run_id. Always 1.")
+    start = GaugeMetricFamily(
+        "impact_run_start_time_seconds", "Unix time the run started.", labels=["run_id"], unit="seconds"
+    )
+    end = GaugeMetricFamily(
+        "impact_run_end_time_seconds", "Unix time the run ended (finished runs only).", labels=["run_id"],
+        unit="seconds",
+    )
+    active = GaugeMetricFamily("impact_run_active", "1 while the run is active, 0 once it ended.", labels=["run_id"])
+    energy = CounterMetricFamily(
+        "impact_run_energy_joules",
+        "Energy attributed to the run per component: cpu is its share of package energy, dram of DRAM energy.",
+        labels=["run_id", "component"],
+        unit="joules",
+    )
+    cpu = CounterMetricFamily(
+        "impact_run_cpu_seconds", "CPU time of the run's processes and their reaped children.", labels=["run_id"],
+        unit="seconds",
+    )
+    for run in runs:
+        labels = {**run.labels, "run_id": run.run_id, "experiment": run.experiment, "set": run.set, "user": run.user}
+        info.add_sample("impact_run_info", labels, 1.0)
+        start.add_metric([run.run_id], run.start_time)
+        if run.end_time is not None:
+            end.add_metric([run.run_id], run.end_time)
+        active.add_metric([run.run_id], 1.0 if run.active else 0.0)
+        for component, joules in sorted(run.energy_joules.items()):
+            energy.add_metric([run.run_id, component], joules)
+        cpu.add_metric([run.run_id], run.cpu_seconds)
+    yield from (info, start, end, active, energy, cpu)
+
+
+def unattributed_family(snapshot: Snapshot) -> Metric:
+    """Energy no run was given, per component: with the runs' energy it adds up to what RAPL measured."""
+    family = CounterMetricFamily(
+        "impact_unattributed_energy_joules",
+        "Energy measured since the exporter started that no run was given, per component.",
+        labels=["component"],
+        unit="joules",
+    )
+    for component, domain in COMPONENT_DOMAINS.items():
+        if domain in snapshot.unattributed_joules:
+            family.add_metric([component], snapshot.unattributed_joules[domain])
+    return family
 
 
 def source_families(snapshot: Snapshot) -> Iterator[Metric]:

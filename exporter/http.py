@@ -1,17 +1,31 @@
-"""HTTP endpoints of the exporter: ``/metrics``, ``/-/healthy`` and a landing page at ``/``."""
+"""HTTP endpoints of the exporter: ``/metrics``, ``/-/healthy``, a landing page at ``/`` and the run API.
+
+The same handler serves two listeners. On TCP the run API needs a bearer token (and is off without one); on
+the Unix socket the kernel tells who the caller is (SO_PEERCRED), which is what lets a user register only
+their own processes.
+"""
 
 from __future__ import annotations
 
+import errno
 import gzip
+import hmac
 import html
+import json
 import logging
+import os
 import socket
+import socketserver
+import struct
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
+
+from exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
 
 log = logging.getLogger(__name__)
 
@@ -23,20 +37,26 @@ LANDING_PAGE = """<!doctype html>
 <ul>
 <li><a href="/metrics">/metrics</a>: the Prometheus metrics</li>
 <li><a href="/-/healthy">/-/healthy</a>: liveness</li>
+<li>/api/v1/runs: the run API (on the Unix socket; over TCP only with a token)</li>
 </ul>
 </body></html>
 """
 
 
 class ExporterServer(ThreadingHTTPServer):
-    """A threaded HTTP server that knows the registry it exposes."""
+    """The TCP listener: metrics for Prometheus, and the run API when a token is configured."""
 
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, version: str) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, version: str,
+        api: RunAPI | None = None, token: str | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
         self.version = version
+        self.api = api
+        self.token = token
         super().__init__((host, port), ExporterHandler)
 
     def server_bind(self) -> None:
@@ -50,16 +70,76 @@ class ExporterServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
+    def api_caller(self, handler: ExporterHandler) -> Caller | Reply:
+        """A token holder may act for anyone (uid 0) but must name the pid; without a token the API is off."""
+        if self.api is None or self.token is None:
+            return error(
+                HTTPStatus.NOT_FOUND,
+                "the run API is not served over TCP: use the Unix socket (--api.socket) "
+                "or start the exporter with --api.token-file",
+            )
+        scheme, _, presented = handler.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
+            return error(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+        return Caller(uid=0, pid=None)
+
+
+def socket_in_use(path: Path) -> bool:
+    """Whether a live server accepts connections on ``path`` (a stale file from a crash does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class UnixExporterServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """The Unix socket listener of the run API; callers are identified by the kernel."""
+
+    daemon_threads = True
+    listen_address: str
+
+    def __init__(
+        self, path: Path, registry: CollectorRegistry, version: str, api: RunAPI, group: int | None = None
+    ) -> None:
+        self.registry = registry
+        self.version = version
+        self.api = api
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if socket_in_use(path):
+            raise OSError(errno.EADDRINUSE, "another process is serving on this socket")
+        path.unlink(missing_ok=True)
+        super().__init__(str(path), ExporterHandler)
+        if group is not None:
+            os.chown(path, -1, group)
+        path.chmod(0o660)
+        self.listen_address = f"unix://{path}"
+
+    def api_caller(self, handler: ExporterHandler) -> Caller | Reply:
+        pid, uid, _ = struct.unpack("3i", handler.connection.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        ))
+        return Caller(uid=uid, pid=pid)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.path.unlink(missing_ok=True)
+
 
 class ExporterHandler(BaseHTTPRequestHandler):
-    """Routes GET requests; everything else is 405."""
+    """Routes requests of both listeners."""
 
-    server: ExporterServer
+    server: ExporterServer | UnixExporterServer
     server_version = "impact-exporter"
+    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urlsplit(self.path).path
-        if path == "/metrics":
+        if path.startswith("/api/"):
+            self._serve_api("GET", path)
+        elif path == "/metrics":
             self._send_metrics()
         elif path == "/-/healthy":
             self._send(HTTPStatus.OK, b"Healthy\n", "text/plain; charset=utf-8")
@@ -68,6 +148,47 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
         else:
             self._send(HTTPStatus.NOT_FOUND, b"Not Found\n", "text/plain; charset=utf-8")
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        if path.startswith("/api/"):
+            self._serve_api("POST", path)
+        else:
+            self.close_connection = True  # the body was not read
+            self._send_json(error(HTTPStatus.METHOD_NOT_ALLOWED, f"POST is not allowed on {path}"))
+
+    def _serve_api(self, method: str, path: str) -> None:
+        body = self._read_body()
+        if isinstance(body, Reply):
+            self._send_json(body)
+            return
+        caller = self.server.api_caller(self)
+        if isinstance(caller, Reply):
+            self._send_json(caller)
+            return
+        self._send_json(self.server.api.handle(method, path, body, caller))
+
+    def _read_body(self) -> bytes | Reply:
+        """The request body, or the error reply for one that is chunked, malformed or over the limit."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return error(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length, not chunked")
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            return error(HTTPStatus.BAD_REQUEST, "Content-Length is not a non-negative integer")
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length)
+
+    def _send_json(self, reply: Reply) -> None:
+        body = json.dumps(reply.body).encode()
+        headers = {"WWW-Authenticate": "Bearer"} if reply.status == HTTPStatus.UNAUTHORIZED else None
+        self._send(HTTPStatus(reply.status), body, "application/json", headers)
 
     def _send_metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -88,6 +209,9 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def address_string(self) -> str:
+        return self.client_address[0] if self.client_address else "unix"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
         log.debug("%s %s", self.address_string(), format % args)

@@ -71,7 +71,7 @@ class _Pending:
     busy_cpu_seconds: float = 0.0
 
 
-def no_groups() -> Mapping[str, int]:
+def no_groups() -> Mapping[str, tuple[int, ...]]:
     """The group provider of an exporter that tracks no runs."""
     return {}
 
@@ -83,13 +83,15 @@ class Sampler:
         self,
         procfs: ProcFS,
         rapl: RaplSource | None = None,
-        group_roots: Callable[[], Mapping[str, int]] = no_groups,
+        group_roots: Callable[[], Mapping[str, tuple[int, ...]]] = no_groups,
         interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_sample: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self._procfs = procfs
         self._rapl = rapl
         self._group_roots = group_roots
+        self._on_sample = on_sample
         self._interval = interval_seconds
         self._clock = clock
         self._groups = ProcessGroups(procfs)
@@ -106,6 +108,9 @@ class Sampler:
         self._samples = 0
         self._snapshot = Snapshot()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        self._started = self._finished = 0
         self._thread: threading.Thread | None = None
 
     @property
@@ -127,7 +132,21 @@ class Sampler:
             self._attribute_pending()
         self._samples += 1
         self._snapshot = self._build_snapshot(time.perf_counter() - started)
+        if self._on_sample is not None:
+            self._on_sample(self._snapshot)
         return self._snapshot
+
+    def sample_now(self, timeout: float = 10.0) -> Snapshot:
+        """Wake the sampling thread and return the snapshot of a sample that started after this call.
+
+        Callers that finish a run use it so the run's totals include its last moments. Concurrent callers
+        share one sample.
+        """
+        with self._done:
+            wanted = self._started + 1
+            self._wake.set()
+            self._done.wait_for(lambda: self._finished >= wanted, timeout)
+            return self._snapshot
 
     def start(self) -> None:
         """Sample in a daemon thread every interval from now on until :meth:`stop`."""
@@ -137,6 +156,7 @@ class Sampler:
     def stop(self, timeout: float | None = None) -> None:
         """Ask the sampling thread to finish and wait for it."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -144,12 +164,22 @@ class Sampler:
         deadline = time.monotonic()
         while True:
             deadline = max(deadline + self._interval, time.monotonic())
-            if self._stop.wait(deadline - time.monotonic()):
+            self._wake.wait(deadline - time.monotonic())
+            if self._stop.is_set():
                 return
+            if self._wake.is_set():
+                self._wake.clear()
+                deadline = time.monotonic()
+            with self._done:
+                self._started += 1
+                number = self._started
             try:
                 self.sample_once()
             except Exception:  # a bug in one sample must not end sampling for good
                 log.exception("sample failed")
+            with self._done:
+                self._finished = number
+                self._done.notify_all()
 
     def _read_usage(self) -> bool:
         """Read group usage and system busy time and queue them for attribution; False on failure."""

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +41,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def short_socket_path() -> Path:
+    """A Unix socket path in a fresh directory that everyone may traverse, short enough for sun_path (108 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="iet-"))
+    directory.chmod(0o755)
+    return directory / "api.sock"
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -149,10 +157,19 @@ class ExporterProcess:
     LISTENING = re.compile(r"listening on (\S+),")
 
     def __init__(self, workdir: Path, args: Sequence[str]) -> None:
-        self.log_file = workdir / f"exporter-{time.monotonic_ns()}.log"
+        """Start it; without ``--api.socket``/``--state-dir`` in ``args`` both get private paths."""
+        name = f"exporter-{time.monotonic_ns()}"
+        self.log_file = workdir / f"{name}.log"
+        defaults = []
+        if not any(arg.startswith(("--api.socket=", "--no-api.socket")) for arg in args):
+            self.socket_path = short_socket_path()
+            defaults.append(f"--api.socket={self.socket_path}")
+        if not any(arg.startswith("--state-dir=") for arg in args):
+            defaults.append(f"--state-dir={workdir / name}-state")
+        self.args = ["--web.listen-address=127.0.0.1:0", *defaults, *args]
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0", *args],
+                [sys.executable, "-m", "exporter", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,

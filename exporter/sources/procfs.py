@@ -10,7 +10,7 @@ understands.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -453,17 +453,17 @@ class _Seen:
 
 @dataclass(frozen=True)
 class _Group:
-    """State kept between samples for one group id. ``root_start`` is None when the root was gone at first sight."""
+    """State kept between samples for one group id: its roots' start times (None when a root was already gone at
+    first sight) and what each member had used at the previous sample."""
 
-    root_pid: int
-    root_start: int | None
+    roots: Mapping[int, int | None]
     members: Mapping[ProcKey, _Seen]
 
 
 class ProcessGroups:
-    """Per-interval CPU and memory of process groups: a root PID plus all its descendants.
+    """Per-interval CPU and memory of process groups: one or more root PIDs plus all their descendants.
 
-    Each sample walks the tree down from the root, so the cost grows with the group's size and not the machine's.
+    Each sample walks the tree down from the roots, so the cost grows with the group's size and not the machine's.
     Processes are keyed by ``(pid, start_ticks)`` so that a reused PID is never taken for the same process.
     A member's total is its own CPU time plus that of the children it has reaped (cutime+cstime). A group's
     interval CPU is the sum of totals of the members now, minus the sum of totals of the members at the previous
@@ -471,15 +471,15 @@ class ProcessGroups:
     a member that is counted now: it died, and its last-seen parent is a member now, or is itself a vanished member
     subtracted by this same rule. The parent's cutime then carries the child's whole life, including the part after
     the last sample, and the child is counted there exactly once. A vanished member whose parent is outside the
-    group (the root itself, or a parent that is gone too) is not subtracted. Neither is a member that is still alive
+    group (a root itself, or a parent that is gone too) is not subtracted. Neither is a member that is still alive
     but no longer a descendant (orphaned to init). Their time up to the previous sample stays counted, and later time
     is not the group's. So children that fork and exit between two samples are not lost, as long as a member reaps
-    them.
+    them. A process under two roots of one group is counted once.
 
     Limits: a member that ignores SIGCHLD has its children auto-reaped, and their time is added to no one. Their
-    last counted time is then subtracted anyway, and the interval is clamped at 0. On the first sample of a group
-    only the baseline is recorded, and 0 is reported, because time used before tracking is not the run's. Zombies
-    count as members until reaped. ``root_alive`` is False once the root is a zombie or gone.
+    last counted time is then subtracted anyway, and the interval is clamped at 0. On the first sample of a group,
+    and of a root added to it later, only the baseline is recorded, because time used before tracking is not the
+    run's. Zombies count as members until reaped. ``root_alive`` is False once every root is a zombie or gone.
     """
 
     def __init__(self, procfs: ProcFS) -> None:
@@ -487,51 +487,71 @@ class ProcessGroups:
         self._procfs = procfs
         self._groups: dict[str, _Group] = {}
 
-    def sample(self, roots: Mapping[str, int]) -> dict[str, GroupUsage]:
-        """Group id -> root PID in, group id -> usage since the previous call out. Forgets ids no longer passed.
+    def sample(self, roots: Mapping[str, Collection[int]]) -> dict[str, GroupUsage]:
+        """Group id -> root PIDs in, group id -> usage since the previous call out. Forgets ids no longer passed.
 
-        An id passed again with a different root PID starts over as a new group.
+        Roots may be added to a group between calls; a root no longer passed stops being part of it.
         """
         children = _ChildLookup(self._procfs)
         usage: dict[str, GroupUsage] = {}
         groups: dict[str, _Group] = {}
-        for group_id, root_pid in roots.items():
+        for group_id, root_pids in roots.items():
             previous = self._groups.get(group_id)
-            if previous is not None and previous.root_pid != root_pid:
-                previous = None
-            usage[group_id], groups[group_id] = self._sample_group(root_pid, previous, children)
+            usage[group_id], groups[group_id] = self._sample_group(tuple(root_pids), previous, children)
         self._groups = groups
         return usage
 
     def _sample_group(
-        self, root_pid: int, previous: _Group | None, children: Callable[[int], list[int]]
+        self, root_pids: tuple[int, ...], previous: _Group | None, children: Callable[[int], list[int]]
     ) -> tuple[GroupUsage, _Group]:
         """Usage of one group and the state to keep for the next sample."""
+        known = previous.roots if previous is not None else {}
+        roots = {pid: known[pid] if pid in known else self._start_ticks(pid) for pid in root_pids}
+        members: dict[ProcKey, ProcStat] = {}
+        for pid in root_pids:
+            if pid in known:
+                self._walk(pid, roots[pid], children, members)
+        fresh: dict[ProcKey, ProcStat] = {}
+        for pid in root_pids:
+            if pid not in known:
+                self._walk(pid, roots[pid], children, fresh)
         if previous is None:
-            root = self._procfs.process(root_pid)
-            root_start = root.start_ticks if root is not None else None
+            cpu_seconds = 0.0
         else:
-            root_start = previous.root_start
-        members = self._walk(root_pid, root_start, children)
-        cpu_seconds = 0.0 if previous is None else self._interval_cpu(previous.members, members)
-        root_stat = members.get((root_pid, root_start)) if root_start is not None else None
+            baseline = {key: _Seen(stat.ppid, stat.total_cpu_seconds) for key, stat in fresh.items()}
+            before = {**baseline, **previous.members}
+            cpu_seconds = self._interval_cpu(before, {**fresh, **members})
+        members.update(fresh)
         usage = GroupUsage(
             cpu_seconds=cpu_seconds,
             memory_bytes=sum(self._procfs.memory_bytes(pid) or 0 for pid, _ in members),
             processes=len(members),
-            root_alive=root_stat is not None and root_stat.state not in ("Z", "X"),
+            root_alive=any(
+                (stat := members.get((pid, start))) is not None and stat.state not in ("Z", "X")
+                for pid, start in roots.items()
+                if start is not None
+            ),
         )
         seen = {key: _Seen(stat.ppid, stat.total_cpu_seconds) for key, stat in members.items()}
-        return usage, _Group(root_pid, root_start, seen)
+        return usage, _Group(roots, seen)
+
+    def _start_ticks(self, pid: int) -> int | None:
+        """Start time of ``pid`` now, or None when it is gone: the identity a root keeps for its whole run."""
+        stat = self._procfs.process(pid)
+        return stat.start_ticks if stat is not None else None
 
     def _walk(
-        self, root_pid: int, root_start: int | None, children: Callable[[int], list[int]]
-    ) -> dict[ProcKey, ProcStat]:
-        """The root (when it is still the same process) and every descendant, keyed by ``(pid, start_ticks)``."""
+        self,
+        root_pid: int,
+        root_start: int | None,
+        children: Callable[[int], list[int]],
+        members: dict[ProcKey, ProcStat],
+    ) -> None:
+        """Add the root (when it is still the same process) and every descendant to ``members``."""
         root = self._procfs.process(root_pid) if root_start is not None else None
-        if root is None or root.start_ticks != root_start:
-            return {}
-        members = {root.key: root}
+        if root is None or root.start_ticks != root_start or root.key in members:
+            return
+        members[root.key] = root
         stack = [root]
         while stack:
             parent = stack.pop()
@@ -541,7 +561,6 @@ class ProcessGroups:
                 if child is not None and child.ppid == parent.pid and child.key not in members:
                     members[child.key] = child
                     stack.append(child)
-        return members
 
     def _interval_cpu(self, before: Mapping[ProcKey, _Seen], now: Mapping[ProcKey, ProcStat]) -> float:
         """CPU seconds the group used since ``before``, following the rules in the class docstring, clamped at 0."""

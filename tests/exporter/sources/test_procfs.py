@@ -298,7 +298,7 @@ def test_first_sample_is_a_baseline_of_zero(fake: FakeProc):
     fake.spawn(101, ROOT, start=1010, utime=200)
     groups = ProcessGroups(fake.procfs())
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
 
     assert usage.cpu_seconds == 0.0
     assert usage.processes == 2
@@ -309,13 +309,13 @@ def test_cpu_of_live_members_is_the_interval_delta(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, utime=500)
     fake.spawn(101, ROOT, start=1010, utime=200)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(ROOT, 30)
     fake.run(101, 70)
     fake.spawn(102, 101, start=1020, utime=25)  # forked since the last sample: all its time is the interval's
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     assert usage.cpu_seconds == pytest.approx(1.25)
     assert usage.processes == 3
 
@@ -324,30 +324,71 @@ def test_child_reaped_by_root_between_samples_is_counted_once(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, utime=100)
     fake.spawn(101, ROOT, start=1010, utime=30)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(101, 20)  # 0.2 s after the last sample, then exits
     fake.reap(101)  # root's cutime now holds all 0.5 s of the child
     fake.run(ROOT, 10)
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     assert usage.cpu_seconds == pytest.approx(0.3)
     assert usage.processes == 1
 
     fake.run(ROOT, 5)
-    assert groups.sample({"run": ROOT})["run"].cpu_seconds == pytest.approx(0.05)
+    assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == pytest.approx(0.05)
+
+
+def test_root_added_later_counts_only_from_when_it_joined(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=100)
+    fake.spawn(300, 1, start=1300, utime=900)  # a second rank of the same run, already busy before joining
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT,)})
+
+    fake.run(ROOT, 10)
+    fake.run(300, 50)  # before it joined: not the run's
+    assert groups.sample({"run": (ROOT, 300)})["run"].cpu_seconds == pytest.approx(0.10)
+
+    fake.run(ROOT, 10)
+    fake.run(300, 20)
+    usage = groups.sample({"run": (ROOT, 300)})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.30)
+    assert usage.processes == 2
+
+
+def test_process_under_two_roots_of_one_group_is_counted_once(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010)  # registered as a root too, and a descendant of the first root
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT, 101)})
+
+    fake.run(101, 40)
+    usage = groups.sample({"run": (ROOT, 101)})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.40)
+    assert usage.processes == 2
+
+
+def test_group_lives_while_any_root_lives(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(300, 1, start=1300)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT, 300)})
+
+    fake.vanish(ROOT)
+    assert groups.sample({"run": (ROOT, 300)})["run"].root_alive is True
+    fake.vanish(300)
+    assert groups.sample({"run": (ROOT, 300)})["run"].root_alive is False
 
 
 def test_children_that_fork_and_exit_between_samples_are_not_lost(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     for offset in range(5):  # never seen by any sample
         fake.spawn(200 + offset, ROOT, start=1100 + offset, utime=4, stime=2)
         fake.reap(200 + offset)
 
-    assert groups.sample({"run": ROOT})["run"].cpu_seconds == pytest.approx(0.30)
+    assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == pytest.approx(0.30)
 
 
 def test_grandchild_reaped_by_child_reaped_by_root(fake: FakeProc):
@@ -355,27 +396,27 @@ def test_grandchild_reaped_by_child_reaped_by_root(fake: FakeProc):
     fake.spawn(101, ROOT, start=1010, utime=10)
     fake.spawn(102, 101, start=1020, utime=40)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(102, 15)
     fake.reap(102)
     fake.run(101, 5)
     fake.reap(101)
 
-    assert groups.sample({"run": ROOT})["run"].cpu_seconds == pytest.approx(0.20)
+    assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == pytest.approx(0.20)
 
 
 def test_pid_reuse_with_a_new_start_time_is_a_new_process(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000)
     fake.spawn(101, ROOT, start=1010, utime=80)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(101, 10)
     fake.reap(101)  # the old 101 ends with 0.9 s, 0.1 s of it new
     fake.spawn(101, ROOT, start=1500, utime=30)  # a new process with the same PID
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     assert usage.cpu_seconds == pytest.approx(0.1 + 0.3)
     assert usage.processes == 2
 
@@ -386,7 +427,7 @@ def test_reused_pid_of_a_member_that_left_the_group_is_counted_from_zero(fake: F
     fake.spawn(102, 101, start=1020, utime=10)
     fake.spawn(103, 102, start=1030, utime=60)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(101, 10)
     fake.reap(101)  # 102 is orphaned to init and leaves the group
@@ -394,7 +435,7 @@ def test_reused_pid_of_a_member_that_left_the_group_is_counted_from_zero(fake: F
     fake.reap(103)  # by 102, outside the group now: 103's 0.6 s stay counted
     fake.spawn(103, ROOT, start=1600, utime=30)  # the root forks a new process that gets PID 103
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     # Taken for the old 103, the new one would net 0.3 - 0.6 and the interval would clamp to 0.
     assert usage.cpu_seconds == pytest.approx(0.1 + 0.3)
     assert usage.processes == 2
@@ -403,13 +444,13 @@ def test_reused_pid_of_a_member_that_left_the_group_is_counted_from_zero(fake: F
 def test_reused_root_pid_is_not_the_root(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, utime=50)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.vanish(ROOT)
     fake.spawn(ROOT, 1, start=9000, utime=700)  # an unrelated process got the PID
     fake.spawn(101, ROOT, start=9001, utime=300)
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     assert usage.root_alive is False
     assert usage.processes == 0
     assert usage.cpu_seconds == 0.0
@@ -421,21 +462,21 @@ def test_reparented_orphan_keeps_its_counted_time_and_stops_counting(fake: FakeP
     fake.spawn(101, ROOT, start=1010, utime=20)
     fake.spawn(102, 101, start=1020, utime=50)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(101, 10)
     fake.reap(101)  # 101's 0.3 s land in the root; 102 is orphaned to init
     fake.update(102, ppid=1)
     fake.run(102, 40)
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     # 101's interval time (0.1) counts; 102's earlier 0.5 s is not taken back, its later time is not the run's.
     assert usage.cpu_seconds == pytest.approx(0.1)
     assert usage.processes == 1
 
     fake.run(102, 40)
     fake.vanish(102)  # init reaps it
-    assert groups.sample({"run": ROOT})["run"].cpu_seconds == 0.0
+    assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == 0.0
 
 
 def test_root_reaped_by_its_outside_parent_keeps_counted_time(fake: FakeProc):
@@ -443,13 +484,13 @@ def test_root_reaped_by_its_outside_parent_keeps_counted_time(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, utime=10)
     fake.spawn(101, ROOT, start=1010, utime=60)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(101, 10)
     fake.reap(101)
     fake.reap(ROOT)  # the shell that started the run waits for it
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     # Neither the root's final time nor 101's (inside it) can be seen; what was counted is not taken back.
     assert usage.cpu_seconds == 0.0
     assert usage.root_alive is False
@@ -460,13 +501,13 @@ def test_zombie_root_counts_its_reaped_children_but_is_not_alive(fake: FakeProc)
     fake.spawn(ROOT, 1, start=1000, utime=10)
     fake.spawn(101, ROOT, start=1010, utime=60)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.run(101, 10)
     fake.reap(101)
     fake.update(ROOT, state="Z")
 
-    usage = groups.sample({"run": ROOT})["run"]
+    usage = groups.sample({"run": (ROOT,)})["run"]
     assert usage.cpu_seconds == pytest.approx(0.1)
     assert usage.processes == 1
     assert usage.root_alive is False
@@ -476,12 +517,12 @@ def test_auto_reaped_child_clamps_the_interval_at_zero(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000)
     fake.spawn(101, ROOT, start=1010, utime=90)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT})
+    groups.sample({"run": (ROOT,)})
 
     fake.vanish(101)  # parent ignores SIGCHLD: the kernel reaps 101 and adds its time to no one
     fake.run(ROOT, 5)
 
-    assert groups.sample({"run": ROOT})["run"].cpu_seconds == 0.0
+    assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == 0.0
 
 
 def test_stale_child_list_entry_with_another_parent_is_not_a_member(fake: FakeProc):
@@ -492,7 +533,7 @@ def test_stale_child_list_entry_with_another_parent_is_not_a_member(fake: FakePr
     if fake.children_files:  # the children file was read, then 101 died and its PID went to another parent
         (fake.root / str(ROOT) / "task" / str(ROOT) / "children").write_text("101 555 ")
 
-    usage = ProcessGroups(procfs).sample({"run": ROOT})["run"]
+    usage = ProcessGroups(procfs).sample({"run": (ROOT,)})["run"]
     assert usage.processes == 1
 
 
@@ -504,34 +545,34 @@ def test_memory_is_pss_when_readable_else_rss(fake: FakeProc):
     assert procfs.memory_bytes(ROOT) == 2048 * 1024
     assert procfs.memory_bytes(101) == 300 * PAGE
     assert procfs.memory_bytes(999) is None
-    assert ProcessGroups(procfs).sample({"run": ROOT})["run"].memory_bytes == 2048 * 1024 + 300 * PAGE
+    assert ProcessGroups(procfs).sample({"run": (ROOT,)})["run"].memory_bytes == 2048 * 1024 + 300 * PAGE
 
 
 def test_forgotten_group_starts_over_with_a_baseline(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000)
     fake.spawn(200, 1, start=1001)
     groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": ROOT, "other": 200})
+    groups.sample({"run": (ROOT,), "other": (200,)})
 
     fake.run(ROOT, 50)
     fake.run(200, 20)
-    assert set(groups.sample({"other": 200})) == {"other"}
+    assert set(groups.sample({"other": (200,)})) == {"other"}
     fake.run(ROOT, 50)
 
     fake.run(200, 20)
 
-    usage = groups.sample({"run": ROOT, "other": 200})
+    usage = groups.sample({"run": (ROOT,), "other": (200,)})
     assert usage["run"].cpu_seconds == 0.0  # a baseline again, although the root ran 1.0 s while tracked
     assert usage["other"].cpu_seconds == pytest.approx(0.2)
 
 
 def test_group_with_root_gone_at_first_sight_never_adopts_the_pid(fake: FakeProc):
     groups = ProcessGroups(fake.procfs())
-    assert groups.sample({"run": ROOT})["run"] == GroupUsage(0.0, 0, 0, root_alive=False)
+    assert groups.sample({"run": (ROOT,)})["run"] == GroupUsage(0.0, 0, 0, root_alive=False)
 
     fake.spawn(ROOT, 1, start=5000, utime=10)
     fake.run(ROOT, 10)
-    assert groups.sample({"run": ROOT})["run"] == GroupUsage(0.0, 0, 0, root_alive=False)
+    assert groups.sample({"run": (ROOT,)})["run"] == GroupUsage(0.0, 0, 0, root_alive=False)
 
 
 # --- ProcFS readers on the fake tree -------------------------------------------------------------------------------
@@ -651,11 +692,11 @@ def tell(process: subprocess.Popen[str], line: str) -> str:
 def test_real_group_counts_children_that_exited_and_were_reaped(spawn):
     parent = spawn(FORKING_PARENT)
     groups = ProcessGroups(ProcFS(Path("/proc")))
-    assert groups.sample({"run": parent.pid})["run"].cpu_seconds == 0.0
+    assert groups.sample({"run": (parent.pid,)})["run"].cpu_seconds == 0.0
 
     reported = float(tell(parent, "go"))  # the 50 children's CPU plus the parent's, as they measured it
 
-    usage = groups.sample({"run": parent.pid})["run"]
+    usage = groups.sample({"run": (parent.pid,)})["run"]
     assert reported >= 50 * 0.02
     assert reported - 0.05 <= usage.cpu_seconds <= reported * 1.25 + 0.1
     assert usage.processes == 1
@@ -667,14 +708,14 @@ def test_real_group_counts_children_that_exited_and_were_reaped(spawn):
 def test_real_busy_child_is_measured_live_and_not_again_when_reaped(spawn):
     parent = spawn(BUSY_CHILD)
     groups = ProcessGroups(ProcFS(Path("/proc")))
-    groups.sample({"run": parent.pid})
+    groups.sample({"run": (parent.pid,)})
 
     child_seconds = float(tell(parent, "go"))
-    live = groups.sample({"run": parent.pid})["run"]
+    live = groups.sample({"run": (parent.pid,)})["run"]
     assert live.processes == 2
     assert child_seconds - 0.03 <= live.cpu_seconds <= child_seconds + 0.1
 
     assert tell(parent, "exit") == "reaped\n"  # the child reads this line, exits, and the parent reaps it
-    reaped = groups.sample({"run": parent.pid})["run"]
+    reaped = groups.sample({"run": (parent.pid,)})["run"]
     assert reaped.processes == 1
     assert reaped.cpu_seconds < 0.05
