@@ -157,6 +157,12 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body was not read
             self._send_json(error(HTTPStatus.METHOD_NOT_ALLOWED, f"POST is not allowed on {path}"))
 
+    def _refuse_method(self) -> None:
+        self.close_connection = True  # a body, if any, was not read
+        self._send_json(error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed; use GET or POST"))
+
+    do_PUT = do_DELETE = do_PATCH = _refuse_method  # noqa: N815
+
     def _serve_api(self, method: str, path: str) -> None:
         body = self._read_body()
         if isinstance(body, Reply):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 UJ_PER_JOULE = 1_000_000
@@ -132,3 +134,31 @@ def _write(path: Path, text: str) -> None:
     """Write a zone file readable by everyone (the kernel's energy_uj is root-only; tests may chmod it)."""
     path.write_text(text)
     path.chmod(0o644)
+
+
+class PowerDriver(threading.Thread):
+    """Advances the fake counters at constant power and keeps the ground truth: joules written per zone."""
+
+    def __init__(
+        self, powercap: FakePowercap, watts: dict[str, float], seconds: float, step_seconds: float = 0.05
+    ) -> None:
+        super().__init__(daemon=True)
+        self.step_seconds = step_seconds
+        self.powercap = powercap
+        self.watts = watts
+        self.seconds = seconds
+        self.joules = {zone: 0.0 for zone in watts}
+        self.wraps = {zone: 0 for zone in watts}
+
+    def run(self) -> None:
+        started = last = time.monotonic()
+        while last - started < self.seconds:
+            time.sleep(self.step_seconds)
+            now = time.monotonic()
+            for zone, watts in self.watts.items():
+                before = self.powercap.energy_uj(zone)
+                joules = round(watts * (now - last) * 1e6) / 1e6
+                self.powercap.advance(zone, joules)
+                self.joules[zone] += joules
+                self.wraps[zone] += self.powercap.energy_uj(zone) < before
+            last = now

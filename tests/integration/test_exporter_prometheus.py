@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.fakes.powercap import FakePowercap
+from tests.fakes.powercap import FakePowercap, PowerDriver
 from tests.servers import ExporterProcess, PrometheusServer, require_binary, wait_for
 
 pytestmark = pytest.mark.integration
@@ -18,32 +16,6 @@ pytestmark = pytest.mark.integration
 PACKAGE_WATTS = 40.0
 DRAM_WATTS = 6.0
 RANGE_UJ = 500_000_000  # 500 J: the package counter wraps every 12.5 s at 40 W
-STEP_SECONDS = 0.05
-
-
-class PowerDriver(threading.Thread):
-    """Advances the fake counters at constant power and keeps the ground truth: joules written per zone."""
-
-    def __init__(self, powercap: FakePowercap, watts: dict[str, float], seconds: float) -> None:
-        super().__init__(daemon=True)
-        self.powercap = powercap
-        self.watts = watts
-        self.seconds = seconds
-        self.joules = {zone: 0.0 for zone in watts}
-        self.wraps = {zone: 0 for zone in watts}
-
-    def run(self) -> None:
-        started = last = time.monotonic()
-        while last - started < self.seconds:
-            time.sleep(STEP_SECONDS)
-            now = time.monotonic()
-            for zone, watts in self.watts.items():
-                before = self.powercap.energy_uj(zone)
-                joules = round(watts * (now - last) * 1e6) / 1e6
-                self.powercap.advance(zone, joules)
-                self.joules[zone] += joules
-                self.wraps[zone] += self.powercap.energy_uj(zone) < before
-            last = now
 
 
 def test_prometheus_sees_the_joules_written_through_a_wraparound(

@@ -1,0 +1,124 @@
+"""The sampler: sources going down and coming back, queued attribution, and sample_now."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from exporter.sampler import PROCFS, RAPL, Sampler
+from exporter.sources.procfs import ProcFS
+from exporter.sources.rapl import RaplSource
+from tests.fakes.powercap import FakePowercap
+
+PACKAGE, DRAM = "intel-rapl:0", "intel-rapl:0:0"
+
+
+@pytest.fixture
+def powercap(tmp_path: Path) -> FakePowercap:
+    powercap = FakePowercap(tmp_path / "sys")
+    powercap.add_zone(PACKAGE, "package-0", energy_uj=1_000_000)
+    powercap.add_zone(DRAM, "dram", energy_uj=2_000_000)
+    return powercap
+
+
+def break_counter(powercap: FakePowercap, zone: str) -> Path:
+    """Replace the zone's energy_uj by a directory: reads fail with EISDIR, even for root."""
+    counter = powercap.zone_dir(zone).resolve() / "energy_uj"
+    saved = counter.with_name("energy_uj.saved")
+    counter.rename(saved)
+    counter.mkdir()
+    return saved
+
+
+def mend_counter(saved: Path) -> None:
+    counter = saved.with_name("energy_uj")
+    counter.rmdir()
+    saved.rename(counter)
+
+
+def package_joules(sampler: Sampler) -> float:
+    return next(z.joules_total for z in sampler.snapshot.rapl_zones if z.zone.domain == "package")
+
+
+def test_a_failing_source_is_marked_down_counted_and_recovers_with_the_outages_energy(powercap: FakePowercap) -> None:
+    sampler = Sampler(ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs))
+    sampler.sample_once()
+    assert sampler.snapshot.sources[RAPL].up
+    start = package_joules(sampler)
+
+    saved = break_counter(powercap, PACKAGE)
+    powercap.advance(DRAM, 3.0)
+    for _ in range(3):
+        sampler.sample_once()
+    snapshot = sampler.snapshot
+    assert not snapshot.sources[RAPL].up
+    assert snapshot.sources[RAPL].errors_total == 3
+    assert snapshot.sources[PROCFS].up
+    assert package_joules(sampler) == start, "a source that is down keeps its last value, never a silent zero"
+
+    mend_counter(saved)
+    powercap.advance(PACKAGE, 12.5)
+    sampler.sample_once()
+    assert sampler.snapshot.sources[RAPL].up
+    assert sampler.snapshot.sources[RAPL].errors_total == 3
+    assert package_joules(sampler) == pytest.approx(start + 12.5, abs=1e-6)
+    assert sampler.snapshot.unattributed_joules["dram"] == pytest.approx(3.0, abs=1e-6)
+
+
+def test_energy_measured_while_procfs_was_down_is_attributed_once_it_is_back(
+    powercap: FakePowercap, tmp_path: Path
+) -> None:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "stat").write_text("cpu  100 0 0 1000 0 0 0 0 0 0\n")
+    (proc / "meminfo").write_text("MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
+    sampler = Sampler(ProcFS(proc, ticks_per_second=100), rapl=RaplSource(powercap.sysfs))
+    sampler.sample_once()
+
+    (proc / "stat").write_text("garbage\n")
+    powercap.advance(PACKAGE, 4.0)
+    sampler.sample_once()
+    assert not sampler.snapshot.sources[PROCFS].up
+    assert sampler.snapshot.unattributed_joules.get("package", 0.0) == 0.0, "waits for the usage of the interval"
+
+    (proc / "stat").write_text("cpu  200 0 0 1100 0 0 0 0 0 0\n")
+    powercap.advance(PACKAGE, 6.0)
+    sampler.sample_once()
+    assert sampler.snapshot.sources[PROCFS].up
+    assert sampler.snapshot.unattributed_joules["package"] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
+    try:
+        sampler = Sampler(ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs), group_roots=lambda: {"run": (child.pid,)})
+        sampler.sample_once()
+        threading.Event().wait(0.5)
+        powercap.advance(PACKAGE, 20.0)
+        sampler.sample_once()
+        totals = sampler.snapshot.groups["run"]
+        assert totals.processes == 1 and totals.root_alive
+        assert 0.2 < totals.cpu_seconds < 0.7
+        assert 0.0 < totals.energy_joules["package"] <= 20.0
+        assert totals.energy_joules["package"] + sampler.snapshot.unattributed_joules["package"] == pytest.approx(20.0)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_sample_now_returns_a_sample_taken_after_the_call(powercap: FakePowercap) -> None:
+    sampler = Sampler(ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs), interval_seconds=3600)
+    sampler.sample_once()
+    sampler.start()
+    try:
+        powercap.advance(PACKAGE, 2.0)
+        before = sampler.snapshot.samples_total
+        snapshot = sampler.sample_now(timeout=10)
+        assert snapshot.samples_total > before
+        assert package_joules(sampler) == pytest.approx(3.0, abs=1e-6)
+    finally:
+        sampler.stop(timeout=5)
