@@ -272,11 +272,13 @@ class RunRegistry:
         now = self._clock()
         ended: list[Run] = []
         for run in stored:
-            if run.active and not any(self._is_alive(p) for p in run.processes):
+            alive = tuple(p for p in run.processes if self._is_alive(p))
+            if run.active and not alive:
                 run = replace(run, end_time=run.last_seen or run.start_time)
                 ended.append(run)
                 log.info("run %s ended while the exporter was down", run.run_id)
             elif run.active:
+                run = replace(run, processes=alive)  # a root that died meanwhile may have a new owner of its PID
                 log.info("run %s resumed with its totals", run.run_id)
             if run.active or now - (run.end_time or now) <= self._retain:
                 self._runs[run.run_id] = run

@@ -398,3 +398,16 @@ def test_tcp_run_api_is_off_without_a_token_and_guarded_with_one(
     created = requests.post(url, json=body, headers=auth, timeout=5)
     assert created.status_code == 201
     assert created.json()["pids"] == [child.pid]
+
+
+def test_an_unwritable_state_dir_refuses_runs_with_503_but_metrics_work(
+    tmp_path: Path, powercap: FakePowercap, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    exporter = start_exporter(f"--path.sysfs={powercap.sysfs}", f"--state-dir={blocker / 'state'}")
+    status, body = api(exporter.socket_path, "POST", "/api/v1/runs", {"experiment": "x"})
+    assert status == 503
+    assert str(blocker) in body["error"] and "--state-dir" in body["error"]
+    assert 'impact_source_up{source="rapl"} 1.0' in exporter.metrics_text()
+    assert "new runs are refused" in exporter.log()
