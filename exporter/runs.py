@@ -264,7 +264,7 @@ class RunRegistry:
             self._resume(store.load())
 
     def attach_sampler(self, sample_now: Callable[[], Snapshot]) -> None:
-        """Let ``stop`` take a fresh sample first, so a run's last second is not lost."""
+        """Let ``start`` and ``stop`` take a fresh sample, so neither a run's first nor its last second is lost."""
         self._sample_now = sample_now
 
     def _resume(self, stored: list[Run]) -> None:
@@ -323,7 +323,9 @@ class RunRegistry:
             self._save([run])
             self._runs[run.run_id] = run
             self._base.setdefault(run.run_id, replace(run, energy_joules={}, cpu_seconds=0.0))
-            return run, created
+        if self._sample_now is not None:
+            self._sample_now()  # the process's CPU time counts from now, not from the next regular sample
+        return run, created
 
     def _process_ref(self, pid: int, caller_uid: int) -> ProcessRef:
         stat = self._procfs.process(pid)

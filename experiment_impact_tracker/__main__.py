@@ -1,0 +1,3 @@
+from experiment_impact_tracker.cli import main
+
+raise SystemExit(main())

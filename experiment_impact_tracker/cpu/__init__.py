@@ -1,0 +1,1 @@
+"""CPU facts about the machine an experiment runs on (py-cpuinfo), for run records and parity checks."""

@@ -1,0 +1,1 @@
+"""GPU facts about the machine an experiment runs on (NVML), for run records and parity checks."""

@@ -1,0 +1,381 @@
+"""Runs as an experiment marks them: ``track_run`` registers a process with the exporter and stops it after.
+
+::
+
+    with track_run("mobilenet", set="conv32", labels={"seed": "0"}, logdir="runs/seed0") as run:
+        train()
+        print(run.info()["energy_joules"])
+
+    @track_run("mobilenet")
+    def main(): ...
+
+The exporter measures the registered process and all its descendants, so the code inside the block needs no
+changes and no monitoring process is forked. Tracking must never be the reason an experiment dies: when the
+exporter cannot be reached, or refuses the run, one warning line says why and how to fix it and the
+experiment runs untracked (``run.tracked`` is False), unless ``strict=True`` asks for an exception instead.
+
+``IMPACT_RUN_ID``, when set, is the run id: processes that a distributed launcher starts with the same id (and
+the same experiment, set and labels) join one run. The process that created a run stops it; processes that
+joined leave it to their creator, and the exporter ends a run by itself once all its processes are gone. When
+the id names an active run that already measures this process (``impact-run`` exports its run's id to the
+command), that run is used as it is, whatever experiment name the code inside gives.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from experiment_impact_tracker.client import ADDRESS_ENV, DEFAULT_ADDRESS, ExporterClient, Registration
+from experiment_impact_tracker.errors import (
+    ExporterError,
+    ImpactTrackerError,
+    RunNotTracked,
+    RunUnhealthy,
+    UnknownRun,
+)
+from experiment_impact_tracker.rundir import describe_hardware, prometheus_url, write_run_dir
+
+log = logging.getLogger("experiment_impact_tracker")
+
+RUN_ID_ENV = "IMPACT_RUN_ID"
+STALE_AFTER_SECONDS = 10.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Run:
+    """One run as the process that registered it sees it: its id, whether it is tracked, its latest figures.
+
+    Made by ``Run.start`` (through ``track_run``, ``impact-run`` or ``ImpactTracker``); ``stop`` ends it.
+    """
+
+    def __init__(
+        self,
+        *,
+        experiment: str,
+        set: str | None,  # noqa: A002 (the API's field name)
+        labels: Mapping[str, str],
+        pid: int,
+        client: ExporterClient | None,
+        address: str,
+        registration: Registration | None,
+        untracked_reason: str | None,
+        strict: bool,
+        logdir: Path | None,
+        hardware: dict[str, Any] | None,
+        command: list[str] | None,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.experiment = experiment
+        self.set = set
+        self.labels = dict(labels)
+        self.pid = pid
+        self.address = address
+        self.untracked_reason = untracked_reason
+        self.logdir = logdir
+        self.command = command
+        self.final: dict[str, Any] | None = None
+        self.start_time: float = (registration.run.get("start_time") if registration else None) or time.time()
+        self.end_time: float | None = None
+        self._client = client
+        self._registration = registration
+        self._strict = strict
+        self._hardware = hardware
+        self._prometheus_url = prometheus_url(environ)
+        self._owner_pid = os.getpid()
+        self._stopped = False
+
+    @classmethod
+    def start(
+        cls,
+        experiment: str,
+        *,
+        set: str | None = None,  # noqa: A002
+        labels: Mapping[str, Any] | None = None,
+        pid: int | None = None,
+        run_id: str | None = None,
+        logdir: str | os.PathLike[str] | None = None,
+        strict: bool = False,
+        client: ExporterClient | None = None,
+        command: list[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Register ``pid`` (default: this process) and its descendants as a run, and write ``logdir/run.json``.
+
+        Label values are converted with ``str``. ``run_id`` defaults to ``$IMPACT_RUN_ID``. A tracking failure
+        raises (an ImpactTrackerError) with ``strict``, else logs one warning line and returns an untracked run.
+        A ``logdir`` that cannot be written raises OSError either way: the caller asked for it.
+        """
+        env = os.environ if environ is None else environ
+        if logdir is not None:
+            Path(logdir).mkdir(parents=True, exist_ok=True)  # fail before registering, not after
+        text_labels = {str(name): str(value) for name, value in (labels or {}).items()}
+        run_id = run_id or env.get(RUN_ID_ENV) or None
+        # Described before registering, so that py-cpuinfo's second of work is not billed to the run.
+        hardware = describe_hardware() if logdir is not None else None
+        address = str(client.address) if client else env.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+        registration, reason = None, None
+        try:
+            client = client or ExporterClient(environ=env)
+            address = str(client.address)
+            registration = _register(client, experiment, set, text_labels, pid, run_id)
+        except ImpactTrackerError as error:
+            if strict:
+                raise
+            reason = _one_line(str(error))
+            warn(f"not tracking {experiment!r}: {reason}")
+        run = cls(
+            experiment=experiment,
+            set=set,
+            labels=text_labels,
+            pid=pid if pid is not None else os.getpid(),
+            client=client if registration else None,
+            address=address,
+            registration=registration,
+            untracked_reason=reason,
+            strict=strict,
+            logdir=Path(logdir) if logdir is not None else None,
+            hardware=hardware,
+            command=command,
+            environ=env,
+        )
+        if run.logdir is not None:
+            try:
+                run.write()
+            except BaseException:
+                run._abandon()
+                raise
+        return run
+
+    @property
+    def tracked(self) -> bool:
+        """Whether the exporter measures this run (False when registering it failed)."""
+        return self._registration is not None
+
+    @property
+    def run_id(self) -> str | None:
+        """The exporter's id of the run; None when untracked."""
+        return self._registration.run["run_id"] if self._registration else None
+
+    @property
+    def created(self) -> bool:
+        """Whether this process started the run (and so stops it), rather than joining one."""
+        return self._registration is not None and self._registration.created
+
+    def info(self) -> dict[str, Any]:
+        """The exporter's latest figures for the run (energy_joules, cpu_seconds, status, ...).
+
+        Raises RunNotTracked for an untracked run, UnknownRun when the exporter no longer knows it,
+        ExporterUnavailable when the exporter cannot be reached.
+        """
+        if self._client is None or self.run_id is None:
+            raise RunNotTracked(self.experiment, self.untracked_reason or "it was never registered")
+        try:
+            return self._client.get_run(self.run_id)
+        except ExporterError as error:
+            if error.status == 404:
+                raise UnknownRun(self.run_id, error.message, error.address) from error
+            raise
+
+    def stop(self, raise_errors: bool = True) -> dict[str, Any] | None:
+        """End the run (if this process created it), record the final figures in run.json, and return them.
+
+        Idempotent, and a no-op in a forked child of the registering process, so that a child's exit does not
+        end its parent's run. A failure to stop is a warning, or with ``strict`` (and ``raise_errors``) an
+        exception once run.json is written.
+        """
+        if self._stopped or os.getpid() != self._owner_pid:
+            return self.final
+        self._stopped = True
+        failure: ImpactTrackerError | None = None
+        if self._client is not None and self.run_id is not None:
+            try:
+                if self.created:
+                    self.final = self._client.stop_run(self.run_id)
+                else:
+                    self.final = self._client.get_run(self.run_id)
+            except ImpactTrackerError as error:
+                failure = error
+                warn(f"cannot stop run {self.run_id} of {self.experiment!r}: {_one_line(str(error))}")
+        self.end_time = (self.final or {}).get("end_time") or time.time()
+        if self.logdir is not None:
+            self.write()
+        if failure is not None and self._strict and raise_errors:
+            raise failure
+        return self.final
+
+    def _abandon(self) -> None:
+        """Stop a run that was registered but cannot be handed out (its run.json failed), best effort."""
+        self._stopped = True
+        if self._client is not None and self.run_id is not None and self.created:
+            try:
+                self._client.stop_run(self.run_id)
+            except ImpactTrackerError:
+                pass
+
+    def record(self) -> dict[str, Any]:
+        """What run.json holds (see experiment_impact_tracker.rundir)."""
+        known = self.final or (self._registration.run if self._registration else {})
+        return {
+            "run_id": self.run_id,
+            "tracked": self.tracked,
+            "untracked_reason": self.untracked_reason,
+            "joined": self.tracked and not self.created,
+            "experiment": known.get("experiment", self.experiment),
+            "set": known.get("set", self.set or ""),
+            "labels": known.get("labels", self.labels),
+            "exporter": self.address,
+            "prometheus_url": self._prometheus_url,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "host": socket.gethostname(),
+            "hardware": self._hardware,
+            "pid": self.pid,
+            "user": known.get("user") or _user_name(),
+            "command": self.command,
+            "final": self.final,
+        }
+
+    def write(self) -> Path | None:
+        """(Re)write ``logdir/run.json`` atomically; None without a logdir."""
+        if self.logdir is None:
+            return None
+        if self._hardware is None:
+            self._hardware = describe_hardware()
+        return write_run_dir(self.logdir, self.record())
+
+    def __repr__(self) -> str:
+        state = f"run_id={self.run_id!r}" if self.tracked else "untracked"
+        return f"<Run {self.experiment!r} {state}>"
+
+
+class RunTracker:
+    """What ``track_run(...)`` returns: a context manager giving a Run, and a decorator (one run per call)."""
+
+    def __init__(self, experiment: str, **options: Any) -> None:
+        self.experiment = experiment
+        self.options = options
+        self._runs: list[Run] = []
+
+    def __enter__(self) -> Run:
+        run = Run.start(self.experiment, **self.options)
+        self._runs.append(run)
+        return run
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        # An exception from the block wins over a failure to stop: the latter is only logged then.
+        self._runs.pop().stop(raise_errors=exc_type is None)
+
+    def __call__(self, function: F) -> F:
+        @functools.wraps(function)
+        def tracked(*args: Any, **kwargs: Any) -> Any:
+            with RunTracker(self.experiment, **self.options):
+                return function(*args, **kwargs)
+
+        return tracked  # type: ignore[return-value]
+
+
+def track_run(
+    experiment: str,
+    set: str | None = None,  # noqa: A002
+    labels: Mapping[str, Any] | None = None,
+    logdir: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    *,
+    run_id: str | None = None,
+    pid: int | None = None,
+    client: ExporterClient | None = None,
+) -> RunTracker:
+    """Measure a block or function as one run of ``experiment``: ``with track_run(...) as run`` or
+    ``@track_run(...)``. See the module docstring for what happens when the exporter is away."""
+    return RunTracker(
+        experiment, set=set, labels=labels, logdir=logdir, strict=strict, run_id=run_id, pid=pid, client=client
+    )
+
+
+def check_run_health(run: Mapping[str, Any], now: float, stale_after: float = STALE_AFTER_SECONDS) -> None:
+    """Raise RunUnhealthy, naming every problem, unless the run's figures are current and complete: the run
+    is active, the exporter sampled within ``stale_after`` seconds, and every source is up."""
+    problems = []
+    if run.get("status") != "active":
+        problems.append(f"the run is {run.get('status')}, so its figures no longer grow; start a new run")
+    last = run.get("last_sample_time")
+    if not isinstance(last, (int, float)) or now - last > stale_after:
+        age = "never sampled" if not isinstance(last, (int, float)) else f"last sample {now - last:.1f} s ago"
+        problems.append(
+            f"impact-exporter's samples are stale ({age}, limit {stale_after:g} s): its sampler is stuck; see its log"
+        )
+    down = [name for name, up in (run.get("sources_up") or {}).items() if not up]
+    if down:
+        errors = run.get("source_errors") or {}
+        listed = ", ".join(f"{name} ({errors.get(name, '?')} errors)" for name in sorted(down))
+        problems.append(f"source(s) down: {listed}; that energy is not being measured; see the exporter's log")
+    if problems:
+        raise RunUnhealthy(f"run {run.get('run_id')}: " + "; ".join(problems))
+
+
+def warn(message: str) -> None:
+    """One warning line: through logging when the application configured it, else on stderr with our name
+    (logging's last-resort output would drop the name and so leave the reader guessing who speaks)."""
+    if log.hasHandlers():
+        log.warning("%s", message)
+    else:
+        print(f"experiment_impact_tracker: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _register(
+    client: ExporterClient,
+    experiment: str,
+    set: str | None,  # noqa: A002
+    labels: Mapping[str, str],
+    pid: int | None,
+    run_id: str | None,
+) -> Registration:
+    """Start or join; on a conflict, use the active run ``run_id`` if it already measures the process."""
+    try:
+        return client.register(experiment, set=set, labels=labels, pid=pid, run_id=run_id)
+    except ExporterError as error:
+        if error.status != 409 or run_id is None:
+            raise
+        existing = client.get_run(run_id)
+        process = pid if pid is not None else os.getpid()
+        if existing.get("status") != "active" or not _measured_by(process, existing.get("pids") or []):
+            raise
+        log.info(
+            "process %d is already measured by run %s of %r (its root or a descendant of it); using that run",
+            process, run_id, existing.get("experiment"),
+        )
+        return Registration(run=existing, created=False)
+
+
+def _measured_by(pid: int, roots: list[int]) -> bool:
+    """Whether ``pid`` is one of ``roots`` or descends from one (the exporter measures roots' descendants)."""
+    import psutil
+
+    if pid in roots:
+        return True
+    try:
+        return any(parent.pid in roots for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

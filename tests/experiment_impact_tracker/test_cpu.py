@@ -1,0 +1,71 @@
+"""CPU parity checks over py-cpuinfo's answer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from experiment_impact_tracker.cpu.common import (
+    CPUAttributeAssertionError,
+    assert_cpus_by_attributes,
+    cpu_info,
+    cpu_summary,
+)
+
+XEON = {
+    "brand_raw": "Intel(R) Xeon(R) CPU E5-2640 v3 @ 2.60GHz",
+    "count": 32,
+    "arch": "X86_64",
+    "vendor_id_raw": "GenuineIntel",
+    "family": 6,
+}
+
+
+def test_exact_match_passes() -> None:
+    assert_cpus_by_attributes({"brand_raw": XEON["brand_raw"], "count": 32}, info=XEON)
+
+
+def test_brand_is_an_alias_of_brand_raw_as_in_the_original_readme() -> None:
+    assert_cpus_by_attributes({"brand": "Intel(R) Xeon(R) CPU E5-2640 v3 @ 2.60GHz"}, info=XEON)
+    with pytest.raises(CPUAttributeAssertionError) as raised:
+        assert_cpus_by_attributes({"brand": "AMD EPYC 7742 64-Core Processor"}, info=XEON)
+    assert str(raised.value) == (
+        "CPU does not match: brand_raw (asked as 'brand'): expected 'AMD EPYC 7742 64-Core Processor', "
+        "found 'Intel(R) Xeon(R) CPU E5-2640 v3 @ 2.60GHz'"
+    )
+
+
+def test_every_mismatch_is_reported_and_values_compare_exactly() -> None:
+    with pytest.raises(CPUAttributeAssertionError) as raised:
+        assert_cpus_by_attributes({"count": "32", "family": 6, "arch": "ARM_8"}, info=XEON)
+    message = str(raised.value)
+    assert "count: expected '32', found 32" in message  # a string is not the number
+    assert "arch: expected 'ARM_8', found 'X86_64'" in message
+    assert "family" not in message
+    assert isinstance(raised.value, AssertionError)
+
+
+def test_an_unknown_key_lists_the_available_ones() -> None:
+    with pytest.raises(CPUAttributeAssertionError) as raised:
+        assert_cpus_by_attributes({"speed": "fast"}, info=XEON)
+    assert str(raised.value) == (
+        "CPU does not match: unknown CPU attribute 'speed'; py-cpuinfo reports: arch, brand_raw, count, family, "
+        "vendor_id_raw (aliases: brand for brand_raw)"
+    )
+
+
+def test_this_machine_matches_its_own_description_and_the_answer_is_cached() -> None:
+    info = cpu_info()
+    assert info["count"] >= 1 and info["brand_raw"]
+    assert_cpus_by_attributes({"brand": info["brand_raw"], "count": info["count"], "arch": info["arch"]})
+    started = time.monotonic()
+    for _ in range(5):
+        cpu_info()
+    assert time.monotonic() - started < 0.1, "py-cpuinfo is asked again on every call"
+    assert cpu_summary() == {"brand_raw": info["brand_raw"], "count": info["count"], "arch": info["arch"]}
+
+
+def test_callers_cannot_change_the_cached_answer() -> None:
+    cpu_info()["brand_raw"] = "tampered"
+    assert cpu_info()["brand_raw"] != "tampered"
