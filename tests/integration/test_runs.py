@@ -411,3 +411,28 @@ def test_an_unwritable_state_dir_refuses_runs_with_503_but_metrics_work(
     assert str(blocker) in body["error"] and "--state-dir" in body["error"]
     assert 'impact_source_up{source="rapl"} 1.0' in exporter.metrics_text()
     assert "new runs are refused" in exporter.log()
+
+
+def test_cpu_right_after_registration_and_right_before_stop_is_counted(
+    powercap: FakePowercap, start_exporter: Callable[..., ExporterProcess], children: list[subprocess.Popen]
+) -> None:
+    exporter = start_exporter(f"--path.sysfs={powercap.sysfs}", "--sample-interval=5")  # no regular sample helps
+    worker = spawn("""
+        import sys, time
+        sys.stdin.readline()
+        end = time.process_time() + 1.0
+        while time.process_time() < end:
+            pass
+        print(time.process_time(), flush=True)
+        sys.stdin.readline()
+    """)
+    children.append(worker)
+    status, run = api(exporter.socket_path, "POST", "/api/v1/runs", {"experiment": "edges", "pid": worker.pid})
+    assert status == 201
+    worker.stdin.write("go\n")
+    worker.stdin.flush()
+    used = float(worker.stdout.readline())
+    _, stopped = api(exporter.socket_path, "POST", f"/api/v1/runs/{run['run_id']}/stop")
+    worker.stdin.write("exit\n")
+    worker.stdin.flush()
+    assert stopped["cpu_seconds"] == pytest.approx(used, abs=0.1)
