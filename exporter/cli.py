@@ -209,7 +209,8 @@ def open_rapl(settings: Settings) -> RaplSource | None:
 def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI) -> ExporterServer:
     """The HTTP server bound to the listen address; every interface falls back to IPv4 without IPv6."""
     try:
-        return ExporterServer(settings.listen_host, settings.listen_port, registry, __version__, api, settings.api_token)
+        host = settings.listen_host
+        return ExporterServer(host, settings.listen_port, registry, __version__, api, settings.api_token)
     except OSError:
         if settings.listen_host != "::":
             raise

@@ -53,6 +53,7 @@ class ImpactCollector(Collector):
         yield from rapl_families(snapshot.rapl_zones)
         yield from run_families(self._runs())
         yield unattributed_family(snapshot)
+        yield energy_source_family(snapshot)
         yield from source_families(snapshot)
         yield from exporter_families(snapshot)
         yield from info_families(self._host, self._version)
@@ -119,6 +120,20 @@ def unattributed_family(snapshot: Snapshot) -> Metric:
     for component, domain in COMPONENT_DOMAINS.items():
         if domain in snapshot.unattributed_joules:
             family.add_metric([component], snapshot.unattributed_joules[domain])
+    return family
+
+
+def energy_source_family(snapshot: Snapshot) -> Metric:
+    """How each component's energy is obtained, so reports can say "measured" or "estimated" next to it."""
+    family = GaugeMetricFamily(
+        "impact_energy_source_info",
+        "The method behind each component's energy (rapl: measured by RAPL). Always 1.",
+        labels=["component", "method"],
+    )
+    domains = {zone.zone.domain for zone in snapshot.rapl_zones}
+    for component, domain in COMPONENT_DOMAINS.items():
+        if domain in domains:
+            family.add_metric([component, "rapl"], 1.0)
     return family
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import REPO_ROOT, IN_CI, ExporterProcess, PrometheusServer
+from tests.servers import IN_CI, REPO_ROOT, ExporterProcess, PrometheusServer
 
 NODE_EXPORTER_POWERCAP = REPO_ROOT.parent / "shared" / "fixtures" / "powercap-node_exporter"
 

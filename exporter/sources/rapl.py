@@ -303,7 +303,7 @@ class RaplSource:
             self._state = _State(
                 timestamp,
                 energy_uj,
-                tuple(total + delta for total, delta in zip(previous.total_uj, deltas_uj)),
+                tuple(total + delta for total, delta in zip(previous.total_uj, deltas_uj, strict=True)),
                 tuple(delta / elapsed if elapsed > 0 else None for delta in deltas_uj),
             )
         return RaplSample(
@@ -311,7 +311,7 @@ class RaplSource:
             elapsed_seconds=elapsed,
             zones=tuple(
                 ZoneEnergy(zone, total_uj / UJ_PER_JOULE, delta_uj / UJ_PER_JOULE)
-                for zone, total_uj, delta_uj in zip(self._zones, self._state.total_uj, deltas_uj)
+                for zone, total_uj, delta_uj in zip(self._zones, self._state.total_uj, deltas_uj, strict=True)
             ),
         )
 
@@ -324,7 +324,7 @@ class RaplSource:
                 zone.max_energy_range_uj,
                 None if power_uw is None else power_uw * elapsed,
             )
-            for zone, prev, cur, power_uw in zip(self._zones, state.energy_uj, energy_uj, state.power_uw)
+            for zone, prev, cur, power_uw in zip(self._zones, state.energy_uj, energy_uj, state.power_uw, strict=True)
         )
 
 

@@ -93,9 +93,12 @@ def test_energy_measured_while_procfs_was_down_is_attributed_once_it_is_back(
 
 
 def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
+    busy_loop = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", busy_loop])
     try:
-        sampler = Sampler(ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs), group_roots=lambda: {"run": (child.pid,)})
+        sampler = Sampler(
+            ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs), group_roots=lambda: {"run": (child.pid,)}
+        )
         sampler.sample_once()
         threading.Event().wait(0.5)
         powercap.advance(PACKAGE, 20.0)

@@ -124,7 +124,8 @@ def test_two_concurrent_runs_split_energy_by_cpu_and_conserve_it(
     after = samples(exporter)
     ids = [run_full["run_id"], run_half["run_id"]]
 
-    for component, zone_metric in (("cpu", "impact_rapl_package_joules_total"), ("dram", "impact_rapl_dram_joules_total")):
+    components = (("cpu", "impact_rapl_package_joules_total"), ("dram", "impact_rapl_dram_joules_total"))
+    for component, zone_metric in components:
         measured = value(after, zone_metric, package="0") - value(before, zone_metric, package="0")
         runs = sum(run_energy(after, r, component) - run_energy(before, r, component) for r in ids)
         rest = value(after, "impact_unattributed_energy_joules_total", component=component) - value(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -25,12 +23,10 @@ from exporter.sources.procfs import (
     parse_pid_stat,
     parse_smaps_rollup_pss_bytes,
     parse_stat,
-    parse_status_uid,
     parse_statm_rss_bytes,
+    parse_status_uid,
 )
-
-TICKS = 100
-PAGE = 4096
+from tests.fakes.procfs import PAGE, TICKS, FakeProc
 
 # --- pure parsers --------------------------------------------------------------------------------------------------
 
@@ -192,96 +188,6 @@ def test_parse_cpuinfo_arm_unknown_part_and_board_hardware():
 
 def test_parse_cpuinfo_without_any_known_field_is_unknown():
     assert parse_cpuinfo("processor\t: 0\nflags\t: x\n") == CpuInfo(model="unknown", vendor="unknown", logical_cpus=1)
-
-
-# --- a fake procfs tree --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FakeProcess:
-    """One process of the fake tree. CPU times are in ticks (1/100 s)."""
-
-    pid: int
-    ppid: int
-    start: int
-    utime: int = 0
-    stime: int = 0
-    cutime: int = 0
-    cstime: int = 0
-    state: str = "S"
-    comm: str = "worker"
-    pss_kib: int | None = None
-    rss_pages: int = 0
-    uid: int = 1000
-
-    @property
-    def total(self) -> int:
-        return self.utime + self.stime + self.cutime + self.cstime
-
-
-class FakeProc:
-    """A procfs tree of real files under tmp_path that mirrors how the kernel moves CPU time on reaping."""
-
-    def __init__(self, root: Path, *, children_files: bool = True) -> None:
-        self.root = root
-        self.children_files = children_files
-        self.processes: dict[int, FakeProcess] = {}
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "stat").write_text(PROC_STAT)
-        (root / "meminfo").write_text(MEMINFO)
-        (root / "cpuinfo").write_text(AMD_CPUINFO)
-
-    def procfs(self) -> ProcFS:
-        return ProcFS(self.root, ticks_per_second=TICKS, page_size=PAGE)
-
-    def spawn(self, pid: int, ppid: int, start: int, **fields: object) -> None:
-        self.processes[pid] = FakeProcess(pid, ppid, start, **fields)  # type: ignore[arg-type]
-        self._write()
-
-    def run(self, pid: int, ticks: int) -> None:
-        """``pid`` burns ``ticks`` of user time."""
-        process = self.processes[pid]
-        self.update(pid, utime=process.utime + ticks)
-
-    def update(self, pid: int, **fields: object) -> None:
-        self.processes[pid] = replace(self.processes[pid], **fields)  # type: ignore[arg-type]
-        self._write()
-
-    def reap(self, pid: int) -> None:
-        """``pid`` exits and its parent waits for it: its whole total lands in the parent's cutime."""
-        child = self.processes.pop(pid)
-        parent = self.processes[child.ppid]
-        cutime, cstime = parent.cutime + child.utime + child.cutime, parent.cstime + child.stime + child.cstime
-        self.processes[parent.pid] = replace(parent, cutime=cutime, cstime=cstime)
-        self._write()
-
-    def vanish(self, pid: int) -> None:
-        """``pid`` is gone and its time lands nowhere we can see (reaped by init, or auto-reaped)."""
-        del self.processes[pid]
-        self._write()
-
-    def _write(self) -> None:
-        for entry in self.root.iterdir():
-            if entry.name.isdigit():
-                shutil.rmtree(entry)
-        for process in self.processes.values():
-            self._write_process(process)
-
-    def _write_process(self, p: FakeProcess) -> None:
-        directory = self.root / str(p.pid)
-        task = directory / "task" / str(p.pid)
-        task.mkdir(parents=True)
-        fields = [p.state, p.ppid, p.pid, p.pid, 0, -1, 4194304, 0, 0, 0, 0]
-        fields += [p.utime, p.stime, p.cutime, p.cstime, 20, 0, 1, 0, p.start, 123456, p.rss_pages]
-        (directory / "stat").write_text(f"{p.pid} ({p.comm}) {' '.join(map(str, fields))}\n")
-        (directory / "statm").write_text(f"{p.rss_pages * 2} {p.rss_pages} 10 5 0 20 0\n")
-        uids = "\t".join([str(p.uid)] * 4)
-        (directory / "status").write_text(f"Name:\t{p.comm}\nPPid:\t{p.ppid}\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n")
-        if p.pss_kib is not None:
-            (directory / "smaps_rollup").write_text(f"00-ff ---p 0 00:00 0 [rollup]\nRss: 1 kB\nPss: {p.pss_kib} kB\n")
-        if self.children_files:
-            children = [q.pid for q in self.processes.values() if q.ppid == p.pid]
-            (task / "children").write_text("".join(f"{child} " for child in children))
 
 
 @pytest.fixture(params=[True, False], ids=["children-files", "stat-scan"])
@@ -589,7 +495,7 @@ def test_procfs_readers(fake: FakeProc):
     fake.spawn(102, ROOT, start=1002)
     procfs = fake.procfs()
 
-    assert procfs.cpu_times() == CpuTimes(busy_seconds=17.10, idle_seconds=45.00)
+    assert procfs.cpu_times() == CpuTimes(busy_seconds=fake.busy_ticks / TICKS, idle_seconds=fake.idle_ticks / TICKS)
     assert procfs.meminfo().total_bytes == 16318480 * 1024
     assert procfs.cpuinfo().logical_cpus == 2
     stat = procfs.process(ROOT)
