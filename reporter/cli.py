@@ -1,0 +1,263 @@
+"""``impact-report``: list runs with their energy and carbon, and archive them, from Prometheus or run directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reporter import carbon
+from reporter.energy import RunFigures, run_figures
+from reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_duration, parse_time
+from reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, write_archive
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
+DEFAULT_PROMETHEUS = "http://localhost:9090"
+
+
+def selection_parser() -> argparse.ArgumentParser:
+    """Flags shared by every command: where the data is and which runs to take."""
+    parent = argparse.ArgumentParser(add_help=False)
+    source = parent.add_argument_group("Prometheus")
+    source.add_argument(
+        "--prometheus", metavar="URL", default=os.environ.get("PROMETHEUS_URL"),
+        help=f"Prometheus HTTP API base URL; Thanos, Mimir and VictoriaMetrics work too "
+        f"(default: $PROMETHEUS_URL, else {DEFAULT_PROMETHEUS}; for run directories, the URL in their run.json)",
+    )
+    source.add_argument(
+        "--bearer-token-file", metavar="FILE", type=Path,
+        help="send 'Authorization: Bearer <the file's content>' (default: $PROMETHEUS_TOKEN if set)",
+    )
+    source.add_argument("--basic-auth", metavar="USER:PASSWORD", help="HTTP basic auth (default: $PROMETHEUS_BASIC_AUTH)")
+    source.add_argument("--ca-bundle", metavar="FILE", help="CA certificates to verify the server with")
+    source.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    source.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="per request (default: 30)")
+    runs = parent.add_argument_group("runs")
+    runs.add_argument(
+        "--match", action="append", default=[], metavar="MATCHERS",
+        help="label matchers on impact_run_info, e.g. '{experiment=\"mobilenet\",set=\"conv32\"}'; repeat for "
+        "runs matching any (default: every run)",
+    )
+    runs.add_argument("--since", default="30d", metavar="DURATION", help="look back this far (default: %(default)s)")
+    runs.add_argument("--start", metavar="TIME", help="window start: RFC 3339 or unix seconds (overrides --since)")
+    runs.add_argument("--end", metavar="TIME", help="window end: RFC 3339, unix seconds or 'now' (default: now)")
+    runs.add_argument(
+        "--run-dir", action="append", default=[], type=Path, metavar="DIR",
+        help="a run directory (run.json from track_run, impact-run or ImpactTracker, or an archive); repeat for more",
+    )
+    return parent
+
+
+def carbon_parser() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("carbon (docs/reporting.md)")
+    group.add_argument("--carbon-intensity", type=float, metavar="G_PER_KWH", help="grid intensity in gCO2eq/kWh")
+    group.add_argument("--region", metavar="CODE", help="look the intensity up by country (DE) or US state (US-CA)")
+    group.add_argument(
+        "--carbon-intensity-query", metavar="PROMQL",
+        help="a Prometheus series of gCO2eq/kWh, integrated against each run's power",
+    )
+    group.add_argument(
+        "--pue", type=float, default=carbon.DEFAULT_PUE,
+        help="power usage effectiveness of the facility (default: %(default)s, as in Henderson et al.)",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="impact-report",
+        description="Turn experiment runs measured by impact-exporter into numbers a paper can cite.",
+        epilog="Exit status: 0 success, 1 no matching runs or a run without data, 2 bad usage or Prometheus "
+        "unreachable or refusing the query.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runs = commands.add_parser(
+        "runs", parents=[selection_parser(), carbon_parser()], help="one row per run: energy, kWh, CO2eq, coverage",
+        description="One row per run: experiment, set, labels, start, duration, energy per component, kWh, "
+        "kg CO2eq and the share of the run covered by samples.",
+    )
+    runs.add_argument("--format", choices=["table", "csv", "json"], default="table", help="(default: %(default)s)")
+    archive = commands.add_parser(
+        "archive", parents=[selection_parser()], help="save runs' samples and metadata into run directories",
+        description="Save each selected run into OUT/<run_id>/ (run.json and samples.csv), so reports can be made "
+        "after Prometheus has dropped the data (15 days by default).",
+    )
+    archive.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the run directories go")
+    return parser
+
+
+def prometheus_client(args: argparse.Namespace, url: str | None) -> PrometheusClient:
+    """A client for ``url`` (else --prometheus, else the default) with the command line's auth and TLS."""
+    token_file = args.bearer_token_file
+    token = token_file.read_text().strip() if token_file else os.environ.get("PROMETHEUS_TOKEN")
+    basic = args.basic_auth or os.environ.get("PROMETHEUS_BASIC_AUTH")
+    user, _, password = basic.partition(":") if basic else ("", "", "")
+    return PrometheusClient(
+        args.prometheus or url or DEFAULT_PROMETHEUS,
+        token=token,
+        basic_auth=(user, password) if basic else None,
+        ca_bundle=args.ca_bundle,
+        insecure=args.insecure,
+        timeout=args.timeout,
+    )
+
+
+def time_window(args: argparse.Namespace) -> tuple[float, float]:
+    now = time.time()
+    end = parse_time(args.end, now=now) if args.end else now
+    start = parse_time(args.start, now=now) if args.start else end - parse_duration(args.since)
+    if start >= end:
+        raise ValueError(f"the window is empty: start {args.start or args.since} is not before end {args.end or 'now'}")
+    return start, end
+
+
+def progress_printer(stream: Any = sys.stderr) -> Callable[[int, int, str], None] | None:
+    """A one-line progress display on a terminal; nothing when stderr is a file or a pipe."""
+    if not stream.isatty():
+        return None
+
+    def show(number: int, total: int, run_id: str) -> None:
+        end = "\n" if number == total else ""
+        stream.write(f"\rreading run {number}/{total} {run_id[:40]:<40}{end}")
+        stream.flush()
+
+    return show
+
+
+def select_runs(args: argparse.Namespace) -> list[Run]:
+    """The runs named by --run-dir, plus those --match finds (every run when neither is given)."""
+    runs: list[Run] = []
+    if args.run_dir:
+        runs += load_run_dirs(args.run_dir, lambda url: PrometheusRuns(prometheus_client(args, url)))
+    if args.match or not args.run_dir:
+        start, end = time_window(args)
+        runs += PrometheusRuns(prometheus_client(args, None)).load(args.match, start, end, progress_printer())
+    return runs
+
+
+def intensity_for(args: argparse.Namespace) -> carbon.CarbonIntensity:
+    return carbon.resolve_intensity(
+        flag_g_per_kwh=args.carbon_intensity, region=args.region, series_query=args.carbon_intensity_query
+    )
+
+
+def figures_for(args: argparse.Namespace, runs: list[Run]) -> list[RunFigures]:
+    """Each run's figures; a time-varying intensity is read from Prometheus over each run's window."""
+    intensity = intensity_for(args)
+    carbon.check_pue(args.pue)
+    figures = []
+    for run in runs:
+        series = intensity_series(args, run) if args.carbon_intensity_query else None
+        figures.append(run_figures(run, intensity, args.pue, series))
+    return figures
+
+
+def intensity_series(args: argparse.Namespace, run: Run) -> Series | None:
+    end = run.end_time or time.time()
+    step = max(1.0, (end - run.start_time) / 1000)
+    found = prometheus_client(args, None).query_range(args.carbon_intensity_query, run.start_time - 3600, end, step)
+    if len(found) != 1:
+        raise RunDataError(
+            f"--carbon-intensity-query must return exactly one series over run {run.run_id}, got {len(found)}"
+        )
+    return found[0]
+
+
+def run_rows(figures: list[RunFigures]) -> pd.DataFrame:
+    """The runs table: one row per run, energies in joules and kWh, carbon in kg, coverage as a fraction."""
+    components = sorted({c for f in figures for c in f.energy_joules})
+    rows = []
+    for f in figures:
+        run = f.run
+        row: dict[str, Any] = {
+            "run_id": run.run_id,
+            "experiment": run.experiment,
+            "set": run.set,
+            "labels": ",".join(f"{k}={v}" for k, v in sorted(run.labels.items())),
+            "start": pd.Timestamp(run.start_time, unit="s", tz="UTC").isoformat(timespec="seconds"),
+            "duration_s": round(f.duration_seconds, 1),
+        }
+        for component in components:
+            joules = f.energy_joules.get(component)
+            row[f"{component}_J"] = None if joules is None else round(joules, 1)
+            if joules is not None and not f.measured.get(component, False):
+                row[f"{component}_method"] = run.methods.get(component) or "unknown"
+        row |= {
+            "kWh": f.total_kwh,
+            "kgCO2eq": f.kg_co2eq,
+            "coverage": round(f.coverage.fraction, 4),
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def figures_json(f: RunFigures) -> dict[str, Any]:
+    return {
+        **f.run.metadata(),
+        "duration_seconds": f.duration_seconds,
+        "energy_joules": dict(f.energy_joules),
+        "total_joules": f.total_joules,
+        "total_kwh": f.total_kwh,
+        "total_kwh_pue": f.total_kwh_pue,
+        "pue": f.pue,
+        "kg_co2eq": f.kg_co2eq,
+        "carbon_intensity_g_per_kwh": f.intensity_g_per_kwh,
+        "carbon_intensity_source": f.intensity.source,
+        "carbon_intensity_method": f.intensity.method,
+        "average_power_watts": f.average_power_watts,
+        "peak_power_watts": f.peak_power_watts,
+        "cpu_hours": f.cpu_hours,
+        "gpu_hours": f.gpu_hours,
+        "coverage": f.coverage.fraction,
+        "largest_gap_seconds": f.coverage.largest_gap_seconds,
+        "counter_resets": f.resets,
+        "measured": dict(f.measured),
+    }
+
+
+def print_runs(args: argparse.Namespace, figures: list[RunFigures]) -> None:
+    if args.format == "json":
+        notes = [carbon.WORLD_AVERAGE_NOTE] if figures and figures[0].intensity.is_default else []
+        json.dump({"runs": [figures_json(f) for f in figures], "notes": notes}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = run_rows(figures)
+    if args.format == "csv":
+        table.to_csv(sys.stdout, index=False)
+    else:
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
+    if figures and figures[0].intensity.is_default:
+        print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
+
+
+def archive_runs(args: argparse.Namespace, runs: list[Run]) -> None:
+    for run in runs:
+        path = write_archive(run, args.out / run.run_id)
+        print(f"archived {run.run_id} ({len(run.samples)} samples) to {path.parent}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``impact-report``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        runs = select_runs(args)
+        if args.command == "runs":
+            print_runs(args, figures_for(args, runs))
+        else:
+            archive_runs(args, runs)
+    except (PrometheusError, ValueError, OSError) as error:
+        print(f"impact-report: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunDataError as error:
+        print(f"impact-report: {error}", file=sys.stderr)
+        return EXIT_DATA
+    return EXIT_OK

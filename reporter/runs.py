@@ -1,0 +1,334 @@
+"""The run model: what a run was, and the raw samples of its counters, from Prometheus or from an archive.
+
+Everything downstream (figures, tables, appendices) takes ``Run`` objects and does not care where they came
+from. ``load_runs`` discovers runs in Prometheus through ``impact_run_info``; ``load_run_dirs`` reads run
+directories (``run.json`` written by the experiment library, plus ``samples.csv`` once archived).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiment_impact_tracker.errors import RunDirError
+from experiment_impact_tracker.rundir import read_run_dir, write_run_dir
+from reporter.prometheus import InstantSample, PrometheusClient
+
+RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
+SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
+DESCRIPTIVE = frozenset({"__name__", "instance", "job", "run_id", "experiment", "set", "user"})
+MATCHER = re.compile(r"\{.*\}", re.DOTALL)
+END_MARGIN_SECONDS = 300.0
+"""Samples read past a run's end: finished runs stay exported a while, and their last scrape may come late."""
+
+
+class RunDataError(Exception):
+    """Runs cannot be read as asked: no run matched, a run has no samples, a run directory is unusable."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One node a run ran on, as its exporter's ``impact_host_info`` describes it."""
+
+    instance: str
+    hostname: str = ""
+    cpu_model: str = ""
+    cpu_vendor: str = ""
+    cpu_count: str = ""
+    kernel: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One experiment run: its identity and labels, where and when it ran, and its counters' raw samples.
+
+    ``samples`` has one row per raw sample: ``metric`` (e.g. ``impact_run_energy_joules_total``),
+    ``instance``, ``component`` ("" for counters without one), ``timestamp`` (unix seconds) and ``value``.
+    ``end_time`` is None for a run still active when it was read. ``methods`` says per component how its
+    energy was obtained (``rapl``, ``nvml``, ``estimate``), ``source`` where the run was read from.
+    """
+
+    run_id: str
+    experiment: str
+    set: str
+    labels: Mapping[str, str]
+    user: str
+    start_time: float
+    end_time: float | None
+    hosts: tuple[Host, ...]
+    methods: Mapping[str, str]
+    samples: pd.DataFrame = field(repr=False, compare=False)
+    source: str = ""
+
+    @property
+    def instances(self) -> tuple[str, ...]:
+        return tuple(host.instance for host in self.hosts)
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the samples, as plain JSON-able data (what an archive's run.json holds)."""
+        return {
+            "run_id": self.run_id,
+            "experiment": self.experiment,
+            "set": self.set,
+            "labels": dict(self.labels),
+            "user": self.user,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "hosts": [host.__dict__ for host in self.hosts],
+            "methods": dict(self.methods),
+            "source": self.source,
+        }
+
+
+def run_info_selectors(matchers: Sequence[str]) -> list[str]:
+    """``impact_run_info{...}`` selectors for the user's label matchers (each ``{...}``; none means all runs)."""
+    if not matchers:
+        return ["impact_run_info"]
+    selectors = []
+    for matcher in matchers:
+        matcher = matcher.strip()
+        if not MATCHER.fullmatch(matcher):
+            raise ValueError(f"--match {matcher!r}: expected label matchers in braces, e.g. '{{experiment=\"x\"}}'")
+        selectors.append(f"impact_run_info{matcher}")
+    return selectors
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A run as discovery sees it before its samples are read."""
+
+    run_id: str
+    labels: Mapping[str, str]
+    instances: tuple[str, ...]
+
+
+class PrometheusRuns:
+    """Reads runs from a Prometheus (or anything that speaks its HTTP API)."""
+
+    def __init__(self, client: PrometheusClient, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._clock = clock
+
+    def load(
+        self,
+        matchers: Sequence[str],
+        start: float,
+        end: float,
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> list[Run]:
+        """Every run with an ``impact_run_info`` series in [start, end] that matches one of ``matchers``."""
+        found = self._discover(run_info_selectors(matchers), start, end)
+        if not found:
+            shown = " or ".join(matchers) if matchers else "any run"
+            raise RunDataError(f"no run matches {shown} between {_iso(start)} and {_iso(end)}")
+        return self._load_found(found, start, end, progress)
+
+    def load_ids(self, run_ids: Sequence[str], start: float, end: float) -> list[Run]:
+        """The runs with these ids (say, from run directories), looked for in [start, end]."""
+        found = self._discover([f'impact_run_info{{run_id="{run_id}"}}' for run_id in run_ids], start, end)
+        missing = set(run_ids) - {run.run_id for run in found}
+        if missing:
+            raise RunDataError(
+                f"run {', '.join(sorted(missing))} has no impact_run_info in Prometheus between {_iso(start)} and "
+                f"{_iso(end)}: check --prometheus, or that its data is still retained (archive runs with "
+                "'impact-report archive' to keep them)"
+            )
+        return self._load_found(found, start, end, None)
+
+    def _load_found(
+        self, found: list[_Found], start: float, end: float, progress: Callable[[int, int, str], None] | None
+    ) -> list[Run]:
+        window = max(1, math.ceil(end - start))
+        starts, ends, active = self._times([run.run_id for run in found], end, window)
+        hosts = self._hosts(end, window)
+        methods = self._methods(end, window)
+        runs = []
+        for number, run in enumerate(found, 1):
+            if progress is not None:
+                progress(number, len(found), run.run_id)
+            run_start = starts.get(run.run_id, start)
+            run_end = None if active.get(run.run_id) else ends.get(run.run_id)
+            read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
+            samples = self._samples(run.run_id, run_start - 1.0, max(read_until, run_start))
+            runs.append(
+                Run(
+                    run_id=run.run_id,
+                    experiment=run.labels.get("experiment", ""),
+                    set=run.labels.get("set", ""),
+                    labels={k: v for k, v in run.labels.items() if k not in DESCRIPTIVE},
+                    user=run.labels.get("user", ""),
+                    start_time=run_start,
+                    end_time=run_end,
+                    hosts=tuple(hosts.get(instance, Host(instance)) for instance in run.instances),
+                    methods=_merge_methods(methods, run.instances),
+                    samples=samples,
+                    source=self._client.url,
+                )
+            )
+        return runs
+
+    def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
+        by_run: dict[str, dict[str, Any]] = {}
+        for labels in self._client.series(selectors, start, end):
+            run_id = labels.get("run_id", "")
+            if not run_id:
+                continue
+            entry = by_run.setdefault(run_id, {"labels": labels, "instances": []})
+            if labels.get("instance", "") not in entry["instances"]:
+                entry["instances"].append(labels.get("instance", ""))
+        return [
+            _Found(run_id, entry["labels"], tuple(sorted(entry["instances"])))
+            for run_id, entry in sorted(by_run.items(), key=lambda item: item[0])
+        ]
+
+    def _times(
+        self, run_ids: list[str], at: float, window: int
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
+        """Start (earliest over nodes), end (latest) and whether any node still has the run active."""
+        ids = _id_regex(run_ids)
+        selector = f'{{run_id=~"{ids}"}}[{window}s]'
+        starts = self._by_run(f"min by (run_id) (min_over_time(impact_run_start_time_seconds{selector}))", at)
+        ends = self._by_run(f"max by (run_id) (max_over_time(impact_run_end_time_seconds{selector}))", at)
+        active = self._by_run(f"max by (run_id) (last_over_time(impact_run_active{selector}))", at)
+        return starts, ends, {run_id: value == 1.0 for run_id, value in active.items()}
+
+    def _by_run(self, expr: str, at: float) -> dict[str, float]:
+        return {
+            item.labels.get("run_id", ""): item.value
+            for item in self._client.query(expr, at)
+            if isinstance(item, InstantSample)
+        }
+
+    def _hosts(self, at: float, window: int) -> dict[str, Host]:
+        hosts = {}
+        for item in self._client.query(f"last_over_time(impact_host_info[{window}s])", at):
+            labels = item.labels
+            instance = labels.get("instance", "")
+            hosts[instance] = Host(
+                instance=instance,
+                hostname=labels.get("hostname", ""),
+                cpu_model=labels.get("cpu_model", ""),
+                cpu_vendor=labels.get("cpu_vendor", ""),
+                cpu_count=labels.get("cpu_count", ""),
+                kernel=labels.get("kernel", ""),
+            )
+        return hosts
+
+    def _methods(self, at: float, window: int) -> dict[str, dict[str, str]]:
+        methods: dict[str, dict[str, str]] = defaultdict(dict)
+        for item in self._client.query(f"last_over_time(impact_energy_source_info[{window}s])", at):
+            methods[item.labels.get("instance", "")][item.labels.get("component", "")] = item.labels.get("method", "")
+        return methods
+
+    def _samples(self, run_id: str, start: float, end: float) -> pd.DataFrame:
+        names = "|".join(RUN_COUNTERS)
+        series = self._client.raw_samples(f'{{__name__=~"{names}",run_id="{run_id}"}}', start, end)
+        frames = [
+            pd.DataFrame(
+                {
+                    "metric": s.labels.get("__name__", ""),
+                    "instance": s.labels.get("instance", ""),
+                    "component": s.labels.get("component", ""),
+                    "timestamp": s.timestamps,
+                    "value": s.values,
+                }
+            )
+            for s in series
+            if len(s)
+        ]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
+
+
+def _merge_methods(methods: Mapping[str, Mapping[str, str]], instances: Iterable[str]) -> dict[str, str]:
+    """Per component, the method every node used; "mixed: a, b" where nodes differ."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for instance in instances:
+        for component, method in methods.get(instance, {}).items():
+            seen[component].add(method)
+    return {component: ", ".join(sorted(m)) if len(m) == 1 else "mixed: " + ", ".join(sorted(m))
+            for component, m in seen.items()}
+
+
+def _id_regex(run_ids: Iterable[str]) -> str:
+    """A PromQL regex (inside a double-quoted string) matching exactly these run ids."""
+    return "|".join(run_id.replace(".", "\\\\.") for run_id in run_ids)
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+ARCHIVE_SAMPLES = "samples.csv"
+
+
+def load_run_dirs(
+    directories: Sequence[Path],
+    prometheus: Callable[[str | None], PrometheusRuns],
+    clock: Callable[[], float] = time.time,
+) -> list[Run]:
+    """Runs from run directories: archived ones from their own files, the others from their Prometheus.
+
+    ``prometheus(url)`` gives the reader for a run.json's ``prometheus_url`` (the CLI's --prometheus, when
+    given, overrides it).
+    """
+    runs = []
+    for directory in directories:
+        try:
+            record = read_run_dir(directory)
+        except RunDirError as error:
+            raise RunDataError(str(error)) from error
+        if (Path(directory) / ARCHIVE_SAMPLES).exists():
+            runs.append(read_archive(Path(directory), record))
+            continue
+        if not record.get("run_id") or record.get("tracked") is False:
+            raise RunDataError(f"{directory}: the run was not tracked by an exporter, so it has no measurements")
+        start = float(record["start_time"]) - 60.0
+        end = min(clock(), float(record.get("end_time") or clock()) + END_MARGIN_SECONDS)
+        runs.extend(prometheus(record.get("prometheus_url")).load_ids([record["run_id"]], start, end))
+    return runs
+
+
+def read_archive(directory: Path, record: Mapping[str, Any]) -> Run:
+    """A run saved by ``write_archive``: its run.json and its samples.csv."""
+    try:
+        samples = pd.read_csv(directory / ARCHIVE_SAMPLES, dtype={"component": str, "instance": str}).fillna(
+            {"component": ""}
+        )
+    except (OSError, ValueError) as error:
+        raise RunDataError(f"cannot read {directory / ARCHIVE_SAMPLES}: {error}") from error
+    return Run(
+        run_id=record["run_id"],
+        experiment=record["experiment"],
+        set=record.get("set") or "",
+        labels=dict(record.get("labels") or {}),
+        user=record.get("user", ""),
+        start_time=float(record["start_time"]),
+        end_time=None if record.get("end_time") is None else float(record["end_time"]),
+        hosts=tuple(Host(**host) for host in record.get("hosts", [])),
+        methods=dict(record.get("methods") or {}),
+        samples=samples[SAMPLE_COLUMNS],
+        source=f"archive {directory}",
+    )
+
+
+def write_archive(run: Run, directory: Path) -> Path:
+    """Save a run (its metadata as run.json, its raw samples as samples.csv) so reports work months later.
+
+    Both files are replaced atomically; ``read_archive`` (through ``load_run_dirs``) reads them back.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{ARCHIVE_SAMPLES}.")
+    with os.fdopen(fd, "w") as file:
+        run.samples[SAMPLE_COLUMNS].to_csv(file, index=False, float_format="%.17g")
+    os.replace(temp, directory / ARCHIVE_SAMPLES)
+    return write_run_dir(directory, {**run.metadata(), "archived_at": time.time()})

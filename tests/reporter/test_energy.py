@@ -1,0 +1,98 @@
+"""Pure run computations on literal samples: totals across resets, coverage and gaps, power, figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reporter.carbon import CarbonIntensity
+from reporter.energy import component_power, counter_total, coverage, run_figures, running_total
+from reporter.runs import SAMPLE_COLUMNS, Host, Run, RunDataError
+
+FLAT = CarbonIntensity(g_per_kwh=400.0, source="test", region=None, year=None, is_default=False, method="flag")
+
+
+def test_counter_total_counts_the_first_value_and_steps_over_resets() -> None:
+    assert counter_total(np.array([2.0, 5.0, 9.0])) == 9.0
+    # the exporter restarted without state after 9 J: it counted 1 J, then 4 J more
+    assert counter_total(np.array([2.0, 5.0, 9.0, 1.0, 5.0])) == 14.0
+    assert counter_total(np.array([])) == 0.0
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=50),
+       st.sets(st.integers(min_value=1, max_value=49)))
+def test_running_total_recovers_increments_across_any_resets(increments: list[float], reset_at: set[int]) -> None:
+    """A counter that restarts from 0 at chosen samples still sums to every increment written.
+
+    A restart shows only when the new value is below the old one, for Prometheus as for us: others continue.
+    """
+    raw, value = [], 0.0
+    for index, increment in enumerate(increments):
+        value = increment if index in reset_at and increment < value else value + increment
+        raw.append(value)
+    assert running_total(np.array(raw))[-1] == pytest.approx(sum(increments), rel=1e-9, abs=1e-6)
+
+
+def test_coverage_of_evenly_scraped_run_is_full() -> None:
+    cover = coverage(np.arange(100.0, 111.0), start=100.0, end=110.0, interval=1.0)
+    assert (cover.fraction, cover.largest_gap_seconds, cover.samples) == (1.0, 1.0, 11)
+
+
+def test_coverage_shows_a_thirty_second_gap() -> None:
+    timestamps = np.concatenate((np.arange(0.0, 31.0), np.arange(61.0, 101.0)))
+    cover = coverage(timestamps, start=0.0, end=100.0, interval=1.0)
+    assert cover.largest_gap_seconds == 31.0
+    assert cover.fraction == pytest.approx(0.70)
+
+
+def test_coverage_without_samples_is_zero() -> None:
+    cover = coverage(np.array([]), start=0.0, end=10.0, interval=1.0)
+    assert (cover.fraction, cover.largest_gap_seconds) == (0.0, 10.0)
+
+
+def samples(rows: list[tuple[str, str, str, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+
+
+def make_run(frame: pd.DataFrame, end: float | None = 10.0, methods: dict | None = None) -> Run:
+    return Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=0.0, end_time=end,
+               hosts=(Host("a"), Host("b")), methods=methods or {"cpu": "rapl"}, samples=frame)
+
+
+def two_nodes() -> pd.DataFrame:
+    """Node a draws 10 W, node b 30 W, both scraped every second for 10 s; b was also busy on 2 CPU-seconds."""
+    rows = [("impact_run_energy_joules_total", "a", "cpu", float(t), 10.0 * t) for t in range(11)]
+    rows += [("impact_run_energy_joules_total", "b", "cpu", float(t), 30.0 * t) for t in range(11)]
+    rows += [("impact_run_cpu_seconds_total", "b", "", float(t), 0.2 * t) for t in range(11)]
+    return samples(rows)
+
+
+def test_component_power_sums_nodes() -> None:
+    power = component_power(two_nodes().query("metric == 'impact_run_energy_joules_total'"))
+    assert list(power["watts"]) == pytest.approx([40.0] * 10)
+
+
+def test_run_figures_of_two_nodes() -> None:
+    figures = run_figures(make_run(two_nodes()), FLAT, pue=1.5)
+    assert figures.energy_joules == {"cpu": pytest.approx(400.0)}
+    assert figures.total_kwh == pytest.approx(400 / 3.6e6)
+    assert figures.kg_co2eq == pytest.approx(400 / 3.6e6 * 1.5 * 400 / 1000)
+    assert figures.average_power_watts == pytest.approx(40.0)
+    assert figures.peak_power_watts == pytest.approx(40.0)
+    assert figures.cpu_hours == pytest.approx(2.0 / 3600)
+    assert figures.gpu_hours is None
+    assert figures.coverage.fraction == 1.0
+    assert figures.measured == {"cpu": True}
+
+
+def test_an_estimated_component_is_not_called_measured() -> None:
+    figures = run_figures(make_run(two_nodes(), methods={"cpu": "estimate"}), FLAT, pue=1.0)
+    assert figures.measured == {"cpu": False}
+
+
+def test_a_run_without_samples_is_an_error_naming_it() -> None:
+    with pytest.raises(RunDataError, match="run r .* has no energy samples"):
+        run_figures(make_run(samples([])), FLAT, pue=1.0)
