@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 
 from reporter import carbon
+from reporter.appendix import comparison_report, set_report
 from reporter.energy import RunFigures, run_figures
+from reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
 from reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_duration, parse_time
 from reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, write_archive
 
@@ -22,8 +24,8 @@ EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 DEFAULT_PROMETHEUS = "http://localhost:9090"
 
 
-def selection_parser() -> argparse.ArgumentParser:
-    """Flags shared by every command: where the data is and which runs to take."""
+def prometheus_parser() -> argparse.ArgumentParser:
+    """Flags shared by every command: where the data is, and the time window to look in."""
     parent = argparse.ArgumentParser(add_help=False)
     source = parent.add_argument_group("Prometheus")
     source.add_argument(
@@ -35,19 +37,32 @@ def selection_parser() -> argparse.ArgumentParser:
         "--bearer-token-file", metavar="FILE", type=Path,
         help="send 'Authorization: Bearer <the file's content>' (default: $PROMETHEUS_TOKEN if set)",
     )
-    source.add_argument("--basic-auth", metavar="USER:PASSWORD", help="HTTP basic auth (default: $PROMETHEUS_BASIC_AUTH)")
+    source.add_argument(
+        "--basic-auth", metavar="USER:PASSWORD", help="HTTP basic auth (default: $PROMETHEUS_BASIC_AUTH)"
+    )
     source.add_argument("--ca-bundle", metavar="FILE", help="CA certificates to verify the server with")
     source.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
     source.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="per request (default: 30)")
+    window = parent.add_argument_group("time window")
+    window.add_argument("--since", default="30d", metavar="DURATION", help="look back this far (default: %(default)s)")
+    window.add_argument("--start", metavar="TIME", help="window start: RFC 3339 or unix seconds (overrides --since)")
+    window.add_argument("--end", metavar="TIME", help="window end: RFC 3339, unix seconds or 'now' (default: now)")
+    return parent
+
+
+MATCH_HELP = (
+    "label matchers on impact_run_info, e.g. '{experiment=\"mobilenet\",set=\"conv32\"}'"
+)
+
+
+def selection_parser() -> argparse.ArgumentParser:
+    """Which runs ``runs`` and ``archive`` take."""
+    parent = argparse.ArgumentParser(add_help=False)
     runs = parent.add_argument_group("runs")
     runs.add_argument(
         "--match", action="append", default=[], metavar="MATCHERS",
-        help="label matchers on impact_run_info, e.g. '{experiment=\"mobilenet\",set=\"conv32\"}'; repeat for "
-        "runs matching any (default: every run)",
+        help=f"{MATCH_HELP}; repeat for runs matching any (default: every run)",
     )
-    runs.add_argument("--since", default="30d", metavar="DURATION", help="look back this far (default: %(default)s)")
-    runs.add_argument("--start", metavar="TIME", help="window start: RFC 3339 or unix seconds (overrides --since)")
-    runs.add_argument("--end", metavar="TIME", help="window end: RFC 3339, unix seconds or 'now' (default: now)")
     runs.add_argument(
         "--run-dir", action="append", default=[], type=Path, metavar="DIR",
         help="a run directory (run.json from track_run, impact-run or ImpactTracker, or an archive); repeat for more",
@@ -80,18 +95,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs = commands.add_parser(
-        "runs", parents=[selection_parser(), carbon_parser()], help="one row per run: energy, kWh, CO2eq, coverage",
+        "runs", parents=[prometheus_parser(), selection_parser(), carbon_parser()],
+        help="one row per run: energy, kWh, CO2eq, coverage",
         description="One row per run: experiment, set, labels, start, duration, energy per component, kWh, "
         "kg CO2eq and the share of the run covered by samples.",
     )
     runs.add_argument("--format", choices=["table", "csv", "json"], default="table", help="(default: %(default)s)")
     archive = commands.add_parser(
-        "archive", parents=[selection_parser()], help="save runs' samples and metadata into run directories",
+        "archive", parents=[prometheus_parser(), selection_parser()],
+        help="save runs' samples and metadata into run directories",
         description="Save each selected run into OUT/<run_id>/ (run.json and samples.csv), so reports can be made "
         "after Prometheus has dropped the data (15 days by default).",
     )
     archive.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the run directories go")
+    appendix = commands.add_parser(
+        "appendix", parents=[prometheus_parser(), carbon_parser(), build_parser_flags()],
+        help="per-run, summary and comparison appendices in LaTeX/PDF",
+        description="Write, for each experiment set, one page per run (<out>/<set>/0.pdf ...) and a summary "
+        "(<out>/<set>/summary.pdf), and for each --compare pair the treatment effect of the first set versus the "
+        "second (<out>/<A>_v_<B>.pdf), each beside its .tex, a .fragment.tex to \\input{} into a paper, and "
+        "<out>/appendix.json with every number printed.",
+    )
+    appendix.add_argument(
+        "--experiment-set-names", nargs="+", required=True, metavar="NAME", help="the sets' names, in order"
+    )
+    appendix.add_argument(
+        "--match", action="append", default=[], metavar="MATCHERS",
+        help=f"{MATCH_HELP}; give one per set, in the order of the names",
+    )
+    appendix.add_argument(
+        "--run-dirs", action="append", nargs="+", default=[], type=Path, metavar="DIR",
+        help="the run directories of one set; give the flag once per set, in the order of the names",
+    )
+    appendix.add_argument(
+        "--compare", action="append", nargs=2, default=[], metavar=("SET_A", "SET_B"),
+        help="compare set A (the treatment) with set B; repeat for more pairs",
+    )
+    appendix.add_argument("--out", type=Path, default=Path("appendix"), metavar="DIR", help="(default: %(default)s)")
+    appendix.set_defaults(usage=appendix)  # so set-name mistakes end in the appendix command's usage error
     return parser
+
+
+def build_parser_flags() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--no-pdf", action="store_true", help="write the .tex files only; do not run pdflatex")
+    return parent
 
 
 def prometheus_client(args: argparse.Namespace, url: str | None) -> PrometheusClient:
@@ -199,34 +247,10 @@ def run_rows(figures: list[RunFigures]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def figures_json(f: RunFigures) -> dict[str, Any]:
-    return {
-        **f.run.metadata(),
-        "duration_seconds": f.duration_seconds,
-        "energy_joules": dict(f.energy_joules),
-        "total_joules": f.total_joules,
-        "total_kwh": f.total_kwh,
-        "total_kwh_pue": f.total_kwh_pue,
-        "pue": f.pue,
-        "kg_co2eq": f.kg_co2eq,
-        "carbon_intensity_g_per_kwh": f.intensity_g_per_kwh,
-        "carbon_intensity_source": f.intensity.source,
-        "carbon_intensity_method": f.intensity.method,
-        "average_power_watts": f.average_power_watts,
-        "peak_power_watts": f.peak_power_watts,
-        "cpu_hours": f.cpu_hours,
-        "gpu_hours": f.gpu_hours,
-        "coverage": f.coverage.fraction,
-        "largest_gap_seconds": f.coverage.largest_gap_seconds,
-        "counter_resets": f.resets,
-        "measured": dict(f.measured),
-    }
-
-
 def print_runs(args: argparse.Namespace, figures: list[RunFigures]) -> None:
     if args.format == "json":
         notes = [carbon.WORLD_AVERAGE_NOTE] if figures and figures[0].intensity.is_default else []
-        json.dump({"runs": [figures_json(f) for f in figures], "notes": notes}, sys.stdout, indent=2)
+        json.dump({"runs": [f.as_json() for f in figures], "notes": notes}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
     table = run_rows(figures)
@@ -244,20 +268,111 @@ def archive_runs(args: argparse.Namespace, runs: list[Run]) -> None:
         print(f"archived {run.run_id} ({len(run.samples)} samples) to {path.parent}")
 
 
+def appendix_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[str, list[Run]]]:
+    """Each named set with its runs: the i-th name takes the i-th --match or the i-th --run-dirs."""
+    names = args.experiment_set_names
+    if len(set(names)) != len(names):
+        parser.error("--experiment-set-names: each set needs its own name")
+    if args.match and args.run_dirs or len(args.match or args.run_dirs) != len(names):
+        parser.error(
+            f"give one --match per set, or one --run-dirs per set, for the {len(names)} set name(s) "
+            f"(got {len(args.match)} --match and {len(args.run_dirs)} --run-dirs)"
+        )
+    for pair in args.compare:
+        for name in pair:
+            if name not in names:
+                parser.error(f"--compare {name!r}: not one of the set names {names}")
+    if args.run_dirs:
+        return [
+            (name, load_run_dirs(dirs, lambda url: PrometheusRuns(prometheus_client(args, url))))
+            for name, dirs in zip(names, args.run_dirs, strict=True)
+        ]
+    start, end = time_window(args)
+    reader = PrometheusRuns(prometheus_client(args, None))
+    return [
+        (name, reader.load([match], start, end, progress_printer()))
+        for name, match in zip(names, args.match, strict=True)
+    ]
+
+
+def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]) -> None:
+    """Compute every set's and comparison's figures, write the .tex files and appendix.json, build the PDFs."""
+    intensity = intensity_for(args)
+    carbon.check_pue(args.pue)
+    series = (lambda run: intensity_series(args, run)) if args.carbon_intensity_query else None
+    reports = {name: set_report(name, runs, intensity, args.pue, series) for name, runs in sets}
+    comparisons = [comparison_report(reports[a], reports[b]) for a, b in args.compare]
+    build = not args.no_pdf and latex_available()
+    write_appendix(args.out, list(reports.values()), comparisons, build=build)
+    if not args.no_pdf and not build:
+        print(f"impact-report: wrote the .tex files but no PDF: {LATEX_INSTALL_HINT}", file=sys.stderr)
+    if intensity.is_default:
+        print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
+    print(f"appendix written to {args.out}/ ({'PDF and ' if build else ''}.tex files, appendix.json)")
+
+
+def run_command(run: Callable[[], None]) -> int:
+    """Run a command's body, turning every user-facing failure into one line on stderr and an exit code."""
+    try:
+        run()
+    except (PrometheusError, ValueError, OSError) as error:
+        print(f"impact-report: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RunDataError, LatexError) as error:
+        print(f"impact-report: {error}", file=sys.stderr)
+        return EXIT_DATA
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``impact-report``."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        runs = select_runs(args)
-        if args.command == "runs":
-            print_runs(args, figures_for(args, runs))
-        else:
-            archive_runs(args, runs)
-    except (PrometheusError, ValueError, OSError) as error:
-        print(f"impact-report: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except RunDataError as error:
-        print(f"impact-report: {error}", file=sys.stderr)
-        return EXIT_DATA
-    return EXIT_OK
+    if args.command == "runs":
+        return run_command(lambda: print_runs(args, figures_for(args, select_runs(args))))
+    if args.command == "archive":
+        return run_command(lambda: archive_runs(args, select_runs(args)))
+    return run_command(lambda: write_appendices(args, appendix_sets(args, args.usage)))
+
+
+def seed_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="create-compute-appendix",
+        parents=[prometheus_parser(), carbon_parser(), build_parser_flags()],
+        description="The original experiment-impact-tracker command: appendices from run directories. "
+        "<output_dir>/<set>/0.pdf ... N.pdf and summary.pdf per set, and <set 1>_v_<set 2>.pdf when "
+        "--compare_dirs gives a second set. 'impact-report appendix' does the same from Prometheus queries.",
+    )
+    parser.add_argument("logdirs", nargs="+", type=Path, metavar="DIR", help="run directories of the first set")
+    parser.add_argument(
+        "--experiment_set_names", nargs="+", required=True, metavar="NAME",
+        help="the first set's name, and the second's when --compare_dirs is given",
+    )
+    parser.add_argument("--compare_dirs", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="run directories of a second set, compared with the first")
+    parser.add_argument("--output_dir", type=Path, default=Path("."), metavar="DIR", help="(default: the current one)")
+    return parser
+
+
+def seed_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``create-compute-appendix``, with the seed's flags."""
+    parser = seed_parser()
+    args = parser.parse_args(argv)
+    names = args.experiment_set_names
+    if args.compare_dirs and len(names) != 2:
+        parser.error("--compare_dirs needs two --experiment_set_names: the first set's and the second's")
+    if not args.compare_dirs and len(names) != 1:
+        parser.error("give one --experiment_set_names, or two with --compare_dirs")
+    args.out = args.output_dir
+    args.compare = [tuple(names)] if args.compare_dirs else []
+
+    def run() -> None:
+        def reader(url: str | None) -> PrometheusRuns:
+            return PrometheusRuns(prometheus_client(args, url))
+
+        sets = [(names[0], load_run_dirs(args.logdirs, reader))]
+        if args.compare_dirs:
+            sets.append((names[1], load_run_dirs(args.compare_dirs, reader)))
+        write_appendices(args, sets)
+
+    return run_command(run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -100,6 +101,30 @@ class RunFigures:
     resets: int  # exporter restarts without state seen during the run, over all nodes
     measured: Mapping[str, bool]
     power: pd.DataFrame  # columns: timestamp, component, watts (summed over nodes), for figures
+
+    def as_json(self) -> dict[str, Any]:
+        """The run's metadata and figures as JSON-able data (``impact-report runs --format json``, appendix.json)."""
+        return {
+            **self.run.metadata(),
+            "duration_seconds": self.duration_seconds,
+            "energy_joules": dict(self.energy_joules),
+            "total_joules": self.total_joules,
+            "total_kwh": self.total_kwh,
+            "total_kwh_pue": self.total_kwh_pue,
+            "pue": self.pue,
+            "kg_co2eq": self.kg_co2eq,
+            "carbon_intensity_g_per_kwh": self.intensity_g_per_kwh,
+            "carbon_intensity_source": self.intensity.source,
+            "carbon_intensity_method": self.intensity.method,
+            "average_power_watts": self.average_power_watts,
+            "peak_power_watts": self.peak_power_watts,
+            "cpu_hours": self.cpu_hours,
+            "gpu_hours": self.gpu_hours,
+            "coverage": self.coverage.fraction,
+            "largest_gap_seconds": self.coverage.largest_gap_seconds,
+            "counter_resets": self.resets,
+            "measured": dict(self.measured),
+        }
 
 
 MEASURED_METHODS = frozenset({"rapl", "nvml"})
