@@ -18,7 +18,7 @@ from reporter.appendix import comparison_report, set_report
 from reporter.energy import RunFigures, run_figures
 from reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
 from reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_duration, parse_time
-from reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, write_archive
+from reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, run_info_selectors, write_archive
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 DEFAULT_PROMETHEUS = "http://localhost:9090"
@@ -186,25 +186,31 @@ def select_runs(args: argparse.Namespace) -> list[Run]:
     if args.run_dir:
         runs += load_run_dirs(args.run_dir, lambda url: PrometheusRuns(prometheus_client(args, url)))
     if args.match or not args.run_dir:
-        start, end = time_window(args)
+        start, end = args.window
         runs += PrometheusRuns(prometheus_client(args, None)).load(args.match, start, end, progress_printer())
     return runs
 
 
-def intensity_for(args: argparse.Namespace) -> carbon.CarbonIntensity:
-    return carbon.resolve_intensity(
-        flag_g_per_kwh=args.carbon_intensity, region=args.region, series_query=args.carbon_intensity_query
-    )
+def interpret(args: argparse.Namespace) -> None:
+    """Check what flags alone can tell, before any data is read: ValueError names the flag that is wrong.
+
+    Adds ``args.window`` (start, end) and, for commands that report carbon, ``args.intensity``.
+    """
+    args.window = time_window(args)
+    run_info_selectors(args.match)
+    if hasattr(args, "pue"):
+        carbon.check_pue(args.pue)
+        args.intensity = carbon.resolve_intensity(
+            flag_g_per_kwh=args.carbon_intensity, region=args.region, series_query=args.carbon_intensity_query
+        )
 
 
 def figures_for(args: argparse.Namespace, runs: list[Run]) -> list[RunFigures]:
     """Each run's figures; a time-varying intensity is read from Prometheus over each run's window."""
-    intensity = intensity_for(args)
-    carbon.check_pue(args.pue)
     figures = []
     for run in runs:
         series = intensity_series(args, run) if args.carbon_intensity_query else None
-        figures.append(run_figures(run, intensity, args.pue, series))
+        figures.append(run_figures(run, args.intensity, args.pue, series))
     return figures
 
 
@@ -287,7 +293,7 @@ def appendix_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             (name, load_run_dirs(dirs, lambda url: PrometheusRuns(prometheus_client(args, url))))
             for name, dirs in zip(names, args.run_dirs, strict=True)
         ]
-    start, end = time_window(args)
+    start, end = args.window
     reader = PrometheusRuns(prometheus_client(args, None))
     return [
         (name, reader.load([match], start, end, progress_printer()))
@@ -297,8 +303,7 @@ def appendix_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]) -> None:
     """Compute every set's and comparison's figures, write the .tex files and appendix.json, build the PDFs."""
-    intensity = intensity_for(args)
-    carbon.check_pue(args.pue)
+    intensity = args.intensity
     series = (lambda run: intensity_series(args, run)) if args.carbon_intensity_query else None
     reports = {name: set_report(name, runs, intensity, args.pue, series) for name, runs in sets}
     comparisons = [comparison_report(reports[a], reports[b]) for a, b in args.compare]
@@ -311,11 +316,21 @@ def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]
     print(f"appendix written to {args.out}/ ({'PDF and ' if build else ''}.tex files, appendix.json)")
 
 
+def usage_problem(args: argparse.Namespace) -> int | None:
+    """EXIT_USAGE after one line on stderr if the flags cannot work; None when they can."""
+    try:
+        interpret(args)
+    except ValueError as error:
+        print(f"impact-report: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return None
+
+
 def run_command(run: Callable[[], None]) -> int:
     """Run a command's body, turning every user-facing failure into one line on stderr and an exit code."""
     try:
         run()
-    except (PrometheusError, ValueError, OSError) as error:
+    except (PrometheusError, OSError) as error:
         print(f"impact-report: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (RunDataError, LatexError) as error:
@@ -328,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``impact-report``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (problem := usage_problem(args)) is not None:
+        return problem
     if args.command == "runs":
         return run_command(lambda: print_runs(args, figures_for(args, select_runs(args))))
     if args.command == "archive":
@@ -365,6 +382,9 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
         parser.error("give one --experiment_set_names, or two with --compare_dirs")
     args.out = args.output_dir
     args.compare = [tuple(names)] if args.compare_dirs else []
+    args.match = []
+    if (problem := usage_problem(args)) is not None:
+        return problem
 
     def run() -> None:
         def reader(url: str | None) -> PrometheusRuns:

@@ -204,7 +204,7 @@ class PrometheusClient:
         form += [("start", _format_ms(start_ms)), ("end", _format_ms(end_ms))]
         data = self._api("series", form, context=", ".join(matchers))
         if not isinstance(data, list) or not all(isinstance(labels, dict) for labels in data):
-            raise BadPrometheusURL(f"{self.url} answered /api/v1/series with something that is not a list of label sets")
+            raise BadPrometheusURL(f"{self.url} answered /api/v1/series with something other than label sets")
         return [dict(labels) for labels in data]
 
     def raw_samples(
@@ -240,9 +240,7 @@ class PrometheusClient:
                     continue
                 key = _label_key(item.labels)
                 labels_of.setdefault(key, item.labels)
-                pieces.setdefault(key, []).append(
-                    _series(item.labels, item.timestamps[keep], item.values[keep])
-                )
+                pieces.setdefault(key, []).append(_series(item.labels, item.timestamps[keep], item.values[keep]))
             window_start_ms = window_end_ms
         return [_concatenate(labels_of[key], pieces[key]) for key in sorted(pieces)]
 
@@ -493,8 +491,15 @@ def _short(expr: str, limit: int = 120) -> str:
 
 # -- durations and times for the CLI -----------------------------------------------------------------------------
 
-_DURATION_UNITS = (("y", 365 * 86400.0), ("w", 7 * 86400.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0),
-                   ("s", 1.0), ("ms", 0.001))
+_DURATION_UNITS = (
+    ("y", 365 * 86400.0),
+    ("w", 7 * 86400.0),
+    ("d", 86400.0),
+    ("h", 3600.0),
+    ("m", 60.0),
+    ("s", 1.0),
+    ("ms", 0.001),
+)
 _DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
 _NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 
@@ -513,7 +518,9 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: use a number of seconds or units y, w, d, h, m, s, ms in that order, "
             "e.g. 30d, 1h30m, 90s"
         )
-    return sum(int(count) * seconds for count, (_, seconds) in zip(match.groups(), _DURATION_UNITS) if count)
+    return sum(
+        int(count) * seconds for count, (_, seconds) in zip(match.groups(), _DURATION_UNITS, strict=True) if count
+    )
 
 
 def parse_time(text: str | float, *, now: float | None = None) -> float:
