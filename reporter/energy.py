@@ -155,10 +155,11 @@ def run_figures(
     grid_power = power.groupby("timestamp")["watts"].sum()
     if intensity.g_per_kwh is not None:
         g_per_kwh = intensity.g_per_kwh
-    elif intensity_series is not None and total_joules > 0 and len(grid_power):
+    elif intensity_series is not None and len(grid_power) and grid_power.sum() > 0:
+        # The energy-weighted intensity over the sampled part of the run, applied to all of its energy.
         interval = expected_interval(grid_power.index.to_numpy())
         grams = integrate_intensity(grid_power.index.to_numpy() - interval, grid_power.to_numpy(), intensity_series)
-        g_per_kwh = grams / kwh_from_joules(total_joules)
+        g_per_kwh = grams / kwh_from_joules(float(grid_power.sum()) * interval)
     else:
         raise RunDataError(f"run {run.run_id}: the carbon intensity series has no data for the run")
     cover = run_coverage(energy_rows, run.start_time, end)

@@ -155,6 +155,11 @@ def test_archive_round_trip_gives_the_same_numbers(
                 "largest_gap_seconds", "peak_power_watts", "labels", "hosts", "measured"):
         assert from_archive[key] == from_prometheus[key], key
 
+    constant_series = report_json(*selection, "--carbon-intensity-query=vector(300)")["runs"][0]
+    assert constant_series["carbon_intensity_method"] == "prometheus-series"
+    assert constant_series["carbon_intensity_g_per_kwh"] == pytest.approx(300.0, rel=1e-9)
+    assert constant_series["kg_co2eq"] == pytest.approx(from_prometheus["kg_co2eq"], rel=1e-9)
+
 
 def test_world_average_is_used_with_a_loud_note(
     node: Node, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess]
