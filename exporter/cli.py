@@ -23,7 +23,8 @@ from exporter.host import read_host_info
 from exporter.http import ExporterServer, UnixExporterServer
 from exporter.runs import RunRegistry, open_store
 from exporter.sampler import Sampler
-from exporter.sources import HardwareNotFound, SourceError
+from exporter.sources import EnergySource, SourceError
+from exporter.sources.estimate import EstimateSource
 from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import RaplSource
 
@@ -44,7 +45,10 @@ class Settings:
     sysfs: Path
     procfs: Path
     sample_interval_seconds: float
-    rapl: bool
+    cpu_source: str
+    cpu_tdp_watts: float | None
+    cpu_idle_fraction: float
+    dram_watts_per_gib: float | None
     log_level: str
     api_socket: Path | None
     api_socket_gid: int | None
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="impact-exporter",
         description=(
-            "Sample CPU package and DRAM energy (RAPL) and process CPU time, attribute the energy to processes "
+            "Sample CPU package and DRAM energy (RAPL, or an estimate without it) and process CPU time, attribute "
+            "the energy to processes "
             "and experiment runs, and serve it all as Prometheus metrics."
         ),
         epilog="Metrics are documented in docs/metrics.md; the attribution formula in docs/attribution.md.",
@@ -81,10 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="procfs mount point; in a container, mount the host's and point here, e.g. /host/proc "
         "(default: %(default)s)",
     )
-    collectors = parser.add_argument_group("collectors")
-    collectors.add_argument(
-        "--collector.rapl", dest="rapl", action=argparse.BooleanOptionalAction, default=True,
-        help="read CPU package and DRAM energy from RAPL powercap zones (default: enabled)",
+    cpu = parser.add_argument_group("CPU energy")
+    cpu.add_argument(
+        "--cpu.source", dest="cpu_source", choices=["auto", "rapl", "estimate", "none"], default="auto",
+        help="rapl: read package and DRAM energy from RAPL powercap counters, and fail at start-up if they "
+        "cannot be read; estimate: model package power from CPU utilisation and the CPU's TDP (about +-30%%, "
+        "see docs/attribution.md); auto: RAPL when readable, else the estimate with a warning; none: measure "
+        "no CPU energy, only CPU time (default: %(default)s)",
+    )
+    cpu.add_argument(
+        "--cpu.tdp-watts", dest="cpu_tdp_watts", type=float, metavar="WATTS",
+        help="the estimate's TDP of all packages together (default: from a table of CPU models, else 10 W per "
+        "logical CPU)",
+    )
+    cpu.add_argument(
+        "--cpu.idle-fraction", dest="cpu_idle_fraction", type=float, default=0.1, metavar="FRACTION",
+        help="the estimate's idle power as a fraction of the TDP (default: %(default)s)",
+    )
+    cpu.add_argument(
+        "--cpu.dram-watts-per-gib", dest="dram_watts_per_gib", type=float, metavar="WATTS",
+        help="the estimate's DRAM power per GiB of used memory (default: DRAM is not estimated)",
     )
     api = parser.add_argument_group("run API")
     api.add_argument(
@@ -183,7 +204,10 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         sysfs=args.sysfs,
         procfs=args.procfs,
         sample_interval_seconds=args.sample_interval,
-        rapl=args.rapl,
+        cpu_source=args.cpu_source,
+        cpu_tdp_watts=args.cpu_tdp_watts,
+        cpu_idle_fraction=args.cpu_idle_fraction,
+        dram_watts_per_gib=args.dram_watts_per_gib,
         log_level=args.log_level,
         api_socket=args.api_socket,
         api_socket_gid=gid,
@@ -193,17 +217,29 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     )
 
 
-def open_rapl(settings: Settings) -> RaplSource | None:
-    """The RAPL source if enabled and present; raises HardwareUnreadable if present but unreadable."""
-    if not settings.rapl:
+def open_energy_source(settings: Settings, procfs: ProcFS) -> EnergySource | None:
+    """The CPU energy source ``--cpu.source`` asks for; SourceError when it cannot work on this machine."""
+    if settings.cpu_source == "none":
         return None
-    rapl = RaplSource(settings.sysfs)
-    try:
-        rapl.check_readable()
-    except HardwareNotFound as error:
-        log.warning("%s; CPU energy will not be measured (pass --no-collector.rapl to silence this)", error)
-        return None
-    return rapl
+    if settings.cpu_source in ("auto", "rapl"):
+        rapl = RaplSource(settings.sysfs)
+        try:
+            rapl.check_readable()
+            return rapl
+        except SourceError as error:
+            if settings.cpu_source == "rapl":
+                raise
+            log.warning("RAPL cannot be used: %s", error)
+    estimate = EstimateSource(
+        procfs, settings.cpu_tdp_watts, settings.cpu_idle_fraction, settings.dram_watts_per_gib
+    )
+    estimate.check_readable()
+    log.warning(
+        "CPU energy is ESTIMATED from utilisation and a TDP of %.0f W (%s), not measured: expect errors of "
+        "30%% or more; reports mark it as estimated",
+        estimate.tdp_watts, estimate.tdp_source,
+    )
+    return estimate
 
 
 def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI) -> ExporterServer:
@@ -221,8 +257,8 @@ def serve(settings: Settings) -> int:
     """Run the exporter until SIGTERM or SIGINT; the exit code says whether start-up worked."""
     try:
         procfs = ProcFS(settings.procfs)
-        rapl = open_rapl(settings)
-    except SourceError as error:
+        energy = open_energy_source(settings, procfs)
+    except (SourceError, ValueError) as error:
         log.error("%s", error)
         return EXIT_FAILURE
     store, store_error = open_store(settings.state_dir)
@@ -231,7 +267,7 @@ def serve(settings: Settings) -> int:
     runs = RunRegistry(procfs, store, store_error, settings.retain_finished_seconds)
     sampler = Sampler(
         procfs,
-        rapl=rapl,
+        energy=energy,
         group_roots=runs.group_roots,
         interval_seconds=settings.sample_interval_seconds,
         on_sample=runs.observe,

@@ -15,7 +15,6 @@ from prometheus_client.registry import Collector
 from exporter.host import HostInfo
 from exporter.runs import COMPONENT_DOMAINS, Run
 from exporter.sampler import Snapshot
-from exporter.sources.rapl import ZoneEnergy
 
 RAPL_DOMAIN_HELP = {
     "package": "Energy of the whole CPU package (socket): cores, caches, uncore, integrated graphics.",
@@ -50,7 +49,7 @@ class ImpactCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
-        yield from rapl_families(snapshot.rapl_zones)
+        yield from energy_families(snapshot)
         yield from run_families(self._runs())
         yield unattributed_family(snapshot)
         yield energy_source_family(snapshot)
@@ -59,17 +58,27 @@ class ImpactCollector(Collector):
         yield from info_families(self._host, self._version)
 
 
-def rapl_families(zones: tuple[ZoneEnergy, ...]) -> Iterator[Metric]:
-    """One counter per RAPL domain, labelled by package: domains overlap, so they must not share a name."""
+METHOD_PREFIX = {"rapl": "impact_rapl", "estimate": "impact_estimated"}
+
+
+def energy_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """One counter per energy domain, labelled by package: domains overlap, so they must not share a name.
+
+    Measured energy is ``impact_rapl_<domain>_joules_total``; an estimate has its own names,
+    ``impact_estimated_<domain>_joules_total``, so nobody mistakes it for a measurement.
+    """
+    if snapshot.energy_method is None:
+        return
+    prefix = METHOD_PREFIX[snapshot.energy_method]
     families: dict[str, CounterMetricFamily] = {}
-    for zone in zones:
+    for zone in snapshot.energy_zones:
         domain = zone.zone.domain
         if domain not in families:
+            help_text = RAPL_DOMAIN_HELP[domain]
+            if snapshot.energy_method != "rapl":
+                help_text = f"Estimated, not measured (docs/attribution.md). {help_text}"
             families[domain] = CounterMetricFamily(
-                f"impact_rapl_{domain}_joules",
-                RAPL_DOMAIN_HELP[domain],
-                labels=["package"],
-                unit="joules",
+                f"{prefix}_{domain}_joules", help_text, labels=["package"], unit="joules"
             )
         families[domain].add_metric([zone.zone.package], zone.joules_total)
     yield from families.values()
@@ -127,13 +136,13 @@ def energy_source_family(snapshot: Snapshot) -> Metric:
     """How each component's energy is obtained, so reports can say "measured" or "estimated" next to it."""
     family = GaugeMetricFamily(
         "impact_energy_source_info",
-        "The method behind each component's energy (rapl: measured by RAPL). Always 1.",
+        "The method behind each component's energy (rapl: measured by RAPL; estimate: modelled). Always 1.",
         labels=["component", "method"],
     )
-    domains = {zone.zone.domain for zone in snapshot.rapl_zones}
+    domains = {zone.zone.domain for zone in snapshot.energy_zones}
     for component, domain in COMPONENT_DOMAINS.items():
-        if domain in domains:
-            family.add_metric([component, "rapl"], 1.0)
+        if domain in domains and snapshot.energy_method is not None:
+            family.add_metric([component, snapshot.energy_method], 1.0)
     return family
 
 

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from exporter.attribution import GroupShareBasis, attribute_interval
-from exporter.sources import SourceError
+from exporter.sources import EnergySource, SourceError
 from exporter.sources.procfs import GroupUsage, ProcessGroups, ProcFS
-from exporter.sources.rapl import RaplSource, ZoneEnergy
+from exporter.sources.rapl import ZoneEnergy
 
 log = logging.getLogger(__name__)
 
-RAPL = "rapl"
 PROCFS = "procfs"
 
 
@@ -53,7 +52,8 @@ class Snapshot:
     samples_total: int = 0
     sample_duration_seconds: float = 0.0
     sources: Mapping[str, SourceStatus] = field(default_factory=dict)
-    rapl_zones: tuple[ZoneEnergy, ...] = ()
+    energy_method: str | None = None
+    energy_zones: tuple[ZoneEnergy, ...] = ()
     groups: Mapping[str, GroupTotals] = field(default_factory=dict)
     unattributed_joules: Mapping[str, float] = field(default_factory=dict)
 
@@ -82,14 +82,14 @@ class Sampler:
     def __init__(
         self,
         procfs: ProcFS,
-        rapl: RaplSource | None = None,
+        energy: EnergySource | None = None,
         group_roots: Callable[[], Mapping[str, tuple[int, ...]]] = no_groups,
         interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
         on_sample: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self._procfs = procfs
-        self._rapl = rapl
+        self._energy = energy
         self._group_roots = group_roots
         self._on_sample = on_sample
         self._interval = interval_seconds
@@ -104,7 +104,7 @@ class Sampler:
         self._group_energy: dict[str, dict[str, float]] = {}
         self._group_cpu: dict[str, float] = {}
         self._unattributed: dict[str, float] = defaultdict(float)
-        self._rapl_zones: tuple[ZoneEnergy, ...] = ()
+        self._energy_zones: tuple[ZoneEnergy, ...] = ()
         self._samples = 0
         self._snapshot = Snapshot()
         self._stop = threading.Event()
@@ -116,7 +116,7 @@ class Sampler:
     @property
     def source_names(self) -> tuple[str, ...]:
         """The sources this sampler reads, as named in ``impact_source_up{source}``."""
-        return (PROCFS, RAPL) if self._rapl is not None else (PROCFS,)
+        return (PROCFS, self._energy.method) if self._energy is not None else (PROCFS,)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -128,7 +128,7 @@ class Sampler:
         started = time.perf_counter()
         usage_read = self._read_usage()
         energy_read = self._read_energy()
-        if usage_read and (energy_read or self._rapl is None):
+        if usage_read and (energy_read or self._energy is None):
             self._attribute_pending()
         self._samples += 1
         self._snapshot = self._build_snapshot(time.perf_counter() - started)
@@ -203,18 +203,18 @@ class Sampler:
         return True
 
     def _read_energy(self) -> bool:
-        """Read this interval's RAPL joules per domain and queue them for attribution; False on failure."""
-        if self._rapl is None:
+        """Read this interval's joules per domain and queue them for attribution; False on failure."""
+        if self._energy is None:
             return False
         try:
-            sample = self._rapl.sample()
+            sample = self._energy.sample()
         except SourceError as error:
-            self._mark_down(RAPL, error)
+            self._mark_down(self._energy.method, error)
             return False
-        self._rapl_zones = sample.zones
+        self._energy_zones = sample.zones
         for zone in sample.zones:
             self._pending.energy_joules[zone.zone.domain] += zone.joules_delta
-        self._up[RAPL] = True
+        self._up[self._energy.method] = True
         return True
 
     def _attribute_pending(self) -> None:
@@ -272,7 +272,8 @@ class Sampler:
             sources=MappingProxyType(
                 {name: SourceStatus(self._up[name], self._errors[name]) for name in self.source_names}
             ),
-            rapl_zones=self._rapl_zones,
+            energy_method=self._energy.method if self._energy is not None else None,
+            energy_zones=self._energy_zones,
             groups=MappingProxyType(groups),
             unattributed_joules=MappingProxyType(dict(self._unattributed)),
         )

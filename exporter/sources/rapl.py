@@ -253,6 +253,8 @@ class RaplSource:
     previous reading in place, so the next successful sample's delta covers the outage.
     """
 
+    method = "rapl"
+
     def __init__(self, sysfs: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self._sysfs = sysfs
         self._clock = clock

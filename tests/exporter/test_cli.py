@@ -30,8 +30,8 @@ def run_exporter(*args: str, timeout: float = 20) -> subprocess.CompletedProcess
 def test_help_explains_every_flag() -> None:
     result = run_exporter("--help")
     assert result.returncode == 0
-    for flag in ["--web.listen-address", "--path.sysfs", "--path.procfs", "--sample-interval", "--collector.rapl",
-                 "--no-collector.rapl", "--log.level"]:
+    for flag in ["--web.listen-address", "--path.sysfs", "--path.procfs", "--sample-interval", "--cpu.source",
+                 "--cpu.tdp-watts", "--cpu.idle-fraction", "--api.socket", "--state-dir", "--log.level"]:
         assert flag in result.stdout
 
 
@@ -67,7 +67,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_exporter(f"--web.listen-address=127.0.0.1:{port}", "--no-collector.rapl")
+        result = run_exporter(f"--web.listen-address=127.0.0.1:{port}", "--cpu.source=none")
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "--web.listen-address" in result.stderr
@@ -75,21 +75,64 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_procfs_names_the_flag(tmp_path: Path) -> None:
-    result = run_exporter(f"--path.procfs={tmp_path / 'nowhere'}", "--no-collector.rapl")
+    result = run_exporter(f"--path.procfs={tmp_path / 'nowhere'}", "--cpu.source=none")
     assert result.returncode == 1
     assert "--path.procfs" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_no_rapl_zones_is_a_warning_not_a_failure(
+def test_without_rapl_auto_falls_back_to_the_estimate_and_says_so(
     tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
 ) -> None:
-    exporter = start_exporter(f"--path.sysfs={tmp_path}")
+    exporter = start_exporter(f"--path.sysfs={tmp_path}", "--cpu.tdp-watts=100")
     assert "no RAPL zones" in exporter.log()
+    assert "CPU energy is ESTIMATED" in exporter.log()
     text = exporter.metrics_text()
     assert 'impact_source_up{source="procfs"} 1.0' in text
+    assert 'impact_source_up{source="estimate"} 1.0' in text
+    assert 'impact_estimated_package_joules_total{package="0"}' in text
+    assert 'impact_energy_source_info{component="cpu",method="estimate"} 1.0' in text
     assert "impact_rapl_" not in text
-    assert 'source="rapl"' not in text
+
+
+def test_a_rapl_tree_that_becomes_readable_is_preferred_by_auto(
+    tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    powercap = FakePowercap.amd(tmp_path / "sys")
+    counter = powercap.zone_dir("intel-rapl:0").resolve() / "energy_uj"
+    counter.rename(counter.with_name("saved"))
+    counter.mkdir()  # unreadable, even for root
+    broken = start_exporter(f"--path.sysfs={tmp_path / 'sys'}")
+    assert "RAPL cannot be used" in broken.log()
+    assert 'method="estimate"' in broken.metrics_text()
+    broken.stop()
+
+    counter.rmdir()
+    counter.with_name("saved").rename(counter)
+    text = start_exporter(f"--path.sysfs={tmp_path / 'sys'}").metrics_text()
+    assert 'impact_energy_source_info{component="cpu",method="rapl"} 1.0' in text
+    assert "impact_estimated_" not in text
+
+
+def test_rapl_asked_for_but_absent_is_an_error(tmp_path: Path) -> None:
+    result = run_exporter(f"--path.sysfs={tmp_path}", "--cpu.source=rapl")
+    assert result.returncode == 1
+    assert "no RAPL zones" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cpu_source_none_measures_no_energy(tmp_path: Path, start_exporter: Callable[..., ExporterProcess]) -> None:
+    FakePowercap.amd(tmp_path / "sys")
+    text = start_exporter(f"--path.sysfs={tmp_path / 'sys'}", "--cpu.source=none").metrics_text()
+    assert "_package_joules_total" not in text
+    assert 'source="rapl"' not in text and 'source="estimate"' not in text
+
+
+def test_a_bad_tdp_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_exporter(f"--path.sysfs={tmp_path}", "--cpu.source=estimate", "--cpu.tdp-watts=-5")
+    assert result.returncode == 1
+    assert "--cpu.tdp-watts" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_unreadable_energy_counters_stop_start_up_with_the_fixes(tmp_path: Path) -> None:
@@ -107,7 +150,7 @@ def test_unreadable_energy_counters_stop_start_up_with_the_fixes(tmp_path: Path)
             if os.geteuid() == 0:
                 os.setgid(65534)
                 os.setuid(65534)
-            code = main([f"--path.sysfs={tmp_path / 'sys'}", "--web.listen-address=127.0.0.1:0"])
+            code = main([f"--path.sysfs={tmp_path / 'sys'}", "--web.listen-address=127.0.0.1:0", "--cpu.source=rapl"])
         except BaseException:
             traceback.print_exc()
             code = 99

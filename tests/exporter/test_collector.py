@@ -36,7 +36,8 @@ def render(sysfs: Path) -> str:
         samples_total=42,
         sample_duration_seconds=0.0025,
         sources={"procfs": SourceStatus(True, 0), "rapl": SourceStatus(True, 2)},
-        rapl_zones=zones,
+        energy_method="rapl",
+        energy_zones=zones,
         unattributed_joules={"package": 1000.0, "dram": 50.0, "core": 7.0},
     )
     registry = CollectorRegistry()

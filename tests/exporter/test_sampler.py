@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sampler import PROCFS, RAPL, Sampler
+from exporter.sampler import PROCFS, Sampler
 from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
@@ -41,13 +41,13 @@ def mend_counter(saved: Path) -> None:
 
 
 def package_joules(sampler: Sampler) -> float:
-    return next(z.joules_total for z in sampler.snapshot.rapl_zones if z.zone.domain == "package")
+    return next(z.joules_total for z in sampler.snapshot.energy_zones if z.zone.domain == "package")
 
 
 def test_a_failing_source_is_marked_down_counted_and_recovers_with_the_outages_energy(powercap: FakePowercap) -> None:
-    sampler = Sampler(ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs))
+    sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs))
     sampler.sample_once()
-    assert sampler.snapshot.sources[RAPL].up
+    assert sampler.snapshot.sources[RaplSource.method].up
     start = package_joules(sampler)
 
     saved = break_counter(powercap, PACKAGE)
@@ -55,16 +55,16 @@ def test_a_failing_source_is_marked_down_counted_and_recovers_with_the_outages_e
     for _ in range(3):
         sampler.sample_once()
     snapshot = sampler.snapshot
-    assert not snapshot.sources[RAPL].up
-    assert snapshot.sources[RAPL].errors_total == 3
+    assert not snapshot.sources[RaplSource.method].up
+    assert snapshot.sources[RaplSource.method].errors_total == 3
     assert snapshot.sources[PROCFS].up
     assert package_joules(sampler) == start, "a source that is down keeps its last value, never a silent zero"
 
     mend_counter(saved)
     powercap.advance(PACKAGE, 12.5)
     sampler.sample_once()
-    assert sampler.snapshot.sources[RAPL].up
-    assert sampler.snapshot.sources[RAPL].errors_total == 3
+    assert sampler.snapshot.sources[RaplSource.method].up
+    assert sampler.snapshot.sources[RaplSource.method].errors_total == 3
     assert package_joules(sampler) == pytest.approx(start + 12.5, abs=1e-6)
     assert sampler.snapshot.unattributed_joules["dram"] == pytest.approx(3.0, abs=1e-6)
 
@@ -76,7 +76,7 @@ def test_energy_measured_while_procfs_was_down_is_attributed_once_it_is_back(
     proc.mkdir()
     (proc / "stat").write_text("cpu  100 0 0 1000 0 0 0 0 0 0\n")
     (proc / "meminfo").write_text("MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
-    sampler = Sampler(ProcFS(proc, ticks_per_second=100), rapl=RaplSource(powercap.sysfs))
+    sampler = Sampler(ProcFS(proc, ticks_per_second=100), energy=RaplSource(powercap.sysfs))
     sampler.sample_once()
 
     (proc / "stat").write_text("garbage\n")
@@ -97,7 +97,7 @@ def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
     child = subprocess.Popen([sys.executable, "-c", busy_loop])
     try:
         sampler = Sampler(
-            ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs), group_roots=lambda: {"run": (child.pid,)}
+            ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), group_roots=lambda: {"run": (child.pid,)}
         )
         sampler.sample_once()
         threading.Event().wait(0.5)
@@ -114,7 +114,7 @@ def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
 
 
 def test_sample_now_returns_a_sample_taken_after_the_call(powercap: FakePowercap) -> None:
-    sampler = Sampler(ProcFS(Path("/proc")), rapl=RaplSource(powercap.sysfs), interval_seconds=3600)
+    sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), interval_seconds=3600)
     sampler.sample_once()
     sampler.start()
     try:
