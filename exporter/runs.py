@@ -317,7 +317,6 @@ class RunRegistry:
                     user=user_name(self._procfs.uid(pid) or 0),
                     processes=(process,),
                     start_time=self._clock(),
-                    energy_joules={component: 0.0 for component in COMPONENT_DOMAINS},
                 )
                 created = True
             self._save([run])
@@ -401,9 +400,11 @@ class RunRegistry:
         if totals is None:
             return run
         base = self._base.get(run.run_id, run)
+        measured = {zone.zone.domain for zone in snapshot.energy_zones}
         energy = {
             component: base.energy_joules.get(component, 0.0) + totals.energy_joules.get(domain, 0.0)
             for component, domain in COMPONENT_DOMAINS.items()
+            if domain in measured or component in base.energy_joules
         }
         run = replace(run, energy_joules=energy, cpu_seconds=base.cpu_seconds + totals.cpu_seconds)
         if totals.processes > 0:

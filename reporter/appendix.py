@@ -25,19 +25,20 @@ class Quantity:
     label: str
     unit: str
     value: Callable[[RunFigures], float | None]
+    components: tuple[str, ...] | None = ()  # the energy it rests on: None for every component, () for none
 
 
 QUANTITIES: tuple[Quantity, ...] = (
-    Quantity("total_kwh", "Total energy", "kWh", lambda f: f.total_kwh),
-    Quantity("cpu_kwh", "CPU package energy", "kWh", lambda f: _component_kwh(f, "cpu")),
-    Quantity("dram_kwh", "DRAM energy", "kWh", lambda f: _component_kwh(f, "dram")),
-    Quantity("gpu_kwh", "GPU energy", "kWh", lambda f: _component_kwh(f, "gpu")),
-    Quantity("total_kwh_pue", "PUE-adjusted energy", "kWh", lambda f: f.total_kwh_pue),
-    Quantity("kg_co2eq", "Carbon emissions", "kg CO2eq", lambda f: f.kg_co2eq),
+    Quantity("total_kwh", "Total energy", "kWh", lambda f: f.total_kwh, None),
+    Quantity("cpu_kwh", "CPU package energy", "kWh", lambda f: _component_kwh(f, "cpu"), ("cpu",)),
+    Quantity("dram_kwh", "DRAM energy", "kWh", lambda f: _component_kwh(f, "dram"), ("dram",)),
+    Quantity("gpu_kwh", "GPU energy", "kWh", lambda f: _component_kwh(f, "gpu"), ("gpu",)),
+    Quantity("total_kwh_pue", "PUE-adjusted energy", "kWh", lambda f: f.total_kwh_pue, None),
+    Quantity("kg_co2eq", "Carbon emissions", "kg CO2eq", lambda f: f.kg_co2eq, None),
     Quantity("duration_hours", "Duration", "h", lambda f: f.duration_seconds / 3600.0),
     Quantity("cpu_hours", "CPU time", "CPU-h", lambda f: f.cpu_hours),
     Quantity("gpu_hours", "GPU time", "GPU-h", lambda f: f.gpu_hours),
-    Quantity("average_power_watts", "Average power", "W", lambda f: f.average_power_watts),
+    Quantity("average_power_watts", "Average power", "W", lambda f: f.average_power_watts, None),
 )
 
 
@@ -65,6 +66,13 @@ class SetReport:
 
     def values(self, quantity: Quantity) -> list[float]:
         return [v for f in self.figures if (v := quantity.value(f)) is not None]
+
+    def estimated(self, quantity: Quantity) -> bool:
+        """Whether the quantity rests on energy that was estimated rather than measured in some run."""
+        estimated = {c for f in self.figures for c, measured in f.measured.items() if not measured}
+        if quantity.components is None:
+            return bool(estimated)
+        return bool(estimated & set(quantity.components))
 
     @property
     def cpu_models(self) -> frozenset[str]:

@@ -29,7 +29,7 @@ from reporter.stats import significant_figures
 TEMPLATES = Path(__file__).parent / "templates"
 LATEX_INSTALL_HINT = (
     "install LaTeX to build PDFs: sudo apt-get install texlive-latex-recommended texlive-science "
-    "texlive-pictures latexmk"
+    "texlive-pictures lmodern latexmk"
 )
 PLOT_POINTS = 300
 

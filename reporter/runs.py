@@ -175,7 +175,7 @@ class PrometheusRuns:
                     source=self._client.url,
                 )
             )
-        return runs
+        return sorted(runs, key=lambda run: (run.start_time, run.run_id))
 
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
         by_run: dict[str, dict[str, Any]] = {}
