@@ -26,7 +26,7 @@ from exporter.sources.procfs import (
     parse_statm_rss_bytes,
     parse_status_uid,
 )
-from tests.fakes.procfs import PAGE, TICKS, FakeProc
+from tests.fakes.procfs import AMD_CPUINFO, MEMINFO, PAGE, TICKS, FakeProc
 
 # --- pure parsers --------------------------------------------------------------------------------------------------
 
@@ -72,14 +72,6 @@ def test_parse_pid_stat_rejects_truncated_text():
         parse_pid_stat("4242 (python) S 1 2 3", TICKS)
 
 
-MEMINFO = """\
-MemTotal:       16318480 kB
-MemFree:         1203212 kB
-MemAvailable:    9876544 kB
-Buffers:          412340 kB
-Cached:          7012000 kB
-HugePages_Total:       0
-"""
 
 
 def test_parse_meminfo():
@@ -139,15 +131,6 @@ vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz
 """
 
-AMD_CPUINFO = """\
-processor\t: 0
-vendor_id\t: AuthenticAMD
-model name\t: AMD EPYC 7742 64-Core Processor
-
-processor\t: 1
-vendor_id\t: AuthenticAMD
-model name\t: AMD EPYC 7742 64-Core Processor
-"""
 
 ARM64_CPUINFO = """\
 processor\t: 0
