@@ -21,7 +21,8 @@ def main() -> None:
     for _ in range(args.products):
         a = (a @ a) / 1024.0
     seconds = time.perf_counter() - started
-    print(f"{args.products} {args.dtype} products in {seconds:.2f} s ({2 * 1024**3 * args.products / seconds / 1e9:.1f} GFLOP/s)")
+    gflops = 2 * 1024**3 * args.products / seconds / 1e9
+    print(f"{args.products} {args.dtype} products in {seconds:.2f} s ({gflops:.1f} GFLOP/s)")
 
 
 if __name__ == "__main__":
