@@ -95,6 +95,7 @@ class RunAPI:
             "end_time": run.end_time,
             "energy_joules": dict(run.energy_joules),
             "cpu_seconds": run.cpu_seconds,
+            "gpu_seconds": run.gpu_seconds,
             "last_sample_time": snapshot.timestamp,
             "sources_up": {name: status.up for name, status in snapshot.sources.items()},
             "source_errors": {name: status.errors_total for name, status in snapshot.sources.items()},

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -23,8 +24,9 @@ from exporter.host import read_host_info
 from exporter.http import ExporterServer, UnixExporterServer
 from exporter.runs import RunRegistry, open_store
 from exporter.sampler import Sampler
-from exporter.sources import EnergySource, SourceError
+from exporter.sources import EnergySource, HardwareNotFound, SourceError
 from exporter.sources.estimate import EstimateSource
+from exporter.sources.nvml import NvmlSource
 from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import RaplSource
 
@@ -49,6 +51,10 @@ class Settings:
     cpu_tdp_watts: float | None
     cpu_idle_fraction: float
     dram_watts_per_gib: float | None
+    gpu_source: str
+    gpu_devices: tuple[str, ...] | None
+    gpu_idle_watts: float | None
+    gpu_idle_attribution: str
     log_level: str
     api_socket: Path | None
     api_socket_gid: int | None
@@ -135,6 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long finished runs stay in /metrics so Prometheus scrapes their final values; they stay in "
         "the store (default: %(default)s)",
     )
+    gpu = parser.add_argument_group("NVIDIA GPUs")
+    gpu.add_argument(
+        "--gpu.source", dest="gpu_source", choices=["auto", "nvml", "none"], default="auto",
+        help="nvml: read GPUs through NVML and fail at start-up without a driver; auto: NVML when a driver and a "
+        "GPU are there, else no GPU metrics; none: no GPU metrics (default: %(default)s)",
+    )
+    gpu.add_argument(
+        "--gpu.devices", dest="gpu_devices", metavar="LIST",
+        help="only these GPUs, as CUDA_VISIBLE_DEVICES lists them: NVML indexes or UUIDs, comma-separated "
+        "(default: every GPU)",
+    )
+    gpu.add_argument(
+        "--gpu.idle-watts", dest="gpu_idle_watts", type=float, metavar="WATTS",
+        help="a GPU's idle power (default: the lowest power seen with no process on it)",
+    )
+    gpu.add_argument(
+        "--gpu.idle-attribution", dest="gpu_idle_attribution", choices=["share", "none"], default="share",
+        help="share: a GPU's idle energy is split among the processes holding it; none: it stays unattributed "
+        "(default: %(default)s)",
+    )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
         "--sample-interval", dest="sample_interval", type=float, default=1.0, metavar="SECONDS",
@@ -196,6 +222,8 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         gid = group_id(args.api_socket_group) if args.api_socket_group else None
     except ValueError as error:
         parser.error(str(error))
+    if args.gpu_idle_watts is not None and not (math.isfinite(args.gpu_idle_watts) and args.gpu_idle_watts >= 0):
+        parser.error(f"--gpu.idle-watts={args.gpu_idle_watts}: must be a number of watts >= 0")
     if not (math.isfinite(args.sample_interval) and 0 < args.sample_interval <= 3600):
         parser.error(f"--sample-interval={args.sample_interval}: must be more than 0 and at most 3600 seconds")
     return Settings(
@@ -208,6 +236,10 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         cpu_tdp_watts=args.cpu_tdp_watts,
         cpu_idle_fraction=args.cpu_idle_fraction,
         dram_watts_per_gib=args.dram_watts_per_gib,
+        gpu_source=args.gpu_source,
+        gpu_devices=tuple(d.strip() for d in args.gpu_devices.split(",") if d.strip()) if args.gpu_devices else None,
+        gpu_idle_watts=args.gpu_idle_watts,
+        gpu_idle_attribution=args.gpu_idle_attribution,
         log_level=args.log_level,
         api_socket=args.api_socket,
         api_socket_gid=gid,
@@ -253,11 +285,25 @@ def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI) ->
         return ExporterServer("0.0.0.0", settings.listen_port, registry, __version__, api, settings.api_token)
 
 
-def serve(settings: Settings) -> int:
+def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlSource | None:
+    """The NVML source ``--gpu.source`` asks for; ``nvml`` replaces the pynvml module (tests inject a fake)."""
+    if settings.gpu_source == "none":
+        return None
+    try:
+        return NvmlSource(nvml=nvml, devices=settings.gpu_devices)
+    except HardwareNotFound as error:
+        if settings.gpu_source == "nvml":
+            raise
+        log.info("%s; no GPU metrics (--gpu.source=none silences this)", error)
+        return None
+
+
+def serve(settings: Settings, nvml: ModuleType | None = None) -> int:
     """Run the exporter until SIGTERM or SIGINT; the exit code says whether start-up worked."""
     try:
         procfs = ProcFS(settings.procfs)
         energy = open_energy_source(settings, procfs)
+        gpu = open_gpu_source(settings, nvml)
     except (SourceError, ValueError) as error:
         log.error("%s", error)
         return EXIT_FAILURE
@@ -271,6 +317,9 @@ def serve(settings: Settings) -> int:
         group_roots=runs.group_roots,
         interval_seconds=settings.sample_interval_seconds,
         on_sample=runs.observe,
+        gpu=gpu,
+        gpu_idle_watts=settings.gpu_idle_watts,
+        gpu_idle_policy=settings.gpu_idle_attribution,
     )
     runs.attach_sampler(sampler.sample_now)
     sampler.sample_once()
@@ -314,6 +363,8 @@ def serve(settings: Settings) -> int:
         server.server_close()
     sampler.stop(timeout=5)
     runs.close()
+    if gpu is not None:
+        gpu.close()
     return EXIT_OK
 
 

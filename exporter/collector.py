@@ -50,6 +50,7 @@ class ImpactCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
         yield from energy_families(snapshot)
+        yield from gpu_families(snapshot)
         yield from run_families(self._runs())
         yield unattributed_family(snapshot)
         yield energy_source_family(snapshot)
@@ -105,6 +106,12 @@ def run_families(runs: list[Run]) -> Iterator[Metric]:
         "impact_run_cpu_seconds", "CPU time of the run's processes and their reaped children.", labels=["run_id"],
         unit="seconds",
     )
+    gpu = CounterMetricFamily(
+        "impact_run_gpu_seconds",
+        "GPU time of the run: seconds x its processes' share of SM utilisation, on the GPUs it used.",
+        labels=["run_id"],
+        unit="seconds",
+    )
     for run in runs:
         labels = {**run.labels, "run_id": run.run_id, "experiment": run.experiment, "set": run.set, "user": run.user}
         info.add_sample("impact_run_info", labels, 1.0)
@@ -115,7 +122,11 @@ def run_families(runs: list[Run]) -> Iterator[Metric]:
         for component, joules in sorted(run.energy_joules.items()):
             energy.add_metric([run.run_id, component], joules)
         cpu.add_metric([run.run_id], run.cpu_seconds)
+        if "gpu" in run.energy_joules:
+            gpu.add_metric([run.run_id], run.gpu_seconds)
     yield from (info, start, end, active, energy, cpu)
+    if gpu.samples:
+        yield gpu
 
 
 def unattributed_family(snapshot: Snapshot) -> Metric:
@@ -143,7 +154,79 @@ def energy_source_family(snapshot: Snapshot) -> Metric:
     for component, domain in COMPONENT_DOMAINS.items():
         if domain in domains and snapshot.energy_method is not None:
             family.add_metric([component, snapshot.energy_method], 1.0)
+    gpu_methods = {gpu.energy_method for gpu in snapshot.gpus if gpu.energy_method != "none"}
+    if gpu_methods:
+        family.add_metric(["gpu", "nvml-counter" if gpu_methods == {"counter"} else "nvml-power"], 1.0)
     return family
+
+
+def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """Per-GPU energy, power, utilisation and memory, and per-process figures for processes on a GPU now.
+
+    Sample lines::
+
+        impact_gpu_energy_joules_total{gpu="0",uuid="GPU-5e0c..."} 81234.5
+        impact_gpu_process_power_watts{comm="python",gpu="0",pid="4242",uuid="GPU-5e0c..."} 212.0
+    """
+    if not snapshot.gpu_info:
+        return
+    gpu_labels = ["gpu", "uuid"]
+    info = GaugeMetricFamily(
+        "impact_gpu_info", "A GPU and its driver. Always 1.",
+        labels=["gpu", "uuid", "name", "driver_version", "cuda_version", "memory_total_bytes", "mig"],
+    )
+    for gpu in snapshot.gpu_info:
+        info.add_metric(
+            [str(gpu.index), gpu.uuid, gpu.name, gpu.driver_version or "", gpu.cuda_version or "",
+             str(gpu.memory_total_bytes or ""), "enabled" if gpu.mig_enabled else "disabled"],
+            1.0,
+        )
+    yield info
+    up = GaugeMetricFamily("impact_gpu_up", "1 if the GPU answered at the last sample.", labels=gpu_labels)
+    energy = CounterMetricFamily(
+        "impact_gpu_energy_joules", "Energy of the GPU (its counter, or its power integrated).", labels=gpu_labels,
+        unit="joules",
+    )
+    power = GaugeMetricFamily("impact_gpu_power_watts", "Power the GPU draws.", labels=gpu_labels, unit="watts")
+    utilization = GaugeMetricFamily(
+        "impact_gpu_utilization_ratio", "Fraction of time a kernel ran on the GPU.", labels=gpu_labels
+    )
+    memory = GaugeMetricFamily(
+        "impact_gpu_memory_used_bytes", "GPU memory in use.", labels=gpu_labels, unit="bytes"
+    )
+    process_labels = ["gpu", "uuid", "pid", "comm"]
+    process_power = GaugeMetricFamily(
+        "impact_gpu_process_power_watts", "The process's share of the GPU's power over the last interval.",
+        labels=process_labels, unit="watts",
+    )
+    process_sm = GaugeMetricFamily(
+        "impact_gpu_process_sm_utilization_ratio", "The process's share of the GPU's SM time over the last interval.",
+        labels=process_labels,
+    )
+    process_memory = GaugeMetricFamily(
+        "impact_gpu_process_memory_used_bytes", "GPU memory the process holds.", labels=process_labels, unit="bytes"
+    )
+    for gpu in snapshot.gpus:
+        labels = [str(gpu.index), gpu.uuid]
+        up.add_metric(labels, 1.0 if gpu.up else 0.0)
+        if gpu.energy_joules_total is not None:
+            energy.add_metric(labels, gpu.energy_joules_total)
+        if not gpu.up:
+            continue
+        for family, value in ((power, gpu.power_watts), (utilization, gpu.utilization_ratio),
+                              (memory, gpu.memory_used_bytes)):
+            if value is not None:
+                family.add_metric(labels, float(value))
+        for process in gpu.processes:
+            process_labels_values = [*labels, str(process.pid), snapshot.process_names.get(process.pid, "")]
+            watts = snapshot.gpu_process_watts.get((gpu.index, process.pid))
+            if watts is not None:
+                process_power.add_metric(process_labels_values, watts)
+            if process.sm_utilization_ratio is not None:
+                process_sm.add_metric(process_labels_values, process.sm_utilization_ratio)
+            if process.used_memory_bytes is not None:
+                process_memory.add_metric(process_labels_values, float(process.used_memory_bytes))
+    yield from (up, energy, power, utilization, memory, process_power, process_sm, process_memory)
 
 
 def source_families(snapshot: Snapshot) -> Iterator[Metric]:

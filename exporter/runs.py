@@ -24,7 +24,7 @@ from exporter.sources.procfs import ProcFS
 
 log = logging.getLogger(__name__)
 
-COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram"})
+COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram", "gpu": "gpu"})
 """Per-run energy components and the RAPL domain each one is the attributed share of."""
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -84,6 +84,7 @@ class Run:
     energy_joules: Mapping[str, float] = field(default_factory=dict)
     cpu_seconds: float = 0.0
     last_seen: float | None = None
+    gpu_seconds: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -180,9 +181,11 @@ class RunStore:
             end_time REAL,
             energy_joules TEXT NOT NULL,
             cpu_seconds REAL NOT NULL,
-            last_seen REAL
+            last_seen REAL,
+            gpu_seconds REAL NOT NULL DEFAULT 0
         )
     """
+    COLUMNS_ADDED = {"gpu_seconds": "REAL NOT NULL DEFAULT 0"}  # stores made before a column existed get it
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +194,10 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(self.SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for column, definition in self.COLUMNS_ADDED.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
 
     def save(self, runs: Iterable[Run]) -> None:
         """Insert or update runs, all in one transaction."""
@@ -198,22 +205,29 @@ class RunStore:
             (
                 run.run_id, run.experiment, run.set, json.dumps(dict(run.labels)), run.uid, run.user,
                 json.dumps([[p.pid, p.start_ticks] for p in run.processes]), run.start_time, run.end_time,
-                json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.last_seen,
+                json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.last_seen, run.gpu_seconds,
             )
             for run in runs
         ]
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO runs (run_id, experiment, run_set, labels, uid, user, processes, start_time, "
+                "end_time, energy_joules, cpu_seconds, last_seen, gpu_seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
 
     def load(self) -> list[Run]:
         """Every stored run, oldest first."""
-        rows = self._db.execute("SELECT * FROM runs ORDER BY start_time").fetchall()
+        rows = self._db.execute(
+            "SELECT run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
+            "cpu_seconds, last_seen, gpu_seconds FROM runs ORDER BY start_time"
+        ).fetchall()
         return [
             Run(
                 run_id=row[0], experiment=row[1], set=row[2], labels=json.loads(row[3]), uid=row[4], user=row[5],
                 processes=tuple(ProcessRef(pid, start) for pid, start in json.loads(row[6])),
                 start_time=row[7], end_time=row[8], energy_joules=json.loads(row[9]), cpu_seconds=row[10],
-                last_seen=row[11],
+                last_seen=row[11], gpu_seconds=row[12],
             )
             for row in rows
         ]
@@ -321,7 +335,7 @@ class RunRegistry:
                 created = True
             self._save([run])
             self._runs[run.run_id] = run
-            self._base.setdefault(run.run_id, replace(run, energy_joules={}, cpu_seconds=0.0))
+            self._base.setdefault(run.run_id, replace(run, energy_joules={}, cpu_seconds=0.0, gpu_seconds=0.0))
         if self._sample_now is not None:
             self._sample_now()  # the process's CPU time counts from now, not from the next regular sample
         return run, created
@@ -400,13 +414,18 @@ class RunRegistry:
         if totals is None:
             return run
         base = self._base.get(run.run_id, run)
-        measured = {zone.zone.domain for zone in snapshot.energy_zones}
+        measured = {zone.zone.domain for zone in snapshot.energy_zones} | ({"gpu"} if snapshot.gpus else set())
         energy = {
             component: base.energy_joules.get(component, 0.0) + totals.energy_joules.get(domain, 0.0)
             for component, domain in COMPONENT_DOMAINS.items()
             if domain in measured or component in base.energy_joules
         }
-        run = replace(run, energy_joules=energy, cpu_seconds=base.cpu_seconds + totals.cpu_seconds)
+        run = replace(
+            run,
+            energy_joules=energy,
+            cpu_seconds=base.cpu_seconds + totals.cpu_seconds,
+            gpu_seconds=base.gpu_seconds + totals.gpu_seconds,
+        )
         if totals.processes > 0:
             return replace(run, last_seen=snapshot.timestamp)
         log.info("run %s ended: its processes are gone", run.run_id)

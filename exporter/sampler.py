@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from exporter.attribution import GroupShareBasis, attribute_interval
+from exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
 from exporter.sources import EnergySource, SourceError
+from exporter.sources.nvml import GpuInfo, GpuReading, NvmlSource
 from exporter.sources.procfs import GroupUsage, ProcessGroups, ProcFS
 from exporter.sources.rapl import ZoneEnergy
 
 log = logging.getLogger(__name__)
 
 PROCFS = "procfs"
+NVML = "nvml"
+GPU = "gpu"  # the energy domain (and run component) of GPUs
 
 
 
@@ -39,6 +43,7 @@ class GroupTotals:
 
     energy_joules: Mapping[str, float]
     cpu_seconds: float
+    gpu_seconds: float
     memory_bytes: int
     processes: int
     root_alive: bool
@@ -56,6 +61,10 @@ class Snapshot:
     energy_zones: tuple[ZoneEnergy, ...] = ()
     groups: Mapping[str, GroupTotals] = field(default_factory=dict)
     unattributed_joules: Mapping[str, float] = field(default_factory=dict)
+    gpu_info: tuple[GpuInfo, ...] = ()
+    gpus: tuple[GpuReading, ...] = ()
+    gpu_process_watts: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (GPU index, pid) -> W
+    process_names: Mapping[int, str] = field(default_factory=dict)  # pid -> comm, for GPU processes
 
 
 @dataclass
@@ -87,11 +96,21 @@ class Sampler:
         interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
         on_sample: Callable[[Snapshot], None] | None = None,
+        gpu: NvmlSource | None = None,
+        gpu_idle_watts: float | None = None,
+        gpu_idle_policy: IdlePolicy = IDLE_SHARE,
     ) -> None:
         self._procfs = procfs
         self._energy = energy
         self._group_roots = group_roots
         self._on_sample = on_sample
+        self._gpu = gpu
+        self._gpu_idle_policy = gpu_idle_policy
+        self._gpu_idle_watts: dict[int, float | None] = {}
+        self._gpu_idle_fixed = gpu_idle_watts
+        self._gpus: tuple[GpuReading, ...] = ()
+        self._gpu_process_watts: dict[tuple[int, int], float] = {}
+        self._group_gpu_seconds: dict[str, float] = {}
         self._interval = interval_seconds
         self._clock = clock
         self._groups = ProcessGroups(procfs)
@@ -116,7 +135,12 @@ class Sampler:
     @property
     def source_names(self) -> tuple[str, ...]:
         """The sources this sampler reads, as named in ``impact_source_up{source}``."""
-        return (PROCFS, self._energy.method) if self._energy is not None else (PROCFS,)
+        names = [PROCFS]
+        if self._energy is not None:
+            names.append(self._energy.method)
+        if self._gpu is not None:
+            names.append(NVML)
+        return tuple(names)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -130,6 +154,7 @@ class Sampler:
         energy_read = self._read_energy()
         if usage_read and (energy_read or self._energy is None):
             self._attribute_pending()
+        self._read_gpus()
         self._samples += 1
         self._snapshot = self._build_snapshot(time.perf_counter() - started)
         if self._on_sample is not None:
@@ -217,6 +242,44 @@ class Sampler:
         self._up[self._energy.method] = True
         return True
 
+    def _read_gpus(self) -> None:
+        """Read every GPU and attribute each one's interval right away to the groups with processes on it."""
+        if self._gpu is None:
+            return
+        try:
+            sample = self._gpu.sample()
+        except SourceError as error:
+            self._mark_down(NVML, error)
+            return
+        self._up[NVML] = True
+        self._gpus = sample.gpus
+        group_of = {pid: group for group, usage in self._usage.items() for pid in usage.pids}
+        self._gpu_process_watts = {}
+        for gpu in sample.gpus:
+            if not gpu.up or gpu.elapsed_seconds <= 0:
+                continue
+            idle = self._gpu_idle_baseline(gpu)
+            result = attribute_gpu_interval(
+                gpu.energy_joules_delta, gpu.elapsed_seconds, idle, gpu.processes, group_of, self._gpu_idle_policy
+            )
+            for group, joules in result.by_group.items():
+                self._group_energy.setdefault(group, defaultdict(float))[GPU] += joules
+            for group, seconds in result.gpu_seconds.items():
+                self._group_gpu_seconds[group] = self._group_gpu_seconds.get(group, 0.0) + seconds
+            self._unattributed[GPU] += result.unattributed
+            for pid, joules in result.by_process.items():
+                self._gpu_process_watts[(gpu.index, pid)] = joules / gpu.elapsed_seconds
+
+    def _gpu_idle_baseline(self, gpu: GpuReading) -> float | None:
+        """``--gpu.idle-watts``, else the lowest power this GPU has shown with no process on it."""
+        if self._gpu_idle_fixed is not None:
+            return self._gpu_idle_fixed
+        learnt = lowest_idle_watts(
+            self._gpu_idle_watts.get(gpu.index), gpu.energy_joules_delta / gpu.elapsed_seconds, len(gpu.processes)
+        )
+        self._gpu_idle_watts[gpu.index] = learnt
+        return learnt
+
     def _attribute_pending(self) -> None:
         """Attribute the queued energy by the queued usage and add the result to the running totals."""
         pending = self._pending
@@ -245,6 +308,7 @@ class Sampler:
         for group in [g for g in self._group_cpu if g not in roots]:
             del self._group_cpu[group]
             self._group_energy.pop(group, None)
+            self._group_gpu_seconds.pop(group, None)
 
     def _mark_down(self, source: str, error: SourceError) -> None:
         if self._up[source]:
@@ -259,6 +323,7 @@ class Sampler:
             group: GroupTotals(
                 energy_joules=MappingProxyType(dict(self._group_energy.get(group, {}))),
                 cpu_seconds=cpu,
+                gpu_seconds=self._group_gpu_seconds.get(group, 0.0),
                 memory_bytes=self._usage[group].memory_bytes,
                 processes=self._usage[group].processes,
                 root_alive=self._usage[group].root_alive,
@@ -276,4 +341,19 @@ class Sampler:
             energy_zones=self._energy_zones,
             groups=MappingProxyType(groups),
             unattributed_joules=MappingProxyType(dict(self._unattributed)),
+            gpu_info=self._gpu.gpus if self._gpu is not None else (),
+            gpus=self._gpus,
+            gpu_process_watts=MappingProxyType(dict(self._gpu_process_watts)),
+            process_names=MappingProxyType(self._process_names()),
         )
+
+    def _process_names(self) -> dict[int, str]:
+        """The comm of each process on a GPU (only those: they label per-process GPU series)."""
+        names = {}
+        for pid in {pid for _, pid in self._gpu_process_watts}:
+            try:
+                stat = self._procfs.process(pid)
+            except SourceError:
+                stat = None
+            names[pid] = stat.comm if stat is not None else ""
+        return names

@@ -127,7 +127,7 @@ class RunFigures:
         }
 
 
-MEASURED_METHODS = frozenset({"rapl", "nvml"})
+MEASURED_METHODS = frozenset({"rapl", "nvml-counter", "nvml-power"})
 
 
 def run_figures(

@@ -441,6 +441,7 @@ class GroupUsage:
     memory_bytes: int
     processes: int
     root_alive: bool
+    pids: frozenset[int] = frozenset()  # the live members now (GPU processes are matched to groups by these)
 
 
 @dataclass(frozen=True)
@@ -526,6 +527,7 @@ class ProcessGroups:
             cpu_seconds=cpu_seconds,
             memory_bytes=sum(self._procfs.memory_bytes(pid) or 0 for pid, _ in members),
             processes=len(members),
+            pids=frozenset(pid for pid, _ in members),
             root_alive=any(
                 (stat := members.get((pid, start))) is not None and stat.state not in ("Z", "X")
                 for pid, start in roots.items()

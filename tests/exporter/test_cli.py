@@ -17,6 +17,8 @@ import pytest
 import requests
 
 from exporter.cli import main, parse_listen_address
+from exporter.sources import HardwareNotFound
+from exporter.sources.nvml import NvmlSource
 from tests.fakes.powercap import FakePowercap
 from tests.servers import REPO_ROOT, ExporterProcess
 
@@ -31,7 +33,8 @@ def test_help_explains_every_flag() -> None:
     result = run_exporter("--help")
     assert result.returncode == 0
     for flag in ["--web.listen-address", "--path.sysfs", "--path.procfs", "--sample-interval", "--cpu.source",
-                 "--cpu.tdp-watts", "--cpu.idle-fraction", "--api.socket", "--state-dir", "--log.level"]:
+                 "--cpu.tdp-watts", "--cpu.idle-fraction", "--api.socket", "--state-dir", "--gpu.source",
+                 "--gpu.devices", "--gpu.idle-watts", "--gpu.idle-attribution", "--log.level"]:
         assert flag in result.stdout
 
 
@@ -182,3 +185,30 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0
     assert result.stdout.startswith("impact-exporter ")
+
+
+def machine_has_nvidia_gpu() -> bool:
+    try:
+        NvmlSource().close()
+    except HardwareNotFound:
+        return False
+    return True
+
+
+def test_gpus_asked_for_without_a_driver_is_a_clear_error_and_auto_goes_on(
+    tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    if machine_has_nvidia_gpu():
+        pytest.skip("this machine has an NVIDIA GPU; tests/gpu covers it")
+    result = run_exporter("--gpu.source=nvml", "--cpu.source=none")
+    assert result.returncode == 1
+    assert "no NVIDIA GPU" in result.stderr
+    assert "Traceback" not in result.stderr
+    text = start_exporter("--cpu.source=none").metrics_text()
+    assert "impact_gpu_" not in text and 'source="nvml"' not in text
+
+
+def test_a_negative_gpu_idle_power_is_a_usage_error() -> None:
+    result = run_exporter("--gpu.idle-watts=-3")
+    assert result.returncode == 2
+    assert "--gpu.idle-watts" in result.stderr
