@@ -290,16 +290,25 @@ def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlS
     if settings.gpu_source == "none":
         return None
     try:
-        return NvmlSource(nvml=nvml, devices=settings.gpu_devices)
+        source = NvmlSource(nvml=nvml, devices=settings.gpu_devices)
     except HardwareNotFound as error:
         if settings.gpu_source == "nvml":
             raise
         log.info("%s; no GPU metrics (--gpu.source=none silences this)", error)
         return None
+    for gpu in source.gpus:
+        if gpu.mig_enabled:
+            log.warning(
+                "GPU %s (%s) is in MIG mode: NVML reports no per-process figures for it, so its energy is measured "
+                "but not attributed to runs", gpu.index, gpu.uuid,
+            )
+    return source
 
 
-def serve(settings: Settings, nvml: ModuleType | None = None) -> int:
-    """Run the exporter until SIGTERM or SIGINT; the exit code says whether start-up worked."""
+def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Event | None = None) -> int:
+    """Run the exporter until SIGTERM or SIGINT (or until ``stop`` is set); the exit code says whether start-up
+    worked. ``nvml`` replaces the pynvml module, ``stop`` the signal handlers: both let tests run an exporter
+    in a thread with a fake NVML."""
     try:
         procfs = ProcFS(settings.procfs)
         energy = open_energy_source(settings, procfs)
@@ -346,9 +355,10 @@ def serve(settings: Settings, nvml: ModuleType | None = None) -> int:
                 "cannot serve the run API on %s: %s; choose another path with --api.socket",
                 settings.api_socket, error.strerror or error,
             )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    if stop is None:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
     sampler.start()
     for server in servers:
         threading.Thread(target=server.serve_forever, name="impact-http", daemon=True).start()

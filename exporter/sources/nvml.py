@@ -27,8 +27,8 @@ import logging
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Literal
 
@@ -119,6 +119,7 @@ class _GpuState:
     integrated_joules: float = 0.0  # power-integration method: the running trapezoid sum
     power_watts: float | None = None  # power-integration method: the power read at energy_at
     utilization_seen_us: int = 0  # the newest process utilisation sample already counted
+    last_sm_by_pid: Mapping[int, float] = field(default_factory=dict)  # the shares the newest samples gave
 
     def energy_joules_total(self, method: EnergyMethod) -> float | None:
         """The GPU's cumulative joules under ``method`` (None when it can measure none)."""
@@ -374,8 +375,10 @@ class NvmlSource:
         memory = self._optional("nvmlDeviceGetMemoryInfo", handle, where=where)
         processes: tuple[GpuProcess, ...] = ()
         if not info.mig_enabled:
-            processes, seen_us = self._processes(handle, where, state.utilization_seen_us)
-            new_state = replace(new_state, utilization_seen_us=seen_us)
+            processes, seen_us, sm_by_pid = self._processes(
+                handle, where, state.utilization_seen_us, state.last_sm_by_pid
+            )
+            new_state = replace(new_state, utilization_seen_us=seen_us, last_sm_by_pid=sm_by_pid)
         delta, elapsed = _energy_since(state, new_state, gpu.energy_method)
         reading = GpuReading(
             index=info.index,
@@ -393,8 +396,16 @@ class NvmlSource:
         )
         return reading, new_state
 
-    def _processes(self, handle: Any, where: str, seen_us: int) -> tuple[tuple[GpuProcess, ...], int]:
-        """Return the GPU's processes with their memory and SM utilisation, and the newest sample timestamp."""
+    def _processes(
+        self, handle: Any, where: str, seen_us: int, last_sm_by_pid: Mapping[int, float]
+    ) -> tuple[tuple[GpuProcess, ...], int, Mapping[int, float]]:
+        """Return the GPU's processes with their memory and SM utilisation, the newest sample timestamp, and the
+        SM shares to carry into the next interval.
+
+        An interval in which the driver took no new utilisation sample (its period can be longer than the
+        exporter's) keeps the shares of the newest samples for the processes still running, rather than
+        counting the GPU idle.
+        """
         running = self._optional("nvmlDeviceGetComputeRunningProcesses", handle, where=where)
         memory_by_pid: dict[int, int | None] = {}
         for process in running or ():
@@ -402,9 +413,10 @@ class NvmlSource:
             memory_by_pid[int(process.pid)] = None if used is None else int(used)
         try:
             samples = self._optional("nvmlDeviceGetProcessUtilization", handle, seen_us, where=where)
+            sm_by_pid = None if samples is None else sm_utilization_by_pid(samples)
         except _NoNewSamples:
             samples = []
-        sm_by_pid = None if samples is None else sm_utilization_by_pid(samples)
+            sm_by_pid = {pid: share for pid, share in last_sm_by_pid.items() if pid in memory_by_pid}
         if samples:
             seen_us = max(seen_us, *(int(sample.timeStamp) for sample in samples))
         pids = sorted(memory_by_pid.keys() | (sm_by_pid or {}).keys())
@@ -416,7 +428,7 @@ class NvmlSource:
             )
             for pid in pids
         )
-        return processes, seen_us
+        return processes, seen_us, sm_by_pid or {}
 
     def _down(self, gpu: _Gpu, state: _GpuState, error: SourceError) -> tuple[GpuReading, _GpuState]:
         """The reading of a GPU that could not be read: down, energy total kept, nothing else known."""

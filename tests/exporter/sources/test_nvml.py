@@ -311,8 +311,11 @@ def test_only_samples_newer_than_the_last_sample_count() -> None:
     a100.slices = [{101: 100}]
     nvml.advance(1.0)
     assert source.sample().gpus[0].processes == (GpuProcess(101, GIB, 1.0), GpuProcess(102, GIB, 0.0))
-    nvml.advance(0.1)  # no driver tick: NVML_ERROR_NOT_FOUND, nobody used the SMs
-    assert source.sample().gpus[0].processes == (GpuProcess(101, GIB, 0.0), GpuProcess(102, GIB, 0.0))
+    nvml.advance(0.1)  # no driver tick (NVML_ERROR_NOT_FOUND): the newest shares carry over
+    assert source.sample().gpus[0].processes == (GpuProcess(101, GIB, 1.0), GpuProcess(102, GIB, 0.0))
+    a100.processes = {102: GIB}  # 101 ended: its share does not outlive it
+    nvml.advance(0.1)
+    assert source.sample().gpus[0].processes == (GpuProcess(102, GIB, 0.0),)
 
 
 def test_a_process_seen_in_samples_but_gone_is_reported_without_memory() -> None:

@@ -1,0 +1,143 @@
+"""Per-run GPU energy end to end: a fake NVML injected where the exporter builds its NVML source, the real run
+socket, a real Prometheus scraping the exporter, and the reporter reading it back.
+
+The exporter runs in a thread of the test (``serve(settings, nvml=fake, stop=event)``) so the test can drive
+the fake GPU; everything above NVML is the exporter as shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from experiment_impact_tracker import ExporterClient
+from exporter.cli import parse_settings, serve
+from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
+from tests.fakes.procfs import FakeProc
+from tests.servers import REPO_ROOT, PrometheusServer, free_port, short_socket_path, wait_for
+
+pytestmark = pytest.mark.integration
+
+RUN_PID, OTHER_PID = 4242, 5000
+GPU_WATTS, IDLE_WATTS, STEP = 200.0, 50.0, 0.05
+
+
+@dataclass
+class InProcessExporter:
+    address: str
+    socket_path: Path
+    nvml: FakeNvml
+    lock: threading.Lock
+
+    def drive(self, seconds: float) -> None:
+        """Let the fake GPUs run for ``seconds`` of their clock, in small steps, as the sampler reads them."""
+        for _ in range(round(seconds / STEP)):
+            time.sleep(STEP)
+            with self.lock:
+                self.nvml.advance(STEP)
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = requests.get(f"http://{self.address}/metrics", timeout=5).text
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        line = next(line for line in text.splitlines() if line.startswith(f"{name}{{{wanted}}}"))
+        return float(line.rsplit(" ", 1)[1])
+
+
+class LockedNvml:
+    """The fake NVML behind a lock the test also takes, so a sample never sees half of a step."""
+
+    def __init__(self, nvml: FakeNvml, lock: threading.Lock) -> None:
+        self._nvml, self._lock = nvml, lock
+
+    def __getattr__(self, name: str) -> object:
+        value = getattr(self._nvml, name)
+        if not callable(value) or not name.startswith("nvml"):
+            return value
+
+        def locked(*args: object, **kwargs: object) -> object:
+            with self._lock:
+                return value(*args, **kwargs)
+
+        return locked
+
+
+@pytest.fixture
+def exporter(tmp_path: Path) -> Iterator[InProcessExporter]:
+    proc = FakeProc(tmp_path / "proc")
+    proc.spawn(RUN_PID, 1, start=100, uid=0, comm="train")
+    proc.spawn(OTHER_PID, 1, start=200, uid=0, comm="other")
+    nvml = FakeNvml([FakeGpu("GPU-0000aaaa-0000-0000-0000-000000000000", power_watts=GPU_WATTS,
+                             processes={RUN_PID: 8 * GIB, OTHER_PID: 2 * GIB},
+                             slices=[{RUN_PID: 75, OTHER_PID: 25}])], tick_seconds=STEP)
+    lock = threading.Lock()
+    port, socket_path = free_port(), short_socket_path()
+    settings = parse_settings([
+        f"--web.listen-address=127.0.0.1:{port}", f"--path.procfs={proc.root}", "--cpu.source=none",
+        f"--api.socket={socket_path}", f"--state-dir={tmp_path / 'state'}", "--sample-interval=0.25",
+        f"--gpu.idle-watts={IDLE_WATTS}",
+    ])
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(settings, LockedNvml(nvml, lock), stop), daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{port}"
+    wait_for(lambda: _healthy(address), 20, "the in-process exporter")
+    yield InProcessExporter(address, socket_path, nvml, lock)
+    stop.set()
+    thread.join(timeout=10)
+
+
+def _healthy(address: str) -> bool:
+    try:
+        return requests.get(f"http://{address}/-/healthy", timeout=1).ok
+    except requests.ConnectionError:
+        return False
+
+
+def test_a_runs_gpu_energy_reaches_prometheus_and_the_report(
+    exporter: InProcessExporter, prometheus: PrometheusServer
+) -> None:
+    prometheus.add_target(exporter.address)
+    client = ExporterClient(f"unix://{exporter.socket_path}")
+    run_id = f"gpu-{uuid.uuid4().hex[:8]}"
+    gpu_before = exporter.metric("impact_gpu_energy_joules_total", gpu="0", uuid=exporter.nvml.gpus[0].uuid)
+    client.start_run("gpu-train", pid=RUN_PID, run_id=run_id)
+    exporter.drive(2.0)
+    final = client.stop_run(run_id)
+    gpu_after = exporter.metric("impact_gpu_energy_joules_total", gpu="0", uuid=exporter.nvml.gpus[0].uuid)
+
+    # 200 W for 2 s: 100 J idle shared by the 2 processes, 300 J active, 75% of it the run's.
+    measured = gpu_after - gpu_before
+    assert measured == pytest.approx(GPU_WATTS * 2.0, rel=1e-6)
+    expected = 0.75 * (measured - IDLE_WATTS * 2.0) + IDLE_WATTS * 2.0 / 2
+    assert final["energy_joules"]["gpu"] == pytest.approx(expected, rel=0.01)
+    assert final["gpu_seconds"] == pytest.approx(0.75 * 2.0, rel=0.01)
+    assert exporter.metric("impact_gpu_process_sm_utilization_ratio", gpu="0",
+                           uuid=exporter.nvml.gpus[0].uuid, pid=str(RUN_PID), comm="train") == pytest.approx(0.75)
+
+    def scraped() -> bool:
+        result = prometheus.query(f'impact_run_energy_joules_total{{run_id="{run_id}",component="gpu"}}')
+        return bool(result) and float(result[0]["value"][1]) == pytest.approx(final["energy_joules"]["gpu"])
+
+    wait_for(scraped, 15, "prometheus to scrape the run's final GPU energy")
+    assert prometheus.query(f'impact_energy_source_info{{instance="{exporter.address}",component="gpu"}}')[0][
+        "metric"]["method"] == "nvml-counter"
+    report = subprocess.run(
+        [sys.executable, "-m", "reporter", "runs", "--format=json", f"--prometheus={prometheus.url}", "--since=10m",
+         f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )
+    assert report.returncode == 0, report.stderr
+    [figures] = json.loads(report.stdout)["runs"]
+    assert figures["energy_joules"]["gpu"] == pytest.approx(final["energy_joules"]["gpu"], rel=1e-9)
+    assert figures["gpu_hours"] == pytest.approx(final["gpu_seconds"] / 3600, rel=1e-9)
+    assert figures["measured"]["gpu"] is True
