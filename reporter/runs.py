@@ -46,6 +46,7 @@ class Host:
     cpu_vendor: str = ""
     cpu_count: str = ""
     kernel: str = ""
+    gpus: tuple[str, ...] = ()  # "NVIDIA A100-SXM4-40GB (driver 550.54.15)", from impact_gpu_info
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Run:
             "user": self.user,
             "start_time": self.start_time,
             "end_time": self.end_time,
-            "hosts": [host.__dict__ for host in self.hosts],
+            "hosts": [{**host.__dict__, "gpus": list(host.gpus)} for host in self.hosts],
             "methods": dict(self.methods),
             "source": self.source,
         }
@@ -210,6 +211,7 @@ class PrometheusRuns:
         }
 
     def _hosts(self, at: float, window: int) -> dict[str, Host]:
+        gpus = self._gpus(at, window)
         hosts = {}
         for item in self._client.query(f"last_over_time(impact_host_info[{window}s])", at):
             labels = item.labels
@@ -221,8 +223,20 @@ class PrometheusRuns:
                 cpu_vendor=labels.get("cpu_vendor", ""),
                 cpu_count=labels.get("cpu_count", ""),
                 kernel=labels.get("kernel", ""),
+                gpus=gpus.get(instance, ()),
             )
         return hosts
+
+    def _gpus(self, at: float, window: int) -> dict[str, tuple[str, ...]]:
+        """Each instance's GPUs with their driver, in index order."""
+        found: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for item in self._client.query(f"last_over_time(impact_gpu_info[{window}s])", at):
+            labels = item.labels
+            index = int(labels.get("gpu", "0") or 0)
+            found[labels.get("instance", "")].append(
+                (index, f"{labels.get('name', '')} (driver {labels.get('driver_version', '') or 'unknown'})")
+            )
+        return {instance: tuple(text for _, text in sorted(gpus)) for instance, gpus in found.items()}
 
     def _methods(self, at: float, window: int) -> dict[str, dict[str, str]]:
         methods: dict[str, dict[str, str]] = defaultdict(dict)
@@ -314,7 +328,7 @@ def read_archive(directory: Path, record: Mapping[str, Any]) -> Run:
         user=record.get("user", ""),
         start_time=float(record["start_time"]),
         end_time=None if record.get("end_time") is None else float(record["end_time"]),
-        hosts=tuple(Host(**host) for host in record.get("hosts", [])),
+        hosts=tuple(Host(**{**host, "gpus": tuple(host.get("gpus", ()))}) for host in record.get("hosts", [])),
         methods=dict(record.get("methods") or {}),
         samples=samples[SAMPLE_COLUMNS],
         source=f"archive {directory}",

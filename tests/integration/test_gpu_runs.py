@@ -141,3 +141,4 @@ def test_a_runs_gpu_energy_reaches_prometheus_and_the_report(
     assert figures["energy_joules"]["gpu"] == pytest.approx(final["energy_joules"]["gpu"], rel=1e-9)
     assert figures["gpu_hours"] == pytest.approx(final["gpu_seconds"] / 3600, rel=1e-9)
     assert figures["measured"]["gpu"] is True
+    assert figures["hosts"][0]["gpus"] == ["NVIDIA A100-SXM4-40GB (driver 550.54.15)"]

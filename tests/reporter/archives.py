@@ -14,7 +14,7 @@ import pandas as pd
 from reporter.runs import SAMPLE_COLUMNS, Host, Run, write_archive
 
 HOST = Host("node1:9877", hostname="node1", cpu_model="AMD EPYC 7742 64-Core Processor", cpu_vendor="AuthenticAMD",
-            cpu_count="128", kernel="6.1.0")
+            cpu_count="128", kernel="6.1.0", gpus=("NVIDIA A100-SXM4-40GB (driver 550.54.15)",))
 
 
 def synthetic_run(

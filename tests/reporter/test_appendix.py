@@ -83,6 +83,9 @@ def test_seed_command_writes_the_seed_layout_and_the_right_statistics(tmp_path: 
     assert summary["total"] == pytest.approx(a.sum(), rel=1e-12)
     assert [run["total_kwh"] for run in document["sets"][0]["runs"]] == pytest.approx(list(a), rel=1e-12)
 
+    run_page = pdf_text(out / "Normal Convolutions (32 filters)" / "0.pdf")
+    assert "AMD EPYC 7742 64-Core Processor (128 logical CPUs)" in run_page
+    assert "NVIDIA A100-SXM4-40GB (driver 550.54.15)" in run_page
     text = pdf_text(comparison)
     assert f"{welch.pvalue:.3g}" in text or "< 0.001" in text
     assert "Welch" in text
