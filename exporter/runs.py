@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pwd
 import re
 import sqlite3
 import threading
@@ -245,8 +246,7 @@ def open_store(state_dir: Path) -> tuple[RunStore | None, str | None]:
 
 
 def user_name(uid: int) -> str:
-    import pwd
-
+    """The login name of ``uid``, or the number itself when the system has no such user."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -314,7 +314,7 @@ class RunRegistry:
         pid = request.pid if request.pid is not None else caller_pid
         if pid is None:
             raise InvalidRequest("pid is required when the caller cannot be identified (TCP)")
-        process = self._process_ref(pid, caller_uid)
+        process, owner = self._owned_process(pid, caller_uid)
         with self._lock:
             self._require_store()
             existing = self._runs.get(request.run_id) if request.run_id else None
@@ -327,8 +327,8 @@ class RunRegistry:
                     experiment=request.experiment,
                     set=request.set,
                     labels=MappingProxyType(dict(request.labels)),
-                    uid=self._procfs.uid(pid) or 0,
-                    user=user_name(self._procfs.uid(pid) or 0),
+                    uid=owner,
+                    user=user_name(owner),
                     processes=(process,),
                     start_time=self._clock(),
                 )
@@ -340,14 +340,15 @@ class RunRegistry:
             self._sample_now()  # the process's CPU time counts from now, not from the next regular sample
         return run, created
 
-    def _process_ref(self, pid: int, caller_uid: int) -> ProcessRef:
+    def _owned_process(self, pid: int, caller_uid: int) -> tuple[ProcessRef, int]:
+        """The running process ``pid`` and its owner's uid, if the caller may register it."""
         stat = self._procfs.process(pid)
         owner = self._procfs.uid(pid)
         if stat is None or owner is None or stat.state in ("Z", "X"):
             raise InvalidRequest(f"no running process with pid {pid}")
         if caller_uid != 0 and owner != caller_uid:
             raise Forbidden(f"process {pid} belongs to another user; a run may only include your own processes")
-        return ProcessRef(pid, stat.start_ticks)
+        return ProcessRef(pid, stat.start_ticks), owner
 
     def _join(self, run: Run, request: StartRequest, process: ProcessRef, caller_uid: int) -> Run:
         if not run.active:

@@ -141,7 +141,9 @@ def test_two_concurrent_runs_split_energy_by_cpu_and_conserve_it(
         value(after, "impact_run_cpu_seconds_total", run_id=r) - value(before, "impact_run_cpu_seconds_total", run_id=r)
         for r in ids
     ]
-    assert cpu[0] / cpu[1] == pytest.approx(2.0, rel=0.3), "the children did not load the CPU as designed"
+    # 2:1 by design on an idle machine; a busy machine starves the sleeping child more, so only require that
+    # the two loads clearly differ: the split below is what the test is about.
+    assert cpu[0] / cpu[1] > 1.3, "the children did not load the CPU as designed"
     assert energy[0] / energy[1] == pytest.approx(cpu[0] / cpu[1], rel=0.05)
     assert sum(energy) < driver.joules[PACKAGE]
 
