@@ -400,7 +400,8 @@ class RunRegistry:
     def observe(self, snapshot: Snapshot) -> None:
         """Take a sample's group totals into the runs; end runs whose processes are all gone; persist."""
         with self._lock:
-            changed = [self._observe_run(run, snapshot) for run in self._runs.values() if run.active]
+            measured = {zone.zone.domain for zone in snapshot.energy_zones} | ({"gpu"} if snapshot.gpus else set())
+            changed = [self._observe_run(run, snapshot, measured) for run in self._runs.values() if run.active]
             for run in changed:
                 self._runs[run.run_id] = run
             self._expire(snapshot.timestamp)
@@ -410,12 +411,12 @@ class RunRegistry:
                 except sqlite3.Error as error:
                     log.error("cannot persist run totals: %s", error)
 
-    def _observe_run(self, run: Run, snapshot: Snapshot) -> Run:
+    def _observe_run(self, run: Run, snapshot: Snapshot, measured: set[str]) -> Run:
+        """The run with the sample's group totals added to its base; ``measured``: the domains the node measures."""
         totals = snapshot.groups.get(run.run_id)
         if totals is None:
             return run
         base = self._base.get(run.run_id, run)
-        measured = {zone.zone.domain for zone in snapshot.energy_zones} | ({"gpu"} if snapshot.gpus else set())
         energy = {
             component: base.energy_joules.get(component, 0.0) + totals.energy_joules.get(domain, 0.0)
             for component, domain in COMPONENT_DOMAINS.items()

@@ -207,17 +207,22 @@ def interpret(args: argparse.Namespace) -> None:
 
 def figures_for(args: argparse.Namespace, runs: list[Run]) -> list[RunFigures]:
     """Each run's figures; a time-varying intensity is read from Prometheus over each run's window."""
-    figures = []
-    for run in runs:
-        series = intensity_series(args, run) if args.carbon_intensity_query else None
-        figures.append(run_figures(run, args.intensity, args.pue, series))
-    return figures
+    series = intensity_reader(args)
+    return [run_figures(run, args.intensity, args.pue, series(run) if series else None) for run in runs]
 
 
-def intensity_series(args: argparse.Namespace, run: Run) -> Series | None:
+def intensity_reader(args: argparse.Namespace) -> Callable[[Run], Series] | None:
+    """Reads ``--carbon-intensity-query`` over a run's window through one client; None without that flag."""
+    if not args.carbon_intensity_query:
+        return None
+    client = prometheus_client(args, None)
+    return lambda run: intensity_series(client, args.carbon_intensity_query, run)
+
+
+def intensity_series(client: PrometheusClient, query: str, run: Run) -> Series:
     end = run.end_time or time.time()
     step = max(1.0, (end - run.start_time) / 1000)
-    found = prometheus_client(args, None).query_range(args.carbon_intensity_query, run.start_time - 3600, end, step)
+    found = client.query_range(query, run.start_time - 3600, end, step)
     if len(found) != 1:
         raise RunDataError(
             f"--carbon-intensity-query must return exactly one series over run {run.run_id}, got {len(found)}"
@@ -304,7 +309,7 @@ def appendix_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]) -> None:
     """Compute every set's and comparison's figures, write the .tex files and appendix.json, build the PDFs."""
     intensity = args.intensity
-    series = (lambda run: intensity_series(args, run)) if args.carbon_intensity_query else None
+    series = intensity_reader(args)
     reports = {name: set_report(name, runs, intensity, args.pue, series) for name, runs in sets}
     comparisons = [comparison_report(reports[a], reports[b]) for a, b in args.compare]
     build = not args.no_pdf and latex_available()
