@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.monitored import MonitoredNode, start_runs, wait_scraped
 from tests.servers import IN_CI, REPO_ROOT, ExporterProcess, PrometheusServer
 
 NODE_EXPORTER_POWERCAP = REPO_ROOT.parent / "shared" / "fixtures" / "powercap-node_exporter"
@@ -18,6 +21,27 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     server = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
     yield server
     server.stop()
+
+
+@dataclass(frozen=True)
+class Monitored:
+    """A Prometheus that scrapes a running monitored node with one finished and one active run."""
+
+    prometheus: PrometheusServer
+    node: MonitoredNode
+    runs: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def monitored(prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
+    """The session Prometheus scraping a fake node with RAPL, a GPU and runs: what dashboards and rules read."""
+    node = MonitoredNode(tmp_path_factory.mktemp("monitored"))
+    prometheus.add_target(node.address)
+    runs = start_runs(node)
+    wait_scraped(prometheus.query, [run["run_id"] for run in runs.values()])
+    yield Monitored(prometheus, node, runs)
+    prometheus.remove_target(node.address)
+    node.stop()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
+RULES_GLOB = REPO_ROOT / "deploy" / "prometheus" / "rules" / "*.yml"
 
 
 def require_binary(name: str, install_hint: str) -> str:
@@ -63,7 +64,8 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
 
 
 class PrometheusServer:
-    """A private Prometheus that scrapes every second the targets tests add through file-based discovery."""
+    """A private Prometheus that scrapes every second the targets tests add through file-based discovery, and
+    evaluates the project's recording and alerting rules (deploy/prometheus/rules) every second."""
 
     def __init__(self, workdir: Path) -> None:
         self.binary = require_binary("prometheus", "apt-get install prometheus")
@@ -74,6 +76,7 @@ class PrometheusServer:
         self.config_file = workdir / "prometheus.yml"
         self.config_file.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files: ['{RULES_GLOB}']\n"
             "scrape_configs:\n"
             "  - job_name: impact\n"
             "    file_sd_configs:\n"

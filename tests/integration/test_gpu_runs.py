@@ -24,6 +24,7 @@ from experiment_impact_tracker import ExporterClient
 from exporter.cli import parse_settings, serve
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
+from tests.monitored import LockedNvml, healthy
 from tests.servers import REPO_ROOT, PrometheusServer, free_port, short_socket_path, wait_for
 
 pytestmark = pytest.mark.integration
@@ -53,24 +54,6 @@ class InProcessExporter:
         return float(line.rsplit(" ", 1)[1])
 
 
-class LockedNvml:
-    """The fake NVML behind a lock the test also takes, so a sample never sees half of a step."""
-
-    def __init__(self, nvml: FakeNvml, lock: threading.Lock) -> None:
-        self._nvml, self._lock = nvml, lock
-
-    def __getattr__(self, name: str) -> object:
-        value = getattr(self._nvml, name)
-        if not callable(value) or not name.startswith("nvml"):
-            return value
-
-        def locked(*args: object, **kwargs: object) -> object:
-            with self._lock:
-                return value(*args, **kwargs)
-
-        return locked
-
-
 @pytest.fixture
 def exporter(tmp_path: Path) -> Iterator[InProcessExporter]:
     proc = FakeProc(tmp_path / "proc")
@@ -90,17 +73,10 @@ def exporter(tmp_path: Path) -> Iterator[InProcessExporter]:
     thread = threading.Thread(target=serve, args=(settings, LockedNvml(nvml, lock), stop), daemon=True)
     thread.start()
     address = f"127.0.0.1:{port}"
-    wait_for(lambda: _healthy(address), 20, "the in-process exporter")
+    wait_for(lambda: healthy(address), 20, "the in-process exporter")
     yield InProcessExporter(address, socket_path, nvml, lock)
     stop.set()
     thread.join(timeout=10)
-
-
-def _healthy(address: str) -> bool:
-    try:
-        return requests.get(f"http://{address}/-/healthy", timeout=1).ok
-    except requests.ConnectionError:
-        return False
 
 
 def test_a_runs_gpu_energy_reaches_prometheus_and_the_report(
