@@ -113,7 +113,10 @@ def run_families(runs: list[Run]) -> Iterator[Metric]:
         unit="seconds",
     )
     for run in runs:
-        labels = {**run.labels, "run_id": run.run_id, "experiment": run.experiment, "set": run.set, "user": run.user}
+        labels = {
+            **run.labels, **run.placement,
+            "run_id": run.run_id, "experiment": run.experiment, "set": run.set, "user": run.user,
+        }
         info.add_sample("impact_run_info", labels, 1.0)
         start.add_metric([run.run_id], run.start_time)
         if run.end_time is not None:

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from exporter.kubernetes import kubernetes_labels
 from exporter.sampler import Snapshot
+from exporter.sources import SourceError
 from exporter.sources.procfs import ProcFS
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,9 @@ COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-RESERVED_LABELS = frozenset({"job", "instance", "run_id", "experiment", "set", "user", "component"})
+RESERVED_LABELS = frozenset(
+    {"job", "instance", "run_id", "experiment", "set", "user", "component", "pod_uid", "container_id"}
+)
 MAX_LABELS = 32
 MAX_VALUE_LENGTH = 256
 
@@ -86,6 +90,7 @@ class Run:
     cpu_seconds: float = 0.0
     last_seen: float | None = None
     gpu_seconds: float = 0.0
+    placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
 
     @property
     def active(self) -> bool:
@@ -183,10 +188,14 @@ class RunStore:
             energy_joules TEXT NOT NULL,
             cpu_seconds REAL NOT NULL,
             last_seen REAL,
-            gpu_seconds REAL NOT NULL DEFAULT 0
+            gpu_seconds REAL NOT NULL DEFAULT 0,
+            placement TEXT NOT NULL DEFAULT '{}'
         )
     """
-    COLUMNS_ADDED = {"gpu_seconds": "REAL NOT NULL DEFAULT 0"}  # stores made before a column existed get it
+    COLUMNS_ADDED = {  # stores made before a column existed get it
+        "gpu_seconds": "REAL NOT NULL DEFAULT 0",
+        "placement": "TEXT NOT NULL DEFAULT '{}'",
+    }
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,13 +216,15 @@ class RunStore:
                 run.run_id, run.experiment, run.set, json.dumps(dict(run.labels)), run.uid, run.user,
                 json.dumps([[p.pid, p.start_ticks] for p in run.processes]), run.start_time, run.end_time,
                 json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.last_seen, run.gpu_seconds,
+                json.dumps(dict(run.placement)),
             )
             for run in runs
         ]
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO runs (run_id, experiment, run_set, labels, uid, user, processes, start_time, "
-                "end_time, energy_joules, cpu_seconds, last_seen, gpu_seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "end_time, energy_joules, cpu_seconds, last_seen, gpu_seconds, placement) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
 
@@ -221,14 +232,14 @@ class RunStore:
         """Every stored run, oldest first."""
         rows = self._db.execute(
             "SELECT run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
-            "cpu_seconds, last_seen, gpu_seconds FROM runs ORDER BY start_time"
+            "cpu_seconds, last_seen, gpu_seconds, placement FROM runs ORDER BY start_time"
         ).fetchall()
         return [
             Run(
                 run_id=row[0], experiment=row[1], set=row[2], labels=json.loads(row[3]), uid=row[4], user=row[5],
                 processes=tuple(ProcessRef(pid, start) for pid, start in json.loads(row[6])),
                 start_time=row[7], end_time=row[8], energy_joules=json.loads(row[9]), cpu_seconds=row[10],
-                last_seen=row[11], gpu_seconds=row[12],
+                last_seen=row[11], gpu_seconds=row[12], placement=json.loads(row[13]),
             )
             for row in rows
         ]
@@ -315,6 +326,7 @@ class RunRegistry:
         if pid is None:
             raise InvalidRequest("pid is required when the caller cannot be identified (TCP)")
         process, owner = self._owned_process(pid, caller_uid)
+        placement = self._placement(pid)
         with self._lock:
             self._require_store()
             existing = self._runs.get(request.run_id) if request.run_id else None
@@ -331,6 +343,7 @@ class RunRegistry:
                     user=user_name(owner),
                     processes=(process,),
                     start_time=self._clock(),
+                    placement=placement,
                 )
                 created = True
             self._save([run])
@@ -339,6 +352,14 @@ class RunRegistry:
         if self._sample_now is not None:
             self._sample_now()  # the process's CPU time counts from now, not from the next regular sample
         return run, created
+
+    def _placement(self, pid: int) -> dict[str, str]:
+        """The Kubernetes pod and container of ``pid``, if it runs in one and its cgroup file can be read."""
+        try:
+            return kubernetes_labels(self._procfs.cgroup(pid))
+        except SourceError as error:
+            log.debug("no cgroup for pid %d: %s", pid, error)
+            return {}
 
     def _owned_process(self, pid: int, caller_uid: int) -> tuple[ProcessRef, int]:
         """The running process ``pid`` and its owner's uid, if the caller may register it."""

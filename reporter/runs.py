@@ -26,7 +26,9 @@ from reporter.prometheus import InstantSample, PrometheusClient
 
 RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
 SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
-DESCRIPTIVE = frozenset({"__name__", "instance", "job", "run_id", "experiment", "set", "user"})
+DESCRIPTIVE = frozenset(
+    {"__name__", "instance", "job", "run_id", "experiment", "set", "user", "pod_uid", "container_id"}
+)
 MATCHER = re.compile(r"\{.*\}", re.DOTALL)
 END_MARGIN_SECONDS = 300.0
 """Samples read past a run's end: finished runs stay exported a while, and their last scrape may come late."""

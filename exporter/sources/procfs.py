@@ -366,6 +366,10 @@ class ProcFS:
         except ValueError as error:
             raise SourceError(f"{self._root / str(pid) / 'status'}: {error}") from error
 
+    def cgroup(self, pid: int) -> str:
+        """The text of ``/proc/<pid>/cgroup`` (its cgroup paths), or "" when the process is gone."""
+        return self._read_pid_file(pid, "cgroup") or ""
+
     def children(self, pid: int) -> list[int]:
         """Direct children of ``pid``, or [] when it is gone.
 

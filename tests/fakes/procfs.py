@@ -57,6 +57,7 @@ class FakeProcess:
     pss_kib: int | None = None
     rss_pages: int = 0
     uid: int = 1000
+    cgroup: str = "0::/user.slice/user-1000.slice/session-1.scope"
 
     @property
     def total(self) -> int:
@@ -139,6 +140,7 @@ class FakeProc:
         _write_atomically(directory / "statm", f"{p.rss_pages * 2} {p.rss_pages} 10 5 0 20 0\n")
         uids = "\t".join([str(p.uid)] * 4)
         _write_atomically(directory / "status", f"Name:\t{p.comm}\nPPid:\t{p.ppid}\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n")
+        _write_atomically(directory / "cgroup", f"{p.cgroup}\n")
         if p.pss_kib is not None:
             _write_atomically(
                 directory / "smaps_rollup", f"00-ff ---p 0 00:00 0 [rollup]\nRss: 1 kB\nPss: {p.pss_kib} kB\n"
