@@ -10,6 +10,7 @@ understands.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
 _GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
 
 # /proc/<pid>/stat fields after the ")" that ends comm, counted from 0 at the state field (field 3 in proc(5)).
-_STATE, _PPID, _UTIME, _STIME, _CUTIME, _CSTIME, _STARTTIME = 0, 1, 11, 12, 13, 14, 19
+_STATE, _PPID, _UTIME, _STIME, _CUTIME, _CSTIME, _THREADS, _STARTTIME = 0, 1, 11, 12, 13, 14, 17, 19
 
 # ARM "CPU implementer" codes (arch/arm64/include/asm/cputype.h) and a few common "CPU part" codes.
 _ARM_IMPLEMENTERS = {
@@ -53,6 +54,10 @@ _ARM_PARTS = {
 UNKNOWN = "unknown"
 
 _T = TypeVar("_T")
+
+_READ_SIZE = 65536
+MEMORY_MAX_AGE_SECONDS = 30.0
+"""How long a tracked process's PSS reading is reused (ProcessGroups): smaps_rollup is the dearest file to read."""
 
 
 # --- system-wide CPU time ------------------------------------------------------------------------------------------
@@ -103,6 +108,7 @@ class ProcStat:
     start_ticks: int
     cpu_seconds: float
     children_cpu_seconds: float
+    threads: int = 1  # num_threads: a process with one thread has all its children in one children file
 
     @property
     def key(self) -> tuple[int, int]:
@@ -134,6 +140,7 @@ def parse_pid_stat(text: str, ticks_per_second: int) -> ProcStat:
         start_ticks=int(fields[_STARTTIME]),
         cpu_seconds=(int(fields[_UTIME]) + int(fields[_STIME])) / ticks_per_second,
         children_cpu_seconds=(int(fields[_CUTIME]) + int(fields[_CSTIME])) / ticks_per_second,
+        threads=int(fields[_THREADS]),
     )
 
 
@@ -269,9 +276,20 @@ def _hex_or_none(value: str | None) -> int | None:
 # --- reading one procfs mount --------------------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str:
-    """Read a procfs file whole. Bytes that are not UTF-8 become U+FFFD (a comm can hold any byte)."""
-    return path.read_bytes().decode("utf-8", errors="replace")
+def _read_text(path: Path | str) -> str:
+    """Read a procfs file whole. Bytes that are not UTF-8 become U+FFFD (a comm can hold any byte).
+
+    Raw ``os.open``/``os.read`` cost a third of ``Path.read_bytes``: this runs for every tracked process at
+    every sample, so it is most of the exporter's own CPU time.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, _READ_SIZE)]
+        while len(chunks[-1]) == _READ_SIZE:  # a short read is the end: procfs fills the buffer while it can
+            chunks.append(os.read(fd, _READ_SIZE))
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 class ProcFS:
@@ -284,6 +302,7 @@ class ProcFS:
     def __init__(self, root: Path, *, ticks_per_second: int | None = None, page_size: int | None = None) -> None:
         """Check that ``root`` looks like procfs. Tick and page size default to this host's (sysconf, not /proc)."""
         self._root = Path(root)
+        self._prefix = str(self._root)  # per-process paths are built as strings: pathlib's joins are slow
         if not (self._root / "stat").is_file():
             raise HardwareNotFound(f"{self._root / 'stat'} does not exist: point --path.procfs at a procfs mount")
         self._ticks = ticks_per_second or os.sysconf("SC_CLK_TCK")
@@ -345,7 +364,7 @@ class ProcFS:
         kernel threads have an empty smaps_rollup and fall through to statm, which shows 0 for them.
         """
         try:
-            return parse_smaps_rollup_pss_bytes(_read_text(self._root / str(pid) / "smaps_rollup"))
+            return parse_smaps_rollup_pss_bytes(_read_text(f"{self._prefix}/{pid}/smaps_rollup"))
         except (OSError, ValueError):
             pass  # absent on this kernel, not permitted, empty, or gone: statm decides which
         text = self._read_pid_file(pid, "statm")
@@ -370,14 +389,15 @@ class ProcFS:
         """The text of ``/proc/<pid>/cgroup`` (its cgroup paths), or "" when the process is gone."""
         return self._read_pid_file(pid, "cgroup") or ""
 
-    def children(self, pid: int) -> list[int]:
+    def children(self, pid: int, threads: int | None = None) -> list[int]:
         """Direct children of ``pid``, or [] when it is gone.
 
         These are read from ``task/*/children`` of every thread, since a child belongs to the thread that forked
-        it. A kernel without those files needs a scan of every ``<root>/*/stat`` instead.
+        it. ``threads=1`` (the process's num_threads, from its stat) skips listing ``task/``: the main thread's
+        file is the only one. A kernel without those files needs a scan of every ``<root>/*/stat`` instead.
         """
         if self._children_files is not False:
-            found = self._children_from_files(pid)
+            found = self._children_from_files(pid, single_threaded=threads == 1)
             if found is not None:
                 return found
         return self.scan_children().get(pid, [])
@@ -397,31 +417,38 @@ class ProcFS:
                 if stat is not None:
                     yield stat
 
-    def _children_from_files(self, pid: int) -> list[int] | None:
-        """Children from the per-thread children files. Returns None, and remembers it, when the kernel has none."""
-        task_dir = self._root / str(pid) / "task"
-        try:
-            tids = sorted(os.listdir(task_dir))
-        except _GONE:
-            return []
+    def _children_from_files(self, pid: int, single_threaded: bool = False) -> list[int] | None:
+        """Children from the per-thread children files. Returns None, and remembers it, when the kernel has none.
+
+        A single-threaded process has one such file, its main thread's: once the kernel is known to have the
+        files, it is read without listing ``task/`` (one system call in three).
+        """
+        task_dir = f"{self._prefix}/{pid}/task"
+        if single_threaded and self._children_files:
+            tids = [str(pid)]
+        else:
+            try:
+                tids = sorted(os.listdir(task_dir))
+            except _GONE:
+                return []
         children: dict[int, None] = {}
         for tid in tids:
             try:
-                text = _read_text(task_dir / tid / "children")
+                text = _read_text(f"{task_dir}/{tid}/children")
             except _GONE:
-                if (task_dir / tid).is_dir():  # the thread is there but the file is not: the kernel lacks it
+                if os.path.isdir(f"{task_dir}/{tid}"):  # the thread is there but the file is not: the kernel lacks it
                     self._children_files = False
                     return None
                 continue  # the thread exited
             except OSError as error:
-                raise SourceError(f"{task_dir / tid / 'children'}: {error}") from error
+                raise SourceError(f"{task_dir}/{tid}/children: {error}") from error
             self._children_files = True
             children.update(dict.fromkeys(int(child) for child in text.split()))
         return list(children)
 
     def _read_pid_file(self, pid: int, name: str) -> str | None:
         """``<root>/<pid>/<name>``, or None when the process is gone. Other OS errors become source errors."""
-        path = self._root / str(pid) / name
+        path = f"{self._prefix}/{pid}/{name}"
         try:
             return _read_text(path)
         except _GONE:
@@ -487,10 +514,23 @@ class ProcessGroups:
     run's. Zombies count as members until reaped. ``root_alive`` is False once every root is a zombie or gone.
     """
 
-    def __init__(self, procfs: ProcFS) -> None:
-        """Keep no groups yet. They appear as ``sample`` is given their ids."""
+    def __init__(
+        self,
+        procfs: ProcFS,
+        memory_max_age_seconds: float = MEMORY_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Keep no groups yet. They appear as ``sample`` is given their ids.
+
+        A member's memory is read when it joins and then at most every ``memory_max_age_seconds``: PSS comes from
+        ``smaps_rollup``, which walks the process's page tables (hundreds of microseconds for a small process,
+        milliseconds for a large one), while memory changes slowly and only weighs DRAM energy.
+        """
         self._procfs = procfs
         self._groups: dict[str, _Group] = {}
+        self._memory_max_age = memory_max_age_seconds
+        self._clock = clock
+        self._memory: dict[ProcKey, tuple[int, float]] = {}  # member -> (bytes, when read)
 
     def sample(self, roots: Mapping[str, Collection[int]]) -> dict[str, GroupUsage]:
         """Group id -> root PIDs in, group id -> usage since the previous call out. Forgets ids no longer passed.
@@ -504,10 +544,20 @@ class ProcessGroups:
             previous = self._groups.get(group_id)
             usage[group_id], groups[group_id] = self._sample_group(tuple(root_pids), previous, children)
         self._groups = groups
+        self._memory = {key: self._memory[key] for group in groups.values() for key in group.members}
         return usage
 
+    def _member_memory(self, key: ProcKey, now: float) -> int:
+        """The member's memory in bytes, read again only when the last reading is older than the maximum age."""
+        cached = self._memory.get(key)
+        if cached is not None and now - cached[1] < self._memory_max_age:
+            return cached[0]
+        memory = self._procfs.memory_bytes(key[0]) or 0
+        self._memory[key] = (memory, now)
+        return memory
+
     def _sample_group(
-        self, root_pids: tuple[int, ...], previous: _Group | None, children: Callable[[int], list[int]]
+        self, root_pids: tuple[int, ...], previous: _Group | None, children: Callable[[int, int], list[int]]
     ) -> tuple[GroupUsage, _Group]:
         """Usage of one group and the state to keep for the next sample."""
         known = previous.roots if previous is not None else {}
@@ -527,9 +577,10 @@ class ProcessGroups:
             before = {**baseline, **previous.members}
             cpu_seconds = self._interval_cpu(before, {**fresh, **members})
         members.update(fresh)
+        now = self._clock()
         usage = GroupUsage(
             cpu_seconds=cpu_seconds,
-            memory_bytes=sum(self._procfs.memory_bytes(pid) or 0 for pid, _ in members),
+            memory_bytes=sum(self._member_memory(key, now) for key in members),
             processes=len(members),
             pids=frozenset(pid for pid, _ in members),
             root_alive=any(
@@ -550,7 +601,7 @@ class ProcessGroups:
         self,
         root_pid: int,
         root_start: int | None,
-        children: Callable[[int], list[int]],
+        children: Callable[[int, int], list[int]],
         members: dict[ProcKey, ProcStat],
     ) -> None:
         """Add the root (when it is still the same process) and every descendant to ``members``."""
@@ -561,7 +612,7 @@ class ProcessGroups:
         stack = [root]
         while stack:
             parent = stack.pop()
-            for pid in children(parent.pid):
+            for pid in children(parent.pid, parent.threads):
                 child = self._procfs.process(pid)
                 # The list can be stale by the time the child is read: the PID may have been reused meanwhile.
                 if child is not None and child.ppid == parent.pid and child.key not in members:
@@ -604,9 +655,9 @@ class _ChildLookup:
         self._procfs = procfs
         self._scan: dict[int, list[int]] | None = None
 
-    def __call__(self, pid: int) -> list[int]:
+    def __call__(self, pid: int, threads: int | None = None) -> list[int]:
         if self._procfs.children_files_supported is not False:
-            return self._procfs.children(pid)
+            return self._procfs.children(pid, threads)
         if self._scan is None:
             self._scan = self._procfs.scan_children()
         return self._scan.get(pid, [])
