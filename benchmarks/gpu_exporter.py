@@ -1,0 +1,70 @@
+"""The exporter as shipped, in its own process, with a fake NVML (tests/fakes/nvml.py) injected where the NVML
+source is built: what the scrape benchmark measures, without sharing a Python interpreter with its client.
+
+    python -m benchmarks.gpu_exporter --gpus 4 --gpu-pids 10000-10099 -- <impact-exporter flags>
+
+The GPUs draw 200 W and their processes (the given PIDs, spread over the GPUs) share the SMs evenly; a thread
+advances the fake driver's clock every 0.1 s. SIGTERM or SIGINT stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from exporter.cli import parse_settings, serve
+from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
+from tests.monitored import LockedNvml
+
+STEP_SECONDS = 0.1
+GPU_WATTS = 200.0
+
+
+def fake_gpus(count: int, pids: list[int]) -> FakeNvml:
+    """``count`` GPUs with ``pids`` dealt round-robin over them, each process holding 1 GiB and an equal SM share."""
+    gpus = []
+    for index in range(count):
+        mine = pids[index::count]
+        share = max(1, 90 // max(1, len(mine)))
+        gpus.append(FakeGpu(
+            f"GPU-{index:08x}-0000-0000-0000-000000000000", power_watts=GPU_WATTS, utilization_percent=90,
+            processes={pid: GIB for pid in mine}, slices=[{pid: share for pid in mine}],
+        ))
+    return FakeNvml(gpus, tick_seconds=STEP_SECONDS)
+
+
+def pid_range(text: str) -> list[int]:
+    """``10000-10099`` -> [10000, ..., 10099]."""
+    first, _, last = text.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_exporter", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpus", type=int, default=4)
+    parser.add_argument("--gpu-pids", type=pid_range, default=[], metavar="FIRST-LAST")
+    parser.add_argument("exporter_flags", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    flags = [flag for flag in args.exporter_flags if flag != "--"]
+    settings = parse_settings(flags)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    nvml = fake_gpus(args.gpus, args.gpu_pids)
+    lock = threading.Lock()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def drive() -> None:
+        while not stop.wait(STEP_SECONDS):
+            with lock:
+                nvml.advance(STEP_SECONDS)
+
+    threading.Thread(target=drive, daemon=True, name="fake-gpu").start()
+    return serve(settings, LockedNvml(nvml, lock), stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
