@@ -1,8 +1,10 @@
 # Setup steps shared by the project's scripts; source it from the repository root.
 
 VENV="${VENV:-.venv}"
-# What the tests and the demo need from Debian: Prometheus (and promtool), LaTeX for the appendices, pdftotext.
-SYSTEM_PACKAGES=(prometheus texlive-latex-recommended texlive-science texlive-pictures lmodern latexmk poppler-utils)
+# What the tests and the demo need from Debian: Prometheus (and promtool), LaTeX for the appendices, pdftotext,
+# systemd-analyze (checks the shipped unit).
+SYSTEM_PACKAGES=(prometheus texlive-latex-recommended texlive-science texlive-pictures lmodern latexmk poppler-utils
+  systemd)
 
 # Debian packages: installed when missing and running as root, otherwise the exact command is printed.
 install_apt_packages() {
