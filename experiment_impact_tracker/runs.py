@@ -41,6 +41,7 @@ from experiment_impact_tracker.errors import (
     RunUnhealthy,
     UnknownRun,
 )
+from experiment_impact_tracker.grafana import GrafanaAnnotator, GrafanaError, run_annotation
 from experiment_impact_tracker.rundir import describe_hardware, prometheus_url, write_run_dir
 
 log = logging.getLogger("experiment_impact_tracker")
@@ -92,6 +93,7 @@ class Run:
         self._prometheus_url = prometheus_url(environ)
         self._owner_pid = os.getpid()
         self._stopped = False
+        self._grafana = _grafana_annotator(environ) if registration is not None and registration.created else None
 
     @classmethod
     def start(
@@ -208,9 +210,18 @@ class Run:
         self.end_time = (self.final or {}).get("end_time") or time.time()
         if self.logdir is not None:
             self.write()
+        if self._grafana is not None:
+            self._annotate_in_grafana(self._grafana)
         if failure is not None and self._strict and raise_errors:
             raise failure
         return self.final
+
+    def _annotate_in_grafana(self, grafana: GrafanaAnnotator) -> None:
+        """Post the run's span to Grafana (experiment_impact_tracker.grafana); a failure is only a warning."""
+        try:
+            grafana.annotate(run_annotation(self.record()))
+        except GrafanaError as error:
+            warn(f"cannot annotate run {self.run_id} of {self.experiment!r} in Grafana: {error}")
 
     def _abandon(self) -> None:
         """Stop a run that was registered but cannot be handed out (its run.json failed), best effort."""
@@ -354,6 +365,15 @@ def _register(
             process, run_id, existing.get("experiment"),
         )
         return Registration(run=existing, created=False)
+
+
+def _grafana_annotator(environ: Mapping[str, str]) -> GrafanaAnnotator | None:
+    """The Grafana annotator configured in ``environ`` (None when off); a half configuration is a warning."""
+    try:
+        return GrafanaAnnotator.from_environ(environ)
+    except GrafanaError as error:
+        warn(str(error))
+        return None
 
 
 def _measured_by(pid: int, roots: list[int]) -> bool:
