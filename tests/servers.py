@@ -67,9 +67,13 @@ class PrometheusServer:
     """A private Prometheus that scrapes every second the targets tests add through file-based discovery, and
     evaluates the project's recording and alerting rules (deploy/prometheus/rules) every second."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, data_dir: Path | None = None, extra_args: Sequence[str] = ()) -> None:
+        """``data_dir`` holds the TSDB (default: ``workdir/data``), e.g. blocks backfilled with promtool;
+        ``extra_args`` are further Prometheus flags."""
         self.binary = require_binary("prometheus", "apt-get install prometheus")
         self.workdir = workdir
+        self.data_dir = data_dir or workdir / "data"
+        self.extra_args = tuple(extra_args)
         self.targets_file = workdir / "targets.json"
         self.targets: list[dict[str, Any]] = []
         self._write_targets()
@@ -86,14 +90,20 @@ class PrometheusServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_file = workdir / "prometheus.log"
-        with self.log_file.open("wb") as log:
+        self.start()
+
+    def start(self) -> None:
+        """Start Prometheus on its port and data directory, and wait until it is ready; after ``stop()`` this
+        restarts it with the samples it had stored (a test of an outage must never stop the session one)."""
+        with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [
                     self.binary,
                     f"--config.file={self.config_file}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--storage.tsdb.path={self.data_dir}",
                     f"--web.listen-address=127.0.0.1:{self.port}",
                     "--log.level=warn",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
