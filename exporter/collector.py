@@ -7,11 +7,15 @@ docs/metrics.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric, Sample
 from prometheus_client.registry import Collector
 
+from exporter.exposition import PrerenderedFamily, go_float, label_text
 from exporter.host import HostInfo
 from exporter.runs import COMPONENT_DOMAINS, Run
 from exporter.sampler import Snapshot
@@ -46,17 +50,26 @@ class ImpactCollector(Collector):
         self._host = host
         self._version = version
         self._runs = runs
+        self._run_labels = RunLabelCache()
+        self._last_run_scrape = RunScrape([], self._run_labels)
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
         yield from energy_families(snapshot)
         yield from gpu_families(snapshot)
-        yield from run_families(self._runs())
+        yield from self._run_scrape().families()
         yield unattributed_family(snapshot)
         yield energy_source_family(snapshot)
         yield from source_families(snapshot)
         yield from exporter_families(snapshot)
         yield from info_families(self._host, self._version)
+
+    def _run_scrape(self) -> RunScrape:
+        """The per-run families of the current runs: the last scrape's when the runs have not changed since."""
+        runs = self._runs()
+        if not self._last_run_scrape.covers(runs):
+            self._last_run_scrape = RunScrape(runs, self._run_labels)
+        return self._last_run_scrape
 
 
 METHOD_PREFIX = {"rapl": "impact_rapl", "estimate": "impact_estimated"}
@@ -85,51 +98,168 @@ def energy_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield from families.values()
 
 
-def run_families(runs: list[Run]) -> Iterator[Metric]:
-    """Per-run series keyed by ``run_id`` alone; the descriptive labels live only on ``impact_run_info``."""
-    info = GaugeMetricFamily("impact_run_info", "Labels of a run; join on run_id. Always 1.")
-    start = GaugeMetricFamily(
-        "impact_run_start_time_seconds", "Unix time the run started.", labels=["run_id"], unit="seconds"
-    )
-    end = GaugeMetricFamily(
-        "impact_run_end_time_seconds", "Unix time the run ended (finished runs only).", labels=["run_id"],
-        unit="seconds",
-    )
-    active = GaugeMetricFamily("impact_run_active", "1 while the run is active, 0 once it ended.", labels=["run_id"])
-    energy = CounterMetricFamily(
-        "impact_run_energy_joules",
-        "Energy attributed to the run per component: cpu is its share of package energy, dram of DRAM energy.",
-        labels=["run_id", "component"],
-        unit="joules",
-    )
-    cpu = CounterMetricFamily(
-        "impact_run_cpu_seconds", "CPU time of the run's processes and their reaped children.", labels=["run_id"],
-        unit="seconds",
-    )
-    gpu = CounterMetricFamily(
-        "impact_run_gpu_seconds",
-        "GPU time of the run: seconds x its processes' share of SM utilisation, on the GPUs it used.",
-        labels=["run_id"],
-        unit="seconds",
-    )
-    for run in runs:
-        labels = {
-            **run.labels, **run.placement,
-            "run_id": run.run_id, "experiment": run.experiment, "set": run.set, "user": run.user,
-        }
-        info.add_sample("impact_run_info", labels, 1.0)
-        start.add_metric([run.run_id], run.start_time)
-        if run.end_time is not None:
-            end.add_metric([run.run_id], run.end_time)
-        active.add_metric([run.run_id], 1.0 if run.active else 0.0)
-        for component, joules in sorted(run.energy_joules.items()):
-            energy.add_metric([run.run_id, component], joules)
-        cpu.add_metric([run.run_id], run.cpu_seconds)
-        if "gpu" in run.energy_joules:
-            gpu.add_metric([run.run_id], run.gpu_seconds)
-    yield from (info, start, end, active, energy, cpu)
-    if gpu.samples:
-        yield gpu
+RUN_FAMILIES = (  # name, help, type, unit, in the order they are exposed
+    ("impact_run_info", "Labels of a run; join on run_id. Always 1.", "gauge", ""),
+    ("impact_run_start_time_seconds", "Unix time the run started.", "gauge", "seconds"),
+    ("impact_run_end_time_seconds", "Unix time the run ended (finished runs only).", "gauge", "seconds"),
+    ("impact_run_active", "1 while the run is active, 0 once it ended.", "gauge", ""),
+    ("impact_run_energy_joules",
+     "Energy attributed to the run per component: cpu is its share of package energy, dram of DRAM energy.",
+     "counter", "joules"),
+    ("impact_run_cpu_seconds", "CPU time of the run's processes and their reaped children.", "counter", "seconds"),
+    ("impact_run_gpu_seconds",
+     "GPU time of the run: seconds x its processes' share of SM utilisation, on the GPUs it used.", "counter",
+     "seconds"),
+)
+"""The per-run families. Their series are keyed by ``run_id`` alone; descriptive labels live only on
+``impact_run_info``."""
+
+
+def run_info_labels(run: Run) -> dict[str, str]:
+    """The labels of a run's ``impact_run_info`` series: its own labels, its placement and its identity."""
+    return {
+        **run.labels, **run.placement,
+        "run_id": run.run_id, "experiment": run.experiment, "set": run.set, "user": run.user,
+    }
+
+
+def exposes_gpu(run: Run) -> bool:
+    """Whether the run has GPU series: only runs on a node with GPUs get GPU energy and GPU time."""
+    return "gpu" in run.energy_joules
+
+
+@dataclass(frozen=True)
+class RunLabelText:
+    """A run's label sets, escaped and formatted once: they do not change while the run is exposed, and
+    formatting them at every scrape is most of the cost of 1,000 runs (issue #10)."""
+
+    source: tuple[object, ...]  # what the text was made from (run_label_source); made again if it differs
+    info: str  # '{experiment="...",run_id="...",set="...",user="..."}'
+    run_id: str  # '{run_id="..."}'
+    components: Mapping[str, str]  # component -> '{component="cpu",run_id="..."}'
+    start_line: str  # the run's impact_run_start_time_seconds line: its start time never changes either
+
+    @classmethod
+    def of(cls, run: Run) -> RunLabelText:
+        """The escaped and formatted label sets of ``run``."""
+        run_id = label_text({"run_id": run.run_id})
+        return cls(
+            source=run_label_source(run),
+            info=label_text(run_info_labels(run)),
+            run_id=run_id,
+            components={
+                component: label_text({"component": component, "run_id": run.run_id})
+                for component in COMPONENT_DOMAINS
+            },
+            start_line=f"impact_run_start_time_seconds{run_id} {go_float(run.start_time)}\n",
+        )
+
+    def component(self, component: str, run_id: str) -> str:
+        """The label set of one component's energy series."""
+        text = self.components.get(component)
+        return text if text is not None else label_text({"component": component, "run_id": run_id})
+
+
+def run_label_source(run: Run) -> tuple[object, ...]:
+    """Everything a run's label text depends on; cheap to compare, as a run keeps the same label mappings."""
+    return (run.run_id, run.experiment, run.set, run.user, run.labels, run.placement, run.start_time)
+
+
+class RunLabelCache:
+    """Formatted label sets of the runs of the last scrape, by run_id; runs no longer exposed are dropped."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, RunLabelText] = {}
+
+    def __len__(self) -> int:
+        """How many runs' label text is kept."""
+        return len(self._texts)
+
+    def texts(self, runs: list[Run]) -> list[RunLabelText]:
+        """Each run's label text, in the order of ``runs``."""
+        texts = self._texts
+        result = []
+        for run in runs:
+            text = texts.get(run.run_id)
+            if text is None or text.source != run_label_source(run):
+                text = texts[run.run_id] = RunLabelText.of(run)
+            result.append(text)
+        if len(texts) > len(runs):
+            self._texts = {run.run_id: texts[run.run_id] for run in runs}
+        return result
+
+
+class RunScrape:
+    """The per-run families of one scrape, made on demand: as exposition lines from the cached label text (the
+    /metrics path, exporter/exposition.py), or as prometheus_client samples for any other encoder."""
+
+    def __init__(self, runs: list[Run], cache: RunLabelCache) -> None:
+        self._runs = tuple(runs)
+        self._cache = cache
+        self._lines: dict[str, str] | None = None
+        self._samples: dict[str, list[Sample]] | None = None
+
+    def covers(self, runs: list[Run]) -> bool:
+        """Whether ``runs`` are the very runs this scrape was made of. Runs are immutable and the registry replaces
+        a run at each sample, so the same objects mean the same figures: scrapes between two samples (several
+        Prometheus servers, a benchmark) then share one rendering."""
+        return len(runs) == len(self._runs) and all(map(operator.is_, runs, self._runs))
+
+    def families(self) -> Iterator[Metric]:
+        with_gpu = any(exposes_gpu(run) for run in self._runs)
+        for name, documentation, typ, unit in RUN_FAMILIES:
+            if name == "impact_run_gpu_seconds" and not with_gpu:
+                continue
+            yield PrerenderedFamily(
+                name, documentation, typ, unit,
+                lines=partial(self.lines, name), samples=partial(self.samples, name),
+            )
+
+    def lines(self, family: str) -> str:
+        """One family's sample lines."""
+        if self._lines is None:
+            self._lines = self._render_lines()
+        return self._lines[family]
+
+    def samples(self, family: str) -> list[Sample]:
+        """One family's samples."""
+        if self._samples is None:
+            self._samples = self._build_samples()
+        return self._samples[family]
+
+    def _render_lines(self) -> dict[str, str]:
+        info, start, end, active, energy, cpu, gpu = ([] for _ in RUN_FAMILIES)
+        for run, text in zip(self._runs, self._cache.texts(self._runs), strict=True):
+            info.append(f"impact_run_info{text.info} 1.0\n")
+            start.append(text.start_line)
+            if run.end_time is not None:
+                end.append(f"impact_run_end_time_seconds{text.run_id} {go_float(run.end_time)}\n")
+            active.append(f"impact_run_active{text.run_id} {'1.0' if run.active else '0.0'}\n")
+            for component, joules in sorted(run.energy_joules.items()):
+                labels = text.components.get(component) or text.component(component, run.run_id)
+                energy.append(f"impact_run_energy_joules_total{labels} {go_float(joules)}\n")
+            cpu.append(f"impact_run_cpu_seconds_total{text.run_id} {go_float(run.cpu_seconds)}\n")
+            if exposes_gpu(run):
+                gpu.append(f"impact_run_gpu_seconds_total{text.run_id} {go_float(run.gpu_seconds)}\n")
+        families = (info, start, end, active, energy, cpu, gpu)
+        return {name: "".join(lines) for (name, *_), lines in zip(RUN_FAMILIES, families, strict=True)}
+
+    def _build_samples(self) -> dict[str, list[Sample]]:
+        info, start, end, active, energy, cpu, gpu = ([] for _ in RUN_FAMILIES)
+        for run in self._runs:
+            run_id = {"run_id": run.run_id}
+            info.append(Sample("impact_run_info", run_info_labels(run), 1.0))
+            start.append(Sample("impact_run_start_time_seconds", run_id, run.start_time))
+            if run.end_time is not None:
+                end.append(Sample("impact_run_end_time_seconds", run_id, run.end_time))
+            active.append(Sample("impact_run_active", run_id, 1.0 if run.active else 0.0))
+            for component, joules in sorted(run.energy_joules.items()):
+                energy.append(Sample("impact_run_energy_joules_total", {**run_id, "component": component}, joules))
+            cpu.append(Sample("impact_run_cpu_seconds_total", run_id, run.cpu_seconds))
+            if exposes_gpu(run):
+                gpu.append(Sample("impact_run_gpu_seconds_total", run_id, run.gpu_seconds))
+        families = (info, start, end, active, energy, cpu, gpu)
+        return {name: lines for (name, *_), lines in zip(RUN_FAMILIES, families, strict=True)}
 
 
 def unattributed_family(snapshot: Snapshot) -> Metric:
