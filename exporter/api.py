@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 from exporter.runs import InvalidRequest, Run, RunError, RunRegistry, parse_start_request, validate_run_id
 from exporter.sampler import Snapshot
@@ -64,18 +65,19 @@ class RunAPI:
         if match := STOP.fullmatch(path):
             if method != "POST":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use POST to stop a run")
-            run = self._registry.stop(validate_run_id(match.group(1)), caller.uid)
+            run = self._registry.stop(validate_run_id(unquote(match.group(1))), caller.uid)
             return Reply(HTTPStatus.OK, self.render(run))
         if match := RUN.fullmatch(path):
             if method != "GET":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use GET to read a run")
-            return Reply(HTTPStatus.OK, self.render(self._registry.get(validate_run_id(match.group(1)), caller.uid)))
+            run = self._registry.get(validate_run_id(unquote(match.group(1))), caller.uid)
+            return Reply(HTTPStatus.OK, self.render(run))
         return error(HTTPStatus.NOT_FOUND, f"no such API route: {path}")
 
     def _start(self, body: bytes, caller: Caller) -> Reply:
         try:
             decoded = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError) as failure:
+        except (ValueError, UnicodeDecodeError, RecursionError) as failure:  # RecursionError: nested too deep
             raise InvalidRequest(f"the body is not valid JSON: {failure}") from failure
         run, created = self._registry.start(parse_start_request(decoded), caller.uid, caller.pid)
         return Reply(HTTPStatus.CREATED if created else HTTPStatus.OK, self.render(run))

@@ -22,12 +22,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
+from exporter.exposition import negotiate
 
 log = logging.getLogger(__name__)
+
+MAX_DISCARDED_BYTES = 16 * 1024 * 1024
+"""The largest refused body read to its end so that its sender gets the 413 (see ExporterHandler._discard)."""
 
 LANDING_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>impact-exporter</title></head>
@@ -47,6 +50,7 @@ class ExporterServer(ThreadingHTTPServer):
     """The TCP listener: metrics for Prometheus, and the run API when a token is configured."""
 
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # socketserver's 5 refuses a burst of clients
 
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, version: str,
@@ -98,6 +102,7 @@ class UnixExporterServer(socketserver.ThreadingMixIn, socketserver.UnixStreamSer
     """The Unix socket listener of the run API; callers are identified by the kernel."""
 
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # with socketserver's 5, the 6th of a burst of connects fails (EAGAIN)
     listen_address: str
 
     def __init__(
@@ -188,8 +193,15 @@ class ExporterHandler(BaseHTTPRequestHandler):
             return error(HTTPStatus.BAD_REQUEST, "Content-Length is not a non-negative integer")
         if length > MAX_BODY_BYTES:
             self.close_connection = True
+            self._discard(length)
             return error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
         return self.rfile.read(length)
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body of up to MAX_DISCARDED_BYTES: a client still sending it then reads its
+        413 instead of failing with a broken pipe. A larger body is left unread; the connection closes."""
+        while 0 < length <= MAX_DISCARDED_BYTES and (chunk := self.rfile.read(min(length, 64 * 1024))):
+            length -= len(chunk)
 
     def _send_json(self, reply: Reply) -> None:
         body = json.dumps(reply.body).encode()
@@ -197,7 +209,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus(reply.status), body, "application/json", headers)
 
     def _send_metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        encoder, content_type = negotiate(self.headers.get("Accept", ""))
         body = encoder(self.server.registry)
         headers = {}
         if "gzip" in self.headers.get("Accept-Encoding", ""):
