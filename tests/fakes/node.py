@@ -51,14 +51,18 @@ class Node:
     def client(self) -> ExporterClient:
         return ExporterClient(f"unix://{self.socket_path}")
 
-    def drive(self, seconds: float, run_ticks_per_step: int = RUN_TICKS_PER_STEP) -> None:
+    def drive(
+        self, seconds: float, run_ticks_per_step: int = RUN_TICKS_PER_STEP, steps_of: int = 1
+    ) -> None:
         """Run the machine at constant power, the run's process using ``run_ticks_per_step`` of every
-        BUSY_TICKS_PER_STEP busy ticks (half, by default)."""
-        steps = round(seconds / STEP_SECONDS)
+        BUSY_TICKS_PER_STEP busy ticks (half, by default). ``steps_of`` fine steps are written as one: coarser
+        steps cost a loaded machine far fewer file writes over a long drive."""
+        step_seconds = STEP_SECONDS * steps_of
+        steps = round(seconds / step_seconds)
         for _ in range(steps):
-            time.sleep(STEP_SECONDS)
-            self.powercap.advance(PACKAGE, PACKAGE_WATTS * STEP_SECONDS)
-            self.powercap.advance(DRAM, DRAM_WATTS * STEP_SECONDS)
-            self.proc.advance(BUSY_TICKS_PER_STEP, 0, running={PID: run_ticks_per_step})
-        self.package_joules += PACKAGE_WATTS * STEP_SECONDS * steps
-        self.dram_joules += DRAM_WATTS * STEP_SECONDS * steps
+            time.sleep(step_seconds)
+            self.powercap.advance(PACKAGE, PACKAGE_WATTS * step_seconds)
+            self.powercap.advance(DRAM, DRAM_WATTS * step_seconds)
+            self.proc.advance(BUSY_TICKS_PER_STEP * steps_of, 0, running={PID: run_ticks_per_step * steps_of})
+        self.package_joules += PACKAGE_WATTS * step_seconds * steps
+        self.dram_joules += DRAM_WATTS * step_seconds * steps

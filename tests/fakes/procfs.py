@@ -120,12 +120,15 @@ class FakeProc:
         self._write()
 
     def _write(self) -> None:
+        # The machine's busy time first: an exporter reads /proc/stat before the processes, so a sample taken while
+        # this writes sees the busy time without the processes' share of it (made up in the next interval), not
+        # the share without the busy time, which gives a process more than its share of the interval's energy.
+        self._write_stat()
         for entry in self.root.iterdir():
             if entry.name.isdigit() and int(entry.name) not in self.processes:
                 shutil.rmtree(entry)
         for process in self.processes.values():
             self._write_process(process)
-        self._write_stat()
 
     def _write_stat(self) -> None:
         _write_atomically(self.root / "stat", f"cpu  {self.busy_ticks} 0 0 {self.idle_ticks} 0 0 0 0 0 0\n")
