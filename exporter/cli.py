@@ -330,7 +330,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         gpu_idle_watts=settings.gpu_idle_watts,
         gpu_idle_policy=settings.gpu_idle_attribution,
     )
-    runs.attach_sampler(sampler.sample_now)
+    runs.attach_sampler(sampler.sample_now, sampler.track_now)
     sampler.sample_once()
     registry = CollectorRegistry(auto_describe=True)
     registry.register(

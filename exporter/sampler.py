@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -172,6 +172,23 @@ class Sampler:
             self._wake.set()
             self._done.wait_for(lambda: self._finished >= wanted, timeout)
             return self._snapshot
+
+    def track_now(self, group: str, root_pids: Collection[int]) -> None:
+        """Count ``group``'s CPU time (and so its energy) from this instant: record the baseline of ``root_pids``
+        and their descendants now instead of at the next sample.
+
+        A run's start uses it. It reads only these processes and waits for no sample in progress, so registering a
+        run stays cheap however many runs are active, where a full sample (``sample_now``) reads them all. The
+        caller must already list the group in ``group_roots``, or the next sample drops the baseline. With GPUs it
+        also takes a full sample: a GPU interval's energy goes to the groups on the GPU during it, so the group's
+        first interval must begin now.
+        """
+        try:
+            self._groups.add_roots(group, root_pids)
+        except SourceError as error:  # the next sample takes the baseline (and marks procfs down if need be)
+            log.debug("no baseline for group %s now: %s", group, error)
+        if self._gpu is not None:
+            self.sample_now()
 
     def start(self) -> None:
         """Sample in a daemon thread every interval from now on until :meth:`stop`."""

@@ -13,6 +13,7 @@ from exporter.sampler import PROCFS, Sampler
 from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
+from tests.fakes.procfs import FakeProc
 
 PACKAGE, DRAM = "intel-rapl:0", "intel-rapl:0:0"
 
@@ -125,3 +126,20 @@ def test_sample_now_returns_a_sample_taken_after_the_call(powercap: FakePowercap
         assert package_joules(sampler) == pytest.approx(3.0, abs=1e-6)
     finally:
         sampler.stop(timeout=5)
+
+
+def test_track_now_counts_a_group_from_the_call_not_from_the_next_sample(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path / "proc")
+    proc.spawn(4242, 1, start=1000, utime=500)  # busy before its run started: not the run's
+    roots: dict[str, tuple[int, ...]] = {}
+    sampler = Sampler(proc.procfs(), group_roots=lambda: roots)
+    sampler.sample_once()
+
+    roots["run"] = (4242,)
+    sampler.track_now("run", (4242,))
+    proc.run(4242, 30)  # right after registration, before any sample
+    sampler.sample_once()
+    proc.run(4242, 20)
+    sampler.sample_once()
+
+    assert sampler.snapshot.groups["run"].cpu_seconds == pytest.approx(0.5)

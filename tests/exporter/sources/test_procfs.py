@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from exporter.sources.procfs import (
     CpuTimes,
     GroupUsage,
     MemInfo,
+    OpenFiles,
     ProcessGroups,
     ProcFS,
     parse_cpuinfo,
@@ -242,6 +244,34 @@ def test_root_added_later_counts_only_from_when_it_joined(fake: FakeProc):
     usage = groups.sample({"run": (ROOT, 300)})["run"]
     assert usage.cpu_seconds == pytest.approx(0.30)
     assert usage.processes == 2
+
+
+def test_roots_added_between_samples_count_from_when_they_were_added(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=100)
+    fake.spawn(101, ROOT, start=1010, utime=40)
+    fake.spawn(300, 1, start=1300, utime=900)
+    groups = ProcessGroups(fake.procfs())
+    groups.add_roots("run", [ROOT])  # a run's start: its baseline now, not at the next sample
+
+    fake.run(ROOT, 10)
+    fake.run(101, 15)
+    fake.run(300, 50)  # not in the run yet
+    groups.add_roots("run", [ROOT, 300])  # a second rank joins; ROOT keeps its baseline
+    fake.run(300, 20)
+
+    usage = groups.sample({"run": (ROOT, 300)})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.45)
+    assert usage.processes == 3
+
+
+def test_roots_added_but_not_passed_to_the_next_sample_are_forgotten(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=100)
+    groups = ProcessGroups(fake.procfs())
+    groups.add_roots("run", [ROOT])
+    groups.sample({})  # the run was stopped meanwhile
+
+    fake.run(ROOT, 10)
+    assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == 0.0  # a new baseline, as for any new group
 
 
 def test_process_under_two_roots_of_one_group_is_counted_once(fake: FakeProc):
@@ -608,3 +638,70 @@ def test_real_busy_child_is_measured_live_and_not_again_when_reaped(spawn):
     reaped = groups.sample({"run": (parent.pid,)})["run"]
     assert reaped.processes == 1
     assert reaped.cpu_seconds < 0.05
+
+
+def open_proc_files(pid: int) -> list[str]:
+    """What this test process has open under /proc/<pid>/ (kept-open files of ``pid``)."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the descriptor listdir itself used
+    return [target for target in targets if target.startswith(f"/proc/{pid}/")]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux procfs")
+def test_real_member_files_stay_open_between_samples_and_close_when_the_group_goes(spawn):
+    parent = spawn(BUSY_CHILD)
+    groups = ProcessGroups(ProcFS(Path("/proc")))
+    groups.sample({"run": (parent.pid,)})
+    kept = [f"/proc/{parent.pid}/stat", f"/proc/{parent.pid}/task/{parent.pid}/children"]
+    assert sorted(open_proc_files(parent.pid)) == kept
+
+    child_seconds = float(tell(parent, "go"))  # read again through the open files: they show the new times
+    live = groups.sample({"run": (parent.pid,)})["run"]
+    assert live.processes == 2
+    assert child_seconds - 0.03 <= live.cpu_seconds <= child_seconds + 0.1
+
+    groups.sample({})
+    assert open_proc_files(parent.pid) == []
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux procfs")
+def test_real_open_stat_of_a_reaped_process_reads_as_gone():
+    procfs = ProcFS(Path("/proc"))
+    files = procfs.open_files()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        assert procfs.process(sleeper.pid, files).comm == "sleep"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert procfs.process(sleeper.pid, files) is None  # ESRCH on the open file, and no process at the path
+    assert files.open_count == 0
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux procfs")
+def test_real_reads_beyond_the_open_file_limit_open_and_close_each_time():
+    procfs = ProcFS(Path("/proc"))
+    files = OpenFiles("/proc", limit=1)
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    try:
+        for _ in range(2):
+            stats = [procfs.process(sleeper.pid, files) for sleeper in sleepers]
+            assert [stat.pid for stat in stats] == [sleeper.pid for sleeper in sleepers]
+            assert files.open_count == 1
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
+
+
+def test_fake_procfs_files_are_never_kept_open(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, utime=100)  # the fake replaces files: an open one would show old times
+    files = fake.procfs().open_files()
+    assert fake.procfs().process(ROOT, files).cpu_seconds == 1.0
+    fake.run(ROOT, 50)
+    assert fake.procfs().process(ROOT, files).cpu_seconds == 1.5
+    assert files.open_count == 0
