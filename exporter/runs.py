@@ -137,6 +137,10 @@ def validate_text(what: str, value: object, required: bool = False) -> str:
         raise InvalidRequest(f"{what} must not be empty")
     if len(value) > MAX_VALUE_LENGTH:
         raise InvalidRequest(f"{what} is longer than {MAX_VALUE_LENGTH} characters")
+    try:
+        value.encode()  # JSON may escape a lone surrogate, which neither SQLite nor /metrics can encode
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{what} is not valid Unicode: it holds a lone surrogate (\\ud800 to \\udfff)") from None
     return value
 
 
@@ -279,18 +283,24 @@ class RunRegistry:
         self._procfs = procfs
         self._store = store
         self._store_error = store_error
+        self._persist_failure: str | None = None  # why the last sample's totals could not be stored
         self._retain = retain_finished_seconds
         self._clock = clock
         self._sample_now = sample_now
+        self._track_now: Callable[[str, tuple[int, ...]], None] | None = None
         self._lock = threading.RLock()
         self._runs: dict[str, Run] = {}
         self._base: dict[str, Run] = {}
         if store is not None:
             self._resume(store.load())
 
-    def attach_sampler(self, sample_now: Callable[[], Snapshot]) -> None:
-        """Let ``start`` and ``stop`` take a fresh sample, so neither a run's first nor its last second is lost."""
+    def attach_sampler(
+        self, sample_now: Callable[[], Snapshot], track_now: Callable[[str, tuple[int, ...]], None]
+    ) -> None:
+        """Let ``start`` baseline the run's processes at once and ``stop`` take a fresh sample, so neither a run's
+        first nor its last second is lost (exporter/sampler.py: ``Sampler.track_now`` and ``sample_now``)."""
         self._sample_now = sample_now
+        self._track_now = track_now
 
     def _resume(self, stored: list[Run]) -> None:
         """Pick up runs from the store: active ones whose processes still live go on from their totals."""
@@ -349,8 +359,8 @@ class RunRegistry:
             self._save([run])
             self._runs[run.run_id] = run
             self._base.setdefault(run.run_id, replace(run, energy_joules={}, cpu_seconds=0.0, gpu_seconds=0.0))
-        if self._sample_now is not None:
-            self._sample_now()  # the process's CPU time counts from now, not from the next regular sample
+        if self._track_now is not None:
+            self._track_now(run.run_id, run.pids)  # its CPU time counts from now, not from the next regular sample
         return run, created
 
     def _placement(self, pid: int) -> dict[str, str]:
@@ -426,11 +436,27 @@ class RunRegistry:
             for run in changed:
                 self._runs[run.run_id] = run
             self._expire(snapshot.timestamp)
-            if changed and self._store is not None:
-                try:
-                    self._store.save(changed)
-                except sqlite3.Error as error:
-                    log.error("cannot persist run totals: %s", error)
+            if self._store is not None and (changed or self._persist_failure):
+                # After a failed save every run is stored: one that ended meanwhile is no longer among the changed.
+                self._persist(list(self._runs.values()) if self._persist_failure else changed)
+
+    def _persist(self, runs: Iterable[Run]) -> bool:
+        """Store the runs' totals; False when the store fails (a full disk). A failure is logged once until a save
+        works again: the totals stay in memory and the next sample that can be stored catches up."""
+        try:
+            self._store.save(runs)
+        except sqlite3.Error as error:
+            if self._persist_failure is None:
+                log.error(
+                    "cannot persist run totals in %s: %s; the store keeps the last totals it could save until "
+                    "this works again (free space there or choose another --state-dir)", self._store.path, error,
+                )
+            self._persist_failure = str(error)
+            return False
+        if self._persist_failure is not None:
+            log.info("run totals are persisted again")
+            self._persist_failure = None
+        return True
 
     def _observe_run(self, run: Run, snapshot: Snapshot, measured: set[str]) -> Run:
         """The run with the sample's group totals added to its base; ``measured``: the domains the node measures."""
@@ -460,10 +486,12 @@ class RunRegistry:
             self._base.pop(run_id, None)
 
     def close(self) -> None:
-        """Persist every run as it is now and close the store (on SIGTERM)."""
+        """Persist every run as it is now and close the store (on SIGTERM); if the store cannot be written, it
+        keeps the totals of the last sample it could save."""
         with self._lock:
             if self._store is not None:
-                self._store.save(self._runs.values())
+                if not self._persist(self._runs.values()):
+                    log.error("run totals since the last stored sample are lost: %s", self._persist_failure)
                 self._store.close()
                 self._store = None
                 self._store_error = "the exporter is shutting down"
@@ -477,4 +505,6 @@ class RunRegistry:
         try:
             self._store.save(runs)
         except sqlite3.Error as error:
-            raise StoreUnavailable(f"cannot store the run in {self._store.path}: {error}") from error
+            raise StoreUnavailable(
+                f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
+            ) from error

@@ -1,0 +1,103 @@
+"""The run registry when its SQLite store stops taking writes, as on a full disk: runs go on being measured in
+memory, the failure is logged once, new runs are refused with the fix, the store catches up once writes work
+again, and shutdown closes it without a traceback. (tests/reliability/test_faults.py fills a real disk.)"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from exporter.runs import RunRegistry, RunStore, StartRequest, StoreUnavailable
+from exporter.sampler import GroupTotals, Snapshot
+from exporter.sources.rapl import RaplZone, ZoneEnergy
+from tests.fakes.procfs import FakeProc
+
+PID = 4242
+PACKAGE = RaplZone("intel-rapl:0", "package", "0", Path("/nonexistent"), 2**32)
+
+
+def sample(run_id: str, package_joules: float, processes: int = 1) -> Snapshot:
+    """A sample in which the run's group has used ``package_joules`` of package energy since it was tracked;
+    with no ``processes`` left the run ends."""
+    return Snapshot(
+        timestamp=1000.0 + package_joules,
+        energy_zones=(ZoneEnergy(PACKAGE, joules_total=package_joules, joules_delta=0.0),),
+        groups={run_id: GroupTotals({"package": package_joules}, cpu_seconds=package_joules, gpu_seconds=0.0,
+                                    memory_bytes=0, processes=processes, root_alive=processes > 0)},
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(tmp_path / "state" / "runs.sqlite")
+
+
+@pytest.fixture
+def registry(tmp_path: Path, store: RunStore) -> RunRegistry:
+    proc = FakeProc(tmp_path / "proc")
+    proc.spawn(PID, 1, start=100, uid=0)
+    return RunRegistry(proc.procfs(), store)
+
+
+def refuse_writes(store: RunStore, refused: bool = True) -> None:
+    """SQLite's own switch that fails every write on the store's connection, as a full disk does."""
+    store._db.execute(f"PRAGMA query_only = {int(refused)}")
+
+
+def stored_cpu_joules(store: RunStore) -> dict[str, float]:
+    """Each run's CPU energy as another connection reads it from the store's file."""
+    return {run.run_id: run.energy_joules.get("cpu", 0.0) for run in RunStore(store.path).load()}
+
+
+def test_a_store_that_refuses_writes_keeps_runs_in_memory_logs_once_and_catches_up(
+    registry: RunRegistry, store: RunStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.runs")
+    run, _ = registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
+    registry.observe(sample("train", 1.0))
+    refuse_writes(store)
+
+    with pytest.raises(StoreUnavailable, match=r"free space there or choose another --state-dir") as refused:
+        registry.start(StartRequest("eval", run_id="eval", pid=PID), 0, None)
+    assert refused.value.status == 503
+    for joules in (2.0, 3.0, 4.0):
+        registry.observe(sample("train", joules))
+    assert registry.get("train", 0).energy_joules["cpu"] == 4.0
+    assert stored_cpu_joules(store) == {"train": 1.0}, "the store keeps the last totals it could save"
+    assert sum("cannot persist run totals" in r.message for r in caplog.records) == 1
+
+    refuse_writes(store, False)
+    registry.observe(sample("train", 5.0))
+    assert stored_cpu_joules(store) == {"train": 5.0}
+    assert "run totals are persisted again" in caplog.text
+
+
+def test_shutdown_with_a_store_that_refuses_writes_closes_it_and_says_what_is_lost(
+    registry: RunRegistry, store: RunStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
+    registry.observe(sample("train", 1.0))
+    refuse_writes(store)
+    registry.observe(sample("train", 2.0))
+
+    registry.close()
+    assert "run totals since the last stored sample are lost" in caplog.text
+    [stored] = RunStore(store.path).load()
+    assert (stored.energy_joules["cpu"], stored.end_time) == (1.0, None)
+
+
+def test_a_run_that_ends_while_the_store_refuses_writes_is_stored_ended_once_writes_work(
+    registry: RunRegistry, store: RunStore
+) -> None:
+    registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
+    registry.observe(sample("train", 1.0))
+    refuse_writes(store)
+    registry.observe(sample("train", 2.0, processes=0))
+    assert registry.get("train", 0).end_time == 1001.0, "ended at the last sample that saw its processes"
+
+    refuse_writes(store, False)
+    registry.observe(sample("other", 3.0))  # no active run changes: only the catch-up stores anything
+    [stored] = RunStore(store.path).load()
+    assert (stored.end_time, stored.energy_joules["cpu"]) == (1001.0, 2.0)
