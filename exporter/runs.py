@@ -215,7 +215,39 @@ class RunStore:
 
     def save(self, runs: Iterable[Run]) -> None:
         """Insert or update runs, all in one transaction."""
-        rows = [
+        self._write_many(
+            "INSERT OR REPLACE INTO runs (run_id, experiment, run_set, labels, uid, user, processes, start_time, "
+            "end_time, energy_joules, cpu_seconds, last_seen, gpu_seconds, placement) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            self._rows(runs),
+        )
+
+    def save_totals(self, runs: Iterable[Run]) -> None:
+        """Update what a sample changes (totals, last seen, end) of stored runs, all in one transaction: the
+        exporter does this every second, so it writes no more than that."""
+        self._write_many(
+            "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, last_seen = ?, end_time = ? "
+            "WHERE run_id = ?",
+            [
+                (json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.gpu_seconds, run.last_seen, run.end_time,
+                 run.run_id)
+                for run in runs
+            ],
+        )
+
+    def _write_many(self, statement: str, rows: list[tuple[object, ...]]) -> None:
+        self._db.execute("BEGIN")  # autocommit connection: without it, each row would be its own transaction
+        try:
+            self._db.executemany(statement, rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # SQLite may already have rolled back (a full disk)
+                self._db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _rows(runs: Iterable[Run]) -> list[tuple[object, ...]]:
+        return [
             (
                 run.run_id, run.experiment, run.set, json.dumps(dict(run.labels)), run.uid, run.user,
                 json.dumps([[p.pid, p.start_ticks] for p in run.processes]), run.start_time, run.end_time,
@@ -224,13 +256,6 @@ class RunStore:
             )
             for run in runs
         ]
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO runs (run_id, experiment, run_set, labels, uid, user, processes, start_time, "
-                "end_time, energy_joules, cpu_seconds, last_seen, gpu_seconds, placement) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
 
     def load(self) -> list[Run]:
         """Every stored run, oldest first."""
@@ -444,7 +469,7 @@ class RunRegistry:
         """Store the runs' totals; False when the store fails (a full disk). A failure is logged once until a save
         works again: the totals stay in memory and the next sample that can be stored catches up."""
         try:
-            self._store.save(runs)
+            self._store.save_totals(runs)
         except sqlite3.Error as error:
             if self._persist_failure is None:
                 log.error(

@@ -5,6 +5,7 @@ again, and shutdown closes it without a traceback. (tests/reliability/test_fault
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,30 @@ def test_a_run_that_ends_while_the_store_refuses_writes_is_stored_ended_once_wri
     registry.observe(sample("other", 3.0))  # no active run changes: only the catch-up stores anything
     [stored] = RunStore(store.path).load()
     assert (stored.end_time, stored.energy_joules["cpu"]) == (1001.0, 2.0)
+
+
+def test_each_sample_stores_the_totals_and_end_and_keeps_what_was_registered(
+    registry: RunRegistry, store: RunStore
+) -> None:
+    started, _ = registry.start(
+        StartRequest("train", set="a", labels={"seed": "1"}, run_id="train", pid=PID), 0, None
+    )
+    registry.observe(sample("train", 2.0))
+    registry.observe(sample("train", 3.0, processes=0))
+    [stored] = RunStore(store.path).load()
+    [current] = registry.runs()
+    assert stored == current
+    assert (stored.energy_joules["cpu"], stored.cpu_seconds, stored.end_time) == (3.0, 3.0, 1002.0)
+    assert (stored.labels, stored.set, stored.processes) == ({"seed": "1"}, "a", started.processes)
+
+
+def test_a_failed_save_leaves_the_store_as_it_was(registry: RunRegistry, store: RunStore) -> None:
+    registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
+    registry.observe(sample("train", 1.0))
+    before = RunStore(store.path).load()
+    refuse_writes(store)
+    with pytest.raises(sqlite3.Error):
+        store.save_totals(registry.runs())
+    assert not store._db.in_transaction
+    refuse_writes(store, False)
+    assert RunStore(store.path).load() == before
