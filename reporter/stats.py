@@ -7,6 +7,9 @@ five unadjusted p-values as five findings.
 
 The renderer prints every number it gets, so nothing here ever returns NaN or inf: a figure that is not
 defined (too few runs, no variance) is ``None`` and the result's ``note`` says why.
+
+scipy and statsmodels are imported inside the functions that use them: together they take about a second to
+import, which every ``impact-report runs`` (which needs no statistics) would otherwise pay.
 """
 
 from __future__ import annotations
@@ -17,9 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import stats as scipy_stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 NEEDS_TWO_RUNS = "n/a (needs at least 2 runs)"
 NO_RUNS = "n/a (no runs)"
@@ -132,6 +132,8 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
         return Summary(1, mean, None, None, None, None, total, cumulative, confidence, NEEDS_TWO_RUNS)
     std = 0.0 if _constant(array) else float(np.std(array, ddof=1))
     sem = std / math.sqrt(n)
+    from scipy import stats as scipy_stats  # imported here: see the module docstring
+
     half_width = float(scipy_stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * sem
     ci_low = ci_high = None
     if mean is not None:
@@ -159,6 +161,9 @@ def compare(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) ->
         if difference:
             return replace(untested, note=f"n/a (no variance in either set; means differ by {difference:.3g})")
         return replace(untested, note=NO_VARIANCE)
+
+    from scipy import stats as scipy_stats  # imported here: see the module docstring
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
     with warnings.catch_warnings():
         # A constant set's variance comes out as ~1e-33 rather than 0 and scipy warns about it; against the
@@ -194,6 +199,8 @@ def holm_adjust(p_values: Sequence[float]) -> tuple[float, ...]:
     """
     if len(p_values) == 0:
         return ()
+    from statsmodels.stats.multitest import multipletests  # imported here: see the module docstring
+
     _, adjusted, _, _ = multipletests(np.asarray(p_values, dtype=np.float64), method="holm")
     return tuple(float(p) for p in adjusted)
 

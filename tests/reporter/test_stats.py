@@ -302,6 +302,7 @@ def test_holm_matches_hand_written_step_down_on_literal_p_values() -> None:
     assert holm_adjust([]) == ()
 
 
+@settings(max_examples=30)  # statsmodels' multipletests runs gc.collect() on every call: ~0.1 s each here
 @given(st.lists(st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=1, max_size=20))
 def test_holm_matches_hand_written_step_down_on_random_p_values(p: list[float]) -> None:
     assert holm_adjust(p) == pytest.approx(reference_holm(p), rel=REL, abs=1e-300)
