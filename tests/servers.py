@@ -124,7 +124,9 @@ class PrometheusServer:
         os.replace(tmp, self.targets_file)
 
     def add_target(self, address: str, labels: dict[str, str] | None = None) -> None:
-        """Scrape ``address`` from now on, and wait until the first scrape succeeded."""
+        """Scrape ``address`` from now on, and wait until the first scrape succeeded. A new exporter on the port of
+        an earlier one replaces its target: with other labels, both would be scraped and every series doubled."""
+        self.remove_target(address)
         self.targets.append({"targets": [address], "labels": labels or {}})
         self._write_targets()
         wait_for(

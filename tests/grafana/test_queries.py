@@ -294,8 +294,10 @@ def test_gpu_panels_show_each_process_with_its_sm_share(scene: Scene) -> None:
     node = scene.instance
     assert shown == {f"{node} {TRAIN_PID} worker": 0.6, f"{node} {OTHER_PID} other": 0.2, f"{node} GPU 0": 0.8}
 
+    # Per-process power comes from the GPU counter's last interval: read it in the steady window, before other tests
+    # could starve the thread that drives the fake GPU (an interval in which it did not move shows 0 W).
     table = panel("gpu-processes.json", "Processes now")
-    rows = merged_rows(table, results(scene, table, values, scene.now))
+    rows = merged_rows(table, results(scene, table, values, scene.steady_at))
     assert sorted(row["pid"] for row in rows.values()) == sorted([str(TRAIN_PID), str(OTHER_PID)]), "one row each"
     by_pid = {row["pid"]: row for row in rows.values()}
     train, other = by_pid[str(TRAIN_PID)], by_pid[str(OTHER_PID)]
