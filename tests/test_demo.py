@@ -21,7 +21,7 @@ def test_demo_runs_end_to_end_and_writes_the_comparison(tmp_path: Path) -> None:
     out = tmp_path / "demo-output"
     result = subprocess.run(
         ["./scripts/demo"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=420,
-        env={**os.environ, "DEMO_OUTPUT": str(out)},
+        env={**os.environ, "DEMO_OUTPUT": str(out), "DEMO_PRODUCTS": "20"},  # the pipeline, not the workload
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for n in range(6):

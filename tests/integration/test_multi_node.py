@@ -78,6 +78,8 @@ def test_one_run_id_on_two_nodes_is_summed_across_them(
     )
     assert result.returncode == 0, result.stderr
     [run] = json.loads((out / "appendix.json").read_text())["sets"][0]["runs"]
+    assert run["energy_joules"]["cpu"] == pytest.approx(sum(final["cpu"] for final in finals), rel=1e-9)
+    assert run["energy_joules"]["dram"] == pytest.approx(sum(final["dram"] for final in finals), rel=1e-9)
     assert run["energy_joules"]["cpu"] == pytest.approx(cpu_truth, rel=0.01)
     assert run["energy_joules"]["dram"] == pytest.approx(dram_truth, rel=0.01)
     assert run["total_joules"] == pytest.approx(cpu_truth + dram_truth, rel=0.01)

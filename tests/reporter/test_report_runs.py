@@ -113,26 +113,6 @@ def test_a_counter_reset_mid_run_is_stepped_over(
     assert figures["energy_joules"]["cpu"] == pytest.approx(0.5 * node.package_joules, rel=0.01)
 
 
-def test_a_run_on_two_nodes_is_summed(
-    tmp_path: Path, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess]
-) -> None:
-    nodes = [Node(tmp_path / "nodeA"), Node(tmp_path / "nodeB")]
-    run_id = f"multi-{uuid.uuid4().hex[:8]}"
-    for node in nodes:
-        exporter = start_exporter(*node.flags())
-        prometheus.add_target(exporter.address)
-        node.client().start_run("multi", set="ddp", pid=PID, run_id=run_id)
-    nodes[0].drive(2.0)
-    nodes[1].drive(1.0)
-    finals = [node.client().stop_run(run_id)["energy_joules"]["cpu"] for node in nodes]
-    wait_until_scraped(prometheus, run_id, sum(finals), instances=2)
-
-    [figures] = report_json(f"--prometheus={prometheus.url}", "--since=10m", f'--match={{run_id="{run_id}"}}')["runs"]
-    assert sorted(host["hostname"] for host in figures["hosts"]) == ["nodeA", "nodeB"]
-    assert figures["energy_joules"]["cpu"] == pytest.approx(sum(finals), rel=1e-9)
-    assert figures["energy_joules"]["cpu"] == pytest.approx(0.5 * sum(n.package_joules for n in nodes), rel=0.01)
-
-
 def test_archive_round_trip_gives_the_same_numbers(
     tmp_path: Path, node: Node, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess]
 ) -> None:
