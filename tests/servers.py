@@ -214,3 +214,16 @@ class ExporterProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def reported_run(prometheus: PrometheusServer, run_id: str) -> dict[str, Any]:
+    """The run's figures as ``impact-report runs --format=json`` prints them from ``prometheus`` (last 10 minutes,
+    100 gCO2eq/kWh)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "reporter", "runs", "--format=json", f"--prometheus={prometheus.url}", "--since=10m",
+         f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    [figures] = json.loads(result.stdout)["runs"]
+    return figures

@@ -7,9 +7,6 @@ the fake GPU; everything above NVML is the exporter as shipped.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,7 +22,7 @@ from exporter.cli import parse_settings, serve
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
 from tests.monitored import LockedNvml, healthy
-from tests.servers import REPO_ROOT, PrometheusServer, free_port, short_socket_path, wait_for
+from tests.servers import PrometheusServer, free_port, reported_run, short_socket_path, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -112,13 +109,7 @@ def test_a_runs_gpu_energy_reaches_prometheus_and_the_report(
     wait_for(scraped, 15, "prometheus to scrape the run's final GPU energy")
     assert prometheus.query(f'impact_energy_source_info{{instance="{exporter.address}",component="gpu"}}')[0][
         "metric"]["method"] == "nvml-counter"
-    report = subprocess.run(
-        [sys.executable, "-m", "reporter", "runs", "--format=json", f"--prometheus={prometheus.url}", "--since=10m",
-         f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-    )
-    assert report.returncode == 0, report.stderr
-    [figures] = json.loads(report.stdout)["runs"]
+    figures = reported_run(prometheus, run_id)
     assert figures["energy_joules"]["gpu"] == pytest.approx(final["energy_joules"]["gpu"], rel=1e-9)
     assert figures["gpu_hours"] == pytest.approx(final["gpu_seconds"] / 3600, rel=1e-9)
     assert figures["measured"]["gpu"] is True

@@ -17,7 +17,6 @@ import resource
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -46,7 +45,7 @@ from tests.fakes.node import (
 )
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.monitored import LockedNvml, healthy
-from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, free_port, wait_for
+from tests.servers import ExporterProcess, PrometheusServer, free_port, reported_run, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -121,18 +120,6 @@ def scraped(prometheus: PrometheusServer, run_id: str, joules: float) -> None:
     wait_for(holds, 20, f"prometheus to scrape the final energy of run {run_id}")
 
 
-def report(prometheus: PrometheusServer, run_id: str) -> dict[str, Any]:
-    """The run's figures as ``impact-report runs --format=json`` prints them from ``prometheus``."""
-    result = subprocess.run(
-        [sys.executable, "-m", "reporter", "runs", "--format=json", f"--prometheus={prometheus.url}", "--since=10m",
-         f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    [figures] = json.loads(result.stdout)["runs"]
-    return figures
-
-
 def new_run_id(fault: str) -> str:
     return f"{fault}-{uuid.uuid4().hex[:8]}"
 
@@ -175,7 +162,7 @@ def test_an_exporter_sigkilled_mid_run_resumes_it_and_the_report_stays_within_2_
         node.drive(1.5, steps_of=FINE)
         final = client.stop_run(run_id)
         scraped(prometheus, run_id, final["energy_joules"]["cpu"])
-        figures = report(prometheus, run_id)
+        figures = reported_run(prometheus, run_id)
     finally:
         prometheus.remove_target(address)
 
@@ -255,7 +242,7 @@ def test_prometheus_down_for_30_s_loses_no_energy_through_counter_wraps_and_the_
         node.drive(SCRAPED_SECONDS, steps_of=COARSE)
         final = client.stop_run(run_id)
         scraped(own, run_id, final["energy_joules"]["cpu"])
-        figures = report(own, run_id)
+        figures = reported_run(own, run_id)
     finally:
         own.stop()
 
