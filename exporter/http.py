@@ -63,6 +63,14 @@ class ExporterServer(ThreadingHTTPServer):
         self.token = token
         super().__init__((host, port), ExporterHandler)
 
+    def get_request(self) -> tuple[socket.socket, object]:
+        """Accept a connection with Nagle's algorithm off, as Go's servers do: a response goes out as a small write of
+        headers and then the body, and on a kept-alive connection (Prometheus keeps them) Nagle holds the body's
+        last segment back until the client's delayed ACK, about 40 ms later."""
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
