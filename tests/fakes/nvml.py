@@ -23,6 +23,7 @@ time slicing looks to NVML), and switches for what a GPU does not support::
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ GIB = 1 << 30
 US_PER_SECOND = 1_000_000
 MJ_PER_JOULE = 1000
 MW_PER_WATT = 1000
+DRIVER_SAMPLE_BUFFER = 1024
+"""Process utilisation samples a fake GPU keeps, newest last: like the driver's buffer, it is bounded, so a long
+run does not make each query slower."""
 
 
 class FakeClock:
@@ -67,7 +71,7 @@ class FakeGpu:
     mig_mode: int | None = pynvml.NVML_DEVICE_MIG_DISABLE  # current mode; None: NOT_SUPPORTED
     lost: bool = False  # every call on the GPU fails with GPU_IS_LOST
     errors: dict[str, int] = field(default_factory=dict)  # function name -> NVML_ERROR_* it raises
-    samples: list[Any] = field(default_factory=list)  # process utilisation samples the driver has buffered
+    samples: deque[Any] = field(default_factory=lambda: deque(maxlen=DRIVER_SAMPLE_BUFFER))  # oldest drop out
     _next_slice: int = 0
 
 
