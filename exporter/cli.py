@@ -21,7 +21,7 @@ from exporter import __version__
 from exporter.api import RunAPI
 from exporter.collector import ImpactCollector
 from exporter.host import read_host_info
-from exporter.http import ExporterServer, UnixExporterServer
+from exporter.http import ExporterServer, Listeners, UnixExporterServer
 from exporter.runs import RunRegistry, open_store
 from exporter.sampler import Sampler
 from exporter.sources import EnergySource, HardwareNotFound, SourceError
@@ -360,17 +360,15 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
     sampler.start()
-    for server in servers:
-        threading.Thread(target=server.serve_forever, name="impact-http", daemon=True).start()
+    listeners = Listeners(servers)
+    listeners.start()
     log.info(
         "listening on %s, sampling every %ss",
         ", ".join(server.listen_address for server in servers), settings.sample_interval_seconds,
     )
     stop.wait()
     log.info("shutting down")
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    listeners.close()
     sampler.stop(timeout=5)
     runs.close()
     if gpu is not None:

@@ -14,9 +14,12 @@ import html
 import json
 import logging
 import os
+import selectors
 import socket
 import socketserver
 import struct
+import threading
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -241,3 +244,44 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
         log.debug("%s %s", self.address_string(), format % args)
+
+
+class Listeners:
+    """The exporter's listeners, served by one thread that sleeps until a connection arrives or ``close`` is called.
+
+    ``socketserver``'s ``serve_forever`` wakes every half second per listener to look for a shutdown request: on an
+    idle exporter those wake-ups cost more CPU than a sample (about 1.4 CPU-seconds an hour for two listeners, issue
+    #10). Here ``close`` wakes the thread through a socket pair instead. Each connection is still handled in a thread
+    of its own (``ThreadingMixIn``).
+    """
+
+    def __init__(self, servers: Sequence[socketserver.BaseServer]) -> None:
+        self._servers = tuple(servers)
+        for server in self._servers:
+            server.timeout = 0  # handle_request returns at once should a ready connection be gone by then
+        self._wake, self._waker = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="impact-http", daemon=True)
+
+    def start(self) -> None:
+        """Accept connections on every listener from now on."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting connections, and close every listener and the wake-up pair."""
+        self._waker.send(b"\0")
+        self._thread.join()
+        for server in self._servers:
+            server.server_close()
+        self._wake.close()
+        self._waker.close()
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake, selectors.EVENT_READ)
+            for server in self._servers:
+                selector.register(server, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is self._wake:
+                        return
+                    key.fileobj.handle_request()  # ready: it accepts at once and hands the connection to a thread

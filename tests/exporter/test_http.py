@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from pathlib import Path
 
+import pytest
+import requests
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.http import ExporterServer
+from experiment_impact_tracker.client import UnixHTTPConnection
+from exporter.http import ExporterServer, Listeners, UnixExporterServer
+from tests.servers import short_socket_path
 
 
 def test_an_accepted_connection_has_nagle_off_so_a_kept_alive_scrape_is_not_held_for_a_delayed_ack() -> None:
@@ -19,3 +26,33 @@ def test_an_accepted_connection_has_nagle_off_so_a_kept_alive_scrape_is_not_held
                 assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the default it changes
     finally:
         server.server_close()
+
+
+def context_switches(thread: threading.Thread) -> int:
+    """How often the kernel has switched the thread out (it slept or was preempted)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
+
+
+def test_the_listener_thread_sleeps_while_idle_serves_both_listeners_and_closes_them() -> None:
+    tcp = ExporterServer("127.0.0.1", 0, CollectorRegistry(), "test")
+    unix = UnixExporterServer(short_socket_path(), CollectorRegistry(), "test", api=None)  # type: ignore[arg-type]
+    listeners = Listeners([tcp, unix])
+    listeners.start()
+    (thread,) = [thread for thread in threading.enumerate() if thread.name == "impact-http"]
+    try:
+        before = context_switches(thread)
+        time.sleep(2.0)
+        assert context_switches(thread) - before <= 1  # serve_forever would have woken 8 times (4 per listener)
+        host, port = tcp.server_address[:2]
+        assert requests.get(f"http://{host}:{port}/-/healthy", timeout=5).status_code == 200
+        connection = UnixHTTPConnection(str(unix.path), timeout=5)
+        connection.request("GET", "/-/healthy")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        listeners.close()
+    assert not thread.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, port), timeout=5)
+    assert not unix.path.exists()
