@@ -315,9 +315,12 @@ class RunRegistry:
         self._track_now: Callable[[str, tuple[int, ...]], None] | None = None
         self._lock = threading.RLock()
         self._runs: dict[str, Run] = {}
+        self._exposed: tuple[Run, ...] = ()  # _runs as of its last change, for scrapes (see runs())
+        self._roots: Mapping[str, tuple[int, ...]] = MappingProxyType({})  # the active runs' roots, likewise
         self._base: dict[str, Run] = {}
         if store is not None:
             self._resume(store.load())
+            self._publish()
 
     def attach_sampler(
         self, sample_now: Callable[[], Snapshot], track_now: Callable[[str, tuple[int, ...]], None]
@@ -350,10 +353,9 @@ class RunRegistry:
         stat = self._procfs.process(process.pid)
         return stat is not None and stat.start_ticks == process.start_ticks and stat.state not in ("Z", "X")
 
-    def group_roots(self) -> dict[str, tuple[int, ...]]:
-        """Root PIDs of every active run, for the sampler."""
-        with self._lock:
-            return {run.run_id: run.pids for run in self._runs.values() if run.active}
+    def group_roots(self) -> Mapping[str, tuple[int, ...]]:
+        """Root PIDs of every active run, for the sampler: made when runs start or end, not at each sample."""
+        return self._roots
 
     def start(self, request: StartRequest, caller_uid: int, caller_pid: int | None) -> tuple[Run, bool]:
         """Register a run, or add a process to the active run with the given id; True when it is new."""
@@ -383,6 +385,7 @@ class RunRegistry:
                 created = True
             self._save([run])
             self._runs[run.run_id] = run
+            self._publish()
             self._base.setdefault(run.run_id, replace(run, energy_joules={}, cpu_seconds=0.0, gpu_seconds=0.0))
         if self._track_now is not None:
             self._track_now(run.run_id, run.pids)  # its CPU time counts from now, not from the next regular sample
@@ -430,6 +433,7 @@ class RunRegistry:
                 run = replace(run, end_time=self._clock())
                 self._save([run])
                 self._runs[run_id] = run
+                self._publish()
             return run
 
     def get(self, run_id: str, caller_uid: int) -> Run:
@@ -449,9 +453,19 @@ class RunRegistry:
         return [run for run in runs if caller_uid == 0 or run.uid == caller_uid]
 
     def runs(self) -> list[Run]:
-        """Every run currently exposed in /metrics."""
-        with self._lock:
-            return list(self._runs.values())
+        """Every run currently exposed in /metrics.
+
+        It takes no lock: a scrape must not wait while a sample's totals are stored (a second's worth of SQLite
+        writes with 1,000 runs), so it reads the tuple published when the runs last changed.
+        """
+        return list(self._exposed)
+
+    def _publish(self, roots_changed: bool = True) -> None:
+        """Make the runs as they are now what ``runs()`` returns, and their roots what ``group_roots()`` returns
+        unless no run started, joined or ended; called under the lock after each change."""
+        self._exposed = tuple(self._runs.values())
+        if roots_changed:
+            self._roots = MappingProxyType({run.run_id: run.pids for run in self._exposed if run.active})
 
     def observe(self, snapshot: Snapshot) -> None:
         """Take a sample's group totals into the runs; end runs whose processes are all gone; persist."""
@@ -461,6 +475,7 @@ class RunRegistry:
             for run in changed:
                 self._runs[run.run_id] = run
             self._expire(snapshot.timestamp)
+            self._publish(roots_changed=any(not run.active for run in changed))
             if self._store is not None and (changed or self._persist_failure):
                 # After a failed save every run is stored: one that ended meanwhile is no longer among the changed.
                 self._persist(list(self._runs.values()) if self._persist_failure else changed)
@@ -494,16 +509,17 @@ class RunRegistry:
             for component, domain in COMPONENT_DOMAINS.items()
             if domain in measured or component in base.energy_joules
         }
-        run = replace(
+        ended = totals.processes == 0
+        if ended:
+            log.info("run %s ended: its processes are gone", run.run_id)
+        return replace(
             run,
             energy_joules=energy,
             cpu_seconds=base.cpu_seconds + totals.cpu_seconds,
             gpu_seconds=base.gpu_seconds + totals.gpu_seconds,
+            last_seen=run.last_seen if ended else snapshot.timestamp,
+            end_time=(run.last_seen or snapshot.timestamp) if ended else None,
         )
-        if totals.processes > 0:
-            return replace(run, last_seen=snapshot.timestamp)
-        log.info("run %s ended: its processes are gone", run.run_id)
-        return replace(run, end_time=run.last_seen or snapshot.timestamp)
 
     def _expire(self, now: float) -> None:
         for run_id in [r.run_id for r in self._runs.values() if not r.active and now - r.end_time > self._retain]:
