@@ -3,15 +3,18 @@
 A fake machine (tests/fakes: a procfs tree with 1,000 run processes, a RAPL tree fed at 40 W + 6 W, four
 fake NVIDIA GPUs whose 100 processes are run processes) is read by the real exporter in its own process
 (benchmarks/gpu_exporter.py), which samples every second throughout. 1,000 runs are registered through the
-run API, then ``/metrics`` is fetched over one keep-alive connection with the headers Prometheus sends.
+run API, then ``/metrics`` is fetched over one keep-alive connection with the headers Prometheus sends, each time
+1 to 1.25 s after the previous one: like a Prometheus scrape, each then finds a new sample to render, at a random
+point of the sampler's second (back-to-back fetches would mostly reuse the previous rendering and measure less).
 Target (issue #10): p99 under 50 ms.
 
-    python -m benchmarks.scrape [--runs 1000] [--gpu-processes 100] [--scrapes 300]
+    python -m benchmarks.scrape [--runs 1000] [--gpu-processes 100] [--scrapes 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import tempfile
 import time
@@ -26,6 +29,7 @@ from tests.fakes.procfs import FakeProc, FakeProcess
 
 FIRST_PID = 10000
 TARGET_P99_MS = 50.0
+PAUSE_SECONDS = (1.0, 1.25)  # between scrapes: longer than the sample interval, so every scrape renders anew
 PROMETHEUS_HEADERS = {  # what Prometheus 2.x sends when it scrapes
     "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
@@ -86,6 +90,7 @@ def measure(runs: int, gpu_processes: int, scrapes: int, workdir: Path) -> Scrap
         latencies = []
         with requests.Session() as session:
             for _ in range(scrapes):
+                time.sleep(random.uniform(*PAUSE_SECONDS))
                 began = time.perf_counter()
                 response = session.get(f"{exporter.url}/metrics", headers=PROMETHEUS_HEADERS, timeout=30)
                 latencies.append((time.perf_counter() - began) * 1000)
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scrape", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="active runs, one process each (default: 1000)")
     parser.add_argument("--gpu-processes", type=int, default=100, help="run processes on GPUs (default: 100)")
-    parser.add_argument("--scrapes", type=int, default=300, help="GETs of /metrics timed (default: 300)")
+    parser.add_argument("--scrapes", type=int, default=200,
+                        help="GETs of /metrics timed, about 1.1 s apart (default: 200)")
     args = parser.parse_args(argv)
     if not 0 <= args.gpu_processes <= args.runs:
         parser.error("--gpu-processes must be between 0 and --runs: GPU processes are run processes")
