@@ -26,7 +26,7 @@ from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
 _GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
 
 # /proc/<pid>/stat fields after the ")" that ends comm, counted from 0 at the state field (field 3 in proc(5)).
-_STATE, _PPID, _UTIME, _STIME, _CUTIME, _CSTIME, _THREADS, _STARTTIME = 0, 1, 11, 12, 13, 14, 17, 19
+_STATE, _PPID, _UTIME, _STIME, _CUTIME, _CSTIME, _THREADS, _STARTTIME, _RSS = 0, 1, 11, 12, 13, 14, 17, 19, 21
 
 # ARM "CPU implementer" codes (arch/arm64/include/asm/cputype.h) and a few common "CPU part" codes.
 _ARM_IMPLEMENTERS = {
@@ -60,7 +60,11 @@ _T = TypeVar("_T")
 
 _READ_SIZE = 65536
 MEMORY_MAX_AGE_SECONDS = 30.0
-"""How long a tracked process's PSS reading is reused (ProcessGroups): smaps_rollup is the dearest file to read."""
+"""How long a tracked process's PSS reading is reused at least (ProcessGroups): smaps_rollup is the dearest file to
+read. After that it is read again when the process's RSS has changed since, else at MEMORY_UNCHANGED_MAX_AGE_SECONDS."""
+MEMORY_UNCHANGED_MAX_AGE_SECONDS = 600.0
+"""How long a tracked process's PSS reading is reused while its RSS stays what it was when PSS was read. PSS can
+change without RSS when a process that shares its pages starts or exits: that is what this bound catches."""
 
 
 # --- system-wide CPU time ------------------------------------------------------------------------------------------
@@ -112,6 +116,7 @@ class ProcStat(NamedTuple):
     cpu_seconds: float
     children_cpu_seconds: float
     threads: int = 1  # num_threads: a process with one thread has all its children in one children file
+    rss_pages: int = 0  # resident pages: while they stay the same, PSS moves only when a sharer starts or exits
 
     @property
     def key(self) -> tuple[int, int]:
@@ -128,13 +133,13 @@ def parse_pid_stat(text: str, ticks_per_second: int) -> ProcStat:
     """Read ``/proc/<pid>/stat``.
 
     comm may contain spaces and parentheses, so the line is split at the first ``(`` and the last ``)``. Only the
-    fields up to starttime are split off (the line has about 50).
+    fields up to rss are split off (the line has about 50).
     """
     open_paren, close_paren = text.find("("), text.rfind(")")
     if open_paren < 0 or close_paren < open_paren:
         raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
-    fields = text[close_paren + 1 :].split(None, _STARTTIME + 1)
-    if len(fields) <= _STARTTIME:
+    fields = text[close_paren + 1 :].split(None, _RSS + 1)
+    if len(fields) <= _RSS:
         raise ValueError(f"/proc/<pid>/stat has too few fields: {text[:80]!r}")
     return ProcStat(
         int(text[:open_paren]),
@@ -145,6 +150,7 @@ def parse_pid_stat(text: str, ticks_per_second: int) -> ProcStat:
         (int(fields[_UTIME]) + int(fields[_STIME])) / ticks_per_second,
         (int(fields[_CUTIME]) + int(fields[_CSTIME])) / ticks_per_second,
         int(fields[_THREADS]),
+        int(fields[_RSS]),
     )
 
 
@@ -154,6 +160,14 @@ def parse_smaps_rollup_pss_bytes(text: str) -> int:
     PSS splits shared pages among the processes that map them, so a group's sum counts them once.
     """
     return _kib_field(text, "Pss", "smaps_rollup")
+
+
+def parse_loadavg_last_pid(text: str) -> int:
+    """Read the PID of the most recently created process or thread, the last field of ``/proc/loadavg``."""
+    fields = text.split()
+    if len(fields) < 5:
+        raise ValueError(f"/proc/loadavg has too few fields: {text!r}")
+    return int(fields[4])
 
 
 def parse_statm_rss_bytes(text: str, page_size: int) -> int:
@@ -183,13 +197,16 @@ class MemInfo:
     available_bytes: int
 
 
+_MEMINFO_NAMES = frozenset({"MemTotal", "MemAvailable", "MemFree", "Buffers", "Cached"})
+
+
 def parse_meminfo(text: str) -> MemInfo:
     """Read ``/proc/meminfo``.
 
     Kernels before 3.14 have no MemAvailable line. For them, available memory is estimated as
     MemFree+Buffers+Cached.
     """
-    values = _kib_fields(text)
+    values = _kib_fields(text, _MEMINFO_NAMES)
     if "MemTotal" not in values:
         raise ValueError("/proc/meminfo has no MemTotal line")
     available = values.get("MemAvailable")
@@ -198,20 +215,27 @@ def parse_meminfo(text: str) -> MemInfo:
     return MemInfo(total_bytes=values["MemTotal"], available_bytes=available)
 
 
-def _kib_fields(text: str) -> dict[str, int]:
-    """Read ``Name:   123 kB`` lines as bytes. The first of each name wins; lines without a number are skipped."""
+def _kib_fields(text: str, names: Collection[str]) -> dict[str, int]:
+    """Read the ``Name:   123 kB`` lines of ``names`` as bytes. The first of each name wins; lines without a number
+    are skipped. It stops once every name is found: the sampler reads /proc/meminfo every second, and its ~55
+    lines cost five times the read when all are split, while the ones wanted come first."""
     values: dict[str, int] = {}
     for line in text.splitlines():
         name, sep, rest = line.partition(":")
-        name, parts = name.strip(), rest.split()
-        if sep and parts and parts[0].isdigit() and name not in values:
+        name = name.strip()
+        if not sep or name not in names or name in values:
+            continue
+        parts = rest.split()
+        if parts and parts[0].isdigit():
             values[name] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+            if len(values) == len(names):
+                break
     return values
 
 
 def _kib_field(text: str, name: str, what: str) -> int:
     """One ``Name: N kB`` value in bytes. Raises ``ValueError`` naming the file when the name is absent."""
-    values = _kib_fields(text)
+    values = _kib_fields(text, (name,))
     if name not in values:
         raise ValueError(f"{what} has no {name} line")
     return values[name]
@@ -295,10 +319,21 @@ def _read_text(path: Path | str) -> str:
 
 def _pread_text(fd: int) -> str:
     """The whole text of an open procfs file, read from its start (``pread``: no seek, no reopen)."""
-    chunks = [os.pread(fd, _READ_SIZE, 0)]
-    while len(chunks[-1]) == _READ_SIZE:  # a short read is the end: procfs fills the buffer while it can
+    data = os.pread(fd, _READ_SIZE, 0)
+    if len(data) < _READ_SIZE:  # a short read is the end: procfs fills the buffer while it can
+        return data.decode("utf-8", errors="replace")
+    chunks = [data]
+    while len(chunks[-1]) == _READ_SIZE:
         chunks.append(os.pread(fd, _READ_SIZE, _READ_SIZE * len(chunks)))
     return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _is_readers_pid_namespace(prefix: str) -> bool:
+    """Whether the procfs at ``prefix`` shows this process's PID namespace: its ``self`` link names our PID."""
+    try:
+        return os.readlink(f"{prefix}/self") == str(os.getpid())
+    except OSError:
+        return False
 
 
 def kept_open_limit() -> int:
@@ -367,7 +402,7 @@ class OpenFiles:
 
     def close_unused(self) -> None:
         """Close the files of processes not read since the previous call (they left every group, or died)."""
-        for pid in [pid for pid in self._open if pid not in self._used]:
+        for pid in self._open.keys() - self._used:
             self._close(pid)
         self._used = set()
 
@@ -401,6 +436,7 @@ class ProcFS:
         self._page_size = page_size or os.sysconf("SC_PAGE_SIZE")
         self._children_files: bool | None = None
         self._kernel_procfs = (self._root / "stat").stat().st_size == 0  # procfs generates files: size 0
+        self._readers_namespace = _is_readers_pid_namespace(self._prefix)
 
     def open_files(self) -> OpenFiles:
         """A cache of open per-process files for one reader thread (``process`` and ``children`` take it). It keeps
@@ -422,6 +458,18 @@ class ProcFS:
     def cpu_times(self) -> CpuTimes:
         """Busy and idle CPU seconds of the whole machine since boot."""
         return self._parse_system_file("stat", lambda text: parse_stat(text, self._ticks))
+
+    def last_created_pid(self) -> int | None:
+        """The PID of the most recently created process or thread; unchanged between two calls, it means that no
+        process was created meanwhile. None when it cannot be read, or when this procfs is another PID namespace's:
+        the kernel reports the namespace of the reader, not the mount's (an exporter in a container of its own
+        reading the host's procfs)."""
+        if not self._readers_namespace:
+            return None
+        try:
+            return parse_loadavg_last_pid(_read_text(f"{self._prefix}/loadavg"))
+        except (OSError, ValueError):
+            return None
 
     def meminfo(self) -> MemInfo:
         """Total and available memory of the machine."""
@@ -526,15 +574,15 @@ class ProcFS:
         files, it is read without listing ``task/`` (one system call in three).
         """
         task_dir = f"{self._prefix}/{pid}/task"
+        main_thread = str(pid)
         if single_threaded and self._children_files:
-            tids = [str(pid)]
+            tids = [main_thread]
         else:
             try:
                 tids = sorted(os.listdir(task_dir))
             except _GONE:
                 return []
-        children: dict[int, None] = {}
-        main_thread = str(pid)
+        children: list[int] = []
         for tid in tids:
             try:
                 if files is not None and tid == main_thread:  # other threads' TIDs can be reused within the process
@@ -550,25 +598,25 @@ class ProcFS:
                 raise SourceError(f"{task_dir}/{tid}/children: {error}") from error
             self._children_files = True
             if text:
-                children.update(dict.fromkeys(int(child) for child in text.split()))
-        return list(children)
+                children += map(int, text.split())
+        return children if len(tids) == 1 else list(dict.fromkeys(children))  # a child is in one thread's file
 
     def _read_pid_file(self, pid: int, name: str, files: OpenFiles | None = None) -> str | None:
         """``<root>/<pid>/<name>``, or None when the process is gone. Other OS errors become source errors."""
-        path = f"{self._prefix}/{pid}/{name}"
         try:
-            return files.read(pid, name) if files is not None else _read_text(path)
+            return files.read(pid, name) if files is not None else _read_text(f"{self._prefix}/{pid}/{name}")
         except _GONE:
             return None
         except PermissionError as error:  # for example procfs mounted with hidepid=1
-            raise HardwareUnreadable(f"{path}: permission denied") from error
+            raise HardwareUnreadable(f"{self._prefix}/{pid}/{name}: permission denied") from error
         except OSError as error:
-            raise SourceError(f"{path}: {error}") from error
+            raise SourceError(f"{self._prefix}/{pid}/{name}: {error}") from error
 
 
 # --- process groups ------------------------------------------------------------------------------------------------
 
 ProcKey = tuple[int, int]  # (pid, start_ticks)
+_Memory = tuple[int, float, int]  # a member's memory reading: (bytes, when read, RSS in pages then)
 
 
 @dataclass(frozen=True)
@@ -621,33 +669,58 @@ class ProcessGroups:
     ) -> None:
         """Keep no groups yet. They appear as ``sample`` is given their ids.
 
-        A member's memory is read when it joins and then at most every ``memory_max_age_seconds``: PSS comes from
-        ``smaps_rollup``, which walks the process's page tables (hundreds of microseconds for a small process,
-        milliseconds for a large one), while memory changes slowly and only weighs DRAM energy.
+        A member's memory is read when it joins and then again only when the reading is ``memory_max_age_seconds``
+        old and the member's RSS (in the stat line each sample reads anyway) has changed since, or when the reading
+        is MEMORY_UNCHANGED_MAX_AGE_SECONDS old. PSS comes from ``smaps_rollup``, which walks the process's page
+        tables (hundreds of microseconds for a small process, milliseconds for a large one), while memory changes
+        slowly and only weighs DRAM energy; a process whose RSS stays the same changes its PSS only when a process
+        it shares pages with starts or exits.
         """
         self._procfs = procfs
         self._groups: dict[str, _Group] = {}
         self._memory_max_age = memory_max_age_seconds
         self._clock = clock
-        self._memory: dict[ProcKey, tuple[int, float]] = {}  # member -> (bytes, when read)
+        self._memory: dict[ProcKey, _Memory] = {}  # the readings of the members at the last sample
         self._files = procfs.open_files()  # members' stat and children files stay open between samples
         self._added: list[tuple[str, dict[int, int | None], dict[ProcKey, ProcStat]]] = []  # add_roots' baselines
         self._added_lock = threading.Lock()
+        self._last_created_pid: int | None = None
+        self._children_lists: dict[int, list[int]] = {}  # the children of each member walked at the last sample
 
-    def sample(self, roots: Mapping[str, Collection[int]]) -> dict[str, GroupUsage]:
+    def sample(
+        self, roots: Mapping[str, Collection[int]], pause: Callable[[], None] = lambda: None
+    ) -> dict[str, GroupUsage]:
         """Group id -> root PIDs in, group id -> usage since the previous call out. Forgets ids no longer passed.
 
-        Roots may be added to a group between calls; a root no longer passed stops being part of it.
+        Roots may be added to a group between calls; a root no longer passed stops being part of it. ``pause`` is
+        called before each group (the sampler's lets a scrape go first, exporter/sampler.py: ScrapesFirst).
+
+        When the kernel created no process since the previous call (``ProcFS.last_created_pid``), no member can
+        have a new child, and the children lists of the previous call are used instead of reading each member's
+        ``children`` file again. A group that lost a member is walked again from the files, since a member may have
+        adopted the dead one's children. (A member that is a child subreaper adopting the orphans of a process
+        outside the group is seen at the next process creation anywhere.)
         """
-        self._take_added_roots()
-        children = _ChildLookup(self._procfs, self._files)
+        added = self._take_added_roots()
+        created = self._procfs.last_created_pid()
+        unchanged = created is not None and created == self._last_created_pid and not added
+        self._last_created_pid = created
+        lists: dict[int, list[int]] = {}
+        children = _ChildLookup(self._procfs, self._files, lists, self._children_lists if unchanged else None)
         usage: dict[str, GroupUsage] = {}
         groups: dict[str, _Group] = {}
+        memory: dict[ProcKey, _Memory] = {}
         for group_id, root_pids in roots.items():
+            pause()
             previous = self._groups.get(group_id)
-            usage[group_id], groups[group_id] = self._sample_group(tuple(root_pids), previous, children)
+            result = self._sample_group(tuple(root_pids), previous, children, memory)
+            if unchanged and previous is not None and result[1].members.keys() != previous.members.keys():
+                fresh_children = _ChildLookup(self._procfs, self._files, lists)
+                result = self._sample_group(tuple(root_pids), previous, fresh_children, memory)
+            usage[group_id], groups[group_id] = result
         self._groups = groups
-        self._memory = {key: self._memory[key] for group in groups.values() for key in group.members}
+        self._memory = memory
+        self._children_lists = lists
         self._files.close_unused()
         return usage
 
@@ -669,8 +742,9 @@ class ProcessGroups:
         with self._added_lock:
             self._added.append((group_id, roots, fresh))
 
-    def _take_added_roots(self) -> None:
-        """Merge the baselines ``add_roots`` queued into the groups, for roots the groups do not have yet."""
+    def _take_added_roots(self) -> bool:
+        """Merge the baselines ``add_roots`` queued into the groups, for roots the groups do not have yet; True
+        when there were any."""
         with self._added_lock:
             added, self._added = self._added, []
         for group_id, roots, baseline in added:
@@ -680,20 +754,37 @@ class ProcessGroups:
                 continue
             members = {**baseline, **(previous.members if previous is not None else {})}
             self._groups[group_id] = _Group({**roots, **known}, members)
+        return bool(added)
 
-    def _member_memory(self, key: ProcKey, now: float) -> int:
-        """The member's memory in bytes, read again only when the last reading is older than the maximum age."""
-        cached = self._memory.get(key)
-        if cached is not None and now - cached[1] < self._memory_max_age:
-            return cached[0]
-        memory = self._procfs.memory_bytes(key[0]) or 0
-        self._memory[key] = (memory, now)
-        return memory
+    def _group_memory(self, members: Mapping[ProcKey, ProcStat], now: float, kept: dict[ProcKey, _Memory]) -> int:
+        """The members' memory in bytes. A member's last reading is reused while it is younger than the maximum
+        age, and after that while the member's RSS is what it was at that reading, up to
+        MEMORY_UNCHANGED_MAX_AGE_SECONDS.
+
+        Each reading goes into ``kept``, the readings the next sample starts from (so those of members that left
+        are dropped). A new reading also replaces the old one at once: a member of two groups is read once.
+        """
+        total = 0
+        for key, stat in members.items():
+            reading = self._memory.get(key)
+            if reading is None or (
+                now - reading[1] >= self._memory_max_age
+                and (reading[2] != stat.rss_pages or now - reading[1] >= MEMORY_UNCHANGED_MAX_AGE_SECONDS)
+            ):
+                reading = self._memory[key] = (self._procfs.memory_bytes(stat.pid) or 0, now, stat.rss_pages)
+            kept[key] = reading
+            total += reading[0]
+        return total
 
     def _sample_group(
-        self, root_pids: tuple[int, ...], previous: _Group | None, children: Callable[[int, int], list[int]]
+        self,
+        root_pids: tuple[int, ...],
+        previous: _Group | None,
+        children: Callable[[int, int], list[int]],
+        memory: dict[ProcKey, _Memory],
     ) -> tuple[GroupUsage, _Group]:
-        """Usage of one group and the state to keep for the next sample."""
+        """Usage of one group and the state to keep for the next sample; its members' memory readings go to
+        ``memory``."""
         known = previous.roots if previous is not None else {}
         roots = {pid: known[pid] if pid in known else self._start_ticks(pid) for pid in root_pids}
         members: dict[ProcKey, ProcStat] = {}
@@ -715,7 +806,7 @@ class ProcessGroups:
         now = self._clock()
         usage = GroupUsage(
             cpu_seconds=cpu_seconds,
-            memory_bytes=sum(self._member_memory(key, now) for key in members),
+            memory_bytes=self._group_memory(members, now, memory),
             processes=len(members),
             pids=frozenset(pid for pid, _ in members),
             root_alive=any(
@@ -757,16 +848,19 @@ class ProcessGroups:
 
     def _interval_cpu(self, before: Mapping[ProcKey, ProcStat], now: Mapping[ProcKey, ProcStat]) -> float:
         """CPU seconds the group used since ``before``, following the rules in the class docstring, clamped at 0."""
-        reaped = self._reaped_into_group(before, now)
         total_now = sum(stat.total_cpu_seconds for stat in now.values())
-        total_before = sum(seen.total_cpu_seconds for key, seen in before.items() if key in now or key in reaped)
-        return max(0.0, total_now - total_before)
+        if before.keys() <= now.keys():  # the usual case: every member of the previous sample is still one
+            counted: Iterable[ProcStat] = before.values()
+        else:
+            reaped = self._reaped_into_group(before, now, [key for key in before if key not in now])
+            counted = (seen for key, seen in before.items() if key in now or key in reaped)
+        return max(0.0, total_now - sum(seen.total_cpu_seconds for seen in counted))
 
-    def _reaped_into_group(self, before: Mapping[ProcKey, ProcStat], now: Mapping[ProcKey, ProcStat]) -> set[ProcKey]:
-        """Vanished members whose time now sits in the cutime of a counted member."""
-        vanished = [key for key in before if key not in now]
-        if not vanished:
-            return set()
+    def _reaped_into_group(
+        self, before: Mapping[ProcKey, ProcStat], now: Mapping[ProcKey, ProcStat], vanished: list[ProcKey]
+    ) -> set[ProcKey]:
+        """The ``vanished`` members (in ``before``, not in ``now``) whose time now sits in the cutime of a counted
+        member."""
         dead = {key for key in vanished if not self._still_alive(key)}
         by_pid = {pid: (pid, start) for pid, start in before}
         decided: dict[ProcKey, bool] = {}
@@ -787,14 +881,33 @@ class ProcessGroups:
 
 
 class _ChildLookup:
-    """``children(pid)`` for one sample. Without per-thread children files, one ``/proc`` scan serves every lookup."""
+    """``children(pid)`` for one sample. Without per-thread children files, one ``/proc`` scan serves every lookup.
 
-    def __init__(self, procfs: ProcFS, files: OpenFiles | None = None) -> None:
+    Each answer is also put in ``seen``. With ``known`` (the previous sample's lists, when no process was created
+    since), a PID listed there is answered from it without a read.
+    """
+
+    def __init__(
+        self,
+        procfs: ProcFS,
+        files: OpenFiles | None = None,
+        seen: dict[int, list[int]] | None = None,
+        known: Mapping[int, list[int]] | None = None,
+    ) -> None:
         self._procfs = procfs
         self._files = files
         self._scan: dict[int, list[int]] | None = None
+        self._seen = seen if seen is not None else {}
+        self._known = known or {}
 
     def __call__(self, pid: int, threads: int | None = None) -> list[int]:
+        found = self._known.get(pid)
+        if found is None:
+            found = self._read(pid, threads)
+        self._seen[pid] = found
+        return found
+
+    def _read(self, pid: int, threads: int | None) -> list[int]:
         if self._procfs.children_files_supported is not False:
             return self._procfs.children(pid, threads, self._files)
         if self._scan is None:

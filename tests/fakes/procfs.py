@@ -73,13 +73,18 @@ class FakeProc:
         self.processes: dict[int, FakeProcess] = {}
         self.busy_ticks = 100_000
         self.idle_ticks = 1_000_000
+        self._created: set[tuple[int, int]] = set()  # (pid, start) of every process the tree has shown
         root.mkdir(parents=True, exist_ok=True)
+        # Like the procfs of this process's PID namespace, where the kernel's loadavg shows the latest new PID.
+        (root / "self").unlink(missing_ok=True)
+        (root / "self").symlink_to(str(os.getpid()))
         (root / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
         _write_atomically(root / "sys" / "kernel" / "hostname", f"{hostname}\n")
         _write_atomically(root / "sys" / "kernel" / "osrelease", "6.1.0-fake\n")
         _write_atomically(root / "meminfo", MEMINFO)
         _write_atomically(root / "cpuinfo", AMD_CPUINFO)
         self._write_stat()
+        self._write_loadavg()
 
     def procfs(self) -> ProcFS:
         return ProcFS(self.root, ticks_per_second=TICKS, page_size=PAGE)
@@ -129,6 +134,14 @@ class FakeProc:
                 shutil.rmtree(entry)
         for process in self.processes.values():
             self._write_process(process)
+        self._write_loadavg()
+
+    def _write_loadavg(self) -> None:
+        """Its last field changes whenever a process appears, as the kernel's latest new PID does (here a count)."""
+        created = {(process.pid, process.start) for process in self.processes.values()}
+        if not created <= self._created or not (self.root / "loadavg").exists():
+            self._created |= created
+            _write_atomically(self.root / "loadavg", f"0.00 0.00 0.00 1/{len(self.processes)} {len(self._created)}\n")
 
     def _write_stat(self) -> None:
         _write_atomically(self.root / "stat", f"cpu  {self.busy_ticks} 0 0 {self.idle_ticks} 0 0 0 0 0 0\n")

@@ -13,6 +13,8 @@ import pytest
 
 from exporter.sources import HardwareNotFound
 from exporter.sources.procfs import (
+    MEMORY_MAX_AGE_SECONDS,
+    MEMORY_UNCHANGED_MAX_AGE_SECONDS,
     CpuInfo,
     CpuTimes,
     GroupUsage,
@@ -21,6 +23,7 @@ from exporter.sources.procfs import (
     ProcessGroups,
     ProcFS,
     parse_cpuinfo,
+    parse_loadavg_last_pid,
     parse_meminfo,
     parse_pid_stat,
     parse_smaps_rollup_pss_bytes,
@@ -66,6 +69,7 @@ def test_parse_pid_stat_with_spaces_and_parens_in_comm():
     assert stat.start_ticks == 987654
     assert stat.cpu_seconds == pytest.approx(3.0)
     assert stat.children_cpu_seconds == pytest.approx(15.0)
+    assert stat.rss_pages == 10
     assert stat.key == (4242, 987654)
 
 
@@ -102,6 +106,12 @@ def test_parse_smaps_rollup_pss():
 def test_parse_smaps_rollup_empty_is_an_error():
     with pytest.raises(ValueError, match="Pss"):
         parse_smaps_rollup_pss_bytes("")
+
+
+def test_parse_loadavg_last_pid_is_the_last_field():
+    assert parse_loadavg_last_pid("0.52 0.58 0.59 2/1019 391447\n") == 391447
+    with pytest.raises(ValueError):
+        parse_loadavg_last_pid("0.52 0.58 0.59\n")
 
 
 def test_parse_statm_rss():
@@ -467,6 +477,49 @@ def test_memory_is_pss_when_readable_else_rss(fake: FakeProc):
     assert ProcessGroups(procfs).sample({"run": (ROOT,)})["run"].memory_bytes == 2048 * 1024 + 300 * PAGE
 
 
+def test_pss_of_a_member_whose_rss_stays_the_same_is_read_again_only_after_the_long_age(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, pss_kib=2048, rss_pages=1000)
+    now = [0.0]
+    groups = ProcessGroups(fake.procfs(), clock=lambda: now[0])
+    assert groups.sample({"run": (ROOT,)})["run"].memory_bytes == 2048 * 1024
+
+    fake.update(ROOT, pss_kib=1024)  # another process maps its pages now: its PSS shrinks, its RSS does not
+    memory_at = {}
+    for now[0] in (MEMORY_MAX_AGE_SECONDS, MEMORY_UNCHANGED_MAX_AGE_SECONDS - 1, MEMORY_UNCHANGED_MAX_AGE_SECONDS):
+        memory_at[now[0]] = groups.sample({"run": (ROOT,)})["run"].memory_bytes
+
+    assert memory_at == {
+        MEMORY_MAX_AGE_SECONDS: 2048 * 1024,
+        MEMORY_UNCHANGED_MAX_AGE_SECONDS - 1: 2048 * 1024,
+        MEMORY_UNCHANGED_MAX_AGE_SECONDS: 1024 * 1024,
+    }
+
+
+def test_pss_of_a_member_whose_rss_changed_is_read_again_after_the_max_age(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, pss_kib=2048, rss_pages=1000)
+    fake.spawn(101, ROOT, start=1010, pss_kib=512, rss_pages=200)
+    now = [0.0]
+    groups = ProcessGroups(fake.procfs(), clock=lambda: now[0])
+    assert groups.sample({"run": (ROOT,)})["run"].memory_bytes == (2048 + 512) * 1024
+
+    fake.update(ROOT, pss_kib=3072, rss_pages=1250)  # it allocated
+    fake.update(101, pss_kib=256)  # its PSS moved but its RSS did not: kept until the long age
+    memory_at = {}
+    for now[0] in (1.0, MEMORY_MAX_AGE_SECONDS - 1, MEMORY_MAX_AGE_SECONDS, MEMORY_MAX_AGE_SECONDS + 1):
+        memory_at[now[0]] = groups.sample({"run": (ROOT,)})["run"].memory_bytes
+    fake.update(ROOT, pss_kib=4096)  # RSS as at the last reading: not read again at the next max age
+    now[0] = 2 * MEMORY_MAX_AGE_SECONDS
+    memory_at[now[0]] = groups.sample({"run": (ROOT,)})["run"].memory_bytes
+
+    assert memory_at == {
+        1.0: (2048 + 512) * 1024,
+        MEMORY_MAX_AGE_SECONDS - 1: (2048 + 512) * 1024,
+        MEMORY_MAX_AGE_SECONDS: (3072 + 512) * 1024,
+        MEMORY_MAX_AGE_SECONDS + 1: (3072 + 512) * 1024,
+        2 * MEMORY_MAX_AGE_SECONDS: (3072 + 512) * 1024,
+    }
+
+
 def test_forgotten_group_starts_over_with_a_baseline(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000)
     fake.spawn(200, 1, start=1001)
@@ -640,6 +693,46 @@ def test_real_busy_child_is_measured_live_and_not_again_when_reaped(spawn):
     assert reaped.cpu_seconds < 0.05
 
 
+THREADS_WITH_CHILDREN = textwrap.dedent(
+    """
+    import subprocess, sys, threading
+    started, release, pids = threading.Barrier(3), threading.Event(), []
+
+    def fork_and_wait():
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        pids.append(child.pid)
+        started.wait()
+        release.wait()
+        child.stdin.close()
+        child.wait()
+
+    threads = [threading.Thread(target=fork_and_wait) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    print("ready", flush=True)
+    print(*pids, flush=True)
+    sys.stdin.readline()
+    release.set()
+    for thread in threads:
+        thread.join()
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux procfs")
+def test_real_children_forked_by_two_threads_are_read_from_each_threads_file(spawn):
+    parent = spawn(THREADS_WITH_CHILDREN)  # each of its two threads forks one child: one per thread's children file
+    assert parent.stdout is not None
+    children = sorted(int(pid) for pid in parent.stdout.readline().split())
+    procfs = ProcFS(Path("/proc"))
+    stat = procfs.process(parent.pid)
+
+    assert stat is not None and stat.threads == 3
+    assert sorted(procfs.children(parent.pid, stat.threads, procfs.open_files())) == children
+    assert ProcessGroups(procfs).sample({"run": (parent.pid,)})["run"].pids == {parent.pid, *children}
+
+
 def open_proc_files(pid: int) -> list[str]:
     """What this test process has open under /proc/<pid>/ (kept-open files of ``pid``)."""
     targets = []
@@ -705,3 +798,47 @@ def test_fake_procfs_files_are_never_kept_open(fake: FakeProc):
     fake.run(ROOT, 50)
     assert fake.procfs().process(ROOT, files).cpu_seconds == 1.5
     assert files.open_count == 0
+
+
+def test_children_lists_are_reused_while_no_process_is_created_and_read_again_once_one_is(tmp_path: Path):
+    fake = FakeProc(tmp_path / "proc", children_files=True)
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT,)})
+
+    fake.advance(0, 0, running={101: 40})
+    (fake.root / str(ROOT) / "task" / str(ROOT) / "children").write_text("")  # not read: nothing was created
+    usage = groups.sample({"run": (ROOT,)})["run"]
+    assert (usage.processes, usage.cpu_seconds) == (2, pytest.approx(0.40))
+
+    fake.spawn(102, 101, start=1020, utime=10)  # a new process: every list is read again
+    usage = groups.sample({"run": (ROOT,)})["run"]
+    assert (usage.processes, usage.cpu_seconds) == (3, pytest.approx(0.10))
+
+
+def test_a_group_that_lost_a_member_is_walked_again_from_the_files(tmp_path: Path):
+    fake = FakeProc(tmp_path / "proc", children_files=True)
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010)
+    fake.spawn(102, 101, start=1020, utime=30)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT,)})
+
+    fake.vanish(101)  # 102 is orphaned; the root is its subreaper and adopts it (no process is created)
+    fake.update(102, ppid=ROOT, utime=50)
+    usage = groups.sample({"run": (ROOT,)})["run"]
+    assert (usage.processes, usage.cpu_seconds) == (2, pytest.approx(0.20))
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").is_file(), reason="needs Linux procfs")
+def test_real_last_created_pid_changes_when_a_process_is_created(tmp_path: Path):
+    procfs = ProcFS(Path("/proc"))
+    before = procfs.last_created_pid()
+    subprocess.run(["true"], check=True)
+    assert before is not None and procfs.last_created_pid() != before
+
+    other = FakeProc(tmp_path / "proc")
+    (other.root / "self").unlink()
+    (other.root / "self").symlink_to("1")  # another PID namespace's procfs: its loadavg would show ours
+    assert other.procfs().last_created_pid() is None
