@@ -3,8 +3,10 @@ source is built: what the scrape benchmark measures, without sharing a Python in
 
     python -m benchmarks.gpu_exporter --gpus 4 --gpu-pids 10000-10099 -- <impact-exporter flags>
 
-The GPUs draw 200 W and their processes (the given PIDs, spread over the GPUs) share the SMs evenly; a thread
-advances the fake driver's clock every 0.1 s. SIGTERM or SIGINT stops it.
+The GPUs draw 200 W and their processes (the given PIDs, spread over the GPUs) share the SMs evenly. The fake
+driver's clock follows the wall clock, brought up to date at each NVML call: a real driver samples on its own,
+and a thread in the exporter's interpreter doing it would take turns with scrapes that no real exporter has to.
+SIGTERM or SIGINT stops it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import logging
 import signal
 import sys
 import threading
+import time
+from typing import Any
 
-from exporter.cli import parse_settings, serve
+from exporter.cli import parse_settings, serve, settle_garbage_collector
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
-from tests.monitored import LockedNvml
 
-STEP_SECONDS = 0.1
+DRIVER_TICK_SECONDS = 0.1  # how often the fake driver takes a process utilisation sample
 GPU_WATTS = 200.0
 
 
@@ -33,7 +36,30 @@ def fake_gpus(count: int, pids: list[int]) -> FakeNvml:
             f"GPU-{index:08x}-0000-0000-0000-000000000000", power_watts=GPU_WATTS, utilization_percent=90,
             processes={pid: GIB for pid in mine}, slices=[{pid: share for pid in mine}],
         ))
-    return FakeNvml(gpus, tick_seconds=STEP_SECONDS)
+    return FakeNvml(gpus, tick_seconds=DRIVER_TICK_SECONDS)
+
+
+class WallClockNvml:
+    """The fake NVML, its clock moved on by the wall-clock time passed since the previous call before each call."""
+
+    def __init__(self, nvml: FakeNvml) -> None:
+        self._nvml = nvml
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._nvml, name)
+        if not callable(value) or not name.startswith("nvml"):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                now = time.monotonic()
+                self._nvml.advance(now - self._last)
+                self._last = now
+                return value(*args, **kwargs)
+
+        return call
 
 
 def pid_range(text: str) -> list[int]:
@@ -50,20 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flags = [flag for flag in args.exporter_flags if flag != "--"]
     settings = parse_settings(flags)
+    settle_garbage_collector()  # as exporter.cli.main does
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    nvml = fake_gpus(args.gpus, args.gpu_pids)
-    lock = threading.Lock()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-
-    def drive() -> None:
-        while not stop.wait(STEP_SECONDS):
-            with lock:
-                nvml.advance(STEP_SECONDS)
-
-    threading.Thread(target=drive, daemon=True, name="fake-gpu").start()
-    return serve(settings, LockedNvml(nvml, lock), stop)
+    return serve(settings, WallClockNvml(fake_gpus(args.gpus, args.gpu_pids)), stop)
 
 
 if __name__ == "__main__":
