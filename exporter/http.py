@@ -29,6 +29,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
 from exporter.exposition import negotiate
+from exporter.sampler import ScrapesFirst
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,11 @@ class ExporterServer(ThreadingHTTPServer):
 
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, version: str,
-        api: RunAPI | None = None, token: str | None = None,
+        api: RunAPI | None = None, token: str | None = None, scrapes: ScrapesFirst | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
+        self.scrapes = scrapes if scrapes is not None else ScrapesFirst()
         self.version = version
         self.api = api
         self.token = token
@@ -117,9 +119,11 @@ class UnixExporterServer(socketserver.ThreadingMixIn, socketserver.UnixStreamSer
     listen_address: str
 
     def __init__(
-        self, path: Path, registry: CollectorRegistry, version: str, api: RunAPI, group: int | None = None
+        self, path: Path, registry: CollectorRegistry, version: str, api: RunAPI, group: int | None = None,
+        scrapes: ScrapesFirst | None = None,
     ) -> None:
         self.registry = registry
+        self.scrapes = scrapes if scrapes is not None else ScrapesFirst()
         self.version = version
         self.api = api
         self.path = path
@@ -221,12 +225,13 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def _send_metrics(self) -> None:
         encoder, content_type = negotiate(self.headers.get("Accept", ""))
-        body = encoder(self.server.registry)
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        self._send(HTTPStatus.OK, body, content_type, headers)
+        with self.server.scrapes.scrape():  # the sampler waits until the response is out, compressed and sent
+            body = encoder(self.server.registry)
+            headers = {}
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                body = gzip.compress(body, compresslevel=1)
+                headers["Content-Encoding"] = "gzip"
+            self._send(HTTPStatus.OK, body, content_type, headers)
 
     def _send(
         self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from exporter.kubernetes import kubernetes_labels
-from exporter.sampler import Snapshot
+from exporter.sampler import ScrapesFirst, Snapshot
 from exporter.sources import SourceError
 from exporter.sources.procfs import ProcFS
 
@@ -304,8 +304,11 @@ class RunRegistry:
         retain_finished_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
         sample_now: Callable[[], Snapshot] | None = None,
+        scrapes: ScrapesFirst | None = None,
     ) -> None:
+        """``scrapes``: the sampler's, so that taking a sample into 1,000 runs pauses while a scrape renders."""
         self._procfs = procfs
+        self._scrapes = scrapes if scrapes is not None else ScrapesFirst()
         self._store = store
         self._store_error = store_error
         self._persist_failure: str | None = None  # why the last sample's totals could not be stored
@@ -471,7 +474,10 @@ class RunRegistry:
         """Take a sample's group totals into the runs; end runs whose processes are all gone; persist."""
         with self._lock:
             measured = {zone.zone.domain for zone in snapshot.energy_zones} | ({"gpu"} if snapshot.gpus else set())
-            changed = [self._observe_run(run, snapshot, measured) for run in self._runs.values() if run.active]
+            changed = []
+            for run in [run for run in self._runs.values() if run.active]:
+                self._scrapes.pause()
+                changed.append(self._observe_run(run, snapshot, measured))
             for run in changed:
                 self._runs[run.run_id] = run
             self._expire(snapshot.timestamp)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.cli import main, parse_listen_address
+from exporter.cli import GC_FIRST_GENERATION_THRESHOLD, main, parse_listen_address
 from exporter.sources import HardwareNotFound
 from exporter.sources.nvml import NvmlSource
 from tests.fakes.powercap import FakePowercap
@@ -212,3 +212,12 @@ def test_a_negative_gpu_idle_power_is_a_usage_error() -> None:
     result = run_exporter("--gpu.idle-watts=-3")
     assert result.returncode == 2
     assert "--gpu.idle-watts" in result.stderr
+
+
+def test_the_exporter_process_freezes_its_start_up_objects_and_collects_young_objects_less_often() -> None:
+    script = (
+        "import gc; from exporter.cli import settle_garbage_collector as settle; settle(); "
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 10_000)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert result.stdout.split() == [str(GC_FIRST_GENERATION_THRESHOLD), "True"]

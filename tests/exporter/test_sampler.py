@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sampler import PROCFS, Sampler
+from exporter.sampler import PROCFS, Sampler, ScrapesFirst
 from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
@@ -143,3 +143,40 @@ def test_track_now_counts_a_group_from_the_call_not_from_the_next_sample(tmp_pat
     sampler.sample_once()
 
     assert sampler.snapshot.groups["run"].cpu_seconds == pytest.approx(0.5)
+
+
+def test_a_sample_waits_at_its_next_pause_while_a_scrape_renders_and_then_completes(powercap: FakePowercap) -> None:
+    scrapes = ScrapesFirst()
+    sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), scrapes=scrapes)
+    sampler.sample_once()
+    events: list[str] = []
+    rendering, sampled = threading.Event(), threading.Event()
+
+    def scrape() -> None:
+        with scrapes.scrape():
+            rendering.set()
+            sampled.wait(0.5)  # the sample must not finish meanwhile: this wait runs out
+            events.append("scrape rendered")
+
+    def sample() -> None:
+        rendering.wait(5)
+        sampler.sample_once()
+        events.append("sample published")
+        sampled.set()
+
+    threads = [threading.Thread(target=scrape), threading.Thread(target=sample)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert events == ["scrape rendered", "sample published"]
+    assert sampler.snapshot.samples_total == 2
+
+
+def test_a_pause_ends_after_its_longest_wait_even_while_scrapes_go_on() -> None:
+    scrapes = ScrapesFirst(longest_pause_seconds=0.2)
+    with scrapes.scrape():
+        paused = threading.Thread(target=scrapes.pause)
+        paused.start()
+        paused.join(5)
+        assert not paused.is_alive()
