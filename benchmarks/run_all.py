@@ -1,4 +1,4 @@
-"""Every benchmark with its defaults, one after the other: ``python -m benchmarks.run_all`` (about 13 minutes).
+"""Every benchmark with its defaults, one after the other: ``python -m benchmarks.run_all`` (about 17 minutes).
 
 The figures in docs/performance.md come from this command.
 """
