@@ -17,10 +17,11 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
 
 from exporter.cli import parse_settings, serve, settle_garbage_collector
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
+from tests.monitored import LockedNvml
 
 DRIVER_TICK_SECONDS = 0.1  # how often the fake driver takes a process utilisation sample
 GPU_WATTS = 200.0
@@ -39,27 +40,19 @@ def fake_gpus(count: int, pids: list[int]) -> FakeNvml:
     return FakeNvml(gpus, tick_seconds=DRIVER_TICK_SECONDS)
 
 
-class WallClockNvml:
+class WallClockNvml(LockedNvml):
     """The fake NVML, its clock moved on by the wall-clock time passed since the previous call before each call."""
 
     def __init__(self, nvml: FakeNvml) -> None:
-        self._nvml = nvml
-        self._lock = threading.Lock()
+        super().__init__(nvml, threading.Lock())
         self._last = time.monotonic()
 
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._nvml, name)
-        if not callable(value) or not name.startswith("nvml"):
-            return value
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                now = time.monotonic()
-                self._nvml.advance(now - self._last)
-                self._last = now
-                return value(*args, **kwargs)
-
-        return call
+    def _call(self, function: Callable[..., object], *args: object, **kwargs: object) -> object:
+        with self._lock:
+            now = time.monotonic()
+            self._nvml.advance(now - self._last)
+            self._last = now
+            return function(*args, **kwargs)
 
 
 def pid_range(text: str) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,12 @@ class LockedNvml:
         value = getattr(self._nvml, name)
         if not callable(value) or not name.startswith("nvml"):
             return value
+        return partial(self._call, value)
 
-        def locked(*args: object, **kwargs: object) -> object:
-            with self._lock:
-                return value(*args, **kwargs)
-
-        return locked
+    def _call(self, function: Callable[..., object], *args: object, **kwargs: object) -> object:
+        """One NVML function called under the lock."""
+        with self._lock:
+            return function(*args, **kwargs)
 
 
 def healthy(address: str) -> bool:
