@@ -225,13 +225,15 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def _send_metrics(self) -> None:
         encoder, content_type = negotiate(self.headers.get("Accept", ""))
-        with self.server.scrapes.scrape():  # the sampler waits until the response is out, compressed and sent
+        # The sampler waits while the body is made and compressed, not while it is sent: a client that reads slowly
+        # would otherwise hold every pause point of a sample for its longest wait.
+        with self.server.scrapes.scrape():
             body = encoder(self.server.registry)
             headers = {}
             if "gzip" in self.headers.get("Accept-Encoding", ""):
                 body = gzip.compress(body, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
-            self._send(HTTPStatus.OK, body, content_type, headers)
+        self._send(HTTPStatus.OK, body, content_type, headers)
 
     def _send(
         self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None
