@@ -695,18 +695,15 @@ class ProcessGroups:
         Roots may be added to a group between calls; a root no longer passed stops being part of it. ``pause`` is
         called before each group (the sampler's lets a scrape go first, exporter/sampler.py: ScrapesFirst).
 
-        When the kernel created no process since the previous call (``ProcFS.last_created_pid``), no member can
-        have a new child, and the children lists of the previous call are used instead of reading each member's
-        ``children`` file again. A group that lost a member is walked again from the files, since a member may have
-        adopted the dead one's children. (A member that is a child subreaper adopting the orphans of a process
-        outside the group is seen at the next process creation anywhere.)
+        A member's ``children`` file is read again only when a task created since the previous call names it as
+        parent (``_children_lists_to_reuse``); the other members' lists of the previous call still hold. A group
+        that lost a member is walked again from the files, since a member may have adopted the dead one's children.
+        (A member that is a child subreaper adopting the orphans of a process outside the group is seen at the next
+        full read: when a root is added, or when a group loses a member.)
         """
-        added = self._take_added_roots()
-        created = self._procfs.last_created_pid()
-        unchanged = created is not None and created == self._last_created_pid and not added
-        self._last_created_pid = created
+        known = self._children_lists_to_reuse(self._take_added_roots())
         lists: dict[int, list[int]] = {}
-        children = _ChildLookup(self._procfs, self._files, lists, self._children_lists if unchanged else None)
+        children = _ChildLookup(self._procfs, self._files, lists, known)
         usage: dict[str, GroupUsage] = {}
         groups: dict[str, _Group] = {}
         memory: dict[ProcKey, _Memory] = {}
@@ -714,7 +711,7 @@ class ProcessGroups:
             pause()
             previous = self._groups.get(group_id)
             result = self._sample_group(tuple(root_pids), previous, children, memory)
-            if unchanged and previous is not None and result[1].members.keys() != previous.members.keys():
+            if known is not None and previous is not None and not previous.members.keys() <= result[1].members.keys():
                 fresh_children = _ChildLookup(self._procfs, self._files, lists)
                 result = self._sample_group(tuple(root_pids), previous, fresh_children, memory)
             usage[group_id], groups[group_id] = result
@@ -741,6 +738,32 @@ class ProcessGroups:
             self._walk(pid, roots[pid], children, fresh, None)
         with self._added_lock:
             self._added.append((group_id, roots, fresh))
+
+    def _children_lists_to_reuse(self, roots_added: bool) -> Mapping[int, list[int]] | None:
+        """The children lists of the previous sample that still hold, or None when every member's must be read.
+
+        The kernel hands out PIDs in increasing order until it wraps around, so the tasks created since the previous
+        sample have the PIDs after its ``last_created_pid``, up to the current one. Each of them that still exists
+        is read, threads too (a thread's parent is its process's parent: one list more is read than needed), and
+        their parents' lists are dropped. A child that was created and has exited already needs no reading: its
+        time is in its parent's cutime, or lost as it would be anyway. Every list is read when the PIDs wrapped
+        around, when more tasks were created than there are lists (reading each list is cheaper then), when a root
+        was added, or when this procfs cannot say (``ProcFS.last_created_pid``).
+        """
+        created = self._procfs.last_created_pid()
+        previous, self._last_created_pid = self._last_created_pid, created
+        lists = self._children_lists
+        if created is None or previous is None or roots_added or not 0 <= created - previous <= len(lists):
+            return None
+        parents: set[int] = set()
+        for pid in range(previous + 1, created + 1):
+            try:
+                stat = self._procfs.process(pid)
+            except HardwareUnreadable:  # another user's, under hidepid=1: its parent cannot be known
+                return None
+            if stat is not None:
+                parents.add(stat.ppid)
+        return {pid: children for pid, children in lists.items() if pid not in parents}
 
     def _take_added_roots(self) -> bool:
         """Merge the baselines ``add_roots`` queued into the groups, for roots the groups do not have yet; True

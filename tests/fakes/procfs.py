@@ -137,11 +137,13 @@ class FakeProc:
         self._write_loadavg()
 
     def _write_loadavg(self) -> None:
-        """Its last field changes whenever a process appears, as the kernel's latest new PID does (here a count)."""
-        created = {(process.pid, process.start) for process in self.processes.values()}
-        if not created <= self._created or not (self.root / "loadavg").exists():
-            self._created |= created
-            _write_atomically(self.root / "loadavg", f"0.00 0.00 0.00 1/{len(self.processes)} {len(self._created)}\n")
+        """Its last field is the PID of the process that appeared last, as the kernel's latest new PID."""
+        created = [(process.pid, process.start) for process in self.processes.values()]
+        new = [key for key in created if key not in self._created]
+        if new or not (self.root / "loadavg").exists():
+            self._created.update(new)
+            self._last_pid = new[-1][0] if new else 0
+            _write_atomically(self.root / "loadavg", f"0.00 0.00 0.00 1/{len(self.processes)} {self._last_pid}\n")
 
     def _write_stat(self) -> None:
         _write_atomically(self.root / "stat", f"cpu  {self.busy_ticks} 0 0 {self.idle_ticks} 0 0 0 0 0 0\n")

@@ -800,7 +800,7 @@ def test_fake_procfs_files_are_never_kept_open(fake: FakeProc):
     assert files.open_count == 0
 
 
-def test_children_lists_are_reused_while_no_process_is_created_and_read_again_once_one_is(tmp_path: Path):
+def test_children_lists_are_reused_but_for_the_parents_of_processes_created_since(tmp_path: Path):
     fake = FakeProc(tmp_path / "proc", children_files=True)
     fake.spawn(ROOT, 1, start=1000)
     fake.spawn(101, ROOT, start=1010)
@@ -812,7 +812,27 @@ def test_children_lists_are_reused_while_no_process_is_created_and_read_again_on
     usage = groups.sample({"run": (ROOT,)})["run"]
     assert (usage.processes, usage.cpu_seconds) == (2, pytest.approx(0.40))
 
-    fake.spawn(102, 101, start=1020, utime=10)  # a new process: every list is read again
+    fake.spawn(102, 101, start=1020, utime=10)  # a new process: its parent's list is read again, and only that one
+    usage = groups.sample({"run": (ROOT,)})["run"]
+    assert (usage.processes, usage.cpu_seconds) == (3, pytest.approx(0.10))
+
+    fake.spawn(103, 1, start=1030)  # a process outside the group: no member's list is read
+    fake.advance(0, 0, running={102: 20})
+    for pid in (ROOT, 101, 102):
+        (fake.root / str(pid) / "task" / str(pid) / "children").write_text("")
+    usage = groups.sample({"run": (ROOT,)})["run"]
+    assert (usage.processes, usage.cpu_seconds) == (3, pytest.approx(0.20))
+
+
+def test_every_children_list_is_read_again_once_the_pids_wrap_around(tmp_path: Path):
+    fake = FakeProc(tmp_path / "proc", children_files=True)
+    fake.spawn(ROOT, 1, start=1000)
+    fake.spawn(101, ROOT, start=1010)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT,)})
+
+    fake.spawn(50, ROOT, start=1020, utime=10)  # a PID below the last one: the kernel's PIDs wrapped around
+    fake.spawn(60, 1, start=1030)
     usage = groups.sample({"run": (ROOT,)})["run"]
     assert (usage.processes, usage.cpu_seconds) == (3, pytest.approx(0.10))
 
