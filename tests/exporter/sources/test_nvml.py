@@ -327,6 +327,26 @@ def test_a_process_seen_in_samples_but_gone_is_reported_without_memory() -> None
     assert source.sample().gpus[0].processes == (GpuProcess(101, GIB, 0.6), GpuProcess(104, None, 0.4))
 
 
+def test_an_idle_gpu_without_processes_is_not_asked_for_process_utilisation() -> None:
+    nvml = two_gpus()
+    a100 = nvml.gpus[0]
+    source = source_for(nvml)
+    for _ in range(3):
+        nvml.advance(1.0)
+        assert source.sample().gpus[0].processes == ()
+    assert nvml.calls.count("nvmlDeviceGetProcessUtilization") == 0
+
+    a100.utilization_percent, a100.slices = 50, [{104: 50}]  # a process ran and ended within the interval
+    nvml.advance(1.0)
+    assert source.sample().gpus[0].processes == (GpuProcess(104, None, 0.5),)
+    a100.utilization_percent, a100.slices = 0, []
+    nvml.advance(1.0)  # idle again, but a process ran in the previous interval: asked once more, then not
+    source.sample()
+    nvml.advance(1.0)
+    source.sample()
+    assert nvml.calls.count("nvmlDeviceGetProcessUtilization") == 2  # GPU 0 in those two samples, GPU 1 never
+
+
 def test_unsupported_process_utilisation_leaves_memory_only() -> None:
     nvml = two_gpus()
     a100 = nvml.gpus[0]
