@@ -1,5 +1,5 @@
-"""What reading real NVIDIA GPUs costs the exporter: the wall time of one ``NvmlSource.sample()`` and of each NVML
-function a sample calls, measured on this machine's GPUs through the real driver.
+"""What reading real NVIDIA GPUs costs the exporter: the wall and CPU time of one ``NvmlSource.sample()`` and of
+each NVML function a sample calls, measured on this machine's GPUs through the real driver.
 
     python -m benchmarks.nvml_sample --samples 300
 
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=300, help="samples in all, half idle, half loaded")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between samples (default: 0.1)")
     args = parser.parse_args(argv)
-    nvml = TimedNvml()
     try:
+        nvml = TimedNvml()
         source = NvmlSource(nvml)
     except HardwareNotFound as error:
         print(f"nvml_sample: {error}", file=sys.stderr)
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         idle = sample_seconds(source, args.samples // 2, args.interval)
         load = subprocess.Popen([sys.executable, "-c", GPU_LOAD], stdout=subprocess.PIPE, text=True)
         try:
-            load.stdout.readline()
+            if load.stdout.readline().strip() != "ready":
+                print("nvml_sample: the PyTorch load on GPU 0 did not start; is PyTorch with CUDA installed?",
+                      file=sys.stderr)
+                return 2
             nvml.seconds.clear()
             nvml.cpu_seconds.clear()
             loaded = sample_seconds(source, args.samples - args.samples // 2, args.interval)
@@ -94,18 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         source.close()
     print(f"GPU 0 under load: {reading.power_watts} W, {len(reading.processes)} process(es): "
           + ", ".join(f"pid {p.pid} SM {p.sm_utilization_ratio}" for p in reading.processes))
-    print("wall time:")
-    print_figures("NvmlSource.sample(), GPUs idle", idle[0])
-    print_figures("NvmlSource.sample(), GPU 0 loaded", loaded[0])
-    for name, durations in sorted(nvml.seconds.items()):
-        print_figures(f"  {name} (loaded)", durations)
-    print("CPU time of the calling thread:")
-    print_figures("NvmlSource.sample(), GPUs idle", idle[1])
-    print_figures("NvmlSource.sample(), GPU 0 loaded", loaded[1])
-    for name, durations in sorted(nvml.cpu_seconds.items()):
-        print_figures(f"  {name} (loaded)", durations)
+    timings = (("wall time", 0, nvml.seconds), ("CPU time of the calling thread", 1, nvml.cpu_seconds))
+    for title, index, per_call in timings:
+        print(f"{title}:")
+        print_figures("NvmlSource.sample(), GPUs idle", idle[index])
+        print_figures("NvmlSource.sample(), GPU 0 loaded", loaded[index])
+        for name, durations in sorted(per_call.items()):
+            print_figures(f"  {name} (loaded)", durations)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

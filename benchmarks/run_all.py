@@ -8,11 +8,14 @@ from __future__ import annotations
 import sys
 import time
 
-from benchmarks import accuracy, overhead, reporter, scrape
+from benchmarks import accuracy, nvml_sample, overhead, reporter, scrape
 
 
 def main() -> int:
-    benchmarks = (("overhead", overhead), ("scrape", scrape), ("accuracy", accuracy), ("reporter", reporter))
+    benchmarks = (
+        ("overhead", overhead), ("scrape", scrape), ("accuracy", accuracy), ("reporter", reporter),
+        ("nvml_sample", nvml_sample),  # real NVIDIA GPUs only: says so and returns elsewhere
+    )
     for name, benchmark in benchmarks:
         started = time.monotonic()
         print(f"\n=== {name} ===", flush=True)
