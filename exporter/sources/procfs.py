@@ -699,7 +699,7 @@ class ProcessGroups:
         parent (``_children_lists_to_reuse``); the other members' lists of the previous call still hold. A group
         that lost a member is walked again from the files, since a member may have adopted the dead one's children.
         (A member that is a child subreaper adopting the orphans of a process outside the group is seen at the next
-        full read: when a root is added, or when a group loses a member.)
+        full read: when a root is added, a group loses a member, or the PIDs wrap around.)
         """
         known = self._children_lists_to_reuse(self._take_added_roots())
         lists: dict[int, list[int]] = {}

@@ -142,8 +142,8 @@ class FakeProc:
         new = [key for key in created if key not in self._created]
         if new or not (self.root / "loadavg").exists():
             self._created.update(new)
-            self._last_pid = new[-1][0] if new else 0
-            _write_atomically(self.root / "loadavg", f"0.00 0.00 0.00 1/{len(self.processes)} {self._last_pid}\n")
+            last_pid = new[-1][0] if new else 0
+            _write_atomically(self.root / "loadavg", f"0.00 0.00 0.00 1/{len(self.processes)} {last_pid}\n")
 
     def _write_stat(self) -> None:
         _write_atomically(self.root / "stat", f"cpu  {self.busy_ticks} 0 0 {self.idle_ticks} 0 0 0 0 0 0\n")
