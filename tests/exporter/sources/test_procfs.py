@@ -800,12 +800,20 @@ def test_fake_procfs_files_are_never_kept_open(fake: FakeProc):
     assert files.open_count == 0
 
 
-def test_children_lists_are_reused_but_for_the_parents_of_processes_created_since(tmp_path: Path):
+def sampled_root_and_child(tmp_path: Path, grandchild: bool = False) -> tuple[FakeProc, ProcessGroups]:
+    """ROOT with child 101 (and 101's child 102, busy 0.3 s), sampled once as the group "run"."""
     fake = FakeProc(tmp_path / "proc", children_files=True)
     fake.spawn(ROOT, 1, start=1000)
     fake.spawn(101, ROOT, start=1010)
+    if grandchild:
+        fake.spawn(102, 101, start=1020, utime=30)
     groups = ProcessGroups(fake.procfs())
     groups.sample({"run": (ROOT,)})
+    return fake, groups
+
+
+def test_children_lists_are_reused_but_for_the_parents_of_processes_created_since(tmp_path: Path):
+    fake, groups = sampled_root_and_child(tmp_path)
 
     fake.advance(0, 0, running={101: 40})
     (fake.root / str(ROOT) / "task" / str(ROOT) / "children").write_text("")  # not read: nothing was created
@@ -825,11 +833,7 @@ def test_children_lists_are_reused_but_for_the_parents_of_processes_created_sinc
 
 
 def test_every_children_list_is_read_again_once_the_pids_wrap_around(tmp_path: Path):
-    fake = FakeProc(tmp_path / "proc", children_files=True)
-    fake.spawn(ROOT, 1, start=1000)
-    fake.spawn(101, ROOT, start=1010)
-    groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": (ROOT,)})
+    fake, groups = sampled_root_and_child(tmp_path)
 
     fake.spawn(50, ROOT, start=1020, utime=10)  # a PID below the last one: the kernel's PIDs wrapped around
     fake.spawn(60, 1, start=1030)
@@ -838,12 +842,7 @@ def test_every_children_list_is_read_again_once_the_pids_wrap_around(tmp_path: P
 
 
 def test_a_group_that_lost_a_member_is_walked_again_from_the_files(tmp_path: Path):
-    fake = FakeProc(tmp_path / "proc", children_files=True)
-    fake.spawn(ROOT, 1, start=1000)
-    fake.spawn(101, ROOT, start=1010)
-    fake.spawn(102, 101, start=1020, utime=30)
-    groups = ProcessGroups(fake.procfs())
-    groups.sample({"run": (ROOT,)})
+    fake, groups = sampled_root_and_child(tmp_path, grandchild=True)
 
     fake.vanish(101)  # 102 is orphaned; the root is its subreaper and adopts it (no process is created)
     fake.update(102, ppid=ROOT, utime=50)
