@@ -906,8 +906,8 @@ class ProcessGroups:
 class _ChildLookup:
     """``children(pid)`` for one sample. Without per-thread children files, one ``/proc`` scan serves every lookup.
 
-    Each answer is also put in ``seen``. With ``known`` (the previous sample's lists, when no process was created
-    since), a PID listed there is answered from it without a read.
+    Each answer is also put in ``seen``. With ``known`` (the previous sample's lists that still hold, see
+    ``ProcessGroups._children_lists_to_reuse``), a PID listed there is answered from it without a read.
     """
 
     def __init__(
