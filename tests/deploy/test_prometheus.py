@@ -134,9 +134,11 @@ def _evaluated_after(rule: dict[str, Any], moment: float) -> bool:
 def test_recording_rules_give_the_power_the_node_draws_and_how_it_is_shared(monitored: Monitored) -> None:
     prometheus, address = monitored.prometheus, monitored.node.address
     active = monitored.runs["active"]["run_id"]
-    wait_for(lambda: prometheus.query(f'run:impact_run_energy_joules:rate1m{{run_id="{active}"}}'), 20,
-             "the active run's power")
-    at = time.time() - 2  # every rule of a group has its sample of the same evaluation before this
+    # Four evaluations of each of the run's components span three seconds: the first lies before ``at``, and every
+    # rule of the group has its sample of the same evaluation before ``at``.
+    evaluated = f'count_over_time(run_component:impact_run_energy_joules:rate1m{{run_id="{active}"}}[1m]) >= 4'
+    wait_for(lambda: len(prometheus.query(evaluated)) == 3, 20, "four evaluations of the active run's power")
+    at = time.time() - 2
 
     def query(expr: str) -> list[dict[str, Any]]:
         return prometheus.query(expr, at=at)
