@@ -18,6 +18,7 @@ import selectors
 import socket
 import socketserver
 import struct
+import sys
 import threading
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 MAX_DISCARDED_BYTES = 16 * 1024 * 1024
 """The largest refused body read to its end so that its sender gets the 413 (see ExporterHandler._discard)."""
 
+CONNECTION_TIMEOUT_SECONDS = 300.0
+"""How long a connection may send or take nothing before it is closed. Prometheus keeps a connection idle between
+scrapes for up to 5 minutes; a client gone without closing its connection (killed, cut off) must not hold a thread
+forever."""
+
 LANDING_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>impact-exporter</title></head>
 <body>
@@ -50,7 +56,20 @@ LANDING_PAGE = """<!doctype html>
 """
 
 
-class ExporterServer(ThreadingHTTPServer):
+class RequestErrorsLogged:
+    """Both listeners' request errors go to the log, where socketserver would print a traceback to stderr: a client
+    that leaves mid-response (Prometheus at its scrape timeout) or goes quiet at debug level, anything else as an
+    error."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        caller, failure = client_address or "unix", sys.exc_info()[1]
+        if isinstance(failure, (ConnectionError, TimeoutError)):
+            log.debug("client %s went away: %s", caller, failure)
+        else:
+            log.exception("error while serving a request of %s", caller)
+
+
+class ExporterServer(RequestErrorsLogged, ThreadingHTTPServer):
     """The TCP listener: metrics for Prometheus, and the run API when a token is configured."""
 
     daemon_threads = True
@@ -111,7 +130,7 @@ def socket_in_use(path: Path) -> bool:
     return True
 
 
-class UnixExporterServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class UnixExporterServer(RequestErrorsLogged, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """The Unix socket listener of the run API; callers are identified by the kernel."""
 
     daemon_threads = True
@@ -154,6 +173,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
     server: ExporterServer | UnixExporterServer
     server_version = "impact-exporter"
     protocol_version = "HTTP/1.1"
+    timeout = CONNECTION_TIMEOUT_SECONDS
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urlsplit(self.path).path

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from experiment_impact_tracker.client import UnixHTTPConnection
-from exporter.http import ExporterServer, Listeners, UnixExporterServer
+from exporter.http import ExporterHandler, ExporterServer, Listeners, UnixExporterServer
 from tests.servers import short_socket_path
 
 
@@ -70,3 +74,63 @@ def test_the_listener_thread_sleeps_while_idle_serves_both_listeners_and_closes_
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, port), timeout=5)
     assert not unix.path.exists()
+
+
+@pytest.fixture
+def serving() -> Iterator[tuple[str, int]]:
+    """A TCP listener serving a registry with one metric whose help text makes the body 16 MiB: more than the
+    socket buffers hold, so sending it blocks until the client reads."""
+    registry = CollectorRegistry()
+    registry.register(HugeHelp())
+    server = ExporterServer("127.0.0.1", 0, registry, "test")
+    listeners = Listeners([server])
+    listeners.start()
+    yield server.server_address[:2]
+    listeners.close()
+
+
+class HugeHelp(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("huge", "x" * 16 * 1024 * 1024, value=1)
+
+
+def closed_by_server_at(client: socket.socket) -> float:
+    """When (``time.monotonic``) the server closes ``client``; it waits at most 5 s."""
+    client.settimeout(5)
+    while client.recv(65536):
+        pass
+    return time.monotonic()
+
+
+def test_a_connection_that_goes_quiet_is_closed_after_the_timeout(
+    serving: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert 60 <= ExporterHandler.timeout <= 600  # minutes: not forever, and not shorter than a scrape interval
+    monkeypatch.setattr(ExporterHandler, "timeout", 0.5)
+    with socket.create_connection(serving) as kept_alive, socket.create_connection(serving) as half_sent:
+        kept_alive.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert kept_alive.recv(65536).startswith(b"HTTP/1.1 200")
+        half_sent.sendall(b"GET /metrics HTTP/1.1\r\n")
+        quiet_since = time.monotonic()
+        assert closed_by_server_at(kept_alive) - quiet_since > 0.4
+        assert closed_by_server_at(half_sent) - quiet_since > 0.4
+
+
+def test_a_scraper_that_leaves_mid_response_is_logged_at_debug_level_not_printed(
+    serving: tuple[str, int], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Prometheus closes a scrape's connection at its scrape timeout, while the body is still being sent."""
+    caplog.set_level(logging.DEBUG, logger="exporter.http")
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(serving)
+        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        client.recv(4096)  # the body is being sent
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    deadline = time.monotonic() + 5
+    while not any("went away" in record.getMessage() for record in caplog.records):
+        assert time.monotonic() < deadline, "the reset connection was never logged"
+        time.sleep(0.05)
+    (record,) = [record for record in caplog.records if "went away" in record.getMessage()]
+    assert record.levelno == logging.DEBUG
+    assert capsys.readouterr().err == ""
