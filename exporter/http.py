@@ -37,10 +37,9 @@ log = logging.getLogger(__name__)
 MAX_DISCARDED_BYTES = 16 * 1024 * 1024
 """The largest refused body read to its end so that its sender gets the 413 (see ExporterHandler._discard)."""
 
-CONNECTION_TIMEOUT_SECONDS = 300.0
-"""How long a connection may send or take nothing before it is closed. Prometheus keeps a connection idle between
-scrapes for up to 5 minutes; a client gone without closing its connection (killed, cut off) must not hold a thread
-forever."""
+TCP_KEEPALIVE = {socket.TCP_KEEPIDLE: 15, socket.TCP_KEEPINTVL: 15, socket.TCP_KEEPCNT: 9}
+"""TCP keepalive of accepted connections, as Go's servers set it: a peer that vanished without closing (a host that
+died, a network cut off) is found after 2.5 minutes, and the thread waiting on it ends (issue #10)."""
 
 LANDING_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>impact-exporter</title></head>
@@ -58,7 +57,7 @@ LANDING_PAGE = """<!doctype html>
 
 class RequestErrorsLogged:
     """Both listeners' request errors go to the log, where socketserver would print a traceback to stderr: a client
-    that leaves mid-response (Prometheus at its scrape timeout) or goes quiet at debug level, anything else as an
+    that leaves mid-response (Prometheus at its scrape timeout) or vanishes at debug level, anything else as an
     error."""
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -88,11 +87,18 @@ class ExporterServer(RequestErrorsLogged, ThreadingHTTPServer):
         super().__init__((host, port), ExporterHandler)
 
     def get_request(self) -> tuple[socket.socket, object]:
-        """Accept a connection with Nagle's algorithm off, as Go's servers do: a response goes out as a small write of
-        headers and then the body, and on a kept-alive connection (Prometheus keeps them) Nagle holds the body's
-        last segment back until the client's delayed ACK, about 40 ms later."""
+        """Accept a connection with Nagle's algorithm off and TCP keepalive on, as Go's servers do.
+
+        Without Nagle: a response goes out as a small write of headers and then the body, and on a kept-alive
+        connection (Prometheus keeps them) Nagle holds the body's last segment back until the client's delayed ACK,
+        about 40 ms later. Keepalive rather than a socket timeout: with a timeout, Python polls before each read and
+        write, and a handler then takes the interpreter back twice per call, each time waiting for the sampler's
+        turn to end (up to 5 ms) while a sample runs."""
         connection, address = super().get_request()
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in TCP_KEEPALIVE.items():
+            connection.setsockopt(socket.IPPROTO_TCP, option, value)
         return connection, address
 
     def server_bind(self) -> None:
@@ -173,7 +179,6 @@ class ExporterHandler(BaseHTTPRequestHandler):
     server: ExporterServer | UnixExporterServer
     server_version = "impact-exporter"
     protocol_version = "HTTP/1.1"
-    timeout = CONNECTION_TIMEOUT_SECONDS
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urlsplit(self.path).path
