@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,34 +21,35 @@ from exporter.http import ExporterServer, Listeners, UnixExporterServer
 from tests.servers import short_socket_path
 
 
-def test_an_accepted_connection_has_nagle_off_so_a_kept_alive_scrape_is_not_held_for_a_delayed_ack() -> None:
+@contextmanager
+def accepted_connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A loopback connection to an ExporterServer: the socket the server accepted and the client's."""
     server = ExporterServer("127.0.0.1", 0, CollectorRegistry(), "test")
     try:
         with socket.create_connection(server.server_address[:2]) as client:
             accepted, _ = server.get_request()
             with accepted:
-                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-                assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the default it changes
+                yield accepted, client
     finally:
         server.server_close()
+
+
+def test_an_accepted_connection_has_nagle_off_so_a_kept_alive_scrape_is_not_held_for_a_delayed_ack() -> None:
+    with accepted_connection() as (accepted, client):
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the default it changes
 
 
 def test_an_accepted_connection_has_tcp_keepalive_so_a_peer_that_vanished_frees_its_thread() -> None:
     """A host that dies or is cut off never closes its connections; without keepalive a kept-alive scrape connection
     of it would hold its thread, waiting for the next request, forever."""
-    server = ExporterServer("127.0.0.1", 0, CollectorRegistry(), "test")
-    try:
-        with socket.create_connection(server.server_address[:2]) as client:
-            accepted, _ = server.get_request()
-            with accepted:
-                assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-                assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0  # the default it changes
-                probes = [accepted.getsockopt(socket.IPPROTO_TCP, option)
-                          for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)]
-                assert probes == [15, 15, 9]  # found dead 15 + 15 * 9 s after its last packet
-                assert accepted.gettimeout() is None  # blocking: one system call per read or write
-    finally:
-        server.server_close()
+    with accepted_connection() as (accepted, client):
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0  # the default it changes
+        probes = [accepted.getsockopt(socket.IPPROTO_TCP, option)
+                  for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)]
+        assert probes == [15, 15, 9]  # found dead 15 + 15 * 9 s after its last packet
+        assert accepted.gettimeout() is None  # blocking: one system call per read or write
 
 
 def context_switches(thread: threading.Thread) -> int:
