@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -281,13 +282,16 @@ def open_server(
     settings: Settings, registry: CollectorRegistry, api: RunAPI, scrapes: ScrapesFirst
 ) -> ExporterServer:
     """The HTTP server bound to the listen address; every interface falls back to IPv4 without IPv6."""
+    server_on = partial(
+        ExporterServer, port=settings.listen_port, registry=registry, version=__version__, api=api,
+        token=settings.api_token, scrapes=scrapes,
+    )
     try:
-        host = settings.listen_host
-        return ExporterServer(host, settings.listen_port, registry, __version__, api, settings.api_token, scrapes)
+        return server_on(settings.listen_host)
     except OSError:
         if settings.listen_host != "::":
             raise
-        return ExporterServer("0.0.0.0", settings.listen_port, registry, __version__, api, settings.api_token, scrapes)
+        return server_on("0.0.0.0")
 
 
 def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlSource | None:
