@@ -11,14 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from reporter import carbon
-from reporter.appendix import comparison_report, set_report
-from reporter.energy import RunFigures, run_figures
+from reporter.appendix import FailedRun, comparison_report, set_report
+from reporter.energy import run_figures
 from reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
 from reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_duration, parse_time
 from reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, run_info_selectors, write_archive
+from reporter.table import Listed, csv_frame, run_json, runs_table
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 DEFAULT_PROMETHEUS = "http://localhost:9090"
@@ -86,6 +85,26 @@ def carbon_parser() -> argparse.ArgumentParser:
     return parent
 
 
+RUNS_DESCRIPTION = """\
+One row per run, computed from its raw samples (docs/reporting.md).
+
+The table fits 100 columns for typical runs: long text is cut with "…", numbers have three
+significant figures in a unit chosen per value, and a value a run lacks is left blank.
+  run          the run id: whole up to 16 characters, else (a uuid) its first 8 characters,
+               more when needed to tell the rows apart
+  experiment, set, labels
+               as the run was registered; labels as name=value
+  start (UTC)  when the run started
+  duration     from start to end (to the last sample for a run still active)
+  energy       IT energy of every component, before PUE: mJ, J, Wh, kWh or MWh
+  CO2eq        kWh x PUE x grid intensity: µg, mg, g, kg or t; the line under the table
+               gives the PUE and the intensity
+  coverage     the share of the run its samples cover: below 100% Prometheus missed scrapes
+A run whose figures cannot be computed (no energy samples, say) is listed as "not measured",
+with the reason under the table, and the exit status is then 1.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="impact-report",
@@ -96,11 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs = commands.add_parser(
         "runs", parents=[prometheus_parser(), selection_parser(), carbon_parser()],
-        help="one row per run: energy, kWh, CO2eq, coverage",
-        description="One row per run: experiment, set, labels, start, duration, energy per component, kWh, "
-        "kg CO2eq and the share of the run covered by samples.",
+        help="one row per run: energy, CO2eq, coverage",
+        description=RUNS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    runs.add_argument("--format", choices=["table", "csv", "json"], default="table", help="(default: %(default)s)")
+    runs.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table",
+        help="table: for reading (above); csv: one row per run at full precision, the same columns on every "
+        "machine (cpu/dram/gpu energy in J and their methods, empty where a run has none), one label.<name> "
+        "column per label, not_measured with the reason; json: every figure, with hosts and methods "
+        "(default: %(default)s)",
+    )
+    runs.add_argument(
+        "--wide", action="store_true",
+        help="table: nothing cut or shortened: the full run id, every label, the start to the second, energy "
+        "per component, how each was measured, and why a run was not measured",
+    )
     archive = commands.add_parser(
         "archive", parents=[prometheus_parser(), selection_parser()],
         help="save runs' samples and metadata into run directories",
@@ -205,10 +234,20 @@ def interpret(args: argparse.Namespace) -> None:
         )
 
 
-def figures_for(args: argparse.Namespace, runs: list[Run]) -> list[RunFigures]:
-    """Each run's figures; a time-varying intensity is read from Prometheus over each run's window."""
+def figures_for(args: argparse.Namespace, runs: list[Run]) -> list[Listed]:
+    """Each run's figures, or why it has none (a FailedRun), so one unusable run does not hide the others.
+
+    A time-varying intensity is read from Prometheus over each run's window.
+    """
     series = intensity_reader(args)
-    return [run_figures(run, args.intensity, args.pue, series(run) if series else None) for run in runs]
+
+    def listed(run: Run) -> Listed:
+        try:
+            return run_figures(run, args.intensity, args.pue, series(run) if series else None)
+        except RunDataError as error:
+            return FailedRun(run, str(error))
+
+    return [listed(run) for run in runs]
 
 
 def intensity_reader(args: argparse.Namespace) -> Callable[[Run], Series] | None:
@@ -230,47 +269,32 @@ def intensity_series(client: PrometheusClient, query: str, run: Run) -> Series:
     return found[0]
 
 
-def run_rows(figures: list[RunFigures]) -> pd.DataFrame:
-    """The runs table: one row per run, energies in joules and kWh, carbon in kg, coverage as a fraction."""
-    components = sorted({c for f in figures for c in f.energy_joules})
-    rows = []
-    for f in figures:
-        run = f.run
-        row: dict[str, Any] = {
-            "run_id": run.run_id,
-            "experiment": run.experiment,
-            "set": run.set,
-            "labels": ",".join(f"{k}={v}" for k, v in sorted(run.labels.items())),
-            "start": pd.Timestamp(run.start_time, unit="s", tz="UTC").isoformat(timespec="seconds"),
-            "duration_s": round(f.duration_seconds, 1),
-        }
-        for component in components:
-            joules = f.energy_joules.get(component)
-            row[f"{component}_J"] = None if joules is None else round(joules, 1)
-            if joules is not None and not f.measured.get(component, False):
-                row[f"{component}_method"] = run.methods.get(component) or "unknown"
-        row |= {
-            "kWh": f.total_kwh,
-            "kgCO2eq": f.kg_co2eq,
-            "coverage": round(f.coverage.fraction, 4),
-        }
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def print_runs(args: argparse.Namespace, figures: list[RunFigures]) -> None:
+def print_runs(args: argparse.Namespace, listed: list[Listed]) -> None:
+    """Print the runs in the chosen format; the world-average note goes to stderr, or into the JSON's "notes"."""
     if args.format == "json":
-        notes = [carbon.WORLD_AVERAGE_NOTE] if figures and figures[0].intensity.is_default else []
-        json.dump({"runs": [f.as_json() for f in figures], "notes": notes}, sys.stdout, indent=2)
+        notes = [carbon.WORLD_AVERAGE_NOTE] if args.intensity.is_default else []
+        document = {"runs": [run_json(item) for item in listed], "notes": notes}
+        json.dump(document, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
         return
-    table = run_rows(figures)
     if args.format == "csv":
-        table.to_csv(sys.stdout, index=False)
+        csv_frame(listed).to_csv(sys.stdout, index=False)
     else:
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
-    if figures and figures[0].intensity.is_default:
+        sys.stdout.write(runs_table(listed, args.intensity, args.pue, wide=args.wide))
+    if args.intensity.is_default:
         print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
+
+
+def list_runs(args: argparse.Namespace) -> None:
+    """The ``runs`` command: every selected run is listed; RunDataError afterwards if some could not be measured."""
+    listed = figures_for(args, select_runs(args))
+    print_runs(args, listed)
+    failed = [item for item in listed if isinstance(item, FailedRun)]
+    if failed:
+        raise RunDataError(
+            f"{len(failed)} of {len(listed)} runs not measured ({', '.join(f.run.run_id for f in failed)}): "
+            "they are listed with the reason"
+        )
 
 
 def archive_runs(args: argparse.Namespace, runs: list[Run]) -> None:
@@ -351,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := usage_problem(args)) is not None:
         return problem
     if args.command == "runs":
-        return run_command(lambda: print_runs(args, figures_for(args, select_runs(args))))
+        return run_command(lambda: list_runs(args))
     if args.command == "archive":
         return run_command(lambda: archive_runs(args, select_runs(args)))
     return run_command(lambda: write_appendices(args, appendix_sets(args, args.usage)))
