@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -617,6 +617,8 @@ class ProcFS:
 
 ProcKey = tuple[int, int]  # (pid, start_ticks)
 _Memory = tuple[int, float, int]  # a member's memory reading: (bytes, when read, RSS in pages then)
+_Baseline = tuple[str, dict[int, "int | None"], dict[ProcKey, "ProcStat"], dict[ProcKey, "ProcStat"]]
+# what add_roots queues: group id, roots' start times, members, roots' parents
 
 
 @dataclass(frozen=True)
@@ -637,6 +639,17 @@ class _Group:
 
     roots: Mapping[int, int | None]
     members: Mapping[ProcKey, ProcStat]
+    reapers: Mapping[ProcKey, ProcStat] = field(default_factory=dict)  # live root -> its parent outside the group
+
+
+@dataclass(frozen=True)
+class _Walked:
+    """One group's tree as a sample finds it, before its usage is worked out: roots' start times, the members
+    known before (``members``) and those of roots new to the group (``fresh``)."""
+
+    roots: Mapping[int, int | None]
+    members: dict[ProcKey, ProcStat]
+    fresh: dict[ProcKey, ProcStat]
 
 
 class ProcessGroups:
@@ -654,6 +667,16 @@ class ProcessGroups:
     but no longer a descendant (orphaned to init). Their time up to the previous sample stays counted, and later time
     is not the group's. So children that fork and exit between two samples are not lost, as long as a member reaps
     them. A process under two roots of one group is counted once.
+
+    A root's parent is usually outside the group (impact-run, a shell, a job launcher), and it reaps the root when
+    the root exits: the root's whole CPU time then lands in that parent's cutime. So the stat of each live root's
+    parent is kept with each sample (and with the baseline ``add_roots`` takes), and when a root has died since,
+    the rise of that same parent's cutime+cstime stands in for the root's final total. This is what gives a run
+    that starts and ends between two samples (a 0.3 s command under impact-run, which reaps it before it stops
+    the run) its CPU time, and every run the CPU its root used after the last sample. Roots reaped by one parent
+    in the same interval share the rise beyond their last-seen totals equally. A parent that also reaps other
+    children in that interval gives their time to the root too; a parent that ignores SIGCHLD, or init (pid 1,
+    which reaps every orphan), gives nothing, and the root's time after the last sample is lost as before.
 
     Limits: a member that ignores SIGCHLD has its children auto-reaped, and their time is added to no one. Their
     last counted time is then subtracted anyway, and the interval is clamped at 0. On the first sample of a group,
@@ -682,7 +705,7 @@ class ProcessGroups:
         self._clock = clock
         self._memory: dict[ProcKey, _Memory] = {}  # the readings of the members at the last sample
         self._files = procfs.open_files()  # members' stat and children files stay open between samples
-        self._added: list[tuple[str, dict[int, int | None], dict[ProcKey, ProcStat]]] = []  # add_roots' baselines
+        self._added: list[_Baseline] = []  # add_roots' baselines
         self._added_lock = threading.Lock()
         self._last_created_pid: int | None = None
         self._children_lists: dict[int, list[int]] = {}  # the children of each member walked at the last sample
@@ -707,14 +730,22 @@ class ProcessGroups:
         usage: dict[str, GroupUsage] = {}
         groups: dict[str, _Group] = {}
         memory: dict[ProcKey, _Memory] = {}
+        walked: dict[str, _Walked] = {}
         for group_id, root_pids in roots.items():
             pause()
             previous = self._groups.get(group_id)
-            result = self._sample_group(tuple(root_pids), previous, children, memory)
-            if known is not None and previous is not None and not previous.members.keys() <= result[1].members.keys():
-                fresh_children = _ChildLookup(self._procfs, self._files, lists)
-                result = self._sample_group(tuple(root_pids), previous, fresh_children, memory)
-            usage[group_id], groups[group_id] = result
+            walk = self._walk_group(tuple(root_pids), previous, children)
+            if known is not None and previous is not None and not previous.members.keys() <= (
+                walk.members.keys() | walk.fresh.keys()
+            ):
+                walk = self._walk_group(tuple(root_pids), previous, _ChildLookup(self._procfs, self._files, lists))
+            walked[group_id] = walk
+        exited = self._exited_roots(walked)
+        parents: dict[int, ProcStat | None] = {}
+        for group_id, walk in walked.items():
+            usage[group_id], groups[group_id] = self._group_usage(
+                walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents
+            )
         self._groups = groups
         self._memory = memory
         self._children_lists = lists
@@ -736,8 +767,9 @@ class ProcessGroups:
             stat = self._procfs.process(pid)  # without the open files: those belong to the sampling thread
             roots[pid] = stat.start_ticks if stat is not None else None
             self._walk(pid, roots[pid], children, fresh, None)
+        reapers = self._reapers(roots, fresh, {}, None)
         with self._added_lock:
-            self._added.append((group_id, roots, fresh))
+            self._added.append((group_id, roots, fresh, reapers))
 
     def _children_lists_to_reuse(self, roots_added: bool) -> Mapping[int, list[int]] | None:
         """The children lists of the previous sample that still hold, or None when every member's must be read.
@@ -770,13 +802,14 @@ class ProcessGroups:
         when there were any."""
         with self._added_lock:
             added, self._added = self._added, []
-        for group_id, roots, baseline in added:
+        for group_id, roots, baseline, reapers in added:
             previous = self._groups.get(group_id)
             known = previous.roots if previous is not None else {}
             if all(pid in known for pid in roots):
                 continue
             members = {**baseline, **(previous.members if previous is not None else {})}
-            self._groups[group_id] = _Group({**roots, **known}, members)
+            kept = {**reapers, **(previous.reapers if previous is not None else {})}
+            self._groups[group_id] = _Group({**roots, **known}, members, kept)
         return bool(added)
 
     def _group_memory(self, members: Mapping[ProcKey, ProcStat], now: float, kept: dict[ProcKey, _Memory]) -> int:
@@ -799,15 +832,10 @@ class ProcessGroups:
             total += reading[0]
         return total
 
-    def _sample_group(
-        self,
-        root_pids: tuple[int, ...],
-        previous: _Group | None,
-        children: Callable[[int, int], list[int]],
-        memory: dict[ProcKey, _Memory],
-    ) -> tuple[GroupUsage, _Group]:
-        """Usage of one group and the state to keep for the next sample; its members' memory readings go to
-        ``memory``."""
+    def _walk_group(
+        self, root_pids: tuple[int, ...], previous: _Group | None, children: Callable[[int, int], list[int]]
+    ) -> _Walked:
+        """The group's members now: those under roots it had (``members``) and under roots new to it (``fresh``)."""
         known = previous.roots if previous is not None else {}
         roots = {pid: known[pid] if pid in known else self._start_ticks(pid) for pid in root_pids}
         members: dict[ProcKey, ProcStat] = {}
@@ -818,13 +846,27 @@ class ProcessGroups:
         for pid in root_pids:
             if pid not in known:
                 self._walk(pid, roots[pid], children, fresh, self._files)
+        return _Walked(roots, members, fresh)
+
+    def _group_usage(
+        self,
+        walk: _Walked,
+        previous: _Group | None,
+        exited: Mapping[ProcKey, ProcStat],
+        memory: dict[ProcKey, _Memory],
+        parents: dict[int, ProcStat | None],
+    ) -> tuple[GroupUsage, _Group]:
+        """Usage of one group and the state to keep for the next sample; its members' memory readings go to
+        ``memory``. ``exited``: its roots that died since the previous sample, with their final totals as their
+        reaper shows them (``_exited_roots``); ``parents``: the parents read in this sample, shared by groups."""
+        members, fresh = walk.members, walk.fresh
         if previous is None:
             cpu_seconds = 0.0
         elif fresh:
             before = {**fresh, **previous.members}
-            cpu_seconds = self._interval_cpu(before, {**fresh, **members})
+            cpu_seconds = self._interval_cpu(before, {**fresh, **members, **exited})
         else:  # the usual case: no root joined since the previous sample
-            cpu_seconds = self._interval_cpu(previous.members, members)
+            cpu_seconds = self._interval_cpu(previous.members, {**members, **exited} if exited else members)
         members.update(fresh)
         now = self._clock()
         usage = GroupUsage(
@@ -834,11 +876,74 @@ class ProcessGroups:
             pids=frozenset(pid for pid, _ in members),
             root_alive=any(
                 (stat := members.get((pid, start))) is not None and stat.state not in ("Z", "X")
-                for pid, start in roots.items()
+                for pid, start in walk.roots.items()
                 if start is not None
             ),
         )
-        return usage, _Group(roots, members)
+        return usage, _Group(walk.roots, members, self._reapers(walk.roots, members, parents, self._files))
+
+    def _reapers(
+        self,
+        roots: Mapping[int, int | None],
+        members: Mapping[ProcKey, ProcStat],
+        parents: dict[int, ProcStat | None],
+        files: OpenFiles | None,
+    ) -> dict[ProcKey, ProcStat]:
+        """Each live root's parent as it is now, where that parent is outside the group and not init: the process
+        that will reap the root and so hold its final CPU time. ``parents`` caches reads within one sample."""
+        member_pids = {pid for pid, _ in members}
+        reapers: dict[ProcKey, ProcStat] = {}
+        for pid, start in roots.items():
+            root = members.get((pid, start)) if start is not None else None
+            if root is None or root.ppid <= 1 or root.ppid in member_pids:
+                continue
+            if root.ppid not in parents:
+                try:
+                    parents[root.ppid] = self._procfs.process(root.ppid, files)
+                except SourceError:  # not readable (hidepid): this root's last moments stay uncounted
+                    parents[root.ppid] = None
+            parent = parents[root.ppid]
+            if parent is not None:
+                reapers[root.key] = parent
+        return reapers
+
+    def _exited_roots(self, walked: Mapping[str, _Walked]) -> dict[str, dict[ProcKey, ProcStat]]:
+        """Per group, its roots that died since the previous sample and whose parent has since reaped them, each
+        with its total CPU time replaced by its final one (see the class docstring).
+
+        A parent's cutime+cstime rises by the whole total of each child it reaps; minus the totals the roots it
+        reaped had at their last sample, the rest is what they used since, shared equally among them. A rise
+        smaller than those totals means the parent did not reap them all, and none is given anything.
+        """
+        claims: dict[ProcKey, list[tuple[str, ProcStat, ProcStat]]] = {}
+        for group_id, walk in walked.items():
+            previous = self._groups.get(group_id)
+            if previous is None:
+                continue
+            present = walk.members.keys() | walk.fresh.keys()
+            for (pid, start), parent in previous.reapers.items():
+                root = previous.members.get((pid, start))
+                if root is None or (pid, start) in present or walk.roots.get(pid) != start:
+                    continue
+                claims.setdefault(parent.key, []).append((group_id, root, parent))
+        exited: dict[str, dict[ProcKey, ProcStat]] = {}
+        for (parent_pid, parent_start), claimed in claims.items():
+            try:
+                parent = self._procfs.process(parent_pid, self._files)
+                if parent is None or parent.start_ticks != parent_start or any(
+                    self._still_alive(root.key) for _, root, _ in claimed
+                ):
+                    continue
+            except SourceError:
+                continue
+            rise = parent.children_cpu_seconds - min(before.children_cpu_seconds for _, _, before in claimed)
+            since = rise - sum(root.total_cpu_seconds for _, root, _ in claimed)
+            if since < 0:
+                continue
+            for group_id, root, _ in claimed:
+                final = root._replace(cpu_seconds=root.cpu_seconds + since / len(claimed))
+                exited.setdefault(group_id, {})[root.key] = final
+        return exited
 
     def _start_ticks(self, pid: int) -> int | None:
         """Start time of ``pid`` now, or None when it is gone: the identity a root keeps for its whole run."""

@@ -426,6 +426,69 @@ def test_root_reaped_by_its_outside_parent_keeps_counted_time(fake: FakeProc):
     assert usage.processes == 0
 
 
+LAUNCHER = 50  # impact-run, a shell or a test: the parent outside the run that waits for its root
+
+
+def test_root_reaped_by_its_launcher_counts_its_last_moments_and_its_reaped_child_once(fake: FakeProc):
+    fake.spawn(LAUNCHER, 1, start=500, cutime=300)  # it reaped other children before the run
+    fake.spawn(ROOT, LAUNCHER, start=1000, utime=10)
+    fake.spawn(101, ROOT, start=1010, utime=60)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT,)})
+
+    fake.run(ROOT, 7)
+    fake.run(101, 10)
+    fake.reap(101)  # 101's whole 70 ticks move into ROOT's cutime
+    fake.reap(ROOT)  # the launcher waits for the root: 10 + 7 + 70 ticks move into its cutime
+
+    usage = groups.sample({"run": (ROOT,)})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.17)  # what both used since the first sample, 101's counted once
+    assert usage.processes == 0
+
+
+def test_a_run_that_starts_and_ends_between_two_samples_gets_its_cpu_time(fake: FakeProc):
+    fake.spawn(LAUNCHER, 1, start=500)
+    fake.spawn(ROOT, LAUNCHER, start=1000, utime=4)  # its start-up before registration is not the run's
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({})
+    groups.add_roots("run", [ROOT])  # registered
+
+    fake.run(ROOT, 30)  # a 0.3 s busy command
+    fake.reap(ROOT)  # it exits and its launcher reaps it, before any sample saw it
+
+    usage = groups.sample({"run": (ROOT,)})["run"]
+    assert usage.cpu_seconds == pytest.approx(0.30)
+    assert usage.processes == 0
+
+
+def test_two_roots_reaped_by_one_launcher_in_one_interval_share_what_they_used_since(fake: FakeProc):
+    fake.spawn(LAUNCHER, 1, start=500)
+    fake.spawn(ROOT, LAUNCHER, start=1000, utime=10)
+    fake.spawn(300, LAUNCHER, start=1300, utime=20)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"a": (ROOT,), "b": (300,)})
+
+    fake.run(ROOT, 10)
+    fake.run(300, 30)
+    fake.reap(ROOT)
+    fake.reap(300)
+
+    usage = groups.sample({"a": (ROOT,), "b": (300,)})
+    assert usage["a"].cpu_seconds + usage["b"].cpu_seconds == pytest.approx(0.40)  # nothing counted twice
+    assert usage["a"].cpu_seconds == pytest.approx(0.20)  # which one used what cannot be told apart
+
+
+def test_a_root_its_launcher_did_not_reap_gets_nothing_more(fake: FakeProc):
+    fake.spawn(LAUNCHER, 1, start=500)
+    fake.spawn(ROOT, LAUNCHER, start=1000, utime=10)
+    groups = ProcessGroups(fake.procfs())
+    groups.sample({"run": (ROOT,)})
+
+    fake.run(ROOT, 10)
+    fake.vanish(ROOT)  # the launcher ignores SIGCHLD: the kernel reaps the root and adds its time to no one
+
+    assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == 0.0
+
 def test_zombie_root_counts_its_reaped_children_but_is_not_alive(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, utime=10)
     fake.spawn(101, ROOT, start=1010, utime=60)
