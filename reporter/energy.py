@@ -2,7 +2,8 @@
 
 Everything here takes numpy arrays of raw samples (as Prometheus stored them) and extrapolates nothing: a
 run's counters start at 0 when the run starts, so its total is the last value plus whatever a counter reset
-(an exporter restarted without its state) hid.
+(an exporter restarted without its state) hid, and its first sample holds the energy since the start. Its
+counters stop moving when it ends, so a sample taken at or after the end holds its final value.
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ from reporter.runs import Run, RunDataError
 class Coverage:
     """How much of a run's window its samples cover.
 
-    ``fraction`` is the covered share of the window: each stretch between two consecutive samples (and from
-    the run's start to the first, and from the last to its end) counts as covered up to one expected scrape
-    interval; the rest of a longer stretch is a gap. ``largest_gap_seconds`` is the longest stretch.
+    ``fraction`` is the covered share of the window: each stretch between two consecutive samples counts as
+    covered up to one expected scrape interval, and the rest of a longer stretch is a gap. The run's start is a
+    known point (its counters are 0 there), so the stretch from the start to the first sample counts like any
+    other. The stretch from the last sample inside the run to its end counts only when a sample at or after
+    the end holds the final counters (the exporter keeps finished runs exported, so the next scrape does): the
+    counters stop at the end, so that sample measures the stretch however late it came. A run shorter than one
+    interval whose final counters were scraped is thus fully covered, with ``samples`` 0. Without such a
+    sample the last stretch is a gap, since the energy of the run's last moments was never scraped.
+    ``largest_gap_seconds`` is the longest stretch; ``samples`` counts the samples in [start, end].
     """
 
     fraction: float
@@ -52,7 +59,11 @@ def counter_total(values: np.ndarray) -> float:
     return float(running_total(values)[-1]) if len(values) else 0.0
 
 
-def expected_interval(timestamps: np.ndarray, default: float = 15.0) -> float:
+DEFAULT_INTERVAL_SECONDS = 15.0
+"""The scrape interval assumed when the samples cannot show one (fewer than two): Prometheus' default."""
+
+
+def expected_interval(timestamps: np.ndarray, default: float = DEFAULT_INTERVAL_SECONDS) -> float:
     """The usual spacing of the samples (their median step): the scrape interval as the samples show it."""
     if len(timestamps) < 2:
         return default
@@ -60,16 +71,21 @@ def expected_interval(timestamps: np.ndarray, default: float = 15.0) -> float:
 
 
 def coverage(timestamps: np.ndarray, start: float, end: float, interval: float) -> Coverage:
-    """How well samples at ``timestamps`` cover the window [start, end] at the given scrape interval."""
+    """How well samples at ``timestamps`` cover the run [start, end] at the given scrape interval (see Coverage)."""
     duration = end - start
-    inside = timestamps[(timestamps >= start) & (timestamps <= end)]
+    inside = np.sort(timestamps[(timestamps >= start) & (timestamps <= end)])
+    final_scraped = bool(np.any(timestamps >= end))
     if duration <= 0:
-        return Coverage(1.0 if len(inside) else 0.0, 0.0, len(inside))
-    edges = np.concatenate(([start], inside, [end]))
-    stretches = np.diff(edges)
-    covered = np.minimum(stretches, interval).sum() if len(inside) else 0.0
+        return Coverage(1.0 if final_scraped else 0.0, 0.0, len(inside))
+    points = inside[inside > start]
+    if len(points) and points[-1] >= end:
+        points = points[:-1]
+    stretches = np.diff(np.concatenate(([start], points, [end])))
+    covered = np.minimum(stretches, interval)
+    if not final_scraped:
+        covered[-1] = 0.0
     return Coverage(
-        fraction=float(min(1.0, covered / duration)),
+        fraction=float(min(1.0, covered.sum() / duration)),
         largest_gap_seconds=float(stretches.max()),
         samples=len(inside),
     )
@@ -81,6 +97,11 @@ class RunFigures:
 
     Energies are IT energy as measured (``*_pue`` adds the facility's overhead); ``measured`` says per
     component whether it came from hardware counters (RAPL, NVML) rather than an estimate.
+    ``sample_interval_seconds`` is the scrape interval as the run's samples show it (their median step, the
+    coarsest over its nodes; 15 s when no node has two samples). ``power`` is the run's power per interval of
+    that length from its start, the last one cut at its end: nothing before the start or after the end.
+    ``peak_power_watts`` is the highest power over one whole such interval, None when the run is shorter than
+    one interval (its power is then known only as the average).
     """
 
     run: Run
@@ -94,13 +115,14 @@ class RunFigures:
     intensity_g_per_kwh: float
     pue: float
     average_power_watts: float
-    peak_power_watts: float
+    peak_power_watts: float | None
     cpu_hours: float
     gpu_hours: float | None
     coverage: Coverage
     resets: int  # exporter restarts without state seen during the run, over all nodes
     measured: Mapping[str, bool]
-    power: pd.DataFrame  # columns: timestamp, component, watts (summed over nodes), for figures
+    power: pd.DataFrame  # columns: timestamp (an interval's end, unix s), component, watts (summed over nodes)
+    sample_interval_seconds: float
 
     def as_json(self) -> dict[str, Any]:
         """The run's metadata and figures as JSON-able data (``impact-report runs --format json``, appendix.json)."""
@@ -122,6 +144,7 @@ class RunFigures:
             "gpu_hours": self.gpu_hours,
             "coverage": self.coverage.fraction,
             "largest_gap_seconds": self.coverage.largest_gap_seconds,
+            "sample_interval_seconds": self.sample_interval_seconds,
             "counter_resets": self.resets,
             "measured": dict(self.measured),
         }
@@ -133,7 +156,12 @@ MEASURED_METHODS = frozenset({"rapl", "nvml-counter", "nvml-power"})
 def run_figures(
     run: Run, intensity: CarbonIntensity, pue: float, intensity_series: TimeSeries | None = None
 ) -> RunFigures:
-    """Totals, power, hours, coverage and carbon of one run; RunDataError when it has no samples."""
+    """Totals, power, hours, coverage and carbon of one run.
+
+    RunDataError when the run has no energy samples, or when its energy counters never moved: a run whose
+    counters stayed at 0 was not measured (its processes' CPU time was lost, or the hardware counters did not
+    move), and a zero would enter means and tests as a real figure.
+    """
     samples = run.samples
     energy_rows = samples[samples["metric"] == "impact_run_energy_joules_total"]
     if energy_rows.empty:
@@ -151,15 +179,25 @@ def run_figures(
         energy[component] += counter_total(values)
         resets.update((instance, t) for t in series["timestamp"].to_numpy()[1:][np.diff(values) < 0])
     total_joules = float(sum(energy.values()))
-    power = component_power(energy_rows)
+    cpu_hours = counter_hours(samples, "impact_run_cpu_seconds_total")
+    if total_joules <= 0:
+        used = f"although it used {cpu_hours * 3600:.3g} CPU-seconds" if cpu_hours else "and it recorded no CPU time"
+        raise RunDataError(
+            f"run {run.run_id} ({run.experiment} {run.set}) was not measured: its energy counters never moved {used}; "
+            "its processes may have exited before the exporter sampled them (exporters that lost a root's last "
+            "CPU time), or the node's energy counters did not count"
+        )
+    interval = sample_interval(energy_rows)
+    power = component_power(energy_rows, run.start_time, end, interval)
     grid_power = power.groupby("timestamp")["watts"].sum()
     if intensity.g_per_kwh is not None:
         g_per_kwh = intensity.g_per_kwh
     elif intensity_series is not None and len(grid_power) and grid_power.sum() > 0:
         # The energy-weighted intensity over the sampled part of the run, applied to all of its energy.
-        interval = expected_interval(grid_power.index.to_numpy())
-        grams = integrate_intensity(grid_power.index.to_numpy() - interval, grid_power.to_numpy(), intensity_series)
-        g_per_kwh = grams / kwh_from_joules(float(grid_power.sum()) * interval)
+        ends = grid_power.index.to_numpy()
+        edges = np.concatenate(([run.start_time], ends))
+        grams = integrate_intensity(edges, np.append(grid_power.to_numpy(), 0.0), intensity_series)
+        g_per_kwh = grams / kwh_from_joules(float(np.sum(grid_power.to_numpy() * np.diff(edges))))
     else:
         raise RunDataError(f"run {run.run_id}: the carbon intensity series has no data for the run")
     cover = run_coverage(energy_rows, run.start_time, end)
@@ -176,13 +214,14 @@ def run_figures(
         intensity_g_per_kwh=g_per_kwh,
         pue=pue,
         average_power_watts=total_joules / duration if duration > 0 else 0.0,
-        peak_power_watts=float(grid_power.max()) if len(grid_power) else 0.0,
-        cpu_hours=counter_hours(samples, "impact_run_cpu_seconds_total") or 0.0,
+        peak_power_watts=peak_power(grid_power, run.start_time, interval),
+        cpu_hours=cpu_hours or 0.0,
         gpu_hours=counter_hours(samples, "impact_run_gpu_seconds_total"),
         coverage=cover,
         resets=len(resets),
         measured={component: run.methods.get(component, "") in MEASURED_METHODS for component in energy},
         power=power,
+        sample_interval_seconds=interval,
     )
 
 
@@ -198,24 +237,80 @@ def counter_hours(samples: pd.DataFrame, metric: str) -> float | None:
     return seconds / 3600.0
 
 
-def component_power(energy_rows: pd.DataFrame) -> pd.DataFrame:
-    """Power per component over time, summed over nodes on a common grid of the scrape interval."""
+def sample_interval(energy_rows: pd.DataFrame) -> float:
+    """The scrape interval as a run's energy samples show it: the coarsest node's median step."""
+    steps = [
+        expected_interval(np.sort(rows["timestamp"].unique()))
+        for _, rows in energy_rows.groupby("instance")
+        if rows["timestamp"].nunique() >= 2
+    ]
+    return max(steps) if steps else DEFAULT_INTERVAL_SECONDS
+
+
+def power_grid(start: float, end: float, interval: float) -> np.ndarray:
+    """The edges of a run's power intervals: every ``interval`` from its start, the last one cut at its end."""
+    if end <= start:
+        return np.array([start], dtype=np.float64)
+    grid = np.arange(start, end, interval, dtype=np.float64)
+    if end - grid[-1] <= interval * 1e-9:
+        grid = grid[:-1]
+    return np.append(grid, end)
+
+
+def energy_since_start(
+    timestamps: np.ndarray, values: np.ndarray, start: float, end: float, at: np.ndarray
+) -> np.ndarray:
+    """One node's energy of a run counter from the run's start until each time in ``at`` (within [start, end]).
+
+    The counter is 0 at the start; a sample inside the run holds the energy until then; the first sample at or
+    after the end holds the run's final energy, which it reached at the end. Between known points the energy
+    grows linearly; past the last known point (the final counters never scraped) it is unknown: NaN.
+    """
+    order = np.argsort(timestamps, kind="stable")
+    t, total = timestamps[order], running_total(values[order])
+    inside = (t > start) & (t < end)
+    known_t, known_e = [start, *t[inside]], [0.0, *total[inside]]
+    after = np.flatnonzero(t >= end)
+    if len(after) and end > start:
+        known_t.append(end)
+        known_e.append(float(total[after[0]]))
+    energy = np.interp(at, known_t, known_e)
+    energy[at > known_t[-1]] = np.nan
+    return energy
+
+
+def component_power(energy_rows: pd.DataFrame, start: float, end: float, interval: float) -> pd.DataFrame:
+    """Power per component over [start, end], summed over nodes, on the grid of ``power_grid``.
+
+    Each row is one interval: ``timestamp`` its end (unix seconds), ``watts`` its mean power. The first interval
+    begins at the run's start, where the counters were 0, and none reaches past the end. Intervals no node's
+    samples close (the final counters never scraped) are left out.
+    """
+    grid = power_grid(start, end, interval)
     frames = []
-    for component, rows in energy_rows.groupby("component", sort=True):
-        timestamps = np.sort(rows["timestamp"].unique())
-        interval = expected_interval(timestamps)
-        grid = np.arange(timestamps[0], timestamps[-1] + interval / 2, interval)
-        if len(grid) < 2:
-            continue
-        cumulative = np.zeros(len(grid))
-        for _, series in rows.groupby("instance"):
-            series = series.sort_values("timestamp")
-            cumulative += np.interp(grid, series["timestamp"].to_numpy(), running_total(series["value"].to_numpy()))
-        watts = np.diff(cumulative) / interval
-        frames.append(pd.DataFrame({"timestamp": grid[1:], "component": component, "watts": watts}))
+    if len(grid) >= 2:
+        for component, rows in energy_rows.groupby("component", sort=True):
+            cumulative = np.zeros(len(grid))
+            for _, series in rows.groupby("instance"):
+                cumulative += energy_since_start(
+                    series["timestamp"].to_numpy(dtype=np.float64), series["value"].to_numpy(dtype=np.float64),
+                    start, end, grid,
+                )
+            watts = np.diff(cumulative) / np.diff(grid)
+            known = np.isfinite(watts)
+            frames.append(pd.DataFrame({"timestamp": grid[1:][known], "component": component, "watts": watts[known]}))
     if not frames:
         return pd.DataFrame(columns=["timestamp", "component", "watts"])
     return pd.concat(frames, ignore_index=True)
+
+
+def peak_power(grid_power: pd.Series, start: float, interval: float) -> float | None:
+    """The highest power over one whole interval of ``power_grid`` (``grid_power`` is indexed by interval end);
+    None when there is none: a run shorter than one interval is known only by its average."""
+    since_start = grid_power.index.to_numpy(dtype=np.float64) - start
+    opened = (np.ceil(since_start / interval - 1e-9) - 1) * interval  # each interval's start, from the run's start
+    whole = since_start - opened >= interval * (1 - 1e-9)
+    return float(grid_power.to_numpy()[whole].max()) if whole.any() else None
 
 
 def run_coverage(energy_rows: pd.DataFrame, start: float, end: float) -> Coverage:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,8 +73,9 @@ def two_nodes() -> pd.DataFrame:
 
 
 def test_component_power_sums_nodes() -> None:
-    power = component_power(two_nodes().query("metric == 'impact_run_energy_joules_total'"))
+    power = component_power(two_nodes().query("metric == 'impact_run_energy_joules_total'"), 0.0, 10.0, 1.0)
     assert list(power["watts"]) == pytest.approx([40.0] * 10)
+    assert list(power["timestamp"]) == pytest.approx(list(range(1, 11)))
 
 
 def test_run_figures_of_two_nodes() -> None:
@@ -85,6 +88,7 @@ def test_run_figures_of_two_nodes() -> None:
     assert figures.cpu_hours == pytest.approx(2.0 / 3600)
     assert figures.gpu_hours is None
     assert figures.coverage.fraction == 1.0
+    assert figures.sample_interval_seconds == 1.0
     assert figures.measured == {"cpu": True}
 
 
@@ -96,3 +100,76 @@ def test_an_estimated_component_is_not_called_measured() -> None:
 def test_a_run_without_samples_is_an_error_naming_it() -> None:
     with pytest.raises(RunDataError, match="run r .* has no energy samples"):
         run_figures(make_run(samples([])), FLAT, pue=1.0)
+
+
+def test_coverage_of_a_run_shorter_than_one_interval_whose_final_counters_were_scraped_is_full() -> None:
+    cover = coverage(np.array([1.5, 2.5, 3.5]), start=0.0, end=0.8, interval=1.0)
+    assert (cover.fraction, cover.largest_gap_seconds, cover.samples) == (1.0, pytest.approx(0.8), 0)
+
+
+def test_coverage_without_a_sample_at_or_after_the_end_leaves_the_last_stretch_a_gap() -> None:
+    # scraped at 0.5 s, then the exporter was gone: the energy of the run's last 0.3 s was never read
+    cover = coverage(np.array([0.5]), start=0.0, end=0.8, interval=1.0)
+    assert cover.fraction == pytest.approx(0.5 / 0.8)
+
+
+def constant_power_run(watts: float, start: float, end: float, first: float, until: float) -> pd.DataFrame:
+    """A run at ``watts`` scraped every second from ``first`` to ``until``; counters stay at their final value
+    after the end, as the exporter keeps finished runs exported."""
+    rows = [("impact_run_energy_joules_total", "a", "cpu", t, watts * (min(t, end) - start))
+            for t in np.arange(first, until, 1.0)]
+    rows += [("impact_run_cpu_seconds_total", "a", "", t, 0.5 * (min(t, end) - start))
+             for t in np.arange(first, until, 1.0)]
+    return samples(rows)
+
+
+def test_a_run_shorter_than_one_interval_has_its_energy_full_coverage_and_no_peak() -> None:
+    # 0.8 s at 50 W; the only sample inside the run is at 0.5 s, the next one (after its end) holds 40 J
+    run = Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=100.0, end_time=100.8,
+              hosts=(Host("a"),), methods={"cpu": "rapl"}, samples=constant_power_run(50.0, 100.0, 100.8, 100.5, 130))
+    figures = run_figures(run, FLAT, pue=1.0)
+    assert figures.total_joules == pytest.approx(40.0)
+    assert figures.average_power_watts == pytest.approx(50.0)
+    assert figures.peak_power_watts is None
+    assert figures.coverage.fraction == 1.0
+    assert figures.sample_interval_seconds == 1.0
+    assert list(figures.power["timestamp"]) == pytest.approx([100.8])
+    assert list(figures.power["watts"]) == pytest.approx([50.0])
+    document = json.loads(json.dumps(figures.as_json(), allow_nan=False))
+    assert document["peak_power_watts"] is None
+    assert document["sample_interval_seconds"] == 1.0
+
+
+def test_power_is_only_the_run_from_its_start_to_its_end() -> None:
+    # 4.3 s at 20 W, first scraped 0.7 s after its start, its final counters scraped until 26 s
+    start, end = 1_700_000_000.0, 1_700_000_004.3
+    run = Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=start, end_time=end,
+              hosts=(Host("a"),), methods={"cpu": "rapl"},
+              samples=constant_power_run(20.0, start, end, start + 0.7, start + 26))
+    figures = run_figures(run, FLAT, pue=1.0)
+    power = figures.power
+    assert list(power["timestamp"] - start) == pytest.approx([1.0, 2.0, 3.0, 4.0, 4.3])
+    assert list(power["watts"]) == pytest.approx([20.0] * 5)  # the first second too, from 0 J at the start
+    assert figures.peak_power_watts == pytest.approx(20.0)
+    assert float((power["watts"] * np.diff(np.concatenate(([start], power["timestamp"])))).sum()) == pytest.approx(
+        figures.total_joules
+    )
+
+
+def test_a_short_high_power_burst_is_the_peak_and_the_cut_last_interval_is_not() -> None:
+    # 10 W for two seconds, 30 W in the third, 90 W in the last 0.5 s (a cut interval: not a peak of its own)
+    energy = {0.0: 0.0, 1.0: 10.0, 2.0: 20.0, 3.0: 50.0, 3.5: 95.0}
+    rows = [("impact_run_energy_joules_total", "a", "cpu", t, e) for t, e in energy.items() if t > 0]
+    rows += [("impact_run_energy_joules_total", "a", "cpu", t, 95.0) for t in (4.0, 5.0)]
+    run = Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=0.0, end_time=3.5,
+              hosts=(Host("a"),), methods={"cpu": "rapl"}, samples=samples(rows))
+    figures = run_figures(run, FLAT, pue=1.0)
+    assert list(figures.power["watts"]) == pytest.approx([10.0, 10.0, 30.0, 90.0])
+    assert figures.peak_power_watts == pytest.approx(30.0)
+
+
+def test_a_run_whose_energy_counters_never_moved_while_it_used_cpu_is_not_measured() -> None:
+    rows = [("impact_run_energy_joules_total", "a", "cpu", float(t), 0.0) for t in range(1, 12)]
+    rows += [("impact_run_cpu_seconds_total", "a", "", float(t), 0.3) for t in range(1, 12)]
+    with pytest.raises(RunDataError, match="not measured: its energy counters never moved although it used 0.3 CPU"):
+        run_figures(make_run(samples(rows)), FLAT, pue=1.0)
