@@ -7,14 +7,14 @@ same numbers, so every figure in a PDF can be checked against a machine-readable
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from reporter.carbon import CarbonIntensity
 from reporter.energy import RunFigures, run_figures
 from reporter.runs import Run, RunDataError
-from reporter.stats import Comparison, Summary, compare_all, summarize
+from reporter.stats import Comparison, Summary, compare_all, holm_family, repeated_tests, summarize
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Quantity:
     unit: str
     value: Callable[[RunFigures], float | None]
     components: tuple[str, ...] | None = ()  # the energy it rests on: None for every component, () for none
+    additive: bool = True  # whether a sum over runs means something (energy does; a rate such as power does not)
 
 
 QUANTITIES: tuple[Quantity, ...] = (
@@ -38,13 +39,21 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("duration_hours", "Duration", "h", lambda f: f.duration_seconds / 3600.0),
     Quantity("cpu_hours", "CPU time", "CPU-h", lambda f: f.cpu_hours),
     Quantity("gpu_hours", "GPU time", "GPU-h", lambda f: f.gpu_hours),
-    Quantity("average_power_watts", "Average power", "W", lambda f: f.average_power_watts, None),
+    Quantity("average_power_watts", "Average power", "W", lambda f: f.average_power_watts, None, False),
 )
 
 
 def _component_kwh(figures: RunFigures, component: str) -> float | None:
     joules = figures.energy_joules.get(component)
     return None if joules is None else joules / 3.6e6
+
+
+def component_label(component: str) -> str:
+    """A component's name in a sentence: the label of its energy quantity ("GPU energy"), else "<name> energy"."""
+    for quantity in QUANTITIES:
+        if quantity.components == (component,):
+            return quantity.label
+    return f"{component} energy"
 
 
 @dataclass(frozen=True)
@@ -82,15 +91,38 @@ class SetReport:
     def methods(self) -> frozenset[tuple[str, str]]:
         return frozenset((c, f.run.methods.get(c, "unknown")) for f in self.figures for c in f.energy_joules)
 
+    @property
+    def components(self) -> frozenset[str]:
+        """The energy components some run of the set has: what its total energy adds up."""
+        return frozenset(c for f in self.figures for c in f.energy_joules)
+
+    def component_methods(self, component: str) -> frozenset[tuple[str, bool]]:
+        """How the set's runs obtained one component's energy: (method, measured by hardware counters) pairs."""
+        return frozenset(
+            (f.run.methods.get(component) or "unknown", f.measured.get(component, False))
+            for f in self.figures
+            if component in f.energy_joules
+        )
+
 
 @dataclass(frozen=True)
 class ComparisonReport:
-    """The treatment effect of set ``a`` versus set ``b`` for every quantity both have, with warnings."""
+    """The treatment effect of set ``a`` versus set ``b`` for every quantity both have, with warnings.
+
+    ``family`` holds the quantities whose p-values were Holm-adjusted, in order: its length is the number of
+    hypotheses the adjustment counted, which a quantity that repeats another's test (``same_test_as``) does
+    not add to. ``primary`` is the comparison a reader should look at first: total energy when it is compared,
+    else the first quantity with a test. ``only_in`` maps each quantity that has values in one set only to
+    "A" or "B": it is not compared, and the appendix must say so rather than leave it out silently.
+    """
 
     a: SetReport
     b: SetReport
     comparisons: Mapping[str, Comparison]
     warnings: tuple[str, ...]
+    family: tuple[str, ...] = ()
+    primary: str | None = None
+    only_in: Mapping[str, str] = field(default_factory=dict)
 
 
 def set_report(
@@ -114,9 +146,25 @@ def set_report(
 
 
 def comparison_report(a: SetReport, b: SetReport) -> ComparisonReport:
-    """Welch comparisons of every shared quantity, Holm-adjusted, with warnings when the sets differ in kind."""
+    """Welch comparisons of every shared quantity, Holm-adjusted over the distinct hypotheses, with warnings
+    that name what differs between the sets: hardware, the components the totals add up, and per component
+    how its energy was obtained.
+    """
     shared = [q for q in QUANTITIES if q.key in a.summaries and q.key in b.summaries]
-    comparisons = compare_all({q.key: a.values(q) for q in shared}, {q.key: b.values(q) for q in shared})
+    repeats = repeated_tests(
+        {q.key: [q.value(f) for f in a.figures] for q in shared},
+        {q.key: [q.value(f) for f in b.figures] for q in shared},
+    )
+    comparisons = compare_all(
+        {q.key: a.values(q) for q in shared}, {q.key: b.values(q) for q in shared}, same_test_as=repeats
+    )
+    tested = [key for key, comparison in comparisons.items() if comparison.p_value is not None]
+    primary = "total_kwh" if "total_kwh" in comparisons else next(iter(tested), None)
+    only_in = {
+        q.key: "A" if q.key in a.summaries else "B"
+        for q in QUANTITIES
+        if (q.key in a.summaries) != (q.key in b.summaries)
+    }
     warnings = []
     if a.cpu_models != b.cpu_models:
         warnings.append(
@@ -124,12 +172,53 @@ def comparison_report(a: SetReport, b: SetReport) -> ComparisonReport:
             f"{', '.join(sorted(a.cpu_models)) or 'unknown'} versus {', '.join(sorted(b.cpu_models)) or 'unknown'}): "
             "differences in energy may come from the hardware rather than the treatment."
         )
-    if a.methods != b.methods:
-        warnings.append(
-            "The sets' energy was obtained by different methods (measured versus estimated): "
-            "their difference mixes the treatment with the measurement."
-        )
-    return ComparisonReport(a, b, comparisons, tuple(warnings))
+    if any(q.components is None for q in shared):
+        warnings.extend(_component_warnings(a, b))
+    warnings.extend(_method_warnings(a, b))
+    return ComparisonReport(a, b, comparisons, tuple(warnings), holm_family(comparisons), primary, only_in)
+
+
+def _names(components: Iterable[str]) -> str:
+    """Components named in a sentence, in a fixed order: "CPU package energy, DRAM energy and GPU energy"."""
+    labels = [component_label(c) for c in sorted(components)]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def _component_warnings(a: SetReport, b: SetReport) -> list[str]:
+    """A warning when the sets' totals add up different components: A-B then is not the same energy's change."""
+    only_a, only_b = a.components - b.components, b.components - a.components
+    if not only_a and not only_b:
+        return []
+    parts = [f"{_names(only_a)} in A only"] if only_a else []
+    parts += [f"{_names(only_b)} in B only"] if only_b else []
+    common = _names(a.components & b.components) if a.components & b.components else "none"
+    return [
+        f"Total energy includes {' and '.join(parts)}: the totals (and the PUE-adjusted energy, emissions and "
+        f"average power) add up different components, so their difference is not the treatment effect on the "
+        f"same energy. Components both sets have: {common}."
+    ]
+
+
+def _how(methods: frozenset[tuple[str, bool]]) -> str:
+    """How a component's energy was obtained, in words: "measured by rapl", "estimated (estimate)"."""
+    phrases = [
+        f"measured by {method}" if measured else f"estimated ({method})"
+        for method, measured in sorted(methods, key=lambda m: (not m[1], m[0]))
+    ]
+    return " and ".join(phrases)
+
+
+def _method_warnings(a: SetReport, b: SetReport) -> list[str]:
+    """One warning per component both sets have whose energy was obtained differently in A than in B."""
+    warnings = []
+    for component in sorted(a.components & b.components):
+        in_a, in_b = a.component_methods(component), b.component_methods(component)
+        if in_a != in_b:
+            warnings.append(
+                f"{component_label(component)} was {_how(in_a)} in A but {_how(in_b)} in B: "
+                "its difference mixes the treatment with the measurement."
+            )
+    return warnings
 
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9 ()._+,=-]")
@@ -160,6 +249,9 @@ def appendix_document(sets: Sequence[SetReport], comparisons: Sequence[Compariso
                 "b": c.b.name,
                 "file": f"{safe_file_name(c.a.name)}_v_{safe_file_name(c.b.name)}.pdf",
                 "quantities": {key: comparison.__dict__ for key, comparison in c.comparisons.items()},
+                "family": list(c.family),
+                "primary": c.primary,
+                "only_in": dict(c.only_in),
                 "warnings": list(c.warnings),
             }
             for c in comparisons

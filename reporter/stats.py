@@ -3,7 +3,13 @@
 An appendix reports each quantity (energy, CO2eq, hours) over a set of runs and, for two sets, the effect of
 one against the other with a Welch t-test, a confidence interval of the difference and Hedges' g; across
 quantities the p-values are Holm-adjusted, because a paper that tests five quantities at once should not read
-five unadjusted p-values as five findings.
+five unadjusted p-values as five findings. The family is the distinct hypotheses only: a quantity that is, run by
+run, one fixed multiple of another (CO2eq of energy at a fixed intensity and PUE) gives the same t and p, so it
+is the same test and counting it again would only inflate every adjusted p-value (:func:`repeated_tests`).
+
+Differences at the level of float rounding are not data: a set whose relative spread is within
+:data:`RELATIVE_PRECISION` has no variance, and two means that close are equal, so the same joules summed in
+another order are never read as an effect.
 
 The renderer prints every number it gets, so nothing here ever returns NaN or inf: a figure that is not
 defined (too few runs, no variance) is ``None`` and the result's ``note`` says why.
@@ -24,6 +30,13 @@ import numpy as np
 NEEDS_TWO_RUNS = "n/a (needs at least 2 runs)"
 NO_RUNS = "n/a (no runs)"
 NO_VARIANCE = "n/a (no variance in either set)"
+
+RELATIVE_PRECISION = 1e-12
+"""Relative differences at or below this are float rounding: a set whose values lie within it of each other
+(``max - min <= RELATIVE_PRECISION * max|x|``) has no variance, and means that close differ by exactly 0."""
+
+SAME_TEST_RTOL = 1e-9
+"""How closely the run-by-run ratios of two quantities must agree for one to count as a multiple of the other."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +74,13 @@ class Comparison:
     at the given confidence with the same degrees of freedom. ``hedges_g`` is the difference over the pooled
     (ddof=1) standard deviation times ``J = 1 - 3 / (4 (n_a + n_b) - 9)``, which removes the small-sample bias
     of Cohen's d: with a handful of runs per set that bias is not small. ``p_holm`` is set only by
-    :func:`compare_all`, which adjusts across quantities.
+    :func:`compare_all`, which adjusts across quantities; ``same_test_as`` names the earlier quantity whose test
+    this one repeats (it is a fixed multiple of it), in which case it did not join the adjustment and carries
+    that quantity's ``p_holm``.
 
     The test's fields are None, with ``note`` saying why, when a set has fewer than 2 runs or neither set
-    varies (then the t statistic is a division by zero).
+    varies (then the t statistic is a division by zero). A difference within :data:`RELATIVE_PRECISION` of the
+    means is exactly 0.0.
     """
 
     n_a: int
@@ -83,6 +99,7 @@ class Comparison:
     hedges_g: float | None = None
     p_holm: float | None = None
     note: str | None = None
+    same_test_as: str | None = None
 
 
 def _finite(x: float | np.floating | None) -> float | None:
@@ -107,15 +124,32 @@ def _check_confidence(confidence: float) -> None:
 
 
 def _constant(array: np.ndarray) -> bool:
-    """Whether all values are the same. Compared exactly: ``np.var`` of equal values need not be 0 in floats."""
-    return len(array) > 0 and bool(array.min() == array.max())
+    """Whether the values are the same up to float rounding (:data:`RELATIVE_PRECISION`).
+
+    Decided on the range, not on ``np.var``: the variance of equal values need not be 0 in floats, and values
+    that differ in their last bits would otherwise be tested as if that rounding were the runs' spread.
+    """
+    if len(array) == 0:
+        return False
+    low, high = float(array.min()), float(array.max())
+    return high - low <= RELATIVE_PRECISION * max(abs(low), abs(high))
 
 
 def _mean(array: np.ndarray) -> float | None:
-    """The mean, exact for a constant set (``np.mean([0.1] * 3)`` is one ulp off 0.1)."""
+    """The mean, exact for equal values (``np.mean([0.1] * 3)`` is one ulp off 0.1)."""
     if len(array) == 0:
         return None
-    return float(array[0]) if _constant(array) else _finite(np.mean(array))
+    return float(array[0]) if array.min() == array.max() else _finite(np.mean(array))
+
+
+def _difference(mean_a: float | None, mean_b: float | None) -> float | None:
+    """``mean_a - mean_b``, exactly 0.0 when the two agree to within :data:`RELATIVE_PRECISION`."""
+    if mean_a is None or mean_b is None:
+        return None
+    difference = mean_a - mean_b
+    if abs(difference) <= RELATIVE_PRECISION * max(abs(mean_a), abs(mean_b)):
+        return 0.0
+    return _finite(difference)
 
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
@@ -145,13 +179,15 @@ def compare(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) ->
     """The treatment effect of the runs in ``a`` against those in ``b``: Welch's t-test, CI and Hedges' g.
 
     The p-value is scipy's ``ttest_ind(a, b, equal_var=False)`` and the interval statsmodels'
-    ``tconfint_diff(usevar="unequal")``, so the numbers a reader checks with either library match.
+    ``tconfint_diff(usevar="unequal")``, so the numbers a reader checks with either library match. Hedges' g
+    is computed from the unrounded difference, so it keeps the sign and size of t even where ``difference``
+    reads 0.0.
     """
     _check_confidence(confidence)
     xa, xb = _as_array(a), _as_array(b)
     n_a, n_b = len(xa), len(xb)
     mean_a, mean_b = _mean(xa), _mean(xb)
-    difference = _finite(mean_a - mean_b) if mean_a is not None and mean_b is not None else None
+    difference = _difference(mean_a, mean_b)
     relative = _finite(difference / mean_b) if difference is not None and mean_b else None
     untested = Comparison(n_a, n_b, mean_a, mean_b, difference, relative, confidence)
     if n_a < 2 or n_b < 2:
@@ -166,8 +202,9 @@ def compare(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) ->
     from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
     with warnings.catch_warnings():
-        # A constant set's variance comes out as ~1e-33 rather than 0 and scipy warns about it; against the
-        # other set's variance that is nothing, so the test stands.
+        # A set without variance (equal, or equal up to rounding) has a variance of ~1e-33 rather than 0 in
+        # scipy's moments, and scipy warns about it; against the other set's variance that is nothing, so the
+        # test stands.
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
         test = scipy_stats.ttest_ind(xa, xb, equal_var=False)
         ci_low, ci_high = CompareMeans(DescrStatsW(xa), DescrStatsW(xb)).tconfint_diff(
@@ -178,7 +215,9 @@ def compare(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) ->
     var_b = 0.0 if constant_b else float(np.var(xb, ddof=1))
     pooled_sd = math.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
     correction = 1.0 - 3.0 / (4.0 * (n_a + n_b) - 9.0)
-    hedges_g = _finite(correction * difference / pooled_sd) if difference is not None and pooled_sd > 0 else None
+    hedges_g = None
+    if mean_a is not None and mean_b is not None and pooled_sd > 0:
+        hedges_g = _finite(correction * (mean_a - mean_b) / pooled_sd)
 
     return replace(
         untested,
@@ -205,21 +244,94 @@ def holm_adjust(p_values: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(p) for p in adjusted)
 
 
+def _common_ratio(pairs: Sequence[tuple[float | None, float | None]], rtol: float) -> bool:
+    """Whether ``x = c · y`` with one ``c > 0`` for every pair ``(x, y)``, missing values missing in both."""
+    ratios = []
+    for x, y in pairs:
+        if x is None or y is None:
+            if x is not None or y is not None:
+                return False
+            continue
+        if y == 0 or not math.isfinite(x) or not math.isfinite(y):
+            return False
+        ratios.append(x / y)
+    if not ratios or min(ratios) <= 0:
+        return False
+    return max(ratios) - min(ratios) <= rtol * max(ratios)
+
+
+def repeated_tests(
+    a: Mapping[str, Sequence[float | None]],
+    b: Mapping[str, Sequence[float | None]],
+    rtol: float = SAME_TEST_RTOL,
+) -> dict[str, str]:
+    """The quantities whose test repeats an earlier one's: quantity -> the earlier quantity (in ``a``'s order).
+
+    ``a`` and ``b`` hold each quantity's values run by run, every quantity listing the same runs in the same
+    order (None where a run has no value). A quantity whose values are one positive multiple ``c`` of an
+    earlier quantity's in every run of both sets (the same ``c`` in A and in B, to ``rtol``) has the same t,
+    df, p and Hedges' g: it is the same hypothesis, whatever its unit. Each is mapped to the first quantity of
+    its kind, so the quantities that map to nothing are the distinct hypotheses. Quantities in only one set are
+    left out.
+    """
+    first: list[str] = []
+    repeats: dict[str, str] = {}
+    for name in (n for n in a if n in b):
+        for earlier in first:
+            pairs = [*zip(a[name], a[earlier], strict=True), *zip(b[name], b[earlier], strict=True)]
+            if _common_ratio(pairs, rtol):
+                repeats[name] = earlier
+                break
+        else:
+            first.append(name)
+    return repeats
+
+
+def _first_of(name: str, same_test_as: Mapping[str, str]) -> str:
+    """The quantity at the end of ``name``'s chain of repeats (a repeat of a repeat is a repeat of the first)."""
+    seen = {name}
+    while (name := same_test_as.get(name, name)) not in seen:
+        seen.add(name)
+    return name
+
+
 def compare_all(
-    a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], confidence: float = 0.95
+    a: Mapping[str, Sequence[float]],
+    b: Mapping[str, Sequence[float]],
+    confidence: float = 0.95,
+    same_test_as: Mapping[str, str] | None = None,
 ) -> dict[str, Comparison]:
     """:func:`compare` for each quantity in both ``a`` and ``b`` (in ``a``'s order), Holm-adjusted across them.
 
     Only quantities with a p-value join the adjustment, so one that could not be tested neither gets a
     ``p_holm`` nor makes the others' larger. A quantity in only one of the sets has nothing to compare and
-    is left out.
+    is left out. ``same_test_as`` maps a quantity to the one whose test it repeats (see
+    :func:`repeated_tests`): it does not join the adjustment either, and takes that quantity's ``p_holm``, so
+    each hypothesis counts once and reads one adjusted p-value wherever it appears.
     """
     comparisons = {name: compare(a[name], b[name], confidence) for name in a if name in b}
-    tested = [name for name, comparison in comparisons.items() if comparison.p_value is not None]
-    adjusted = holm_adjust([comparisons[name].p_value for name in tested])  # type: ignore[misc]
-    for name, p_holm in zip(tested, adjusted, strict=True):
+    repeats = {name: _first_of(name, same_test_as or {}) for name in same_test_as or {} if name in comparisons}
+    repeats = {name: of for name, of in repeats.items() if of in comparisons and of != name}
+    family = holm_family(comparisons, repeats)
+    adjusted = holm_adjust([comparisons[name].p_value for name in family])  # type: ignore[misc]
+    for name, p_holm in zip(family, adjusted, strict=True):
         comparisons[name] = replace(comparisons[name], p_holm=p_holm)
+    for name, of in repeats.items():
+        comparisons[name] = replace(comparisons[name], same_test_as=of, p_holm=comparisons[of].p_holm)
     return comparisons
+
+
+def holm_family(
+    comparisons: Mapping[str, Comparison], same_test_as: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The quantities Holm adjusts over, in order: those with a p-value that repeat no other's test.
+
+    Its length is the family size m that an appendix must state next to the adjusted p-values. The repeats
+    are ``same_test_as`` when given, else read from the comparisons' own ``same_test_as``.
+    """
+    if same_test_as is None:
+        same_test_as = {name: c.same_test_as for name, c in comparisons.items() if c.same_test_as is not None}
+    return tuple(name for name, c in comparisons.items() if c.p_value is not None and name not in same_test_as)
 
 
 def significant_figures(x: float, digits: int = 3) -> float:

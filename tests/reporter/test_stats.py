@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,9 +17,21 @@ import pytest
 import scipy.stats
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from reporter.stats import Comparison, Summary, compare, compare_all, holm_adjust, significant_figures, summarize
+from reporter.stats import (
+    RELATIVE_PRECISION,
+    Comparison,
+    Summary,
+    compare,
+    compare_all,
+    holm_adjust,
+    holm_family,
+    repeated_tests,
+    significant_figures,
+    summarize,
+)
 
 REL = 1e-9
 
@@ -289,6 +302,94 @@ def test_compare_with_zero_baseline_mean_has_no_relative_difference() -> None:
     assert_all_finite_or_none(c)
 
 
+# --- values that differ only by float rounding -----------------------------------------------------------------
+
+
+def ulps_from(x: float, steps: Sequence[int]) -> list[float]:
+    """``x`` moved by each number of units in the last place: what summing the same joules in another order gives."""
+    out = []
+    for k in steps:
+        y = x
+        for _ in range(abs(k)):
+            y = float(np.nextafter(y, math.inf if k > 0 else -math.inf))
+        out.append(y)
+    return out
+
+
+KWH = 45.0 * 60 / 3.6e6  # one minute at 45 W: 7.5e-4 kWh, one ulp ~1e-19 kWh
+
+
+def test_summary_of_values_equal_up_to_rounding_has_no_spread() -> None:
+    x = ulps_from(KWH, [0, 1, 3, -2])
+    assert np.std(x, ddof=1) > 0  # numpy sees a spread: the rounding of the sums
+    s = summarize(x)
+    assert (s.std, s.sem) == (0.0, 0.0)
+    assert s.ci_low == s.ci_high == s.mean
+    assert s.mean == pytest.approx(KWH, rel=1e-15)
+    assert s.total == pytest.approx(4 * KWH, rel=1e-15)
+    assert s.note is None
+
+
+def test_sets_equal_up_to_rounding_are_not_a_finding() -> None:
+    # the same energy in every run, its joules summed in different orders: the runs differ in their last bits
+    a, b = ulps_from(KWH, [3, 4, 3, 4]), ulps_from(KWH, [-3, -4, -3, -4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's "precision loss": it knows, and tests anyway
+        scipy_result = scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert abs(scipy_result.statistic) > 10 and scipy_result.pvalue < 0.001  # 7 ulps read as a finding
+    c = compare(a, b)
+    assert np.mean(a) - np.mean(b) != 0.0
+    assert (c.difference, c.relative_difference) == (0.0, 0.0)
+    assert (c.t_statistic, c.df, c.p_value, c.ci_low, c.ci_high, c.hedges_g, c.p_holm) == (None,) * 7
+    assert c.note == "n/a (no variance in either set)"
+    assert_all_finite_or_none(c)
+
+
+def test_identical_sets_have_a_difference_of_exactly_zero() -> None:
+    a, b = ulps_from(KWH, [0, 0, 0]), ulps_from(KWH, [0, 2, 2])
+    assert KWH - np.mean(b) != 0.0  # about -1e-19 kWh: what an appendix printed as A-B
+    c = compare(a, b)
+    assert c.difference == 0.0 and c.relative_difference == 0.0
+    assert c.p_value is None and c.note == "n/a (no variance in either set)"
+    same = compare(a, a)
+    assert (same.difference, same.t_statistic, same.note) == (0.0, None, "n/a (no variance in either set)")
+
+
+def test_rounding_apart_sets_with_different_means_say_by_how_much() -> None:
+    c = compare(ulps_from(0.1, [0, 1, 2]), ulps_from(0.2, [0, -1, 1]))
+    assert c.difference == pytest.approx(-0.1, rel=1e-14)
+    assert c.t_statistic is None and c.p_value is None
+    assert c.note == "n/a (no variance in either set; means differ by -0.1)"
+
+
+def test_a_spread_above_the_precision_is_tested() -> None:
+    # 1e-10 relative is far above rounding: a (tiny) spread that scipy and this module both test
+    a = [1.0, 1.0 + 1e-10, 1.0 + 2e-10]
+    b = [1.0 + 5e-10, 1.0 + 6e-10, 1.0 + 8e-10]
+    assert 1e-10 >= 50 * RELATIVE_PRECISION
+    c = compare(a, b)
+    expected = scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert c.t_statistic == pytest.approx(expected.statistic, rel=1e-6)
+    assert c.p_value == pytest.approx(expected.pvalue, rel=1e-6)
+    assert summarize(a).std == pytest.approx(float(np.std(a, ddof=1)), rel=1e-6)
+
+
+def test_means_within_the_precision_differ_by_zero_but_the_test_stands() -> None:
+    a, b = [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]
+    assert sum(a) / 3 != sum(b) / 3  # one ulp apart
+    c = compare(a, b)
+    assert (c.difference, c.relative_difference) == (0.0, 0.0)
+    assert c.p_value == pytest.approx(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue, rel=REL)
+    assert c.note is None
+
+
+def test_one_set_constant_up_to_rounding_against_a_varying_one_is_a_welch_test() -> None:
+    a, b = ulps_from(5.0, [0, 1, -1, 0]), [4.0, 4.5, 3.5, 4.2]
+    c = compare(a, b)
+    assert_matches(c, reference_welch(a, b, 0.95))
+    assert c.df == pytest.approx(3.0, rel=REL)
+
+
 # --- Holm and compare_all --------------------------------------------------------------------------------------
 
 
@@ -333,6 +434,77 @@ def test_compare_all_adjusts_only_testable_quantities_present_in_both() -> None:
 
 def test_compare_all_of_nothing_is_empty() -> None:
     assert compare_all({}, {"energy_kwh": [1.0, 2.0]}) == {}
+
+
+def test_repeated_tests_finds_one_positive_multiple_in_both_sets() -> None:
+    a = {
+        "energy": [1.0, 2.0, 4.0],
+        "energy_pue": [1.5, 3.0, 6.0],
+        "co2": [0.45, 0.9, 1.8],
+        "hours": [1.0, 1.0, 2.0],
+        "negated": [-1.0, -2.0, -4.0],
+    }
+    b = {
+        "energy": [3.0, 5.0],
+        "energy_pue": [4.5, 7.5],
+        "co2": [0.9, 1.5],  # 0.3 · energy in B but 0.45 · energy in A: another hypothesis
+        "hours": [1.0, 2.0],
+        "negated": [-3.0, -5.0],
+    }
+    # co2 is 0.3 · energy_pue in both sets
+    assert repeated_tests(a, b) == {"energy_pue": "energy"}
+    b["co2"] = [1.35, 2.25]
+    assert repeated_tests(a, b) == {"energy_pue": "energy", "co2": "energy"}
+    # a quantity in one set only is not compared, so it repeats nothing
+    assert repeated_tests({**a, "gpu": [2.0, 4.0, 8.0]}, b) == {"energy_pue": "energy", "co2": "energy"}
+
+
+def test_repeated_tests_tolerates_rounding_but_not_a_different_value() -> None:
+    a = {"x": [1.0, 3.0, 7.0], "y": [0.1 * 1.0, 0.1 * 3.0 * (1 + 1e-13), 0.7]}
+    b = {"x": [2.0, 5.0], "y": [0.2, 0.5]}
+    assert repeated_tests(a, b) == {"y": "x"}
+    a["y"][2] = 0.7 * (1 + 1e-6)
+    assert repeated_tests(a, b) == {}
+
+
+def test_repeated_tests_needs_missing_values_in_the_same_runs_and_no_zero_divisor() -> None:
+    a = {"x": [1.0, None, 2.0], "y": [2.0, None, 4.0], "z": [2.0, 3.0, 4.0]}
+    b = {"x": [3.0, 4.0], "y": [6.0, 8.0], "z": [6.0, 8.0]}
+    assert repeated_tests(a, b) == {"y": "x"}
+    assert repeated_tests({"zero": [0.0, 0.0], "w": [1.0, 2.0]}, {"zero": [0.0, 0.0], "w": [3.0, 4.0]}) == {}
+
+
+def test_compare_all_adjusts_over_distinct_hypotheses_and_repeats_get_their_adjusted_p() -> None:
+    energy_a, energy_b = A, B
+    a = {
+        "energy": energy_a,
+        "energy_pue": [1.4 * x for x in energy_a],
+        "co2": [0.42 * x for x in energy_a],
+        "hours": [1.0, 1.2, 0.9, 1.1, 1.0, 1.3],
+        "idle": [0.5, 0.5],
+    }
+    b = {
+        "energy": energy_b,
+        "energy_pue": [1.4 * x for x in energy_b],
+        "co2": [0.42 * x for x in energy_b],
+        "hours": [1.3, 1.4, 1.25, 1.5, 1.2],
+        "idle": [0.5, 0.5],
+    }
+    repeats = {"energy_pue": "energy", "co2": "energy_pue"}  # a chain: co2 repeats energy's test too
+    result = compare_all(a, b, same_test_as=repeats)
+    assert holm_family(result) == ("energy", "hours")
+    family_p = [scipy.stats.ttest_ind(a[k], b[k], equal_var=False).pvalue for k in ("energy", "hours")]
+    expected = multipletests(family_p, method="holm")[1]
+    assert result["energy"].p_holm == pytest.approx(expected[0], rel=REL)
+    assert result["hours"].p_holm == pytest.approx(expected[1], rel=REL)
+    assert (result["energy_pue"].same_test_as, result["co2"].same_test_as) == ("energy", "energy")
+    assert result["energy_pue"].p_holm == result["co2"].p_holm == result["energy"].p_holm
+    assert result["energy"].same_test_as is None and result["idle"].p_holm is None
+    # the repeats keep their own figures: the energy's, scaled
+    assert result["co2"].difference == pytest.approx(0.42 * result["energy"].difference, rel=REL)
+    assert result["co2"].p_value == pytest.approx(result["energy"].p_value, rel=1e-9)
+    # four tests would have made each adjusted p larger
+    assert result["energy"].p_holm < multipletests([*family_p, family_p[0], family_p[0]], method="holm")[1][0]
 
 
 # --- significant figures ---------------------------------------------------------------------------------------
