@@ -6,7 +6,9 @@ same numbers, so every figure in a PDF can be checked against a machine-readable
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,22 +223,42 @@ def _method_warnings(a: SetReport, b: SetReport) -> list[str]:
     return warnings
 
 
-SAFE_NAME = re.compile(r"[^A-Za-z0-9 ()._+,=-]")
+FILE_NAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+FILE_NAME_BYTES = 100
 
 
-def safe_file_name(name: str) -> str:
-    """A file name for a set name: ordinary names stay as they are (as the seed wrote them), others are tamed."""
-    safe = SAFE_NAME.sub("_", name).strip().lstrip(".")
-    return safe[:120] or "set"
+def file_names(names: Sequence[str]) -> dict[str, str]:
+    """A distinct file name for each set name: the name itself where a file system takes it.
+
+    Path separators, control and shell-hostile characters become ``_``, and a name longer than 100 bytes of
+    UTF-8 is cut; names that then coincide ("a/b" and "a_b", or two long ones) each get a short hash of the
+    full name, so no set's pages overwrite another's.
+    """
+    names = list(dict.fromkeys(names))
+    tamed = {name: _tame(name) for name in names}
+    counts: dict[str, int] = {}
+    for safe in tamed.values():
+        counts[safe.casefold()] = counts.get(safe.casefold(), 0) + 1
+    return {
+        name: safe if counts[safe.casefold()] == 1 else f"{safe}~{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+        for name, safe in tamed.items()
+    }
+
+
+def _tame(name: str) -> str:
+    safe = FILE_NAME_UNSAFE.sub("_", unicodedata.normalize("NFC", name)).strip().lstrip(".")
+    encoded = safe.encode()[:FILE_NAME_BYTES]
+    return encoded.decode(errors="ignore").rstrip() or "set"
 
 
 def appendix_document(sets: Sequence[SetReport], comparisons: Sequence[ComparisonReport]) -> dict[str, Any]:
     """Every number the appendix prints, as JSON-able data (written as appendix.json)."""
+    names = file_names([report.name for report in sets])
     return {
         "sets": [
             {
                 "name": report.name,
-                "directory": safe_file_name(report.name),
+                "directory": names[report.name],
                 "runs": [f.as_json() for f in report.figures],
                 "failed_runs": [{"run_id": f.run.run_id, "reason": f.reason} for f in report.failed],
                 "summary": {key: summary.__dict__ for key, summary in report.summaries.items()},
@@ -247,7 +269,7 @@ def appendix_document(sets: Sequence[SetReport], comparisons: Sequence[Compariso
             {
                 "a": c.a.name,
                 "b": c.b.name,
-                "file": f"{safe_file_name(c.a.name)}_v_{safe_file_name(c.b.name)}.pdf",
+                "file": f"{names[c.a.name]}_v_{names[c.b.name]}.pdf",
                 "quantities": {key: comparison.__dict__ for key, comparison in c.comparisons.items()},
                 "family": list(c.family),
                 "primary": c.primary,

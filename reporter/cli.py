@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_parser_flags() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--no-pdf", action="store_true", help="write the .tex files only; do not run pdflatex")
+    parent.add_argument("--no-pdf", action="store_true", help="write the .tex files only; do not run LuaLaTeX")
     return parent
 
 
@@ -337,7 +337,10 @@ def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]
     reports = {name: set_report(name, runs, intensity, args.pue, series) for name, runs in sets}
     comparisons = [comparison_report(reports[a], reports[b]) for a, b in args.compare]
     build = not args.no_pdf and latex_available()
-    write_appendix(args.out, list(reports.values()), comparisons, build=build)
+    for built in write_appendix(args.out, list(reports.values()), comparisons, build=build):
+        if built.overfull:
+            print(f"impact-report: warning: {built.pdf}: {len(built.overfull)} line(s) wider than the page; "
+                  "please report it with the .tex file", file=sys.stderr)
     if not args.no_pdf and not build:
         print(f"impact-report: wrote the .tex files but no PDF: {LATEX_INSTALL_HINT}", file=sys.stderr)
     if intensity.is_default:

@@ -25,6 +25,7 @@ import wcwidth
 from reporter.appendix import FailedRun
 from reporter.carbon import CarbonIntensity
 from reporter.energy import RunFigures
+from reporter.typeset import decimal
 
 Listed = RunFigures | FailedRun
 """One run of a listing: its figures, or why it has none."""
@@ -59,15 +60,6 @@ def truncated(text: str, width: int) -> str:
     return wcwidth.clip(text, 0, width - 1, fillchar="").rstrip() + ELLIPSIS
 
 
-def three_figures(value: float) -> str:
-    """``value`` rounded to three significant figures, in plain notation: 0.0400, 1.08, 12.3, 123, 12300."""
-    if value == 0 or not math.isfinite(value):
-        return "0" if value == 0 else str(value)
-    rounded = float(f"{value:.3g}")
-    digits = math.floor(math.log10(abs(rounded))) + 1
-    return f"{rounded:.{max(0, 3 - digits)}f}"
-
-
 def with_unit(value: float | None, units: Sequence[tuple[str, float]]) -> str:
     """``value`` in the largest of ``units`` (name, size) it is at least one of, to three figures; "" for None."""
     if value is None or not math.isfinite(value):
@@ -76,7 +68,7 @@ def with_unit(value: float | None, units: Sequence[tuple[str, float]]) -> str:
     for candidate, candidate_size in units[1:]:
         if abs(value) >= candidate_size:
             name, size = candidate, candidate_size
-    return f"{three_figures(value / size)} {name}"
+    return f"{decimal(value / size)} {name}"
 
 
 def energy_text(joules: float | None) -> str:
@@ -92,7 +84,7 @@ def duration_text(seconds: float | None) -> str:
 
 
 def coverage_text(fraction: float | None) -> str:
-    return "" if fraction is None or not math.isfinite(fraction) else f"{three_figures(100 * fraction)}%"
+    return "" if fraction is None or not math.isfinite(fraction) else f"{decimal(100 * fraction)}%"
 
 
 def start_text(unix_seconds: float, wide: bool = False) -> str:
@@ -219,7 +211,7 @@ def carbon_basis(listed: Sequence[Listed], intensity: CarbonIntensity, pue: floa
     """The line under the table that says how its CO2eq was computed: the formula with this report's numbers."""
     measured = [item for item in listed if isinstance(item, RunFigures)]
     g_per_kwh = {f.intensity_g_per_kwh for f in measured}
-    shown = f"{three_figures(g_per_kwh.pop())} gCO2eq/kWh" if len(g_per_kwh) == 1 else "each run's gCO2eq/kWh"
+    shown = f"{decimal(g_per_kwh.pop())} gCO2eq/kWh" if len(g_per_kwh) == 1 else "each run's gCO2eq/kWh"
     return f"kgCO2eq = kWh x PUE {pue:g} x {shown} / 1000; intensity: {intensity.source}"
 
 

@@ -20,14 +20,17 @@ HOST = Host("node1:9877", hostname="node1", cpu_model="AMD EPYC 7742 64-Core Pro
 def synthetic_run(
     run_id: str, experiment: str, set_name: str, cpu_watts: float, dram_watts: float = 5.0, seconds: int = 60,
     start: float = 1_700_000_000.0, labels: dict[str, str] | None = None, host: Host = HOST,
-    methods: dict[str, str] | None = None,
+    methods: dict[str, str] | None = None, gpu_watts: float | None = None,
 ) -> Run:
-    """A run scraped every second at constant power, its CPU busy for half of the time."""
+    """A run scraped every second at constant power, its CPU busy for half of the time (and its GPU, if given)."""
     t = np.arange(0, seconds + 1, dtype=float)
     rows = []
-    for component, watts in (("cpu", cpu_watts), ("dram", dram_watts)):
+    powers = [("cpu", cpu_watts), ("dram", dram_watts)] + ([("gpu", gpu_watts)] if gpu_watts is not None else [])
+    for component, watts in powers:
         rows += [("impact_run_energy_joules_total", host.instance, component, start + x, watts * x) for x in t]
     rows += [("impact_run_cpu_seconds_total", host.instance, "", start + x, 0.5 * x) for x in t]
+    if gpu_watts is not None:
+        rows += [("impact_run_gpu_seconds_total", host.instance, "", start + x, 0.5 * x) for x in t]
     return Run(
         run_id=run_id, experiment=experiment, set=set_name, labels=labels or {}, user="alice", start_time=start,
         end_time=start + seconds, hosts=(host,), methods=methods or {"cpu": "rapl", "dram": "rapl"},

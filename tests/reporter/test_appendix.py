@@ -1,4 +1,4 @@
-"""Appendices from run directories (archives): layout, real pdflatex builds, escaping and the awkward sets.
+"""Appendices from run directories (archives): layout, real LuaLaTeX builds, escaping and the awkward sets.
 
 The numbers in appendix.json are checked against scipy and statsmodels run here on the runs' totals, which
 the test knows from the power it wrote.
@@ -46,7 +46,7 @@ def total_kwh(cpu_watts: float) -> float:
 
 @pytest.fixture(autouse=True)
 def latex() -> None:
-    require_binary("pdflatex", "apt-get install texlive-latex-recommended texlive-science texlive-pictures latexmk")
+    require_binary("lualatex", "apt-get install texlive-luatex texlive-latex-recommended texlive-science latexmk")
 
 
 def test_seed_command_writes_the_seed_layout_and_the_right_statistics(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_one_run_sets_identical_sets_and_failed_runs_give_readable_output(tmp_pa
     assert "n/a (no variance in either set)" in identical
     failed_page = pdf_text(out / "with failure" / "2.pdf")
     assert "broken-0" in failed_page and "no energy samples" in failed_page
-    assert "2 run(s) reported, 1 run(s) without data" in pdf_text(out / "with failure" / "summary.pdf")
+    assert "2 run(s) reported, 1 run(s) not measured and left out" in pdf_text(out / "with failure" / "summary.pdf")
     document = (out / "appendix.json").read_text()
     assert "NaN" not in document and "Infinity" not in document
     for pdf in out.rglob("*.pdf"):
@@ -152,7 +152,7 @@ def test_sets_on_different_hardware_carry_a_warning(tmp_path: Path) -> None:
     assert HOST.cpu_model in json.loads((out / "appendix.json").read_text())["comparisons"][0]["warnings"][0]
 
 
-def test_without_pdflatex_the_tex_files_are_written_and_one_line_says_how_to_install(tmp_path: Path) -> None:
+def test_without_lualatex_the_tex_files_are_written_and_one_line_says_how_to_install(tmp_path: Path) -> None:
     runs = archive_set(tmp_path / "runs", "x", [40.0, 41.0])
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, but no TeX
     out = tmp_path / "out"
@@ -160,7 +160,7 @@ def test_without_pdflatex_the_tex_files_are_written_and_one_line_says_how_to_ins
                      f"--out={out}", "--carbon-intensity=100", env=env)
     assert result.returncode == 0, result.stderr
     assert (out / "x" / "summary.tex").is_file() and not list(out.rglob("*.pdf"))
-    assert "apt-get install texlive-latex-recommended" in result.stderr
+    assert "apt-get install texlive-luatex" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -38,7 +38,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_appendix_from_prometheus_and_from_run_directories(
     tmp_path: Path, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess]
 ) -> None:
-    require_binary("pdflatex", "apt-get install texlive-latex-recommended texlive-science texlive-pictures latexmk")
+    require_binary("lualatex", "apt-get install texlive-luatex texlive-latex-recommended texlive-science latexmk")
     pdftotext = require_binary("pdftotext", "apt-get install poppler-utils")
     node = Node(tmp_path / "node")
     exporter = start_exporter(*node.flags())

@@ -116,13 +116,14 @@ def test_multiples_of_total_energy_are_one_test_and_holm_counts_distinct_hypothe
 def test_each_component_is_its_own_test_when_two_vary_independently() -> None:
     cpu_a, dram_a = [40.0, 44.0, 41.0, 43.0], [5.0, 4.0, 6.5, 5.5]
     cpu_b, dram_b = [36.0, 38.5, 37.0, 35.0], [6.0, 5.0, 7.0, 4.5]
-    a = set_of("A", [run_of(f"a{i}", {"cpu": c, "dram": d}, index=i) for i, (c, d) in enumerate(zip(cpu_a, dram_a))])
-    b = set_of("B", [run_of(f"b{i}", {"cpu": c, "dram": d}, index=i) for i, (c, d) in enumerate(zip(cpu_b, dram_b))])
+    pairs_a, pairs_b = enumerate(zip(cpu_a, dram_a, strict=True)), enumerate(zip(cpu_b, dram_b, strict=True))
+    a = set_of("A", [run_of(f"a{i}", {"cpu": c, "dram": d}, index=i) for i, (c, d) in pairs_a])
+    b = set_of("B", [run_of(f"b{i}", {"cpu": c, "dram": d}, index=i) for i, (c, d) in pairs_b])
     report = comparison_report(a, b)
 
     kwh = {
-        "total_kwh": ([(c + d) * 60 / 3.6e6 for c, d in zip(cpu_a, dram_a)],
-                      [(c + d) * 60 / 3.6e6 for c, d in zip(cpu_b, dram_b)]),
+        "total_kwh": ([(c + d) * 60 / 3.6e6 for c, d in zip(cpu_a, dram_a, strict=True)],
+                      [(c + d) * 60 / 3.6e6 for c, d in zip(cpu_b, dram_b, strict=True)]),
         "cpu_kwh": ([c * 60 / 3.6e6 for c in cpu_a], [c * 60 / 3.6e6 for c in cpu_b]),
         "dram_kwh": ([d * 60 / 3.6e6 for d in dram_a], [d * 60 / 3.6e6 for d in dram_b]),
     }
