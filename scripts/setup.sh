@@ -1,10 +1,13 @@
 # Setup steps shared by the project's scripts; source it from the repository root.
 
 VENV="${VENV:-.venv}"
-# What the tests and the demo need from Debian: Prometheus (and promtool), LaTeX for the appendices, pdftotext,
-# systemd-analyze (checks the shipped unit).
-SYSTEM_PACKAGES=(prometheus texlive-latex-recommended texlive-science texlive-pictures lmodern latexmk poppler-utils
-  systemd)
+# What the demo needs from Debian: Prometheus (and promtool); LuaLaTeX for the appendices, with fonts that print
+# names in any script (Noto CJK, Symbola for emoji); pdftotext; systemd-analyze (checks the shipped unit).
+SYSTEM_PACKAGES=(prometheus texlive-luatex texlive-latex-recommended texlive-science texlive-pictures lmodern latexmk
+  fonts-noto-cjk fonts-symbola poppler-utils systemd)
+# What the tests need besides: the paper classes fragments are checked in (IEEEtran and acmart, with the packages
+# and fonts acmart loads).
+TEST_PACKAGES=(texlive-publishers texlive-latex-extra texlive-fonts-extra texlive-plain-generic)
 
 # Debian packages: installed when missing and running as root, otherwise the exact command is printed.
 install_apt_packages() {
