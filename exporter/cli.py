@@ -25,7 +25,8 @@ from exporter.collector import ImpactCollector
 from exporter.host import read_host_info
 from exporter.http import ExporterServer, Listeners, UnixExporterServer
 from exporter.runs import RunRegistry, open_store
-from exporter.sampler import Sampler, ScrapesFirst
+from exporter.sampler import Sampler
+from exporter.scheduling import ScrapesFirst
 from exporter.sources import EnergySource, HardwareNotFound, SourceError
 from exporter.sources.estimate import EstimateSource
 from exporter.sources.nvml import NvmlSource
@@ -329,7 +330,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     if store_error:
         log.error("%s; /metrics works, but new runs are refused until then", store_error)
     scrapes = ScrapesFirst()
-    runs = RunRegistry(procfs, store, store_error, settings.retain_finished_seconds, scrapes=scrapes)
+    runs = RunRegistry(procfs, store, store_error, settings.retain_finished_seconds, pause=scrapes.pause)
     sampler = Sampler(
         procfs,
         energy=energy,
@@ -339,7 +340,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         gpu=gpu,
         gpu_idle_watts=settings.gpu_idle_watts,
         gpu_idle_policy=settings.gpu_idle_attribution,
-        scrapes=scrapes,
+        pause=scrapes.pause,
     )
     runs.attach_sampler(sampler.sample_now, sampler.track_now)
     sampler.sample_once()

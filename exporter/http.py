@@ -30,7 +30,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
 from exporter.exposition import negotiate
-from exporter.sampler import ScrapesFirst
+from exporter.scheduling import ScrapesFirst
 
 log = logging.getLogger(__name__)
 

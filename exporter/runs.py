@@ -21,7 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from exporter.kubernetes import kubernetes_labels
-from exporter.sampler import ScrapesFirst, Snapshot
+from exporter.sampler import Snapshot
+from exporter.scheduling import Pause, no_pause
 from exporter.sources import SourceError
 from exporter.sources.procfs import ProcFS
 
@@ -304,11 +305,11 @@ class RunRegistry:
         retain_finished_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
         sample_now: Callable[[], Snapshot] | None = None,
-        scrapes: ScrapesFirst | None = None,
+        pause: Pause = no_pause,
     ) -> None:
-        """``scrapes``: the sampler's, so that taking a sample into 1,000 runs pauses while a scrape renders."""
+        """``pause`` is called between runs while a sample's totals are taken in (exporter/scheduling.py)."""
         self._procfs = procfs
-        self._scrapes = scrapes if scrapes is not None else ScrapesFirst()
+        self._pause = pause
         self._store = store
         self._store_error = store_error
         self._persist_failure: str | None = None  # why the last sample's totals could not be stored
@@ -476,7 +477,7 @@ class RunRegistry:
             measured = {zone.zone.domain for zone in snapshot.energy_zones} | ({"gpu"} if snapshot.gpus else set())
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
-                self._scrapes.pause()
+                self._pause()
                 changed.append(self._observe_run(run, snapshot, measured))
             for run in changed:
                 self._runs[run.run_id] = run
