@@ -24,9 +24,10 @@ from exporter.api import RunAPI
 from exporter.collector import ImpactCollector
 from exporter.host import read_host_info
 from exporter.http import ExporterServer, Listeners, UnixExporterServer
-from exporter.runs import RunRegistry, open_store
+from exporter.runs import RunRegistry
 from exporter.sampler import Sampler
 from exporter.scheduling import ScrapesFirst
+from exporter.store import open_store
 from exporter.sources import EnergySource, HardwareNotFound, SourceError
 from exporter.sources.estimate import EstimateSource
 from exporter.sources.nvml import NvmlSource

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from exporter.exposition import PrerenderedFamily, go_float, label_text
 from exporter.host import HostInfo
-from exporter.runs import COMPONENT_DOMAINS, Run
+from exporter.run import COMPONENT_DOMAINS, Run
 from exporter.sampler import Snapshot
 
 RAPL_DOMAIN_HELP = {

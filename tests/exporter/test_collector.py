@@ -14,11 +14,13 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.collector import ImpactCollector
 from exporter.exposition import encode
 from exporter.host import HostInfo
-from exporter.runs import ProcessRef, Run, RunRegistry, RunStore, StartRequest
+from exporter.run import ProcessRef, Run, StartRequest
+from exporter.runs import RunRegistry
 from exporter.sampler import Sampler, Snapshot, SourceStatus
 from exporter.sources.estimate import EstimateSource
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
+from exporter.store import RunStore
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
 from tests.servers import require_binary
