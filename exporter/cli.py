@@ -7,7 +7,6 @@ import gc
 import grp
 import logging
 import math
-import re
 import signal
 import sys
 import threading
@@ -19,6 +18,7 @@ from types import ModuleType
 
 from prometheus_client.registry import CollectorRegistry
 
+from experiment_impact_tracker.durations import parse_duration
 from exporter import __version__
 from exporter.api import RunAPI
 from exporter.collector import ImpactCollector
@@ -38,8 +38,6 @@ log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9877
 EXIT_OK, EXIT_FAILURE = 0, 1
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-SECONDS_PER_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 GC_FIRST_GENERATION_THRESHOLD = 10_000
 """Net allocations of container objects between two collections of CPython's youngest generation (default 700)."""
 
@@ -191,14 +189,6 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host or "::", int(port_text)
 
 
-def parse_duration(value: str) -> float:
-    """Seconds in a Prometheus-style duration such as ``15m``, ``1h30m`` or ``90s``."""
-    parts = DURATION_PART.findall(value)
-    if not parts or "".join(number + unit for number, unit in parts) != value:
-        raise ValueError(f"{value!r} is not a duration such as 90s, 15m or 1h30m")
-    return sum(float(number) * SECONDS_PER_UNIT[unit] for number, unit in parts)
-
-
 def read_token(path: Path) -> str:
     """The bearer token in ``path``, stripped of surrounding whitespace."""
     try:
@@ -223,7 +213,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     args = parser.parse_args(argv)
     try:
         host, port = parse_listen_address(args.listen_address)
-        retain = parse_duration(args.retain_finished)
+        retain = parse_duration(args.retain_finished)  # raises ValueError naming the accepted forms
         token = read_token(args.api_token_file) if args.api_token_file else None
         gid = group_id(args.api_socket_group) if args.api_socket_group else None
     except ValueError as error:
