@@ -382,12 +382,11 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
 def settle_garbage_collector() -> None:
     """Keep CPython's cycle collector from scanning the exporter's long-lived objects again and again.
 
-    The exporter makes no reference cycles as it runs (a 1,000-run exporter's collector freed nothing in minutes),
-    yet with the default thresholds each sample's burst of short-lived objects set off collections, and every
-    tenth one scanned the whole heap: with 1,000 runs a full collection held every thread for about 80 ms every
-    10 s (a scrape caught in one waits), and with 10 runs one such scan a minute cost a few CPU-seconds an hour
-    (issue #10). So what start-up made (modules, classes: most of the heap) is frozen out of collection, and the
-    youngest generation is collected after 10,000 net allocations instead of 700. Cycles are still collected.
+    The exporter makes no reference cycles as it runs, yet with the default thresholds each sample's burst of
+    short-lived objects sets off collections, and every tenth one scans the whole heap, holding every thread (a
+    scrape caught in one waits; docs/performance.md has the figures). So what start-up made (modules, classes:
+    most of the heap) is frozen out of collection, and the youngest generation is collected after 10,000 net
+    allocations instead of 700. Cycles are still collected.
     """
     gc.collect()
     gc.freeze()

@@ -168,7 +168,7 @@ def run_info_labels(run: Run) -> dict[str, str]:
 @dataclass(frozen=True)
 class RunLabelText:
     """A run's label sets, escaped and formatted once: they do not change while the run is exposed, and
-    formatting them at every scrape is most of the cost of 1,000 runs (issue #10)."""
+    formatting them at every scrape is most of the cost of many runs."""
 
     source: tuple[object, ...]  # what the text was made from (run_label_source); made again if it differs
     info: str  # '{experiment="...",run_id="...",set="...",user="..."}'
