@@ -1,23 +1,52 @@
 """The run API: JSON routes through which experiments start, stop and read their runs.
 
 Transport-free: exporter/http.py identifies the caller (SO_PEERCRED on the Unix socket, a bearer token over
-TCP) and hands the request here; this module validates it, asks the registry, and says what to answer.
+TCP) and hands the request here; this module validates it (the rules for run ids, labels and text fields are
+here), asks the registry, and maps the registry's errors to HTTP statuses (``HTTP_STATUS``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-from exporter.runs import InvalidRequest, Run, RunError, RunRegistry, parse_start_request, validate_run_id
+from exporter.run import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    Run,
+    RunError,
+    StartRequest,
+    StoreUnavailable,
+    UnknownRun,
+)
+from exporter.runs import RunRegistry
 from exporter.sampler import Snapshot
 
 MAX_BODY_BYTES = 64 * 1024
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+RESERVED_LABELS = frozenset(
+    {"job", "instance", "run_id", "experiment", "set", "user", "component", "pod_uid", "container_id"}
+)
+MAX_LABELS = 32
+MAX_VALUE_LENGTH = 256
+
+HTTP_STATUS: Mapping[type[RunError], HTTPStatus] = {
+    InvalidRequest: HTTPStatus.BAD_REQUEST,
+    Forbidden: HTTPStatus.FORBIDDEN,
+    UnknownRun: HTTPStatus.NOT_FOUND,
+    Conflict: HTTPStatus.CONFLICT,
+    StoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+"""The HTTP status of each kind of run error; any other RunError is a 400."""
+
 RUNS = "/api/v1/runs"
 RUN = re.compile(r"/api/v1/runs/([^/]+)")
 STOP = re.compile(r"/api/v1/runs/([^/]+)/stop")
@@ -41,6 +70,74 @@ def error(status: int, message: str) -> Reply:
     return Reply(status, {"error": message})
 
 
+def validate_labels(labels: object) -> dict[str, str]:
+    """The labels as a plain dict, or InvalidRequest saying which rule a label breaks."""
+    if not isinstance(labels, dict):
+        raise InvalidRequest("labels must be an object of string values")
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequest(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
+    for name, value in labels.items():
+        if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise InvalidRequest(
+                f"label name {name!r} is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)"
+            )
+        if name in RESERVED_LABELS:
+            raise InvalidRequest(f"label name {name!r} is reserved: {', '.join(sorted(RESERVED_LABELS))}")
+        validate_text(f"label {name}", value)
+    return dict(labels)
+
+
+def validate_text(what: str, value: object, required: bool = False) -> str:
+    """A string field of at most MAX_VALUE_LENGTH characters."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be a string")
+    if required and not value:
+        raise InvalidRequest(f"{what} must not be empty")
+    if len(value) > MAX_VALUE_LENGTH:
+        raise InvalidRequest(f"{what} is longer than {MAX_VALUE_LENGTH} characters")
+    try:
+        value.encode()  # JSON may escape a lone surrogate, which neither SQLite nor /metrics can encode
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{what} is not valid Unicode: it holds a lone surrogate (\\ud800 to \\udfff)") from None
+    return value
+
+
+def validate_run_id(value: object) -> str:
+    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
+        raise InvalidRequest(
+            "run_id must be 1 to 128 characters of letters, digits, '.', '_', ':' or '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def parse_start_request(body: object) -> StartRequest:
+    """Validate a decoded JSON body of ``POST /api/v1/runs``."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = set(body) - {"experiment", "set", "labels", "pid", "run_id"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if "experiment" not in body:
+        raise InvalidRequest("experiment is required")
+    pid = body.get("pid")
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**22):
+        raise InvalidRequest("pid must be a positive integer process id")
+    run_id = body.get("run_id")
+    return StartRequest(
+        experiment=validate_text("experiment", body["experiment"], required=True),
+        set=validate_text("set", body.get("set", "")),
+        labels=validate_labels(body.get("labels", {})),
+        pid=pid,
+        run_id=None if run_id is None else validate_run_id(run_id),
+    )
+
+
+def status_of(failure: RunError) -> int:
+    """The HTTP status that answers ``failure``."""
+    return HTTP_STATUS.get(type(failure), HTTPStatus.BAD_REQUEST)
+
+
 class RunAPI:
     """Routes ``/api/v1/runs`` requests to the registry and renders runs as JSON."""
 
@@ -53,7 +150,7 @@ class RunAPI:
         try:
             return self._route(method, path.rstrip("/") or "/", body, caller)
         except RunError as failure:
-            return error(failure.status, str(failure))
+            return error(status_of(failure), str(failure))
 
     def _route(self, method: str, path: str, body: bytes, caller: Caller) -> Reply:
         if path == RUNS:

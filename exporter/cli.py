@@ -7,7 +7,6 @@ import gc
 import grp
 import logging
 import math
-import re
 import signal
 import sys
 import threading
@@ -19,13 +18,16 @@ from types import ModuleType
 
 from prometheus_client.registry import CollectorRegistry
 
+from experiment_impact_tracker.durations import parse_duration
 from exporter import __version__
 from exporter.api import RunAPI
 from exporter.collector import ImpactCollector
 from exporter.host import read_host_info
 from exporter.http import ExporterServer, Listeners, UnixExporterServer
-from exporter.runs import RunRegistry, open_store
-from exporter.sampler import Sampler, ScrapesFirst
+from exporter.runs import RunRegistry
+from exporter.sampler import Sampler
+from exporter.scheduling import ScrapesFirst
+from exporter.store import open_store
 from exporter.sources import EnergySource, HardwareNotFound, SourceError
 from exporter.sources.estimate import EstimateSource
 from exporter.sources.nvml import NvmlSource
@@ -36,8 +38,6 @@ log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9877
 EXIT_OK, EXIT_FAILURE = 0, 1
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-SECONDS_PER_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 GC_FIRST_GENERATION_THRESHOLD = 10_000
 """Net allocations of container objects between two collections of CPython's youngest generation (default 700)."""
 
@@ -189,14 +189,6 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host or "::", int(port_text)
 
 
-def parse_duration(value: str) -> float:
-    """Seconds in a Prometheus-style duration such as ``15m``, ``1h30m`` or ``90s``."""
-    parts = DURATION_PART.findall(value)
-    if not parts or "".join(number + unit for number, unit in parts) != value:
-        raise ValueError(f"{value!r} is not a duration such as 90s, 15m or 1h30m")
-    return sum(float(number) * SECONDS_PER_UNIT[unit] for number, unit in parts)
-
-
 def read_token(path: Path) -> str:
     """The bearer token in ``path``, stripped of surrounding whitespace."""
     try:
@@ -221,7 +213,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     args = parser.parse_args(argv)
     try:
         host, port = parse_listen_address(args.listen_address)
-        retain = parse_duration(args.retain_finished)
+        retain = parse_duration(args.retain_finished)  # raises ValueError naming the accepted forms
         token = read_token(args.api_token_file) if args.api_token_file else None
         gid = group_id(args.api_socket_group) if args.api_socket_group else None
     except ValueError as error:
@@ -329,7 +321,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     if store_error:
         log.error("%s; /metrics works, but new runs are refused until then", store_error)
     scrapes = ScrapesFirst()
-    runs = RunRegistry(procfs, store, store_error, settings.retain_finished_seconds, scrapes=scrapes)
+    runs = RunRegistry(procfs, store, store_error, settings.retain_finished_seconds, pause=scrapes.pause)
     sampler = Sampler(
         procfs,
         energy=energy,
@@ -339,7 +331,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         gpu=gpu,
         gpu_idle_watts=settings.gpu_idle_watts,
         gpu_idle_policy=settings.gpu_idle_attribution,
-        scrapes=scrapes,
+        pause=scrapes.pause,
     )
     runs.attach_sampler(sampler.sample_now, sampler.track_now)
     sampler.sample_once()
@@ -390,12 +382,11 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
 def settle_garbage_collector() -> None:
     """Keep CPython's cycle collector from scanning the exporter's long-lived objects again and again.
 
-    The exporter makes no reference cycles as it runs (a 1,000-run exporter's collector freed nothing in minutes),
-    yet with the default thresholds each sample's burst of short-lived objects set off collections, and every
-    tenth one scanned the whole heap: with 1,000 runs a full collection held every thread for about 80 ms every
-    10 s (a scrape caught in one waits), and with 10 runs one such scan a minute cost a few CPU-seconds an hour
-    (issue #10). So what start-up made (modules, classes: most of the heap) is frozen out of collection, and the
-    youngest generation is collected after 10,000 net allocations instead of 700. Cycles are still collected.
+    The exporter makes no reference cycles as it runs, yet with the default thresholds each sample's burst of
+    short-lived objects sets off collections, and every tenth one scans the whole heap, holding every thread (a
+    scrape caught in one waits; docs/performance.md has the figures). So what start-up made (modules, classes:
+    most of the heap) is frozen out of collection, and the youngest generation is collected after 10,000 net
+    allocations instead of 700. Cycles are still collected.
     """
     gc.collect()
     gc.freeze()

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from exporter.exposition import PrerenderedFamily, go_float, label_text
 from exporter.host import HostInfo
-from exporter.runs import COMPONENT_DOMAINS, Run
+from exporter.run import COMPONENT_DOMAINS, Run
 from exporter.sampler import Snapshot
 
 RAPL_DOMAIN_HELP = {
@@ -99,18 +99,59 @@ def energy_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield from families.values()
 
 
-RUN_FAMILIES = (  # name, help, type, unit, in the order they are exposed
-    ("impact_run_info", "Labels of a run; join on run_id. Always 1.", "gauge", ""),
-    ("impact_run_start_time_seconds", "Unix time the run started.", "gauge", "seconds"),
-    ("impact_run_end_time_seconds", "Unix time the run ended (finished runs only).", "gauge", "seconds"),
-    ("impact_run_active", "1 while the run is active, 0 once it ended.", "gauge", ""),
-    ("impact_run_energy_joules",
-     "Energy attributed to the run per component: cpu is its share of package energy, dram of DRAM energy.",
-     "counter", "joules"),
-    ("impact_run_cpu_seconds", "CPU time of the run's processes and their reaped children.", "counter", "seconds"),
-    ("impact_run_gpu_seconds",
-     "GPU time of the run: seconds x its processes' share of SM utilisation, on the GPUs it used.", "counter",
-     "seconds"),
+INFO = "info"
+"""The series key of ``impact_run_info``: its labels are the run's own (run_info_labels)."""
+RUN_ID = None
+"""The series key of a series labelled by ``run_id`` alone. Any other key is an energy component."""
+SeriesKey = str | None
+
+
+@dataclass(frozen=True)
+class RunFamily:
+    """A per-run metric family: both the fast text path (RunLayout) and prometheus_client's samples
+    (RunScrape.samples) are made from this declaration, so a new per-run metric is one more entry in RUN_FAMILIES.
+
+    ``series`` gives a run's series in the family as (key, value) pairs. A ``per_sample`` family's values change
+    at every sample and are written by one ``%`` format per scrape; the lines of the others change only when a run
+    starts, ends or is relabelled (its label text, end time or energy components: RunLayout.fits).
+    """
+
+    name: str
+    documentation: str
+    type: str
+    unit: str
+    series: Callable[[Run], Sequence[tuple[SeriesKey, float]]]
+    per_sample: bool = False
+    gpu_only: bool = False  # exposed only when some run has GPU series
+
+    @property
+    def sample_name(self) -> str:
+        return self.name + "_total" if self.type == "counter" else self.name
+
+
+def exposes_gpu(run: Run) -> bool:
+    """Whether the run has GPU series: only runs on a node with GPUs get GPU energy and GPU time."""
+    return "gpu" in run.energy_joules
+
+
+RUN_FAMILIES = (  # in the order they are exposed
+    RunFamily("impact_run_info", "Labels of a run; join on run_id. Always 1.", "gauge", "",
+              lambda run: ((INFO, 1.0),)),
+    RunFamily("impact_run_start_time_seconds", "Unix time the run started.", "gauge", "seconds",
+              lambda run: ((RUN_ID, run.start_time),)),
+    RunFamily("impact_run_end_time_seconds", "Unix time the run ended (finished runs only).", "gauge", "seconds",
+              lambda run: () if run.end_time is None else ((RUN_ID, run.end_time),)),
+    RunFamily("impact_run_active", "1 while the run is active, 0 once it ended.", "gauge", "",
+              lambda run: ((RUN_ID, 1.0 if run.active else 0.0),)),
+    RunFamily("impact_run_energy_joules",
+              "Energy attributed to the run per component: cpu is its share of package energy, dram of DRAM energy.",
+              "counter", "joules", lambda run: tuple(run.energy_joules.items()), per_sample=True),
+    RunFamily("impact_run_cpu_seconds", "CPU time of the run's processes and their reaped children.", "counter",
+              "seconds", lambda run: ((RUN_ID, run.cpu_seconds),), per_sample=True),
+    RunFamily("impact_run_gpu_seconds",
+              "GPU time of the run: seconds x its processes' share of SM utilisation, on the GPUs it used.",
+              "counter", "seconds", lambda run: ((RUN_ID, run.gpu_seconds),) if exposes_gpu(run) else (),
+              per_sample=True, gpu_only=True),
 )
 """The per-run families. Their series are keyed by ``run_id`` alone; descriptive labels live only on
 ``impact_run_info``."""
@@ -124,21 +165,15 @@ def run_info_labels(run: Run) -> dict[str, str]:
     }
 
 
-def exposes_gpu(run: Run) -> bool:
-    """Whether the run has GPU series: only runs on a node with GPUs get GPU energy and GPU time."""
-    return "gpu" in run.energy_joules
-
-
 @dataclass(frozen=True)
 class RunLabelText:
     """A run's label sets, escaped and formatted once: they do not change while the run is exposed, and
-    formatting them at every scrape is most of the cost of 1,000 runs (issue #10)."""
+    formatting them at every scrape is most of the cost of many runs."""
 
     source: tuple[object, ...]  # what the text was made from (run_label_source); made again if it differs
     info: str  # '{experiment="...",run_id="...",set="...",user="..."}'
     run_id: str  # '{run_id="..."}'
     components: Mapping[str, str]  # component -> '{component="cpu",run_id="..."}'
-    start_line: str  # the run's impact_run_start_time_seconds line: its start time never changes either
 
     @classmethod
     def of(cls, run: Run) -> RunLabelText:
@@ -152,8 +187,15 @@ class RunLabelText:
                 component: label_text({"component": component, "run_id": run.run_id})
                 for component in COMPONENT_DOMAINS
             },
-            start_line=f"impact_run_start_time_seconds{run_id} {go_float(run.start_time)}\n",
         )
+
+    def label(self, key: SeriesKey, run_id: str) -> str:
+        """The label set of the series ``key`` of a family (see RunFamily)."""
+        if key is RUN_ID:
+            return self.run_id
+        if key == INFO:
+            return self.info
+        return self.component(key, run_id)
 
     def component(self, component: str, run_id: str) -> str:
         """The label set of one component's energy series."""
@@ -201,52 +243,43 @@ class RunLabelCache:
         return last
 
 
-VALUE_FAMILIES = ("impact_run_energy_joules", "impact_run_cpu_seconds", "impact_run_gpu_seconds")
-"""The per-run families whose values change at every sample."""
-
-
 @dataclass(frozen=True)
 class RunLayout:
-    """The per-run lines but for the counters' values: the families that change only when a run starts, ends or is
-    relabelled, whole, and for the counters a format string with a ``%r`` where each value goes. A scrape with
-    the same runs then writes its 5,000 values (1,000 runs) in one ``%`` operation each family.
+    """The per-run lines but for the per-sample values: the other families' lines whole, and for each per-sample
+    family a format string with a ``%r`` where each value goes, so a scrape with the same runs writes each
+    family's values in one ``%`` operation.
 
     Values are written as ``repr`` writes them, without prometheus_client's Go-style exponents (1500000.0 rather
-    than 1.5e+06): any parser reads the same float, in a third of the time. Non-finite values keep
-    prometheus_client's spelling (+Inf, NaN).
+    than 1.5e+06): any parser reads the same float, faster. Non-finite values keep prometheus_client's spelling
+    (+Inf, NaN).
     """
 
     texts: list[RunLabelText]
     ends: list[float | None]
     components: list[tuple[str, ...]]  # each run's energy components, in the order of its energy_joules
-    fixed: Mapping[str, str]  # family -> its lines (info, start and end time, active)
-    series: Mapping[str, list[str]]  # family in VALUE_FAMILIES -> 'name{labels} ' of each line
-    formats: Mapping[str, str]  # family in VALUE_FAMILIES -> its lines with %r for the values
+    fixed: Mapping[str, str]  # family that is not per_sample -> its lines
+    series: Mapping[str, list[str]]  # per_sample family -> 'name{labels} ' of each line
+    formats: Mapping[str, str]  # per_sample family -> its lines with %r for the values
 
     @classmethod
     def of(
         cls, runs: Sequence[Run], texts: list[RunLabelText], ends: list[float | None],
         components: list[tuple[str, ...]],
     ) -> RunLayout:
-        info, start, end, active = [], [], [], []
-        energy, cpu, gpu = [], [], []
-        for run, text, names in zip(runs, texts, components, strict=True):
-            info.append(f"impact_run_info{text.info} 1.0\n")
-            start.append(text.start_line)
-            if run.end_time is not None:
-                end.append(f"impact_run_end_time_seconds{text.run_id} {go_float(run.end_time)}\n")
-            active.append(f"impact_run_active{text.run_id} {'1.0' if run.active else '0.0'}\n")
-            energy += (f"impact_run_energy_joules_total{text.component(name, run.run_id)} " for name in names)
-            cpu.append(f"impact_run_cpu_seconds_total{text.run_id} ")
-            if exposes_gpu(run):
-                gpu.append(f"impact_run_gpu_seconds_total{text.run_id} ")
-        fixed = {
-            "impact_run_info": "".join(info),
-            "impact_run_start_time_seconds": "".join(start),
-            "impact_run_end_time_seconds": "".join(end),
-            "impact_run_active": "".join(active),
-        }
-        series = dict(zip(VALUE_FAMILIES, (energy, cpu, gpu), strict=True))
+        fixed: dict[str, str] = {}
+        series: dict[str, list[str]] = {}
+        for family in RUN_FAMILIES:
+            name = family.sample_name
+            if family.per_sample:
+                series[family.name] = [
+                    f"{name}{text.label(key, run.run_id)} "
+                    for run, text in zip(runs, texts, strict=True) for key, _ in family.series(run)
+                ]
+            else:
+                fixed[family.name] = "".join(
+                    f"{name}{text.label(key, run.run_id)} {go_float(value)}\n"
+                    for run, text in zip(runs, texts, strict=True) for key, value in family.series(run)
+                )
         formats = {name: "".join(f"{line.replace('%', '%%')}%r\n" for line in lines) for name, lines in series.items()}
         return cls(texts, ends, components, fixed, series, formats)
 
@@ -258,7 +291,7 @@ class RunLayout:
         )
 
     def lines(self, family: str, values: list[float]) -> str:
-        """The lines of a family in VALUE_FAMILIES with these values, one per line in order."""
+        """The lines of a per-sample family with these values, one per line in order."""
         if all(map(isfinite, values)):
             return self.formats[family] % tuple(values)
         series = self.series[family]
@@ -283,12 +316,12 @@ class RunScrape:
 
     def families(self) -> Iterator[Metric]:
         with_gpu = any(exposes_gpu(run) for run in self._runs)
-        for name, documentation, typ, unit in RUN_FAMILIES:
-            if name == "impact_run_gpu_seconds" and not with_gpu:
+        for family in RUN_FAMILIES:
+            if family.gpu_only and not with_gpu:
                 continue
             yield PrerenderedFamily(
-                name, documentation, typ, unit,
-                lines=partial(self.lines, name), samples=partial(self.samples, name),
+                family.name, family.documentation, family.type, family.unit,
+                lines=partial(self.lines, family.name), samples=partial(self.samples, family.name),
             )
 
     def lines(self, family: str) -> str:
@@ -306,32 +339,30 @@ class RunScrape:
     def _render_lines(self) -> dict[str, str]:
         runs = self._runs
         layout = self._cache.layout(runs, self._cache.texts(runs))
-        values = (
-            [joules for run in runs for joules in run.energy_joules.values()],
-            [run.cpu_seconds for run in runs],
-            [run.gpu_seconds for run in runs if exposes_gpu(run)],
-        )
-        return {
-            **layout.fixed,
-            **{family: layout.lines(family, numbers) for family, numbers in zip(VALUE_FAMILIES, values, strict=True)},
-        }
+        lines = dict(layout.fixed)
+        for family in RUN_FAMILIES:
+            if family.per_sample:
+                values = [value for run in runs for _, value in family.series(run)]
+                lines[family.name] = layout.lines(family.name, values)
+        return lines
 
     def _build_samples(self) -> dict[str, list[Sample]]:
-        info, start, end, active, energy, cpu, gpu = ([] for _ in RUN_FAMILIES)
-        for run in self._runs:
-            run_id = {"run_id": run.run_id}
-            info.append(Sample("impact_run_info", run_info_labels(run), 1.0))
-            start.append(Sample("impact_run_start_time_seconds", run_id, run.start_time))
-            if run.end_time is not None:
-                end.append(Sample("impact_run_end_time_seconds", run_id, run.end_time))
-            active.append(Sample("impact_run_active", run_id, 1.0 if run.active else 0.0))
-            for component, joules in run.energy_joules.items():
-                energy.append(Sample("impact_run_energy_joules_total", {**run_id, "component": component}, joules))
-            cpu.append(Sample("impact_run_cpu_seconds_total", run_id, run.cpu_seconds))
-            if exposes_gpu(run):
-                gpu.append(Sample("impact_run_gpu_seconds_total", run_id, run.gpu_seconds))
-        families = (info, start, end, active, energy, cpu, gpu)
-        return {name: lines for (name, *_), lines in zip(RUN_FAMILIES, families, strict=True)}
+        samples: dict[str, list[Sample]] = {}
+        for family in RUN_FAMILIES:
+            samples[family.name] = [
+                Sample(family.sample_name, sample_labels(run, key), value)
+                for run in self._runs for key, value in family.series(run)
+            ]
+        return samples
+
+
+def sample_labels(run: Run, key: SeriesKey) -> dict[str, str]:
+    """The labels of the series ``key`` of a run (see RunFamily)."""
+    if key is RUN_ID:
+        return {"run_id": run.run_id}
+    if key == INFO:
+        return run_info_labels(run)
+    return {"run_id": run.run_id, "component": key}
 
 
 def unattributed_family(snapshot: Snapshot) -> Metric:

@@ -3,7 +3,7 @@ without its per-sample costs. (One difference, for speed: the per-run counters w
 as ``repr`` does, 1234567.891 where prometheus_client writes 1.234567891e+06. Parsers read the same float.)
 
 prometheus_client's encoders escape every sample name character by character and every label set on every
-scrape: with 1,000 runs (about 8,000 samples) that is 100-200 ms of CPU per scrape (issue #10). Here:
+scrape: with 1,000 runs (about 8,000 samples) that is most of a scrape's CPU time (docs/performance.md). Here:
 
 - a :class:`PrerenderedFamily` (the per-run families, exporter/collector.py) writes its own sample lines from
   label strings its owner escaped once, and builds ``Sample`` objects only for an encoder that asks for them;

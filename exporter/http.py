@@ -30,7 +30,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
 from exporter.exposition import negotiate
-from exporter.sampler import ScrapesFirst
+from exporter.scheduling import ScrapesFirst
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ MAX_DISCARDED_BYTES = 16 * 1024 * 1024
 
 TCP_KEEPALIVE = {socket.TCP_KEEPIDLE: 15, socket.TCP_KEEPINTVL: 15, socket.TCP_KEEPCNT: 9}
 """TCP keepalive of accepted connections, as Go's servers set it: a peer that vanished without closing (a host that
-died, a network cut off) is found after 2.5 minutes, and the thread waiting on it ends (issue #10)."""
+died, a network cut off) is found after 2.5 minutes, and the thread waiting on it ends."""
 
 LANDING_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>impact-exporter</title></head>
@@ -282,8 +282,7 @@ class Listeners:
     """The exporter's listeners, served by one thread that sleeps until a connection arrives or ``close`` is called.
 
     ``socketserver``'s ``serve_forever`` wakes every half second per listener to look for a shutdown request: on an
-    idle exporter those wake-ups cost more CPU than a sample (about 1.4 CPU-seconds an hour for two listeners, issue
-    #10). Here ``close`` wakes the thread through a socket pair instead. Each connection is still handled in a thread
+    idle exporter those wake-ups cost more CPU than a sample (docs/performance.md). Here ``close`` wakes the thread through a socket pair instead. Each connection is still handled in a thread
     of its own (``ThreadingMixIn``).
     """
 

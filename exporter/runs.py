@@ -1,288 +1,41 @@
-"""The run registry: experiment runs marked through the API, their energy, and their SQLite store.
+"""The run registry: experiment runs marked through the API, their totals, and when they end.
 
-A run is a process group (one or more root PIDs and their descendants, see exporter/sources/procfs.py) with
-descriptive labels. The sampler measures the groups; the registry turns group totals into per-run totals that
-survive exporter restarts, stops runs whose processes are gone, and keeps finished runs visible for a while.
+The registry takes a sample's group totals into its runs (each run's totals are its stored totals plus what the
+sampler measured since), ends runs whose processes are gone, keeps finished runs visible for a while, and has
+the store (exporter/store.py) persist them. Requests reach it validated (exporter/api.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import pwd
-import re
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from types import MappingProxyType
 
 from exporter.kubernetes import kubernetes_labels
-from exporter.sampler import ScrapesFirst, Snapshot
+from exporter.run import (
+    COMPONENT_DOMAINS,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    ProcessRef,
+    Run,
+    StartRequest,
+    StoreUnavailable,
+    UnknownRun,
+)
+from exporter.sampler import Snapshot
+from exporter.scheduling import Pause, no_pause
 from exporter.sources import SourceError
 from exporter.sources.procfs import ProcFS
+from exporter.store import RunStore
 
 log = logging.getLogger(__name__)
-
-COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram", "gpu": "gpu"})
-"""Per-run energy components and the RAPL domain each one is the attributed share of."""
-
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-RESERVED_LABELS = frozenset(
-    {"job", "instance", "run_id", "experiment", "set", "user", "component", "pod_uid", "container_id"}
-)
-MAX_LABELS = 32
-MAX_VALUE_LENGTH = 256
-
-
-class RunError(Exception):
-    """A run request that cannot be served; ``status`` is the HTTP status the API answers with."""
-
-    status = 400
-
-
-class InvalidRequest(RunError):
-    status = 400
-
-
-class Forbidden(RunError):
-    status = 403
-
-
-class UnknownRun(RunError):
-    status = 404
-
-
-class Conflict(RunError):
-    status = 409
-
-
-class StoreUnavailable(RunError):
-    status = 503
-
-
-@dataclass(frozen=True)
-class ProcessRef:
-    """A root process of a run, with its start time so that a reused PID is never mistaken for it."""
-
-    pid: int
-    start_ticks: int
-
-
-@dataclass(frozen=True)
-class Run:
-    """One experiment run on this node: what it is, whose it is, and what it used so far."""
-
-    run_id: str
-    experiment: str
-    set: str
-    labels: Mapping[str, str]
-    uid: int
-    user: str
-    processes: tuple[ProcessRef, ...]
-    start_time: float
-    end_time: float | None = None
-    energy_joules: Mapping[str, float] = field(default_factory=dict)
-    cpu_seconds: float = 0.0
-    last_seen: float | None = None
-    gpu_seconds: float = 0.0
-    placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
-
-    @property
-    def active(self) -> bool:
-        return self.end_time is None
-
-    @property
-    def pids(self) -> tuple[int, ...]:
-        return tuple(process.pid for process in self.processes)
-
-
-@dataclass(frozen=True)
-class StartRequest:
-    """A validated ``POST /api/v1/runs`` body."""
-
-    experiment: str
-    set: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
-    pid: int | None = None
-    run_id: str | None = None
-
-
-def validate_labels(labels: object) -> dict[str, str]:
-    """The labels as a plain dict, or InvalidRequest saying which rule a label breaks."""
-    if not isinstance(labels, dict):
-        raise InvalidRequest("labels must be an object of string values")
-    if len(labels) > MAX_LABELS:
-        raise InvalidRequest(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
-    for name, value in labels.items():
-        if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
-            raise InvalidRequest(
-                f"label name {name!r} is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)"
-            )
-        if name in RESERVED_LABELS:
-            raise InvalidRequest(f"label name {name!r} is reserved: {', '.join(sorted(RESERVED_LABELS))}")
-        validate_text(f"label {name}", value)
-    return dict(labels)
-
-
-def validate_text(what: str, value: object, required: bool = False) -> str:
-    """A string field of at most MAX_VALUE_LENGTH characters."""
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{what} must be a string")
-    if required and not value:
-        raise InvalidRequest(f"{what} must not be empty")
-    if len(value) > MAX_VALUE_LENGTH:
-        raise InvalidRequest(f"{what} is longer than {MAX_VALUE_LENGTH} characters")
-    try:
-        value.encode()  # JSON may escape a lone surrogate, which neither SQLite nor /metrics can encode
-    except UnicodeEncodeError:
-        raise InvalidRequest(f"{what} is not valid Unicode: it holds a lone surrogate (\\ud800 to \\udfff)") from None
-    return value
-
-
-def validate_run_id(value: object) -> str:
-    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
-        raise InvalidRequest(
-            "run_id must be 1 to 128 characters of letters, digits, '.', '_', ':' or '-', starting with a "
-            "letter or digit"
-        )
-    return value
-
-
-def parse_start_request(body: object) -> StartRequest:
-    """Validate a decoded JSON body of ``POST /api/v1/runs``."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    unknown = set(body) - {"experiment", "set", "labels", "pid", "run_id"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    if "experiment" not in body:
-        raise InvalidRequest("experiment is required")
-    pid = body.get("pid")
-    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**22):
-        raise InvalidRequest("pid must be a positive integer process id")
-    run_id = body.get("run_id")
-    return StartRequest(
-        experiment=validate_text("experiment", body["experiment"], required=True),
-        set=validate_text("set", body.get("set", "")),
-        labels=validate_labels(body.get("labels", {})),
-        pid=pid,
-        run_id=None if run_id is None else validate_run_id(run_id),
-    )
-
-
-class RunStore:
-    """Runs in SQLite (WAL mode) under the state directory, so a restart loses neither runs nor totals."""
-
-    SCHEMA = """
-        CREATE TABLE IF NOT EXISTS runs (
-            run_id TEXT PRIMARY KEY,
-            experiment TEXT NOT NULL,
-            run_set TEXT NOT NULL,
-            labels TEXT NOT NULL,
-            uid INTEGER NOT NULL,
-            user TEXT NOT NULL,
-            processes TEXT NOT NULL,
-            start_time REAL NOT NULL,
-            end_time REAL,
-            energy_joules TEXT NOT NULL,
-            cpu_seconds REAL NOT NULL,
-            last_seen REAL,
-            gpu_seconds REAL NOT NULL DEFAULT 0,
-            placement TEXT NOT NULL DEFAULT '{}'
-        )
-    """
-    COLUMNS_ADDED = {  # stores made before a column existed get it
-        "gpu_seconds": "REAL NOT NULL DEFAULT 0",
-        "placement": "TEXT NOT NULL DEFAULT '{}'",
-    }
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(self.SCHEMA)
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        for column, definition in self.COLUMNS_ADDED.items():
-            if column not in present:
-                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
-
-    def save(self, runs: Iterable[Run]) -> None:
-        """Insert or update runs, all in one transaction."""
-        self._write_many(
-            "INSERT OR REPLACE INTO runs (run_id, experiment, run_set, labels, uid, user, processes, start_time, "
-            "end_time, energy_joules, cpu_seconds, last_seen, gpu_seconds, placement) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            self._rows(runs),
-        )
-
-    def save_totals(self, runs: Iterable[Run]) -> None:
-        """Update what a sample changes (totals, last seen, end) of stored runs, all in one transaction: the
-        exporter does this every second, so it writes no more than that."""
-        self._write_many(
-            "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, last_seen = ?, end_time = ? "
-            "WHERE run_id = ?",
-            [
-                (json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.gpu_seconds, run.last_seen, run.end_time,
-                 run.run_id)
-                for run in runs
-            ],
-        )
-
-    def _write_many(self, statement: str, rows: list[tuple[object, ...]]) -> None:
-        self._db.execute("BEGIN")  # autocommit connection: without it, each row would be its own transaction
-        try:
-            self._db.executemany(statement, rows)
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite may already have rolled back (a full disk)
-                self._db.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    def _rows(runs: Iterable[Run]) -> list[tuple[object, ...]]:
-        return [
-            (
-                run.run_id, run.experiment, run.set, json.dumps(dict(run.labels)), run.uid, run.user,
-                json.dumps([[p.pid, p.start_ticks] for p in run.processes]), run.start_time, run.end_time,
-                json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.last_seen, run.gpu_seconds,
-                json.dumps(dict(run.placement)),
-            )
-            for run in runs
-        ]
-
-    def load(self) -> list[Run]:
-        """Every stored run, oldest first."""
-        rows = self._db.execute(
-            "SELECT run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
-            "cpu_seconds, last_seen, gpu_seconds, placement FROM runs ORDER BY start_time"
-        ).fetchall()
-        return [
-            Run(
-                run_id=row[0], experiment=row[1], set=row[2], labels=json.loads(row[3]), uid=row[4], user=row[5],
-                processes=tuple(ProcessRef(pid, start) for pid, start in json.loads(row[6])),
-                start_time=row[7], end_time=row[8], energy_joules=json.loads(row[9]), cpu_seconds=row[10],
-                last_seen=row[11], gpu_seconds=row[12], placement=json.loads(row[13]),
-            )
-            for row in rows
-        ]
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def open_store(state_dir: Path) -> tuple[RunStore | None, str | None]:
-    """The store under ``state_dir``, or None and the reason it cannot be used."""
-    try:
-        return RunStore(state_dir / "runs.sqlite"), None
-    except (OSError, sqlite3.Error) as error:
-        return None, f"cannot store runs in {state_dir}: {error}; make it writable or choose another --state-dir"
 
 
 def user_name(uid: int) -> str:
@@ -304,11 +57,11 @@ class RunRegistry:
         retain_finished_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
         sample_now: Callable[[], Snapshot] | None = None,
-        scrapes: ScrapesFirst | None = None,
+        pause: Pause = no_pause,
     ) -> None:
-        """``scrapes``: the sampler's, so that taking a sample into 1,000 runs pauses while a scrape renders."""
+        """``pause`` is called between runs while a sample's totals are taken in (exporter/scheduling.py)."""
         self._procfs = procfs
-        self._scrapes = scrapes if scrapes is not None else ScrapesFirst()
+        self._pause = pause
         self._store = store
         self._store_error = store_error
         self._persist_failure: str | None = None  # why the last sample's totals could not be stored
@@ -476,7 +229,7 @@ class RunRegistry:
             measured = {zone.zone.domain for zone in snapshot.energy_zones} | ({"gpu"} if snapshot.gpus else set())
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
-                self._scrapes.pause()
+                self._pause()
                 changed.append(self._observe_run(run, snapshot, measured))
             for run in changed:
                 self._runs[run.run_id] = run

@@ -10,13 +10,13 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from exporter.attribution import GroupShareBasis, attribute_interval
 from exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
+from exporter.scheduling import Pause, no_pause
 from exporter.sources import EnergySource, SourceError
 from exporter.sources.nvml import GpuInfo, GpuReading, NvmlSource
 from exporter.sources.procfs import GroupUsage, ProcessGroups, ProcFS
@@ -81,41 +81,6 @@ class _Pending:
     busy_cpu_seconds: float = 0.0
 
 
-class ScrapesFirst:
-    """Lets a scrape render ``/metrics`` without sharing the interpreter with the sampler.
-
-    CPython runs one thread at a time. With 1,000 runs a sample keeps the interpreter busy for a few hundred
-    milliseconds, and a scrape that arrives meanwhile gets it only in 5 ms turns: it then takes several times its own
-    CPU time (issue #10: p99 under 50 ms). The sampler calls :meth:`pause` between groups and between phases, which
-    waits while a scrape renders. A sample stretched by a few milliseconds stays exact: each figure is a difference
-    of counters, and what one interval misses the next one gets.
-    """
-
-    def __init__(self, longest_pause_seconds: float = 0.5) -> None:
-        """A pause ends after ``longest_pause_seconds`` even while scrapes go on, so sampling never stops."""
-        self._rendering = 0
-        self._done = threading.Condition()
-        self._longest_pause = longest_pause_seconds
-
-    @contextmanager
-    def scrape(self) -> Iterator[None]:
-        """Hold the sampler at its next pause until the block ends."""
-        with self._done:
-            self._rendering += 1
-        try:
-            yield
-        finally:
-            with self._done:
-                self._rendering -= 1
-                self._done.notify_all()
-
-    def pause(self) -> None:
-        """Wait while a scrape renders; return at once otherwise."""
-        if self._rendering:  # read without the lock: at worst one pause point is passed or waited at needlessly
-            with self._done:
-                self._done.wait_for(lambda: not self._rendering, self._longest_pause)
-
-
 def no_groups() -> Mapping[str, tuple[int, ...]]:
     """The group provider of an exporter that tracks no runs."""
     return {}
@@ -135,10 +100,11 @@ class Sampler:
         gpu: NvmlSource | None = None,
         gpu_idle_watts: float | None = None,
         gpu_idle_policy: IdlePolicy = IDLE_SHARE,
-        scrapes: ScrapesFirst | None = None,
+        pause: Pause = no_pause,
     ) -> None:
+        """``pause`` is called between the phases of a sample and between groups (exporter/scheduling.py)."""
         self._procfs = procfs
-        self._scrapes = scrapes if scrapes is not None else ScrapesFirst()
+        self._pause = pause
         self._energy = energy
         self._group_roots = group_roots
         self._on_sample = on_sample
@@ -188,7 +154,7 @@ class Sampler:
     def sample_once(self) -> Snapshot:
         """Read every source once, attribute what can be attributed, publish and return the new snapshot."""
         started = time.perf_counter()
-        pause = self._scrapes.pause
+        pause = self._pause
         usage_read = self._read_usage()
         energy_read = self._read_energy()
         if usage_read and (energy_read or self._energy is None):
@@ -271,7 +237,7 @@ class Sampler:
             roots = dict(self._group_roots())
             cpu = self._procfs.cpu_times()
             self._total_memory_bytes = self._procfs.meminfo().total_bytes
-            usage = self._groups.sample(roots, self._scrapes.pause)
+            usage = self._groups.sample(roots, self._pause)
         except SourceError as error:
             self._mark_down(PROCFS, error)
             return False

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from experiment_impact_tracker.durations import parse_duration
 from reporter import carbon
 from reporter.appendix import FailedRun, comparison_report, set_report
 from reporter.energy import run_figures
 from reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
-from reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_duration, parse_time
+from reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_time
 from reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, run_info_selectors, write_archive
 from reporter.table import Listed, csv_frame, run_json, runs_table
 

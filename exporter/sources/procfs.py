@@ -716,7 +716,7 @@ class ProcessGroups:
         """Group id -> root PIDs in, group id -> usage since the previous call out. Forgets ids no longer passed.
 
         Roots may be added to a group between calls; a root no longer passed stops being part of it. ``pause`` is
-        called before each group (the sampler's lets a scrape go first, exporter/sampler.py: ScrapesFirst).
+        called before each group (the sampler's lets a scrape go first, exporter/scheduling.py).
 
         A member's ``children`` file is read again only when a task created since the previous call names it as
         parent (``_children_lists_to_reuse``); the other members' lists of the previous call still hold. A group

@@ -1,19 +1,28 @@
-"""The collector's whole /metrics output on node_exporter's powercap fixture, against a golden file."""
+"""The collector's whole /metrics output against golden files: RAPL on node_exporter's powercap fixture, and GPUs
+through a fake NVML with estimated CPU energy."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ImpactCollector
+from exporter.exposition import encode
 from exporter.host import HostInfo
-from exporter.runs import ProcessRef, Run
-from exporter.sampler import Snapshot, SourceStatus
+from exporter.run import ProcessRef, Run, StartRequest
+from exporter.runs import RunRegistry
+from exporter.sampler import Sampler, Snapshot, SourceStatus
+from exporter.sources.estimate import EstimateSource
+from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
+from exporter.store import RunStore
+from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
+from tests.fakes.procfs import FakeProc
 from tests.servers import require_binary
 
 GOLDEN = Path(__file__).parent / "testdata" / "node_exporter_powercap.prom"
@@ -29,9 +38,9 @@ RUNS = [
 ]
 
 
-def render(sysfs: Path) -> str:
+def snapshot_of(sysfs: Path) -> Snapshot:
     zones = RaplSource(sysfs).sample().zones
-    snapshot = Snapshot(
+    return Snapshot(
         timestamp=1700000300.0,
         samples_total=42,
         sample_duration_seconds=0.0025,
@@ -40,6 +49,10 @@ def render(sysfs: Path) -> str:
         energy_zones=zones,
         unattributed_joules={"package": 1000.0, "dram": 50.0, "core": 7.0},
     )
+
+
+def render(sysfs: Path) -> str:
+    snapshot = snapshot_of(sysfs)
     registry = CollectorRegistry()
     registry.register(ImpactCollector(lambda: snapshot, HOST, "1.2.3", runs=lambda: RUNS))
     return generate_latest(registry).decode()
@@ -54,7 +67,73 @@ def test_metrics_match_the_golden_file(node_exporter_powercap: Path) -> None:
     assert 'impact_rapl_core_joules_total{package="0"} 118821.284256' in text
 
 
+def test_metrics_path_writes_the_golden_file(node_exporter_powercap: Path) -> None:
+    registry = CollectorRegistry()
+    registry.register(ImpactCollector(lambda: snapshot_of(node_exporter_powercap), HOST, "1.2.3", runs=lambda: RUNS))
+    assert encode(registry, openmetrics=False).decode() == GOLDEN.read_text()
+
+
 def test_golden_file_passes_promtool() -> None:
     promtool = require_binary("promtool", "apt-get install prometheus")
     lint = subprocess.run([promtool, "check", "metrics"], input=GOLDEN.read_text(), capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+GPU_GOLDEN = Path(__file__).parent / "testdata" / "gpu.prom"
+TRAIN, EVAL, STRANGER = 4242, 4343, 5000
+
+
+def render_gpu(tmp_path: Path) -> CollectorRegistry:
+    """Two runs on two fake GPUs (one with an energy counter, one whose power is integrated) and estimated CPU
+    energy, through the sampler and the run registry, on fixed clocks: every figure is deterministic."""
+    proc = FakeProc(tmp_path / "proc")
+    for pid, start in ((TRAIN, 100), (EVAL, 200), (STRANGER, 300)):
+        proc.spawn(pid, 1, start=start, uid=0, comm=f"p{pid}", pss_kib=1024 * pid // 100)
+    fast = FakeGpu("GPU-0000aaaa-0000-0000-0000-000000000000", power_watts=250.0, memory_used_bytes=9 * GIB,
+                   utilization_percent=80, processes={TRAIN: 8 * GIB, STRANGER: 1 * GIB},
+                   slices=[{TRAIN: 60, STRANGER: 20}])
+    old = FakeGpu("GPU-1111bbbb-0000-0000-0000-000000000000", name="Tesla P100", power_watts=150.0,
+                  energy_counter=False, memory_used_bytes=4 * GIB, utilization_percent=50,
+                  processes={EVAL: 4 * GIB}, slices=[{EVAL: 50}])
+    nvml = FakeNvml([fast, old])
+    procfs = proc.procfs()
+    clock = nvml.clock
+    registry = RunRegistry(procfs, RunStore(tmp_path / "runs.sqlite"), clock=lambda: 1700000000.0 + clock())
+    registry.start(StartRequest(experiment="mobilenet", set="conv32", labels={"seed": "0"}, pid=TRAIN,
+                                run_id="train"), caller_uid=0, caller_pid=None)
+    registry.start(StartRequest(experiment="mobilenet", set="eval", pid=EVAL, run_id="eval"),
+                   caller_uid=0, caller_pid=None)
+    sampler = Sampler(
+        procfs,
+        energy=EstimateSource(procfs, tdp_watts=200.0, dram_watts_per_gib=0.375, clock=clock),
+        group_roots=registry.group_roots,
+        clock=lambda: 1700000000.0 + clock(),
+        on_sample=registry.observe,
+        gpu=NvmlSource(nvml=nvml, clock=clock),
+        gpu_idle_watts=50.0,
+    )
+    sampler.sample_once()
+    for _ in range(2):
+        proc.advance(busy_ticks=150, idle_ticks=50, running={TRAIN: 100, EVAL: 25, STRANGER: 10})
+        nvml.advance(2.0)
+        sampler.sample_once()
+    snapshot = replace(sampler.snapshot, sample_duration_seconds=0.0025)  # the one figure measured in real time
+    collector = CollectorRegistry()
+    collector.register(ImpactCollector(lambda: snapshot, HOST, "1.2.3", runs=registry.runs))
+    return collector
+
+
+def test_gpu_metrics_match_the_golden_file(tmp_path: Path) -> None:
+    collector = render_gpu(tmp_path)
+    text = generate_latest(collector).decode()
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GPU_GOLDEN.write_text(text)
+    assert text == GPU_GOLDEN.read_text()
+    assert encode(collector, openmetrics=False).decode() == text  # the /metrics path writes the same bytes
+    assert 'impact_energy_source_info{component="gpu",method="nvml-power"} 1.0' in text
+
+
+def test_gpu_golden_file_passes_promtool() -> None:
+    promtool = require_binary("promtool", "apt-get install prometheus")
+    lint = subprocess.run([promtool, "check", "metrics"], input=GPU_GOLDEN.read_text(), capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -19,7 +19,7 @@ from prometheus_client.utils import floatToGoString
 from exporter.collector import ImpactCollector, RunLabelCache
 from exporter.exposition import encode, go_float, negotiate
 from exporter.host import HostInfo
-from exporter.runs import ProcessRef, Run
+from exporter.run import ProcessRef, Run
 from exporter.sampler import Snapshot, SourceStatus
 from exporter.sources.nvml import GpuInfo, GpuProcess, GpuReading
 

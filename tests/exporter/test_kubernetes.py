@@ -11,7 +11,9 @@ from prometheus_client import CollectorRegistry
 from exporter.collector import ImpactCollector
 from exporter.host import HostInfo
 from exporter.kubernetes import kubernetes_labels
-from exporter.runs import RunRegistry, RunStore, StartRequest
+from exporter.run import StartRequest
+from exporter.runs import RunRegistry
+from exporter.store import RunStore
 from exporter.sampler import Snapshot
 from tests.fakes.procfs import FakeProc
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.runs import RunRegistry, RunStore, StartRequest, StoreUnavailable
+from exporter.api import status_of
+from exporter.run import StartRequest, StoreUnavailable
+from exporter.runs import RunRegistry
+from exporter.store import RunStore
 from exporter.sampler import GroupTotals, Snapshot
 from exporter.sources.rapl import RaplZone, ZoneEnergy
 from tests.fakes.procfs import FakeProc
@@ -62,7 +65,7 @@ def test_a_store_that_refuses_writes_keeps_runs_in_memory_logs_once_and_catches_
 
     with pytest.raises(StoreUnavailable, match=r"free space there or choose another --state-dir") as refused:
         registry.start(StartRequest("eval", run_id="eval", pid=PID), 0, None)
-    assert refused.value.status == 503
+    assert status_of(refused.value) == 503  # the API answers 503
     for joules in (2.0, 3.0, 4.0):
         registry.observe(sample("train", joules))
     assert registry.get("train", 0).energy_joules["cpu"] == 4.0

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sampler import PROCFS, Sampler, ScrapesFirst
+from exporter.sampler import PROCFS, Sampler
+from exporter.scheduling import ScrapesFirst
 from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
@@ -147,7 +148,7 @@ def test_track_now_counts_a_group_from_the_call_not_from_the_next_sample(tmp_pat
 
 def test_a_sample_waits_at_its_next_pause_while_a_scrape_renders_and_then_completes(powercap: FakePowercap) -> None:
     scrapes = ScrapesFirst()
-    sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), scrapes=scrapes)
+    sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), pause=scrapes.pause)
     sampler.sample_once()
     events: list[str] = []
     rendering, sampled = threading.Event(), threading.Event()

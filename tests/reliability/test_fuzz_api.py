@@ -27,15 +27,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from experiment_impact_tracker.client import ExporterClient, UnixHTTPConnection
-from exporter.api import MAX_BODY_BYTES
-from exporter.runs import (
-    RESERVED_LABELS,
-    RUN_ID,
-    InvalidRequest,
-    StartRequest,
-    parse_start_request,
-    validate_run_id,
-)
+from exporter.api import MAX_BODY_BYTES, RESERVED_LABELS, RUN_ID, parse_start_request, validate_run_id
+from exporter.run import InvalidRequest, StartRequest
 from tests.fakes.powercap import FakePowercap
 from tests.servers import ExporterProcess, require_binary
 

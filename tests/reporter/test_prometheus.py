@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 
+from experiment_impact_tracker.durations import parse_duration
 from reporter.prometheus import (
     BadPrometheusURL,
     InstantSample,
@@ -28,7 +29,6 @@ from reporter.prometheus import (
     PrometheusUnreachable,
     Series,
     _parse_result,
-    parse_duration,
     parse_time,
     plan_range_chunks,
 )

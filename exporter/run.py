@@ -1,0 +1,86 @@
+"""The run model: what a run is, the request that starts one, and the errors a run request can meet.
+
+A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in
+exporter/sources/procfs.py) with descriptive labels. Runs are immutable: the registry (exporter/runs.py) replaces a run whenever its figures change, so a
+scrape that holds a run holds one consistent set of figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram", "gpu": "gpu"})
+"""Per-run energy components and the RAPL domain each one is the attributed share of."""
+
+
+class RunError(Exception):
+    """A run request that cannot be served. The API module (exporter/api.py) maps each kind to an HTTP status."""
+
+
+class InvalidRequest(RunError):
+    """The request is malformed or names no running process."""
+
+
+class Forbidden(RunError):
+    """The caller may not act on this process or run."""
+
+
+class UnknownRun(RunError):
+    """No run has this id on this exporter."""
+
+
+class Conflict(RunError):
+    """The request contradicts the run as it is (finished, or other labels)."""
+
+
+class StoreUnavailable(RunError):
+    """Runs cannot be stored now, so none may start."""
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A root process of a run, with its start time so that a reused PID is never mistaken for it."""
+
+    pid: int
+    start_ticks: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """One experiment run on this node: what it is, whose it is, and what it used so far."""
+
+    run_id: str
+    experiment: str
+    set: str
+    labels: Mapping[str, str]
+    uid: int
+    user: str
+    processes: tuple[ProcessRef, ...]
+    start_time: float
+    end_time: float | None = None
+    energy_joules: Mapping[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
+    last_seen: float | None = None
+    gpu_seconds: float = 0.0
+    placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
+
+    @property
+    def active(self) -> bool:
+        return self.end_time is None
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(process.pid for process in self.processes)
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """A validated ``POST /api/v1/runs`` body."""
+
+    experiment: str
+    set: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    run_id: str | None = None
