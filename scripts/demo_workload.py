@@ -13,7 +13,7 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dtype", choices=["float32", "float64"], required=True)
-    parser.add_argument("--products", type=int, default=200, help="how many 1024x1024 matrix products")
+    parser.add_argument("--products", type=int, default=500, help="how many 1024x1024 matrix products")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     a = rng.random((1024, 1024)).astype(args.dtype)
