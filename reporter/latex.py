@@ -49,15 +49,14 @@ from reporter.typeset import (
     signed,
     table_format,
     unit_for,
-    unit_label,
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
-SYSTEM_PACKAGES = (
+LATEX_PACKAGES = (
     "texlive-luatex texlive-latex-recommended texlive-science texlive-pictures lmodern latexmk fonts-noto-cjk "
     "fonts-symbola"
 )
-LATEX_INSTALL_HINT = f"install LuaLaTeX and fonts to build PDFs: sudo apt-get install {SYSTEM_PACKAGES}"
+LATEX_INSTALL_HINT = f"install LuaLaTeX and fonts to build PDFs: sudo apt-get install {LATEX_PACKAGES}"
 PLOT_POINTS = 300
 COMPONENT_NAMES = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU"}
 QUANTITY_BY_KEY = {q.key: q for q in QUANTITIES}
@@ -239,7 +238,10 @@ class PowerPlot:
 
 
 def power_plot(figures: RunFigures) -> PowerPlot | None:
-    """The plot of a run's power from its start to its end; None when the run is shorter than one sample interval."""
+    """The plot of a run's power from its start to its end; None for a run no longer than one sample interval.
+
+    (None too when fewer than two samples lie inside the run: then there is no curve to draw either.)
+    """
     unit = unit_for("s", [figures.duration_seconds])
     interval = figures.sample_interval_seconds
     if figures.duration_seconds <= interval or figures.power.empty:
@@ -279,7 +281,7 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters |= {"e": escape, "prose": prose, "cell": cell, "dec": decimal, "unit": unit_label}
+    env.filters |= {"e": escape, "prose": prose}
     return env
 
 

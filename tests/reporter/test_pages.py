@@ -132,6 +132,18 @@ def test_comparison_rows_for_a_component_only_one_set_has(appendix: Path) -> Non
     assert "measured versus estimated" not in text
 
 
+def test_every_standalone_page_is_one_page_and_states_the_holm_family_it_used(appendix: Path) -> None:
+    for pdf in appendix.rglob("*.pdf"):
+        assert page_count(pdf) == 1, f"{pdf.relative_to(appendix)} has {page_count(pdf)} pages"
+    document = json.loads((appendix / "appendix.json").read_text())
+    for comparison in document["comparisons"]:
+        text = pdf_text(appendix / comparison["file"])
+        family = comparison["family"]
+        assert f"across the {len(family)} distinct hypotheses tested" in text
+        adjusted = [q for q in comparison["quantities"].values() if q["p_holm"] is not None and not q["same_test_as"]]
+        assert len(adjusted) == len(family) > 0
+
+
 def fragments(appendix: Path, unicode: bool) -> list[Path]:
     found = sorted(appendix.rglob("*.fragment.tex"))
     return [f for f in found if (UNICODE_NOTICE in f.read_text()) == unicode]
