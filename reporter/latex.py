@@ -355,9 +355,15 @@ def missing_characters(log: str) -> list[str]:
 
 
 def build_pdfs(texs: Sequence[Path], workers: int | None = None) -> list[Built]:
-    """Build several documents in parallel (LuaLaTeX is single-threaded)."""
+    """Build several documents, in parallel after the first (LuaLaTeX is single-threaded).
+
+    The first build alone lets LuaLaTeX make its font name database, on a first use, before others read it.
+    """
+    if not texs:
+        return []
+    first = build_pdf(texs[0])
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(build_pdf, texs))
+        return [first, *pool.map(build_pdf, texs[1:])]
 
 
 def log_errors(log: Path, context_lines: int = 3) -> str:
