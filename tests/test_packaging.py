@@ -1,9 +1,10 @@
 """The package installs as a user would install it: a wheel built from the tree goes into a clean virtual
-environment (no system site-packages), the base install leaves out the reporter's heavy dependencies, and with
-``[all]`` each console script and ``python -m`` answers ``--help``.
+environment (no system site-packages), the base install leaves out the reporter's heavy dependencies, ``[exporter]``
+is enough for the exporter, and with ``[all]`` each console script and ``python -m`` answers ``--help``.
 
 Dependencies come from PyPI. Without it the tests skip, except under CI=true, where they fail. One wheel and one
-environment serve the whole module: what the base install holds is recorded first, then ``[all]`` is added to it.
+environment serve the whole module: what the base install holds is recorded first, then ``[exporter]`` is added
+and recorded, then ``[all]``.
 """
 
 from __future__ import annotations
@@ -103,9 +104,24 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     return replace(environment, base=frozenset(environment.distributions()))
 
 
+@dataclass(frozen=True)
+class ExporterOnly:
+    """What the venv held, and what ``impact-exporter --help`` did, with the base install and ``[exporter]``."""
+
+    distributions: frozenset[str]
+    help: subprocess.CompletedProcess[str]
+
+
 @pytest.fixture(scope="module")
-def venv_all(venv: Venv) -> Venv:
-    """The same venv once ``[all]`` is installed into it."""
+def exporter_only(venv: Venv) -> ExporterOnly:
+    """``[exporter]`` added to the base install: an operator's install, recorded before ``[all]`` comes."""
+    venv.pip_install(f"{venv.wheel}[exporter]")
+    return ExporterOnly(frozenset(venv.distributions()), venv.run(venv.root / "bin" / "impact-exporter", "--help"))
+
+
+@pytest.fixture(scope="module")
+def venv_all(venv: Venv, exporter_only: ExporterOnly) -> Venv:
+    """The same venv once ``[all]`` is installed into it (after the ``[exporter]`` install was recorded)."""
     venv.pip_install(f"{venv.wheel}[all]")
     return venv
 
@@ -130,6 +146,23 @@ def test_the_client_imports_nothing_heavy(venv: Venv) -> None:
         f" print(sorted({{name.split('.')[0] for name in sys.modules}} & {unwanted!r}))"
     )
     result = venv.run(venv.python, "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_exporter_extra_runs_the_exporter_without_the_reporters_dependencies(exporter_only: ExporterOnly) -> None:
+    assert "prometheus-client" in exporter_only.distributions
+    assert not set(HEAVY) & exporter_only.distributions
+    assert exporter_only.help.returncode == 0, exporter_only.help.stderr
+    assert "usage:" in exporter_only.help.stdout
+
+
+def test_the_reporter_imports_nothing_of_the_exporter(venv_all: Venv) -> None:
+    script = (
+        "import sys, reporter.cli;"
+        " print(sorted({name.split('.')[0] for name in sys.modules} & {'exporter', 'prometheus_client'}))"
+    )
+    result = venv_all.run(venv_all.python, "-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
