@@ -4,8 +4,6 @@
 ``impact-run`` does the same for a command; ``compute_tracker.ImpactTracker`` keeps the original library's API.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from experiment_impact_tracker.client import ExporterClient
 from experiment_impact_tracker.errors import (
     ExporterError,
@@ -18,10 +16,21 @@ from experiment_impact_tracker.errors import (
 from experiment_impact_tracker.rundir import read_run_dir
 from experiment_impact_tracker.runs import Run, track_run
 
-try:
-    __version__ = version("experiment-impact-tracker")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed metadata on first use: importing the client does not load
+    importlib.metadata, so an experiment that only marks runs does not pay for it."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("experiment-impact-tracker")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        value = "0.0.0+unknown"
+    globals()["__version__"] = value
+    return value
+
 
 __all__ = [
     "ExporterClient",

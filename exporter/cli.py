@@ -27,12 +27,12 @@ from exporter.http import ExporterServer, Listeners, UnixExporterServer
 from exporter.runs import RunRegistry
 from exporter.sampler import Sampler
 from exporter.scheduling import ScrapesFirst
-from exporter.store import open_store
 from exporter.sources import EnergySource, HardwareNotFound, SourceError
 from exporter.sources.estimate import EstimateSource
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import RaplSource
+from exporter.store import open_store
 
 log = logging.getLogger("exporter")
 

@@ -282,8 +282,8 @@ class Listeners:
     """The exporter's listeners, served by one thread that sleeps until a connection arrives or ``close`` is called.
 
     ``socketserver``'s ``serve_forever`` wakes every half second per listener to look for a shutdown request: on an
-    idle exporter those wake-ups cost more CPU than a sample (docs/performance.md). Here ``close`` wakes the thread through a socket pair instead. Each connection is still handled in a thread
-    of its own (``ThreadingMixIn``).
+    idle exporter those wake-ups cost more CPU than a sample (docs/performance.md). Here ``close`` wakes the thread
+    through a socket pair instead. Each connection is still handled in a thread of its own (``ThreadingMixIn``).
     """
 
     def __init__(self, servers: Sequence[socketserver.BaseServer]) -> None:

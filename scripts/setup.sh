@@ -26,7 +26,8 @@ install_apt_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# A virtual environment in $VENV with the project installed in editable mode, tests' extras included.
+# A virtual environment in $VENV with the project installed in editable mode with every extra: the exporter's and
+# the reporter's dependencies (the demo runs both; [all]) and what the tests need besides ([test]).
 # It sees the system's site-packages, so numpy/scipy/pandas already installed are not downloaded again.
 install_python_env() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -35,5 +36,5 @@ install_python_env() {
       python3 -m venv --system-site-packages "$VENV"
     }
   fi
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[all,test]'
 }

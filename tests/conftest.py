@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tests.monitored import MonitoredNode, start_runs, wait_scraped
-from tests.servers import IN_CI, REPO_ROOT, ExporterProcess, PrometheusServer
+from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer
 
-NODE_EXPORTER_POWERCAP = REPO_ROOT.parent / "shared" / "fixtures" / "powercap-node_exporter"
+NODE_EXPORTER_POWERCAP = REPO_ROOT / "tests" / "fixtures" / "powercap-node_exporter"
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +61,5 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
 
 @pytest.fixture
 def node_exporter_powercap() -> Path:
-    """node_exporter's powercap fixture from ../shared (a sysfs root); read-only, copy it to change it."""
-    sysfs = NODE_EXPORTER_POWERCAP / "sys"
-    if not sysfs.is_dir():
-        message = f"shared fixture missing: {sysfs}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return sysfs
+    """node_exporter's powercap fixture, vendored in tests/fixtures (a sysfs root); read-only, copy it to change it."""
+    return NODE_EXPORTER_POWERCAP / "sys"

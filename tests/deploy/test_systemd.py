@@ -47,7 +47,7 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     """Unknown or misspelt directives are only warnings to systemd, so any output fails the test."""
     analyze = require_binary("systemd-analyze", "apt-get install systemd")
     binary = shutil.which("impact-exporter", path=str(Path(sys.executable).parent))
-    assert binary, "impact-exporter is not installed in this environment: pip install -e ."
+    assert binary, "impact-exporter is not installed in this environment: pip install -e '.[exporter]'"
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace(f"ExecStart={INSTALLED_BINARY}", f"ExecStart={binary}"))
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)

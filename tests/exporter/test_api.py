@@ -16,8 +16,8 @@ from experiment_impact_tracker.client import UnixHTTPConnection
 from exporter.api import MAX_BODY_BYTES, Caller, RunAPI
 from exporter.http import UnixExporterServer
 from exporter.runs import RunRegistry
-from exporter.store import RunStore
 from exporter.sampler import Snapshot
+from exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 from tests.servers import short_socket_path
 

@@ -13,8 +13,8 @@ from exporter.host import HostInfo
 from exporter.kubernetes import kubernetes_labels
 from exporter.run import StartRequest
 from exporter.runs import RunRegistry
-from exporter.store import RunStore
 from exporter.sampler import Snapshot
+from exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 
 POD_UID = "8f3c1d2e-4b5a-4c6d-9e8f-0a1b2c3d4e5f"

@@ -13,9 +13,9 @@ import pytest
 from exporter.api import status_of
 from exporter.run import StartRequest, StoreUnavailable
 from exporter.runs import RunRegistry
-from exporter.store import RunStore
 from exporter.sampler import GroupTotals, Snapshot
 from exporter.sources.rapl import RaplZone, ZoneEnergy
+from exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 
 PID = 4242

@@ -26,8 +26,6 @@ from exporter.sources.rapl import (
 )
 from tests.fakes.powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-NODE_EXPORTER_SYS = REPO_ROOT / ".." / "shared" / "fixtures" / "powercap-node_exporter" / "sys"
 NOBODY = 65534
 RAPL_LOGGER = "exporter.sources.rapl"
 
@@ -371,13 +369,8 @@ def test_any_zone_name_is_either_used_or_skipped_never_a_crash(name: str) -> Non
 # --- node_exporter's fixture --------------------------------------------------------------------------------
 
 
-def test_first_sample_matches_node_exporter_on_its_fixture() -> None:
-    if not NODE_EXPORTER_SYS.is_dir():
-        message = f"node_exporter powercap fixture not found at {NODE_EXPORTER_SYS.resolve()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    source = RaplSource(NODE_EXPORTER_SYS)
+def test_first_sample_matches_node_exporter_on_its_fixture(node_exporter_powercap: Path) -> None:
+    source = RaplSource(node_exporter_powercap)
 
     sample = source.sample()
 
