@@ -16,10 +16,11 @@ from types import MappingProxyType
 
 from exporter.attribution import GroupShareBasis, attribute_interval
 from exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
+from exporter.groups import GroupUsage, ProcessGroups
 from exporter.scheduling import Pause, no_pause
 from exporter.sources import EnergySource, SourceError
 from exporter.sources.nvml import GpuInfo, GpuReading, NvmlSource
-from exporter.sources.procfs import GroupUsage, ProcessGroups, ProcFS
+from exporter.sources.procfs import ProcFS
 from exporter.sources.rapl import ZoneEnergy
 
 log = logging.getLogger(__name__)
