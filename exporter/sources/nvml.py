@@ -1,8 +1,8 @@
 """NVIDIA GPUs through NVML (``pynvml``, from nvidia-ml-py): energy, power, utilisation and GPU processes.
 
-This is the only module that imports ``pynvml``, lazily, when no ``nvml`` module is passed in; tests pass
-tests/fakes/nvml.py instead. Every NVML error is translated here into the exceptions of ``exporter.sources``,
-so nothing above this module knows NVML's error codes.
+``pynvml`` is imported lazily, through experiment_impact_tracker/gpu/nvml.py (what the exporter and the client
+share), when no ``nvml`` module is passed in; tests pass tests/fakes/nvml.py instead. Every NVML error is
+translated here into the exceptions of ``exporter.sources``, so nothing above this module knows NVML's error codes.
 
 **Energy.** Volta and later GPUs count the millijoules used since the driver loaded
 (``nvmlDeviceGetTotalEnergyConsumption``); a GPU's total starts at that counter's value, as RAPL totals do.
@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Literal
 
+from experiment_impact_tracker.gpu.nvml import cuda_version_text, devices_named, nvml_text
+from experiment_impact_tracker.gpu.nvml import import_pynvml as _import_pynvml
 from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
 
 logger = logging.getLogger(__name__)
@@ -142,12 +143,9 @@ class _Gpu:
 def import_pynvml() -> ModuleType:
     """Return the ``pynvml`` module; HardwareNotFound if it is not installed."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # the "pynvml" shim package warns on import
-            import pynvml
+        return _import_pynvml()
     except ImportError as error:
         raise HardwareNotFound(f"no NVIDIA GPU: pynvml (nvidia-ml-py) cannot be imported: {error}") from error
-    return pynvml
 
 
 def translate_error(nvml: Any, error: BaseException, what: str) -> SourceError:
@@ -172,11 +170,6 @@ def translate_error(nvml: Any, error: BaseException, what: str) -> SourceError:
     return SourceError(message)
 
 
-def cuda_version_text(version: int) -> str:
-    """Return NVML's CUDA driver version number (12040) as CUDA writes it ("12.4")."""
-    return f"{version // 1000}.{version % 1000 // 10}"
-
-
 def sm_utilization_by_pid(samples: Iterable[Any]) -> dict[int, float]:
     """Return each pid's SM utilisation ratio over the driver sampling periods in ``samples``.
 
@@ -198,20 +191,16 @@ def select_devices(uuids: Sequence[tuple[int, str]], devices: Sequence[str] | No
     """Return the NVML indices ``devices`` names, in its order, as CUDA_VISIBLE_DEVICES would.
 
     ``uuids`` lists every GPU as (NVML index, UUID). An entry is an index ("2") or a UUID or unique UUID prefix
-    ("GPU-8c3a"); ``None`` selects every GPU. Unlike CUDA, which silently stops at the first entry that names
-    no GPU, an unknown or ambiguous entry raises HardwareNotFound: a typo in a flag should not go unnoticed.
+    ("GPU-8c3a"), read by ``devices_named``; ``None`` selects every GPU. Unlike CUDA, which silently stops at the
+    first entry that names no GPU, an unknown or ambiguous entry raises HardwareNotFound: a typo in a flag should
+    not go unnoticed. An entry repeated is selected once.
     """
     if devices is None:
         return [index for index, _ in uuids]
     known = ", ".join(f"{index}: {uuid}" for index, uuid in uuids)
     chosen: list[int] = []
     for entry in (device.strip() for device in devices):
-        if entry.isascii() and entry.isdigit():
-            matches = [index for index, _ in uuids if index == int(entry)]
-        elif entry.startswith("GPU-"):
-            matches = [index for index, uuid in uuids if uuid.startswith(entry)]
-        else:
-            matches = []
+        matches = devices_named(entry, uuids)
         if len(matches) != 1:
             reason = "is ambiguous" if matches else "names no GPU"
             raise HardwareNotFound(f"GPU selection {entry!r} {reason} (this machine's NVIDIA GPUs: {known})")
@@ -522,6 +511,4 @@ def _energy_since(before: _GpuState, after: _GpuState, method: EnergyMethod) -> 
 
 def _text(value: str | bytes | None) -> str | None:
     """Return NVML text as str: older pynvml bindings return bytes."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
+    return nvml_text(value)
