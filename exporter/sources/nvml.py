@@ -29,11 +29,21 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 from experiment_impact_tracker.gpu.nvml import cuda_version_text, devices_named, nvml_text
 from experiment_impact_tracker.gpu.nvml import import_pynvml as _import_pynvml
 from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from exporter.sources.gpu import (
+    COUNTER,
+    NO_ENERGY,
+    POWER_INTEGRATION,
+    EnergyMethod,
+    GpuInfo,
+    GpuProcess,
+    GpuReading,
+    GpuSample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +51,8 @@ MJ_PER_JOULE = 1000
 MW_PER_WATT = 1000
 PERCENT = 100
 
-EnergyMethod = Literal["counter", "power-integration", "none"]
-COUNTER: EnergyMethod = "counter"
-POWER_INTEGRATION: EnergyMethod = "power-integration"
-NO_ENERGY: EnergyMethod = "none"
+COUNTER_LABEL = "nvml-counter"
+POWER_LABEL = "nvml-power"
 
 
 class GpuLost(SourceError):
@@ -57,56 +65,6 @@ class _Unsupported(SourceError):
 
 class _NoNewSamples(SourceError):
     """Internal: ``nvmlDeviceGetProcessUtilization`` has no sample newer than the timestamp (NOT_FOUND)."""
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """What a GPU is, read once at start-up: the labels of ``impact_gpu_info``."""
-
-    index: int  # NVML index, the nvidia-smi number (not the CUDA ordinal under CUDA_VISIBLE_DEVICES)
-    uuid: str  # "GPU-..."
-    name: str  # e.g. "NVIDIA A100-SXM4-40GB"
-    driver_version: str | None  # e.g. "550.54.15"
-    cuda_version: str | None  # the highest CUDA version the driver supports, e.g. "12.4"
-    memory_total_bytes: int | None
-    mig_enabled: bool  # MIG mode on: per-process figures are not reported for this GPU
-    energy_counter: bool  # True: energy from the hardware counter; False: integrated from power
-
-
-@dataclass(frozen=True)
-class GpuProcess:
-    """One process on a GPU in the last interval: a running compute process, or one seen in utilisation samples."""
-
-    pid: int  # in the host's PID namespace (NVML's view)
-    used_memory_bytes: int | None  # None: not reported (not running any more, or a driver that cannot say)
-    sm_utilization_ratio: float | None  # 0..1 over the interval; None: process utilisation unsupported
-
-
-@dataclass(frozen=True)
-class GpuReading:
-    """One GPU at one sample. When ``up`` is False only the identity and the kept energy total are meaningful."""
-
-    index: int
-    uuid: str
-    up: bool
-    energy_method: EnergyMethod
-    energy_joules_total: float | None  # cumulative, never decreases; None when the GPU reports no energy or power
-    energy_joules_delta: float  # since the previous energy reading (0.0 on the first and when down)
-    elapsed_seconds: float  # the span energy_joules_delta covers (0.0 when it covers none)
-    power_watts: float | None
-    utilization_ratio: float | None  # fraction of time a kernel ran, 0..1
-    memory_used_bytes: int | None
-    processes: tuple[GpuProcess, ...]
-    mig_enabled: bool  # per-process figures are missing because the GPU is in MIG mode
-
-
-@dataclass(frozen=True)
-class NvmlSample:
-    """Every selected GPU read at one sample, in the order of ``NvmlSource.gpus``."""
-
-    timestamp: float  # the source's clock when read
-    elapsed_seconds: float  # since the previous sample (0.0 on the first)
-    gpus: tuple[GpuReading, ...]
 
 
 @dataclass(frozen=True)
@@ -168,6 +126,15 @@ def translate_error(nvml: Any, error: BaseException, what: str) -> SourceError:
     if library_mismatch is not None and isinstance(error, library_mismatch):
         return _Unsupported(message)  # pynvml's unversioned call needs a newer driver
     return SourceError(message)
+
+
+def energy_method_label(readings: Iterable[GpuReading]) -> str | None:
+    """The label of how these GPUs' energy was obtained: ``nvml-counter`` when every GPU with energy has the
+    counter, ``nvml-power`` when any integrates power, None when none has energy."""
+    methods = {reading.energy_method for reading in readings if reading.energy_method != NO_ENERGY}
+    if not methods:
+        return None
+    return COUNTER_LABEL if methods == {COUNTER} else POWER_LABEL
 
 
 def sm_utilization_by_pid(samples: Iterable[Any]) -> dict[int, float]:
@@ -259,7 +226,7 @@ class NvmlSource:
         except self._nvml.NVMLError as error:
             logger.debug("nvmlShutdown failed: %s", error)
 
-    def sample(self) -> NvmlSample:
+    def sample(self) -> GpuSample:
         """Read every selected GPU; a GPU that cannot be read is reported down, keeping its energy total."""
         now = self._clock()
         elapsed = 0.0 if self._timestamp is None else now - self._timestamp
@@ -276,7 +243,7 @@ class NvmlSource:
             self._states[position] = new_state
             readings.append(reading)
         self._timestamp = now
-        return NvmlSample(timestamp=now, elapsed_seconds=elapsed, gpus=tuple(readings))
+        return GpuSample(now, elapsed, tuple(readings), energy_method_label(readings))
 
     def _start(self) -> None:
         """``nvmlInit``, with each way it fails on a machine without NVIDIA GPUs said in one line."""
