@@ -1,5 +1,30 @@
-"""Process-group accounting: per-interval CPU time and memory of process groups (a run's root PIDs and all their
-descendants), read from procfs each sample. Stateful: each sample is measured against the one before it.
+"""Process-group accounting: each run's CPU time and memory per interval, from its root PIDs and all their
+descendants, read from procfs at each sample. Stateful: each sample is measured against the one before.
+
+Processes are keyed by ``(pid, start_ticks)``, so a reused PID is never taken for the same process. A member's
+total is its own CPU time plus that of the children it reaped (cutime+cstime), and a group's interval CPU is::
+
+    sum(total of the members now) - sum(total at the previous sample of the members counted)
+
+where every member of the previous sample is counted except one that vanished without its time moving into a
+member counted now. A vanished member is subtracted only when it died and its last-seen parent is a member now
+(or a vanished member subtracted by the same rule): that parent's cutime then holds the child's whole life, so
+children that fork and exit between two samples are counted once. A vanished member whose parent is outside the
+group, or that is alive but orphaned to init, keeps its time up to the previous sample; later time is not the
+group's. A process under two roots of one group is counted once.
+
+A root is usually reaped by a parent outside the group (impact-run, a shell, a job launcher), whose cutime then
+holds the root's final total. So each live root's parent is read with each sample (and with ``add_roots``'s
+baseline), and once a root has died, the rise of that parent's cutime+cstime stands in for the root's final
+total: a run that starts and ends between two samples gets its CPU time, and every run the time its root used
+after the last sample. Roots one parent reaped in one interval share the rise beyond their last-seen totals
+equally (other children that parent reaped in that interval add to it).
+
+Limits: children of a member that ignores SIGCHLD are auto-reaped and their time is added to no one (their last
+counted time is subtracted anyway, and the interval clamped at 0); a root reaped by init or by a parent that
+ignores SIGCHLD loses its time after the last sample. Time before a group (or a root added to it) is first
+sampled is not the run's: that sample records only the baseline. Zombies are members until reaped;
+``root_alive`` is False once every root is a zombie or gone.
 """
 
 from __future__ import annotations
@@ -60,33 +85,8 @@ class _Walked:
 class ProcessGroups:
     """Per-interval CPU and memory of process groups: one or more root PIDs plus all their descendants.
 
-    Each sample walks the tree down from the roots, so the cost grows with the group's size and not the machine's.
-    Processes are keyed by ``(pid, start_ticks)`` so that a reused PID is never taken for the same process.
-    A member's total is its own CPU time plus that of the children it has reaped (cutime+cstime). A group's
-    interval CPU is the sum of totals of the members now, minus the sum of totals of the members at the previous
-    sample. The exception is a member that vanished since then. It is subtracted only when its time has moved into
-    a member that is counted now: it died, and its last-seen parent is a member now, or is itself a vanished member
-    subtracted by this same rule. The parent's cutime then carries the child's whole life, including the part after
-    the last sample, and the child is counted there exactly once. A vanished member whose parent is outside the
-    group (a root itself, or a parent that is gone too) is not subtracted. Neither is a member that is still alive
-    but no longer a descendant (orphaned to init). Their time up to the previous sample stays counted, and later time
-    is not the group's. So children that fork and exit between two samples are not lost, as long as a member reaps
-    them. A process under two roots of one group is counted once.
-
-    A root's parent is usually outside the group (impact-run, a shell, a job launcher), and it reaps the root when
-    the root exits: the root's whole CPU time then lands in that parent's cutime. So the stat of each live root's
-    parent is kept with each sample (and with the baseline ``add_roots`` takes), and when a root has died since,
-    the rise of that same parent's cutime+cstime stands in for the root's final total. This is what gives a run
-    that starts and ends between two samples (a 0.3 s command under impact-run, which reaps it before it stops
-    the run) its CPU time, and every run the CPU its root used after the last sample. Roots reaped by one parent
-    in the same interval share the rise beyond their last-seen totals equally. A parent that also reaps other
-    children in that interval gives their time to the root too; a parent that ignores SIGCHLD, or init (pid 1,
-    which reaps every orphan), gives nothing, and the root's time after the last sample is lost as before.
-
-    Limits: a member that ignores SIGCHLD has its children auto-reaped, and their time is added to no one. Their
-    last counted time is then subtracted anyway, and the interval is clamped at 0. On the first sample of a group,
-    and of a root added to it later, only the baseline is recorded, because time used before tracking is not the
-    run's. Zombies count as members until reaped. ``root_alive`` is False once every root is a zombie or gone.
+    Each sample walks the tree down from the roots, so its cost grows with the groups' size, not the machine's.
+    The accounting rules are in the module docstring.
     """
 
     def __init__(
@@ -100,9 +100,8 @@ class ProcessGroups:
         A member's memory is read when it joins and then again only when the reading is ``memory_max_age_seconds``
         old and the member's RSS (in the stat line each sample reads anyway) has changed since, or when the reading
         is MEMORY_UNCHANGED_MAX_AGE_SECONDS old. PSS comes from ``smaps_rollup``, which walks the process's page
-        tables (hundreds of microseconds for a small process, milliseconds for a large one), while memory changes
-        slowly and only weighs DRAM energy; a process whose RSS stays the same changes its PSS only when a process
-        it shares pages with starts or exits.
+        tables (the dearest read of a sample), while memory changes slowly and only weighs DRAM energy; a process
+        whose RSS stays the same changes its PSS only when a process it shares pages with starts or exits.
         """
         self._procfs = procfs
         self._groups: dict[str, _Group] = {}
@@ -314,7 +313,7 @@ class ProcessGroups:
 
     def _exited_roots(self, walked: Mapping[str, _Walked]) -> dict[str, dict[ProcKey, ProcStat]]:
         """Per group, its roots that died since the previous sample and whose parent has since reaped them, each
-        with its total CPU time replaced by its final one (see the class docstring).
+        with its total CPU time replaced by its final one (see the module docstring).
 
         A parent's cutime+cstime rises by the whole total of each child it reaps; minus the totals the roots it
         reaped had at their last sample, the rest is what they used since, shared equally among them. A rise
@@ -380,7 +379,7 @@ class ProcessGroups:
                     stack.append(child)
 
     def _interval_cpu(self, before: Mapping[ProcKey, ProcStat], now: Mapping[ProcKey, ProcStat]) -> float:
-        """CPU seconds the group used since ``before``, following the rules in the class docstring, clamped at 0."""
+        """CPU seconds the group used since ``before``, following the rules in the module docstring, clamped at 0."""
         total_now = sum(stat.total_cpu_seconds for stat in now.values())
         if before.keys() <= now.keys():  # the usual case: every member of the previous sample is still one
             counted: Iterable[ProcStat] = before.values()

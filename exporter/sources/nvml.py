@@ -362,8 +362,8 @@ class NvmlSource:
         An interval in which the driver took no new utilisation sample (its period can be longer than the
         exporter's) keeps the shares of the newest samples for the processes still running, rather than
         counting the GPU idle. A GPU that is ``idle`` (no kernel ran in the driver's last utilisation period),
-        runs no compute process and ran none in the previous interval is not asked for process utilisation: on
-        an H100 that query costs 2 to 3 ms of CPU, busy in the driver, at every sample.
+        runs no compute process and ran none in the previous interval is not asked for process utilisation: that
+        query keeps the driver busy for milliseconds at every sample (docs/performance.md, "Real NVIDIA GPU").
         """
         running = self._optional("nvmlDeviceGetComputeRunningProcesses", handle, where=where)
         if idle and running is not None and not running and not last_sm_by_pid:

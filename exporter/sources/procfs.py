@@ -96,7 +96,7 @@ class ProcStat(NamedTuple):
 
     ``(pid, start_ticks)`` identifies a process even when its PID is reused later. ``children_cpu_seconds`` is the
     CPU time of children this process has waited for. The kernel adds that time when it reaps them. A named tuple,
-    not a frozen dataclass: one is built per tracked process per sample, and a tuple is built several times faster.
+    not a frozen dataclass: one is built per tracked process per sample, and a tuple is cheaper to build.
     """
 
     pid: int
@@ -208,8 +208,8 @@ def parse_meminfo(text: str) -> MemInfo:
 
 def _kib_fields(text: str, names: Collection[str]) -> dict[str, int]:
     """Read the ``Name:   123 kB`` lines of ``names`` as bytes. The first of each name wins; lines without a number
-    are skipped. It stops once every name is found: the sampler reads /proc/meminfo every second, and its ~55
-    lines cost five times the read when all are split, while the ones wanted come first."""
+    are skipped. It stops once every name is found: the sampler reads /proc/meminfo at every sample, and the
+    names it wants come first among some 55 lines."""
     values: dict[str, int] = {}
     for line in text.splitlines():
         name, sep, rest = line.partition(":")

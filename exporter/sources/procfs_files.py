@@ -18,8 +18,8 @@ _READ_SIZE = 65536
 def read_text(path: Path | str) -> str:
     """Read a procfs file whole. Bytes that are not UTF-8 become U+FFFD (a comm can hold any byte).
 
-    Raw ``os.open``/``os.read`` cost a third of ``Path.read_bytes``: this runs for every tracked process at
-    every sample, so it is most of the exporter's own CPU time.
+    Raw ``os.open``/``os.pread`` rather than pathlib: this runs for every tracked process at every sample, and is
+    most of the exporter's own CPU time (docs/performance.md).
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -47,19 +47,14 @@ def kept_open_limit() -> int:
 
 
 class OpenFiles:
-    """The ``stat`` and main thread's ``children`` files of tracked processes, kept open between samples.
+    """The ``stat`` and main thread's ``children`` files of tracked processes, kept open between samples, so that
+    reading one is a single ``pread`` instead of open, read and close. For one thread at a time.
 
-    Reading a kept file is one ``pread`` instead of open, read and close; on this kernel that is a third of the
-    time for ``stat`` and a tenth for ``children``. A procfs file stays tied to the process it was opened for: once
-    that process is reaped, a read of ``stat`` fails with ESRCH even when the PID belongs to a new process by then,
-    so the file is closed and the path opened again. A fresh ``stat`` of a PID closes that PID's other kept files
-    first, as they may belong to the earlier process (a reaped process's ``children`` reads as empty, not ESRCH).
-    Callers read ``stat`` before ``children``, as the tree walk does.
-
-    At most ``limit`` files stay open; beyond that files are opened, read and closed each time. ``close_unused``
-    closes those of processes not read since its previous call. For one thread at a time. A directory tree that
-    only imitates procfs gets ``limit=0``: its files are replaced when they change, and an open one would keep
-    showing the old text.
+    An open procfs file stays tied to its process: once that process is reaped, ``stat`` fails with ESRCH even if
+    the PID is reused, and the path is opened again. A fresh ``stat`` of a PID first closes its other kept files,
+    which may belong to the earlier process (a reaped process's ``children`` reads empty, not ESRCH), so callers
+    read ``stat`` before ``children``. At most ``limit`` files stay open (beyond that, each read opens and closes);
+    a tree that only imitates procfs gets 0, since its files are replaced and an open one would show old text.
     """
 
     def __init__(self, prefix: str, limit: int) -> None:
