@@ -27,7 +27,8 @@ from exporter.http import ExporterServer, Listeners, UnixExporterServer
 from exporter.runs import RunRegistry
 from exporter.sampler import Sampler
 from exporter.scheduling import ScrapesFirst
-from exporter.sources import EnergySource, HardwareNotFound, SourceError
+from exporter.sources import HardwareNotFound, SourceError
+from exporter.sources.energy import CpuEnergySource
 from exporter.sources.estimate import EstimateSource
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.procfs import ProcFS
@@ -245,7 +246,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     )
 
 
-def open_energy_source(settings: Settings, procfs: ProcFS) -> EnergySource | None:
+def open_energy_source(settings: Settings, procfs: ProcFS) -> CpuEnergySource | None:
     """The CPU energy source ``--cpu.source`` asks for; SourceError when it cannot work on this machine."""
     if settings.cpu_source == "none":
         return None

@@ -80,22 +80,21 @@ def energy_families(snapshot: Snapshot) -> Iterator[Metric]:
     """One counter per energy domain, labelled by package: domains overlap, so they must not share a name.
 
     Measured energy is ``impact_rapl_<domain>_joules_total``; an estimate has its own names,
-    ``impact_estimated_<domain>_joules_total``, so nobody mistakes it for a measurement.
+    ``impact_estimated_<domain>_joules_total``, so nobody mistakes it for a measurement. Each reading's method
+    picks the name, and its ``measured`` flag the help text.
     """
-    if snapshot.energy_method is None:
-        return
-    prefix = METHOD_PREFIX[snapshot.energy_method]
-    families: dict[str, CounterMetricFamily] = {}
-    for zone in snapshot.energy_zones:
-        domain = zone.zone.domain
-        if domain not in families:
-            help_text = RAPL_DOMAIN_HELP[domain]
-            if snapshot.energy_method != "rapl":
+    families: dict[tuple[str, str], CounterMetricFamily] = {}
+    for reading in snapshot.energy_domains:
+        prefix = METHOD_PREFIX[reading.method]
+        key = (prefix, reading.domain)
+        if key not in families:
+            help_text = RAPL_DOMAIN_HELP[reading.domain]
+            if not reading.measured:
                 help_text = f"Estimated, not measured (docs/attribution.md). {help_text}"
-            families[domain] = CounterMetricFamily(
-                f"{prefix}_{domain}_joules", help_text, labels=["package"], unit="joules"
+            families[key] = CounterMetricFamily(
+                f"{prefix}_{reading.domain}_joules", help_text, labels=["package"], unit="joules"
             )
-        families[domain].add_metric([zone.zone.package], zone.joules_total)
+        families[key].add_metric([reading.package], reading.joules_total)
     yield from families.values()
 
 
@@ -386,13 +385,12 @@ def energy_source_family(snapshot: Snapshot) -> Metric:
         "The method behind each component's energy (rapl: measured by RAPL; estimate: modelled). Always 1.",
         labels=["component", "method"],
     )
-    domains = {zone.zone.domain for zone in snapshot.energy_zones}
+    method_of = {reading.domain: reading.method for reading in snapshot.energy_domains}
     for component, domain in COMPONENT_DOMAINS.items():
-        if domain in domains and snapshot.energy_method is not None:
-            family.add_metric([component, snapshot.energy_method], 1.0)
-    gpu_methods = {gpu.energy_method for gpu in snapshot.gpus if gpu.energy_method != "none"}
-    if gpu_methods:
-        family.add_metric(["gpu", "nvml-counter" if gpu_methods == {"counter"} else "nvml-power"], 1.0)
+        if domain in method_of:
+            family.add_metric([component, method_of[domain]], 1.0)
+    if snapshot.gpu_energy_method is not None:
+        family.add_metric(["gpu", snapshot.gpu_energy_method], 1.0)
     return family
 
 

@@ -1,8 +1,8 @@
 """The run model: what a run is, the request that starts one, and the errors a run request can meet.
 
-A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in
-exporter/sources/procfs.py) with descriptive labels. Runs are immutable: the registry (exporter/runs.py) replaces a
-run whenever its figures change, so a scrape that holds a run holds one consistent set of figures.
+A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in exporter/groups.py)
+with descriptive labels. Runs are immutable: the registry (exporter/runs.py) replaces a run whenever its figures
+change, so a scrape that holds a run holds one consistent set of figures.
 """
 
 from __future__ import annotations

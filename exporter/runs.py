@@ -226,7 +226,7 @@ class RunRegistry:
     def observe(self, snapshot: Snapshot) -> None:
         """Take a sample's group totals into the runs; end runs whose processes are all gone; persist."""
         with self._lock:
-            measured = {zone.zone.domain for zone in snapshot.energy_zones} | ({"gpu"} if snapshot.gpus else set())
+            measured = {reading.domain for reading in snapshot.energy_domains} | ({"gpu"} if snapshot.gpus else set())
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()

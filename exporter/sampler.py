@@ -16,16 +16,16 @@ from types import MappingProxyType
 
 from exporter.attribution import GroupShareBasis, attribute_interval
 from exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
+from exporter.groups import GroupUsage, ProcessGroups
 from exporter.scheduling import Pause, no_pause
-from exporter.sources import EnergySource, SourceError
-from exporter.sources.nvml import GpuInfo, GpuReading, NvmlSource
-from exporter.sources.procfs import GroupUsage, ProcessGroups, ProcFS
-from exporter.sources.rapl import ZoneEnergy
+from exporter.sources import SourceError
+from exporter.sources.energy import CpuEnergySource, DomainEnergy
+from exporter.sources.gpu import GpuInfo, GpuReading, GpuSource
+from exporter.sources.procfs import ProcFS
 
 log = logging.getLogger(__name__)
 
 PROCFS = "procfs"
-NVML = "nvml"
 GPU = "gpu"  # the energy domain (and run component) of GPUs
 
 
@@ -58,12 +58,12 @@ class Snapshot:
     samples_total: int = 0
     sample_duration_seconds: float = 0.0
     sources: Mapping[str, SourceStatus] = field(default_factory=dict)
-    energy_method: str | None = None
-    energy_zones: tuple[ZoneEnergy, ...] = ()
+    energy_domains: tuple[DomainEnergy, ...] = ()  # each with its method label, measured or estimated
     groups: Mapping[str, GroupTotals] = field(default_factory=dict)
     unattributed_joules: Mapping[str, float] = field(default_factory=dict)
     gpu_info: tuple[GpuInfo, ...] = ()
     gpus: tuple[GpuReading, ...] = ()
+    gpu_energy_method: str | None = None  # the GPU source's label for how its GPUs' energy was obtained
     gpu_process_watts: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (GPU index, pid) -> W
     process_names: Mapping[int, str] = field(default_factory=dict)  # pid -> comm, for GPU processes
 
@@ -92,12 +92,12 @@ class Sampler:
     def __init__(
         self,
         procfs: ProcFS,
-        energy: EnergySource | None = None,
+        energy: CpuEnergySource | None = None,
         group_roots: Callable[[], Mapping[str, tuple[int, ...]]] = no_groups,
         interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
         on_sample: Callable[[Snapshot], None] | None = None,
-        gpu: NvmlSource | None = None,
+        gpu: GpuSource | None = None,
         gpu_idle_watts: float | None = None,
         gpu_idle_policy: IdlePolicy = IDLE_SHARE,
         pause: Pause = no_pause,
@@ -113,6 +113,7 @@ class Sampler:
         self._gpu_idle_watts: dict[int, float | None] = {}
         self._gpu_idle_fixed = gpu_idle_watts
         self._gpus: tuple[GpuReading, ...] = ()
+        self._gpu_energy_method: str | None = None
         self._gpu_process_watts: dict[tuple[int, int], float] = {}
         self._group_gpu_seconds: dict[str, float] = {}
         self._interval = interval_seconds
@@ -127,7 +128,7 @@ class Sampler:
         self._group_energy: dict[str, dict[str, float]] = {}
         self._group_cpu: dict[str, float] = {}
         self._unattributed: dict[str, float] = defaultdict(float)
-        self._energy_zones: tuple[ZoneEnergy, ...] = ()
+        self._energy_domains: tuple[DomainEnergy, ...] = ()
         self._samples = 0
         self._snapshot = Snapshot()
         self._stop = threading.Event()
@@ -141,9 +142,9 @@ class Sampler:
         """The sources this sampler reads, as named in ``impact_source_up{source}``."""
         names = [PROCFS]
         if self._energy is not None:
-            names.append(self._energy.method)
+            names.append(self._energy.name)
         if self._gpu is not None:
-            names.append(NVML)
+            names.append(self._gpu.name)
         return tuple(names)
 
     @property
@@ -259,12 +260,12 @@ class Sampler:
         try:
             sample = self._energy.sample()
         except SourceError as error:
-            self._mark_down(self._energy.method, error)
+            self._mark_down(self._energy.name, error)
             return False
-        self._energy_zones = sample.zones
-        for zone in sample.zones:
-            self._pending.energy_joules[zone.zone.domain] += zone.joules_delta
-        self._up[self._energy.method] = True
+        self._energy_domains = sample.domains
+        for reading in sample.domains:
+            self._pending.energy_joules[reading.domain] += reading.joules_delta
+        self._up[self._energy.name] = True
         return True
 
     def _read_gpus(self) -> None:
@@ -274,10 +275,11 @@ class Sampler:
         try:
             sample = self._gpu.sample()
         except SourceError as error:
-            self._mark_down(NVML, error)
+            self._mark_down(self._gpu.name, error)
             return
-        self._up[NVML] = True
+        self._up[self._gpu.name] = True
         self._gpus = sample.gpus
+        self._gpu_energy_method = sample.energy_method
         group_of = {pid: group for group, usage in self._usage.items() for pid in usage.pids}
         self._gpu_process_watts = {}
         for gpu in sample.gpus:
@@ -362,12 +364,12 @@ class Sampler:
             sources=MappingProxyType(
                 {name: SourceStatus(self._up[name], self._errors[name]) for name in self.source_names}
             ),
-            energy_method=self._energy.method if self._energy is not None else None,
-            energy_zones=self._energy_zones,
+            energy_domains=self._energy_domains,
             groups=MappingProxyType(groups),
             unattributed_joules=MappingProxyType(dict(self._unattributed)),
             gpu_info=self._gpu.gpus if self._gpu is not None else (),
             gpus=self._gpus,
+            gpu_energy_method=self._gpu_energy_method,
             gpu_process_watts=MappingProxyType(dict(self._gpu_process_watts)),
             process_names=MappingProxyType(self._process_names()),
         )

@@ -20,20 +20,19 @@ first entry that names no GPU). Attributes, one dict per GPU:
 ``power_limit_watts``   float  power management limit
 ==================  =====  ==========================================================
 
-An attribute the GPU does not support (NVML_ERROR_NOT_SUPPORTED and the like) is ``None``. This is the only
-module that imports ``pynvml``, lazily in ``_nvml()``; every function takes ``nvml=`` so tests can pass a fake
-module with the same functions.
+An attribute the GPU does not support (NVML_ERROR_NOT_SUPPORTED and the like) is ``None``. ``pynvml`` is imported
+lazily through experiment_impact_tracker/gpu/nvml.py (shared with the exporter); every function takes ``nvml=`` so
+tests can pass a fake module with the same functions.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Mapping
-from types import ModuleType
 from typing import Any
 
 from experiment_impact_tracker.errors import ImpactTrackerError
+from experiment_impact_tracker.gpu.nvml import cuda_version_text, cuda_visible_indices, import_pynvml, nvml_text
 
 GPU_ATTRIBUTES = (
     "index",
@@ -56,19 +55,11 @@ class GPUAttributeAssertionError(ImpactTrackerError, AssertionError):
     """A visible GPU is not what the experiment asked for, no GPU is visible, or an attribute is unknown."""
 
 
-def _nvml() -> ModuleType:
-    """The ``pynvml`` module (nvidia-ml-py), imported only when GPUs are asked about."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the "pynvml" shim package warns on import
-        import pynvml
-    return pynvml
-
-
 def list_gpus(nvml: Any = None, environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The visible GPUs' attributes (see the module docstring); raises NoNvidiaGPU when NVML cannot be used."""
     environ = os.environ if environ is None else environ
     try:
-        nvml = _nvml() if nvml is None else nvml
+        nvml = import_pynvml() if nvml is None else nvml
     except ImportError as error:
         raise NoNvidiaGPU(f"no NVIDIA GPU is visible: pynvml cannot be imported ({error})") from error
     try:
@@ -106,20 +97,9 @@ def visible(gpus: list[dict[str, Any]], cuda_visible_devices: str | None) -> lis
     Entries are NVML indices or UUID prefixes (``GPU-8c3a``); like CUDA, reading stops at the first entry that
     names no GPU, so ``"0,x,1"`` is GPU 0 only and ``""`` is none.
     """
-    if cuda_visible_devices is None:
-        return gpus
-    chosen: list[dict[str, Any]] = []
-    for entry in (part.strip() for part in cuda_visible_devices.split(",")):
-        if entry.isdigit():
-            matches = [gpu for gpu in gpus if gpu["index"] == int(entry)]
-        elif entry.startswith("GPU-"):
-            matches = [gpu for gpu in gpus if str(gpu["uuid"] or "").startswith(entry)]
-        else:
-            matches = []
-        if len(matches) != 1 or matches[0] in chosen:
-            break
-        chosen.append(matches[0])
-    return chosen
+    by_index = {gpu["index"]: gpu for gpu in gpus}
+    indices = cuda_visible_indices(((gpu["index"], str(gpu["uuid"] or "")) for gpu in gpus), cuda_visible_devices)
+    return [by_index[index] for index in indices]
 
 
 def assert_gpus_by_attributes(
@@ -165,7 +145,7 @@ def _describe(nvml: Any, index: int, handle: Any, driver: Any, cuda: Any) -> dic
         "pci_bus_id": _text(pci.busId) if pci is not None else None,
         "memory_total_bytes": int(memory.total) if memory is not None else None,
         "driver_version": _text(driver),
-        "cuda_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
+        "cuda_version": cuda_version_text(cuda) if isinstance(cuda, int) else None,
         "compute_capability": f"{capability[0]}.{capability[1]}" if capability is not None else None,
         "power_limit_watts": limit_mw / 1000 if limit_mw is not None else None,
     }
@@ -180,9 +160,7 @@ def _optional(nvml: Any, function: Callable[..., Any], *args: Any) -> Any:
 
 
 def _text(value: Any) -> Any:
-    """NVML strings are bytes in older nvidia-ml-py releases and str in newer ones; records want str."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
+    """NVML strings as str (see ``nvml_text``); an exception as its message, or its class name when it has none."""
     if isinstance(value, Exception):
         return str(value) or type(value).__name__
-    return value
+    return nvml_text(value)

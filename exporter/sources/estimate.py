@@ -1,8 +1,9 @@
 """CPU package energy estimated from utilisation (``/proc/stat``) and the CPU's TDP, for machines without RAPL.
 
 Cloud VMs, containers and non-root users often cannot read RAPL. This source stands in for ``RaplSource``
-there and returns the same ``RaplSample``/``ZoneEnergy``/``RaplZone`` shapes, so the sampler, attribution and
-per-run metrics run unchanged. The model is deliberately simple (docs/attribution.md, "Estimated CPU energy")::
+there behind the same interface (exporter/sources/energy.py), its readings marked estimated, so the sampler,
+attribution and per-run metrics run unchanged. The model is deliberately simple (docs/attribution.md,
+"Estimated CPU energy")::
 
     idle_watts    = idle_fraction * TDP
     package_watts = idle_watts + (TDP - idle_watts) * utilisation
@@ -29,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 
 from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
 from exporter.sources.procfs import CpuTimes, MemInfo, ProcFS, parse_cpuinfo
-from exporter.sources.rapl import RaplSample, RaplZone, ZoneEnergy
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Tdp:
 
 @dataclass(frozen=True)
 class _State:
-    """What one successful sample leaves behind for the next; ``joules_total`` is in ``zones`` order."""
+    """What one successful sample leaves behind for the next; ``joules_total`` is in ``domains`` order."""
 
     timestamp: float
     cpu: CpuTimes
@@ -199,12 +200,12 @@ def used_gib(memory: MemInfo) -> float:
 class EstimateSource:
     """CPU package energy estimated from utilisation (/proc/stat) and the CPU's TDP.
 
-    A drop-in for ``RaplSource``: synthetic zones, monotonic joule totals, and an all-or-nothing ``sample()``
-    that leaves the previous reading in place on failure, so the next good sample covers the outage (CPU
-    ticks are cumulative, like RAPL counters).
+    Its readings are marked estimated. Like RAPL it keeps monotonic joule totals, and ``sample()`` is
+    all-or-nothing: it leaves the previous reading in place on failure, so the next good sample covers the outage
+    (CPU ticks are cumulative, like RAPL counters).
     """
 
-    method = "estimate"
+    name = "estimate"  # also the method label of its readings
 
     def __init__(
         self,
@@ -233,17 +234,17 @@ class EstimateSource:
             self._tdp = Tdp(_check_positive(tdp_watts, TDP_FLAG), TDP_FLAG)
         else:
             self._tdp = resolve_tdp(_read_cpuinfo(procfs.root), tdp_table())
-        zones = [RaplZone("estimate:package", "package", "0", procfs.root, 0)]
+        domains = [EnergyDomain("estimate:package", "package", "0")]
         if self._dram_watts_per_gib is not None:
-            zones.append(RaplZone("estimate:dram", "dram", "0", procfs.root, 0))
-        self._zones = tuple(zones)
+            domains.append(EnergyDomain("estimate:dram", "dram", "0"))
+        self._domains = tuple(domains)
         self._state: _State | None = None
         logger.info("estimating CPU energy from utilisation: TDP %g W (%s)", self._tdp.watts, self._tdp.source)
 
     @property
-    def zones(self) -> tuple[RaplZone, ...]:
-        """The synthetic zones, in the order ``sample()`` reports them: package, then dram when configured."""
-        return self._zones
+    def domains(self) -> tuple[EnergyDomain, ...]:
+        """The estimated domains, in the order ``sample()`` reports them: package, then dram when configured."""
+        return self._domains
 
     @property
     def tdp_watts(self) -> float:
@@ -275,8 +276,8 @@ class EstimateSource:
         if self._dram_watts_per_gib is not None:
             self._procfs.meminfo()
 
-    def sample(self) -> RaplSample:
-        """Read CPU times (and memory) and return each zone's estimated energy; raise (state untouched) on failure.
+    def sample(self) -> EnergyReading:
+        """Read CPU times (and memory) and return each domain's estimated energy; raise (state untouched) on failure.
 
         The first sample sets the baseline: totals 0, delta 0. Later ones add the interval's estimate.
         """
@@ -286,23 +287,24 @@ class EstimateSource:
         previous = self._state
         if previous is None:
             elapsed = 0.0
-            deltas = tuple(0.0 for _ in self._zones)
+            deltas = tuple(0.0 for _ in self._domains)
             totals = deltas
         else:
             elapsed = max(0.0, timestamp - previous.timestamp)
             deltas = self._interval_joules(elapsed, utilisation(previous.cpu, cpu), memory)
             totals = tuple(total + delta for total, delta in zip(previous.joules_total, deltas, strict=True))
         self._state = _State(timestamp, cpu, totals)
-        return RaplSample(
+        return EnergyReading(
             timestamp=timestamp,
             elapsed_seconds=elapsed,
-            zones=tuple(
-                ZoneEnergy(zone, total, delta) for zone, total, delta in zip(self._zones, totals, deltas, strict=True)
+            domains=tuple(
+                DomainEnergy.of(domain, total, delta, self.name, measured=False)
+                for domain, total, delta in zip(self._domains, totals, deltas, strict=True)
             ),
         )
 
     def _interval_joules(self, elapsed: float, busy_fraction: float, memory: MemInfo | None) -> tuple[float, ...]:
-        """Estimated joules of each zone over ``elapsed`` seconds, in ``zones`` order."""
+        """Estimated joules of each domain over ``elapsed`` seconds, in ``domains`` order."""
         joules = [elapsed * package_watts(self._tdp.watts, self._idle_fraction, busy_fraction)]
         if self._dram_watts_per_gib is not None and memory is not None:
             joules.append(elapsed * self._dram_watts_per_gib * used_gib(memory))

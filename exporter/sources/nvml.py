@@ -1,8 +1,8 @@
 """NVIDIA GPUs through NVML (``pynvml``, from nvidia-ml-py): energy, power, utilisation and GPU processes.
 
-This is the only module that imports ``pynvml``, lazily, when no ``nvml`` module is passed in; tests pass
-tests/fakes/nvml.py instead. Every NVML error is translated here into the exceptions of ``exporter.sources``,
-so nothing above this module knows NVML's error codes.
+``pynvml`` is imported lazily, through experiment_impact_tracker/gpu/nvml.py (what the exporter and the client
+share), when no ``nvml`` module is passed in; tests pass tests/fakes/nvml.py instead. Every NVML error is
+translated here into the exceptions of ``exporter.sources``, so nothing above this module knows NVML's error codes.
 
 **Energy.** Volta and later GPUs count the millijoules used since the driver loaded
 (``nvmlDeviceGetTotalEnergyConsumption``); a GPU's total starts at that counter's value, as RAPL totals do.
@@ -25,14 +25,25 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
+from experiment_impact_tracker.gpu.nvml import cuda_version_text, devices_named, nvml_text
+from experiment_impact_tracker.gpu.nvml import import_pynvml as _import_pynvml
 from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from exporter.sources.gpu import (
+    COUNTER,
+    NO_ENERGY,
+    POWER_INTEGRATION,
+    EnergyMethod,
+    GpuInfo,
+    GpuProcess,
+    GpuReading,
+    GpuSample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +51,8 @@ MJ_PER_JOULE = 1000
 MW_PER_WATT = 1000
 PERCENT = 100
 
-EnergyMethod = Literal["counter", "power-integration", "none"]
-COUNTER: EnergyMethod = "counter"
-POWER_INTEGRATION: EnergyMethod = "power-integration"
-NO_ENERGY: EnergyMethod = "none"
+COUNTER_LABEL = "nvml-counter"
+POWER_LABEL = "nvml-power"
 
 
 class GpuLost(SourceError):
@@ -56,56 +65,6 @@ class _Unsupported(SourceError):
 
 class _NoNewSamples(SourceError):
     """Internal: ``nvmlDeviceGetProcessUtilization`` has no sample newer than the timestamp (NOT_FOUND)."""
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """What a GPU is, read once at start-up: the labels of ``impact_gpu_info``."""
-
-    index: int  # NVML index, the nvidia-smi number (not the CUDA ordinal under CUDA_VISIBLE_DEVICES)
-    uuid: str  # "GPU-..."
-    name: str  # e.g. "NVIDIA A100-SXM4-40GB"
-    driver_version: str | None  # e.g. "550.54.15"
-    cuda_version: str | None  # the highest CUDA version the driver supports, e.g. "12.4"
-    memory_total_bytes: int | None
-    mig_enabled: bool  # MIG mode on: per-process figures are not reported for this GPU
-    energy_counter: bool  # True: energy from the hardware counter; False: integrated from power
-
-
-@dataclass(frozen=True)
-class GpuProcess:
-    """One process on a GPU in the last interval: a running compute process, or one seen in utilisation samples."""
-
-    pid: int  # in the host's PID namespace (NVML's view)
-    used_memory_bytes: int | None  # None: not reported (not running any more, or a driver that cannot say)
-    sm_utilization_ratio: float | None  # 0..1 over the interval; None: process utilisation unsupported
-
-
-@dataclass(frozen=True)
-class GpuReading:
-    """One GPU at one sample. When ``up`` is False only the identity and the kept energy total are meaningful."""
-
-    index: int
-    uuid: str
-    up: bool
-    energy_method: EnergyMethod
-    energy_joules_total: float | None  # cumulative, never decreases; None when the GPU reports no energy or power
-    energy_joules_delta: float  # since the previous energy reading (0.0 on the first and when down)
-    elapsed_seconds: float  # the span energy_joules_delta covers (0.0 when it covers none)
-    power_watts: float | None
-    utilization_ratio: float | None  # fraction of time a kernel ran, 0..1
-    memory_used_bytes: int | None
-    processes: tuple[GpuProcess, ...]
-    mig_enabled: bool  # per-process figures are missing because the GPU is in MIG mode
-
-
-@dataclass(frozen=True)
-class NvmlSample:
-    """Every selected GPU read at one sample, in the order of ``NvmlSource.gpus``."""
-
-    timestamp: float  # the source's clock when read
-    elapsed_seconds: float  # since the previous sample (0.0 on the first)
-    gpus: tuple[GpuReading, ...]
 
 
 @dataclass(frozen=True)
@@ -142,12 +101,9 @@ class _Gpu:
 def import_pynvml() -> ModuleType:
     """Return the ``pynvml`` module; HardwareNotFound if it is not installed."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # the "pynvml" shim package warns on import
-            import pynvml
+        return _import_pynvml()
     except ImportError as error:
         raise HardwareNotFound(f"no NVIDIA GPU: pynvml (nvidia-ml-py) cannot be imported: {error}") from error
-    return pynvml
 
 
 def translate_error(nvml: Any, error: BaseException, what: str) -> SourceError:
@@ -172,9 +128,13 @@ def translate_error(nvml: Any, error: BaseException, what: str) -> SourceError:
     return SourceError(message)
 
 
-def cuda_version_text(version: int) -> str:
-    """Return NVML's CUDA driver version number (12040) as CUDA writes it ("12.4")."""
-    return f"{version // 1000}.{version % 1000 // 10}"
+def energy_method_label(readings: Iterable[GpuReading]) -> str | None:
+    """The label of how these GPUs' energy was obtained: ``nvml-counter`` when every GPU with energy has the
+    counter, ``nvml-power`` when any integrates power, None when none has energy."""
+    methods = {reading.energy_method for reading in readings if reading.energy_method != NO_ENERGY}
+    if not methods:
+        return None
+    return COUNTER_LABEL if methods == {COUNTER} else POWER_LABEL
 
 
 def sm_utilization_by_pid(samples: Iterable[Any]) -> dict[int, float]:
@@ -198,20 +158,16 @@ def select_devices(uuids: Sequence[tuple[int, str]], devices: Sequence[str] | No
     """Return the NVML indices ``devices`` names, in its order, as CUDA_VISIBLE_DEVICES would.
 
     ``uuids`` lists every GPU as (NVML index, UUID). An entry is an index ("2") or a UUID or unique UUID prefix
-    ("GPU-8c3a"); ``None`` selects every GPU. Unlike CUDA, which silently stops at the first entry that names
-    no GPU, an unknown or ambiguous entry raises HardwareNotFound: a typo in a flag should not go unnoticed.
+    ("GPU-8c3a"), read by ``devices_named``; ``None`` selects every GPU. Unlike CUDA, which silently stops at the
+    first entry that names no GPU, an unknown or ambiguous entry raises HardwareNotFound: a typo in a flag should
+    not go unnoticed. An entry repeated is selected once.
     """
     if devices is None:
         return [index for index, _ in uuids]
     known = ", ".join(f"{index}: {uuid}" for index, uuid in uuids)
     chosen: list[int] = []
     for entry in (device.strip() for device in devices):
-        if entry.isascii() and entry.isdigit():
-            matches = [index for index, _ in uuids if index == int(entry)]
-        elif entry.startswith("GPU-"):
-            matches = [index for index, uuid in uuids if uuid.startswith(entry)]
-        else:
-            matches = []
+        matches = devices_named(entry, uuids)
         if len(matches) != 1:
             reason = "is ambiguous" if matches else "names no GPU"
             raise HardwareNotFound(f"GPU selection {entry!r} {reason} (this machine's NVIDIA GPUs: {known})")
@@ -270,7 +226,7 @@ class NvmlSource:
         except self._nvml.NVMLError as error:
             logger.debug("nvmlShutdown failed: %s", error)
 
-    def sample(self) -> NvmlSample:
+    def sample(self) -> GpuSample:
         """Read every selected GPU; a GPU that cannot be read is reported down, keeping its energy total."""
         now = self._clock()
         elapsed = 0.0 if self._timestamp is None else now - self._timestamp
@@ -287,7 +243,7 @@ class NvmlSource:
             self._states[position] = new_state
             readings.append(reading)
         self._timestamp = now
-        return NvmlSample(timestamp=now, elapsed_seconds=elapsed, gpus=tuple(readings))
+        return GpuSample(now, elapsed, tuple(readings), energy_method_label(readings))
 
     def _start(self) -> None:
         """``nvmlInit``, with each way it fails on a machine without NVIDIA GPUs said in one line."""
@@ -406,8 +362,8 @@ class NvmlSource:
         An interval in which the driver took no new utilisation sample (its period can be longer than the
         exporter's) keeps the shares of the newest samples for the processes still running, rather than
         counting the GPU idle. A GPU that is ``idle`` (no kernel ran in the driver's last utilisation period),
-        runs no compute process and ran none in the previous interval is not asked for process utilisation: on
-        an H100 that query costs 2 to 3 ms of CPU, busy in the driver, at every sample.
+        runs no compute process and ran none in the previous interval is not asked for process utilisation: that
+        query keeps the driver busy for milliseconds at every sample (docs/performance.md, "Real NVIDIA GPU").
         """
         running = self._optional("nvmlDeviceGetComputeRunningProcesses", handle, where=where)
         if idle and running is not None and not running and not last_sm_by_pid:
@@ -522,6 +478,4 @@ def _energy_since(before: _GpuState, after: _GpuState, method: EnergyMethod) -> 
 
 def _text(value: str | bytes | None) -> str | None:
     """Return NVML text as str: older pynvml bindings return bytes."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
+    return nvml_text(value)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
 
 logger = logging.getLogger(__name__)
 
@@ -35,32 +36,12 @@ SYSTEMD_UNIT = "deploy/systemd/impact-exporter.service"
 
 
 @dataclass(frozen=True)
-class RaplZone:
-    """One powercap zone: where its counter lives and which ``domain``/``package`` labels it gets."""
+class RaplZone(EnergyDomain):
+    """One powercap zone: its labels (``name`` is the sysfs directory name, e.g. "intel-rapl:0:1") and where its
+    counter lives."""
 
-    name: str  # sysfs directory name, e.g. "intel-rapl:0:1"
-    domain: str  # "package" | "dram" | "core" | "uncore" | "psys"
-    package: str  # label value, e.g. "0"
     path: Path  # the zone directory
     max_energy_range_uj: int  # the counter wraps to 0 after this value
-
-
-@dataclass(frozen=True)
-class ZoneEnergy:
-    """A zone's energy at one sample, already corrected for counter wraparound."""
-
-    zone: RaplZone
-    joules_total: float  # cumulative, never decreases
-    joules_delta: float  # energy since the previous successful sample (0.0 on the first)
-
-
-@dataclass(frozen=True)
-class RaplSample:
-    """Every zone read at (nearly) the same moment; produced only when all zones could be read."""
-
-    timestamp: float  # the source's clock when read
-    elapsed_seconds: float  # since the previous successful sample (0.0 on the first)
-    zones: tuple[ZoneEnergy, ...]
 
 
 class _SkipZone(Exception):
@@ -205,7 +186,7 @@ def read_energy_uj(zone: RaplZone) -> int:
 
     Raises HardwareUnreadable on a permission error (root-only counters) and SourceError, naming the file, on
     any other read error or content that is not a non-negative integer. It runs for every zone at every sample,
-    so it reads with ``os.open``/``os.read`` on a string path: a sixth of the cost of ``Path.read_text``.
+    so it reads with ``os.open``/``os.read`` on a string path, much cheaper than ``Path.read_text``.
     """
     path = f"{zone.path}/energy_uj"
     try:
@@ -264,7 +245,7 @@ class RaplSource:
     previous reading in place, so the next successful sample's delta covers the outage.
     """
 
-    method = "rapl"
+    name = "rapl"  # also the method label of its readings: measured by RAPL
 
     def __init__(self, sysfs: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self._sysfs = sysfs
@@ -297,8 +278,9 @@ class RaplSource:
         if unreadable:
             raise HardwareUnreadable(_permission_advice(powercap, unreadable))
 
-    def sample(self) -> RaplSample:
-        """Read every zone and return their energies; raise (state untouched) if any zone cannot be read.
+    def sample(self) -> EnergyReading:
+        """Read every zone and return their wrap-corrected energies; raise (state untouched) if any zone cannot be
+        read.
 
         The first sample starts each total at the hardware counter (like node_exporter), so a restarted
         exporter continues where the counter is; later samples add the wrap-corrected delta.
@@ -319,11 +301,11 @@ class RaplSource:
                 tuple(total + delta for total, delta in zip(previous.total_uj, deltas_uj, strict=True)),
                 tuple(delta / elapsed if elapsed > 0 else None for delta in deltas_uj),
             )
-        return RaplSample(
+        return EnergyReading(
             timestamp=timestamp,
             elapsed_seconds=elapsed,
-            zones=tuple(
-                ZoneEnergy(zone, total_uj / UJ_PER_JOULE, delta_uj / UJ_PER_JOULE)
+            domains=tuple(
+                DomainEnergy.of(zone, total_uj / UJ_PER_JOULE, delta_uj / UJ_PER_JOULE, self.name, measured=True)
                 for zone, total_uj, delta_uj in zip(self._zones, self._state.total_uj, deltas_uj, strict=True)
             ),
         )

@@ -39,14 +39,13 @@ RUNS = [
 
 
 def snapshot_of(sysfs: Path) -> Snapshot:
-    zones = RaplSource(sysfs).sample().zones
+    domains = RaplSource(sysfs).sample().domains
     return Snapshot(
         timestamp=1700000300.0,
         samples_total=42,
         sample_duration_seconds=0.0025,
         sources={"procfs": SourceStatus(True, 0), "rapl": SourceStatus(True, 2)},
-        energy_method="rapl",
-        energy_zones=zones,
+        energy_domains=domains,
         unattributed_joules={"package": 1000.0, "dram": 50.0, "core": 7.0},
     )
 

@@ -21,7 +21,7 @@ from exporter.exposition import encode, go_float, negotiate
 from exporter.host import HostInfo
 from exporter.run import ProcessRef, Run
 from exporter.sampler import Snapshot, SourceStatus
-from exporter.sources.nvml import GpuInfo, GpuProcess, GpuReading
+from exporter.sources.gpu import GpuInfo, GpuProcess, GpuReading
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -62,6 +62,7 @@ def snapshot() -> Snapshot:
                   GpuInfo(1, "GPU-1", "Fake", None, None, None, True, False)),
         gpus=(GpuReading(0, "GPU-0", True, "counter", 81234.5, 1.0, 1.0, 212.0, 0.9, 2**34, processes, False),
               GpuReading(1, "GPU-1", False, "power", None, 0.0, 0.0, None, None, None, (), True)),
+        gpu_energy_method="nvml-power",
         gpu_process_watts={(0, 4242): 190.5},
         process_names={4242: 'py"th\\on\n', 4343: "日本"},
         unattributed_joules={"gpu": 7.0},

@@ -14,7 +14,8 @@ from exporter.gpu_attribution import (
     attribute_gpu_interval,
     lowest_idle_watts,
 )
-from exporter.sources.nvml import GpuProcess, NvmlSource
+from exporter.sources.gpu import GpuProcess
+from exporter.sources.nvml import NvmlSource
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 
 RUN_A = "run-a"

@@ -14,12 +14,11 @@ from exporter.api import status_of
 from exporter.run import StartRequest, StoreUnavailable
 from exporter.runs import RunRegistry
 from exporter.sampler import GroupTotals, Snapshot
-from exporter.sources.rapl import RaplZone, ZoneEnergy
+from exporter.sources.energy import DomainEnergy
 from exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 
 PID = 4242
-PACKAGE = RaplZone("intel-rapl:0", "package", "0", Path("/nonexistent"), 2**32)
 
 
 def sample(run_id: str, package_joules: float, processes: int = 1) -> Snapshot:
@@ -27,7 +26,8 @@ def sample(run_id: str, package_joules: float, processes: int = 1) -> Snapshot:
     with no ``processes`` left the run ends."""
     return Snapshot(
         timestamp=1000.0 + package_joules,
-        energy_zones=(ZoneEnergy(PACKAGE, joules_total=package_joules, joules_delta=0.0),),
+        energy_domains=(DomainEnergy("intel-rapl:0", "package", "0", joules_total=package_joules, joules_delta=0.0,
+                                 method="rapl", measured=True),),
         groups={run_id: GroupTotals({"package": package_joules}, cpu_seconds=package_joules, gpu_seconds=0.0,
                                     memory_bytes=0, processes=processes, root_alive=processes > 0)},
     )

@@ -43,13 +43,13 @@ def mend_counter(saved: Path) -> None:
 
 
 def package_joules(sampler: Sampler) -> float:
-    return next(z.joules_total for z in sampler.snapshot.energy_zones if z.zone.domain == "package")
+    return next(z.joules_total for z in sampler.snapshot.energy_domains if z.domain == "package")
 
 
 def test_a_failing_source_is_marked_down_counted_and_recovers_with_the_outages_energy(powercap: FakePowercap) -> None:
     sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs))
     sampler.sample_once()
-    assert sampler.snapshot.sources[RaplSource.method].up
+    assert sampler.snapshot.sources[RaplSource.name].up
     start = package_joules(sampler)
 
     saved = break_counter(powercap, PACKAGE)
@@ -57,16 +57,16 @@ def test_a_failing_source_is_marked_down_counted_and_recovers_with_the_outages_e
     for _ in range(3):
         sampler.sample_once()
     snapshot = sampler.snapshot
-    assert not snapshot.sources[RaplSource.method].up
-    assert snapshot.sources[RaplSource.method].errors_total == 3
+    assert not snapshot.sources[RaplSource.name].up
+    assert snapshot.sources[RaplSource.name].errors_total == 3
     assert snapshot.sources[PROCFS].up
     assert package_joules(sampler) == start, "a source that is down keeps its last value, never a silent zero"
 
     mend_counter(saved)
     powercap.advance(PACKAGE, 12.5)
     sampler.sample_once()
-    assert sampler.snapshot.sources[RaplSource.method].up
-    assert sampler.snapshot.sources[RaplSource.method].errors_total == 3
+    assert sampler.snapshot.sources[RaplSource.name].up
+    assert sampler.snapshot.sources[RaplSource.name].errors_total == 3
     assert package_joules(sampler) == pytest.approx(start + 12.5, abs=1e-6)
     assert sampler.snapshot.unattributed_joules["dram"] == pytest.approx(3.0, abs=1e-6)
 

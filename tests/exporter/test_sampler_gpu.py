@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sampler import NVML, Sampler
+from exporter.sampler import Sampler
 from exporter.sources.nvml import NvmlSource
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
@@ -61,7 +61,7 @@ def test_gpu_energy_goes_to_the_runs_by_sm_share_and_idle_is_shared(proc: FakePr
     assert attributed + snapshot.unattributed_joules["gpu"] == pytest.approx(500 + 300, rel=1e-9)
     assert snapshot.gpu_process_watts[(0, TRAIN)] == pytest.approx((0.6 * 400 + 50) / 2.0)
     assert snapshot.process_names[TRAIN] == f"p{TRAIN}"
-    assert snapshot.sources[NVML].up
+    assert snapshot.sources[NvmlSource.name].up
 
 
 def test_a_lost_gpu_is_down_and_the_other_goes_on(proc: FakeProc, nvml: FakeNvml) -> None:

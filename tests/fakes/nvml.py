@@ -1,4 +1,5 @@
-"""A stand-in for the ``pynvml`` module, for tests of exporter/sources/nvml.py on machines without a GPU.
+"""A stand-in for the ``pynvml`` module, for tests of exporter/sources/nvml.py and of the client's GPU checks
+(experiment_impact_tracker/gpu/nvidia.py) on machines without a GPU.
 
 It has the functions the NVML source calls, under pynvml's names and with pynvml's parameter names; it returns
 pynvml's own result types (``c_nvmlMemory_t``, ``c_nvmlUtilization_t``, ``c_nvmlProcessUtilizationSample_t``,
@@ -56,8 +57,11 @@ class FakeGpu:
     """One GPU of the scenario. Tests change its fields between samples; ``FakeNvml.advance`` moves its counters."""
 
     uuid: str
-    name: str = "NVIDIA A100-SXM4-40GB"
+    name: str | bytes = "NVIDIA A100-SXM4-40GB"  # bytes: as older nvidia-ml-py releases return it
     memory_total_bytes: int = 40 * GIB
+    bus_id: str = "00000000:07:00.0"
+    compute_capability: tuple[int, int] = (8, 0)
+    power_limit_mw: int = 400_000
     memory_used_bytes: int = 0
     power_watts: float = 60.0  # what the GPU draws now: the power reading, and the rate the counter advances at
     energy_joules: float = 0.0  # the counter since "driver load"; read as whole millijoules
@@ -93,7 +97,7 @@ class FakeNvml:
     def __init__(
         self,
         gpus: list[FakeGpu],
-        driver_version: str = "550.54.15",
+        driver_version: str | bytes = "550.54.15",
         cuda_driver_version: int = 12040,
         init_error: int | None = None,
         clock: FakeClock | None = None,
@@ -149,7 +153,7 @@ class FakeNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
         self.initialised -= 1
 
-    def nvmlSystemGetDriverVersion(self) -> str:
+    def nvmlSystemGetDriverVersion(self) -> str | bytes:
         self._check("nvmlSystemGetDriverVersion")
         return self.driver_version
 
@@ -171,9 +175,21 @@ class FakeNvml:
         self._check("nvmlDeviceGetUUID", handle)
         return handle.uuid
 
-    def nvmlDeviceGetName(self, handle: FakeGpu) -> str:
+    def nvmlDeviceGetName(self, handle: FakeGpu) -> str | bytes:
         self._check("nvmlDeviceGetName", handle)
         return handle.name
+
+    def nvmlDeviceGetPciInfo(self, handle: FakeGpu) -> Any:
+        self._check("nvmlDeviceGetPciInfo", handle)
+        return pynvml.nvmlPciInfo_t(busId=handle.bus_id.encode())
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: FakeGpu) -> tuple[int, int]:
+        self._check("nvmlDeviceGetCudaComputeCapability", handle)
+        return handle.compute_capability
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: FakeGpu) -> int:
+        self._check("nvmlDeviceGetPowerManagementLimit", handle)
+        return handle.power_limit_mw
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeGpu, version: int | None = None) -> Any:
         self._check("nvmlDeviceGetMemoryInfo", handle)

@@ -13,6 +13,7 @@ import pytest
 
 from exporter.sampler import Sampler
 from exporter.sources import HardwareNotFound, SourceError
+from exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
 from exporter.sources.estimate import (
     BYTES_PER_GIB,
     TABLE_COLUMNS,
@@ -27,7 +28,6 @@ from exporter.sources.estimate import (
     utilisation,
 )
 from exporter.sources.procfs import CpuTimes
-from exporter.sources.rapl import RaplSample, RaplZone, ZoneEnergy
 from tests.fakes.procfs import FakeProc
 
 GOLD_6248 = "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
@@ -54,9 +54,9 @@ def cpuinfo(model: str, physical_ids: list[int] | None = None, cpus: int = 2) ->
     return "\n".join(blocks)
 
 
-def joules(sample: RaplSample, domain: str = "package") -> tuple[float, float]:
+def joules(sample: EnergyReading, domain: str = "package") -> tuple[float, float]:
     """(joules_total, joules_delta) of the zone of ``domain``."""
-    (zone_energy,) = [z for z in sample.zones if z.zone.domain == domain]
+    (zone_energy,) = [z for z in sample.domains if z.domain == domain]
     return zone_energy.joules_total, zone_energy.joules_delta
 
 
@@ -239,12 +239,12 @@ def test_an_invalid_dram_figure_is_a_value_error(proc: FakeProc, bad: float) -> 
 # --- sampling ------------------------------------------------------------------------------------------------------
 
 
-def test_zones_are_synthetic_rapl_zones(proc: FakeProc) -> None:
+def test_domains_are_package_then_dram(proc: FakeProc) -> None:
     source = EstimateSource(proc.procfs(), tdp_watts=100)
-    assert source.method == "estimate"
-    assert source.zones == (RaplZone("estimate:package", "package", "0", proc.root, 0),)
+    assert source.name == "estimate"
+    assert source.domains == (EnergyDomain("estimate:package", "package", "0"),)
     with_dram = EstimateSource(proc.procfs(), tdp_watts=100, dram_watts_per_gib=0.4)
-    assert [(z.name, z.domain, z.package) for z in with_dram.zones] == [
+    assert [(z.name, z.domain, z.package) for z in with_dram.domains] == [
         ("estimate:package", "package", "0"),
         ("estimate:dram", "dram", "0"),
     ]
@@ -252,9 +252,9 @@ def test_zones_are_synthetic_rapl_zones(proc: FakeProc) -> None:
 
 def test_the_first_sample_is_a_zero_baseline(proc: FakeProc, clock: FakeClock) -> None:
     sample = EstimateSource(proc.procfs(), tdp_watts=100, clock=clock).sample()
-    assert isinstance(sample, RaplSample)
+    assert isinstance(sample, EnergyReading)
     assert (sample.timestamp, sample.elapsed_seconds) == (1000.0, 0.0)
-    assert all(isinstance(z, ZoneEnergy) for z in sample.zones)
+    assert all(isinstance(z, DomainEnergy) for z in sample.domains)
     assert joules(sample) == (0.0, 0.0)
 
 
@@ -361,7 +361,7 @@ def test_joules_total_never_decreases(proc: FakeProc, clock: FakeClock) -> None:
         proc.advance(busy_ticks=busy, idle_ticks=idle)
         clock.now += seconds
         sample = source.sample()
-        for i, zone in enumerate(sample.zones):
+        for i, zone in enumerate(sample.domains):
             assert zone.joules_delta >= 0
             assert zone.joules_total >= previous[i]
             deltas[i] += zone.joules_delta
@@ -378,4 +378,4 @@ def test_the_sampler_attributes_estimated_energy_like_rapl(proc: FakeProc, clock
     clock.now += 2.0
     snapshot = sampler.sample_once()
     assert snapshot.groups["run"].energy_joules["package"] == pytest.approx(110.0)
-    assert [z.zone.name for z in snapshot.energy_zones] == ["estimate:package"]
+    assert [z.name for z in snapshot.energy_domains] == ["estimate:package"]

@@ -52,7 +52,7 @@ def rapl_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def joules_of(sample_zones: tuple, dirname: str) -> tuple[float, float]:
     """Return (joules_total, joules_delta) of the zone called ``dirname`` in a sample."""
-    (zone_energy,) = [z for z in sample_zones if z.zone.name == dirname]
+    (zone_energy,) = [z for z in sample_zones if z.name == dirname]
     return zone_energy.joules_total, zone_energy.joules_delta
 
 
@@ -374,7 +374,7 @@ def test_first_sample_matches_node_exporter_on_its_fixture(node_exporter_powerca
 
     sample = source.sample()
 
-    assert [(e.zone.domain, e.zone.package, e.joules_total, e.joules_delta) for e in sample.zones] == [
+    assert [(e.domain, e.package, e.joules_total, e.joules_delta) for e in sample.domains] == [
         ("package", "0", 240422.366267, 0.0),
         ("core", "0", 118821.284256, 0.0),
     ]
@@ -533,7 +533,7 @@ def test_first_sample_starts_at_the_hardware_counter(tmp_path: Path) -> None:
 
     assert sample.timestamp == 1234.5
     assert sample.elapsed_seconds == 0.0
-    assert [(e.zone.name, e.joules_total, e.joules_delta) for e in sample.zones] == [
+    assert [(e.name, e.joules_total, e.joules_delta) for e in sample.domains] == [
         ("intel-rapl:0", 240422.366267, 0.0),
         ("intel-rapl:0:0", 0.0, 0.0),
         ("intel-rapl:1", 0.0, 0.0),
@@ -554,9 +554,9 @@ def test_later_samples_add_the_energy_since_the_previous_one(tmp_path: Path) -> 
     sample = source.sample()
 
     assert sample.elapsed_seconds == 2.5
-    assert joules_of(sample.zones, "intel-rapl:0") == (1012.345678, 12.345678)
-    assert joules_of(sample.zones, "intel-rapl:0:0") == (0.0, 0.0)
-    assert joules_of(sample.zones, "intel-rapl:1:0") == (3.0, 3.0)
+    assert joules_of(sample.domains, "intel-rapl:0") == (1012.345678, 12.345678)
+    assert joules_of(sample.domains, "intel-rapl:0:0") == (0.0, 0.0)
+    assert joules_of(sample.domains, "intel-rapl:1:0") == (3.0, 3.0)
 
 
 def test_counter_that_wraps_once_between_samples(tmp_path: Path) -> None:
@@ -569,7 +569,7 @@ def test_counter_that_wraps_once_between_samples(tmp_path: Path) -> None:
     assert powercap.energy_uj("intel-rapl:0") == 3_123_456  # the counter did wrap
     clock.now = 1.0
 
-    (zone_energy,) = source.sample().zones
+    (zone_energy,) = source.sample().domains
 
     assert zone_energy.joules_delta == 5.123456
     assert zone_energy.joules_total == 262146.452306  # 262143.328850 - 2 + 5.123456
@@ -591,7 +591,7 @@ def test_counter_that_wraps_twice_during_a_long_gap(tmp_path: Path, gap_watts: i
 
     sample = source.sample()
 
-    (zone_energy,) = sample.zones
+    (zone_energy,) = sample.domains
     assert sample.elapsed_seconds == 45.0
     assert zone_energy.joules_delta == gap_joules
     assert zone_energy.joules_total == 900.0 + 50.0 + gap_joules
@@ -607,7 +607,7 @@ def test_long_gap_before_any_interval_counts_a_single_wrap(tmp_path: Path) -> No
     powercap.advance("intel-rapl:0", 2250.0)
     clock.now = 45.0
 
-    (zone_energy,) = source.sample().zones
+    (zone_energy,) = source.sample().domains
 
     assert zone_energy.joules_delta == 250.0
 
@@ -639,7 +639,7 @@ def test_failed_sample_changes_nothing_and_the_next_covers_the_outage(tmp_path: 
     clock.now = 13.0
     sample = source.sample()
     assert sample.elapsed_seconds == 2.0
-    assert joules_of(sample.zones, "intel-rapl:0") == (5.0 + 10.0 + 50.0, 50.0)
+    assert joules_of(sample.domains, "intel-rapl:0") == (5.0 + 10.0 + 50.0, 50.0)
 
 
 def test_sample_without_permission_is_hardware_unreadable(traversable_sysfs: Path) -> None:
@@ -665,7 +665,7 @@ def test_zones_are_discovered_once(tmp_path: Path) -> None:
     powercap.add_zone("intel-rapl:1", "package-1")
 
     assert len(source.zones) == 2
-    assert len(source.sample().zones) == 2
+    assert len(source.sample().domains) == 2
 
 
 # --- check_readable -----------------------------------------------------------------------------------------
