@@ -1,7 +1,7 @@
 """Attribution accuracy: per-run energy from the real exporter against the ground truth the scenario wrote.
 
 Each scenario drives a fake machine (tests/fakes: a procfs tree and a RAPL tree) in steps of 50 ms while the
-real exporter (``python -m exporter``, sampling every 0.25 s) reads it and runs are started and stopped through
+real exporter (``python -m impact_exporter``, sampling every 0.25 s) reads it and runs are started and stopped through
 its socket. In each step the scenario says how much energy the package and DRAM used and which process used
 which share of the busy CPU time, so a run's true energy is the sum over steps of its share times the energy.
 
@@ -76,10 +76,16 @@ def machine(workdir: Path, max_energy_range_uj: int | None = None) -> Machine:
     zone_range = {"max_energy_range_uj": max_energy_range_uj} if max_energy_range_uj else {}
     powercap.add_zone(PACKAGE, "package-0", energy_uj=1_000_000, **zone_range)
     powercap.add_zone(DRAM, "dram", energy_uj=1_000_000, **zone_range)
-    exporter = Exporter(workdir / "exporter", [
-        f"--path.procfs={proc.root}", f"--path.sysfs={powercap.sysfs}", "--cpu.source=rapl", "--gpu.source=none",
-        "--sample-interval=0.25",
-    ])
+    exporter = Exporter(
+        workdir / "exporter",
+        [
+            f"--path.procfs={proc.root}",
+            f"--path.sysfs={powercap.sysfs}",
+            "--cpu.source=rapl",
+            "--gpu.source=none",
+            "--sample-interval=0.25",
+        ],
+    )
     return Machine(proc, powercap, exporter)
 
 
@@ -168,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                 m.exporter.stop()
         for run_id, truth in m.truth.items():
             measured = m.measured[run_id]
-            print(f"{name:<22} {run_id:<10} {truth['cpu']:>12.2f} "
-                  f"{error_percent(measured.get('cpu', 0.0), truth['cpu']):>+9.2f}% {truth['dram']:>13.2f} "
-                  f"{error_percent(measured.get('dram', 0.0), truth['dram']):>+10.2f}%")
+            print(
+                f"{name:<22} {run_id:<10} {truth['cpu']:>12.2f} "
+                f"{error_percent(measured.get('cpu', 0.0), truth['cpu']):>+9.2f}% {truth['dram']:>13.2f} "
+                f"{error_percent(measured.get('dram', 0.0), truth['dram']):>+10.2f}%"
+            )
     return 0
 
 

@@ -85,19 +85,24 @@ class PowerFeeder(threading.Thread):
 
 
 class Exporter:
-    """``python -m exporter`` with a private state directory and API socket, its log kept in ``workdir``."""
+    """``python -m impact_exporter`` with a private state directory and API socket, its log kept in ``workdir``."""
 
     LISTENING = re.compile(r"listening on (\S+),")
 
-    def __init__(self, workdir: Path, args: Sequence[str], launcher: Sequence[str] = ("-m", "exporter")) -> None:
-        """Start it with ``args``; ``launcher`` replaces ``-m exporter`` (benchmarks/gpu_exporter.py adds a GPU)."""
+    def __init__(self, workdir: Path, args: Sequence[str], launcher: Sequence[str] = ("-m", "impact_exporter")) -> None:
+        """Start it with ``args``; ``launcher`` replaces ``-m impact_exporter`` (gpu_exporter.py adds a GPU)."""
         workdir.mkdir(parents=True, exist_ok=True)
         socket_dir = Path(tempfile.mkdtemp(prefix="iet-bench-"))  # sun_path is short: keep it out of workdir
         self.socket_path = socket_dir / "api.sock"
         self.log_file = workdir / "exporter.log"
         command = [
-            sys.executable, *launcher, "--web.listen-address=127.0.0.1:0", f"--api.socket={self.socket_path}",
-            f"--state-dir={workdir / 'state'}", "--log.level=info", *args,
+            sys.executable,
+            *launcher,
+            "--web.listen-address=127.0.0.1:0",
+            f"--api.socket={self.socket_path}",
+            f"--state-dir={workdir / 'state'}",
+            "--log.level=info",
+            *args,
         ]
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from exporter.cli import parse_settings, serve, settle_garbage_collector
+from impact_exporter.cli import parse_settings, serve, settle_garbage_collector
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.monitored import LockedNvml
 
@@ -33,10 +33,15 @@ def fake_gpus(count: int, pids: list[int]) -> FakeNvml:
     for index in range(count):
         mine = pids[index::count]
         share = max(1, 90 // max(1, len(mine)))
-        gpus.append(FakeGpu(
-            f"GPU-{index:08x}-0000-0000-0000-000000000000", power_watts=GPU_WATTS, utilization_percent=90,
-            processes={pid: GIB for pid in mine}, slices=[{pid: share for pid in mine}],
-        ))
+        gpus.append(
+            FakeGpu(
+                f"GPU-{index:08x}-0000-0000-0000-000000000000",
+                power_watts=GPU_WATTS,
+                utilization_percent=90,
+                processes={pid: GIB for pid in mine},
+                slices=[{pid: share for pid in mine}],
+            )
+        )
     return FakeNvml(gpus, tick_seconds=DRIVER_TICK_SECONDS)
 
 

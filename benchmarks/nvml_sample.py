@@ -18,8 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from benchmarks.common import percentile
-from exporter.sources import HardwareNotFound
-from exporter.sources.nvml import NvmlSource, import_pynvml
+from impact_exporter.sources import HardwareNotFound
+from impact_exporter.sources.nvml import NvmlSource, import_pynvml
 from tests.monitored import LockedNvml
 
 GPU_LOAD = """
@@ -62,8 +62,10 @@ def sample_seconds(source: NvmlSource, count: int, interval: float) -> tuple[lis
 
 
 def print_figures(title: str, durations: list[float]) -> None:
-    print(f"{title:<50} n={len(durations):>4}  p50 {percentile(durations, 50) * 1e3:7.3f} ms  "
-          f"p99 {percentile(durations, 99) * 1e3:7.3f} ms  mean {sum(durations) / len(durations) * 1e3:7.3f} ms")
+    print(
+        f"{title:<50} n={len(durations):>4}  p50 {percentile(durations, 50) * 1e3:7.3f} ms  "
+        f"p99 {percentile(durations, 99) * 1e3:7.3f} ms  mean {sum(durations) / len(durations) * 1e3:7.3f} ms"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         load = subprocess.Popen([sys.executable, "-c", GPU_LOAD], stdout=subprocess.PIPE, text=True)
         try:
             if load.stdout.readline().strip() != "ready":
-                print("nvml_sample: the PyTorch load on GPU 0 did not start; is PyTorch with CUDA installed?",
-                      file=sys.stderr)
+                print(
+                    "nvml_sample: the PyTorch load on GPU 0 did not start; is PyTorch with CUDA installed?",
+                    file=sys.stderr,
+                )
                 return 2
             nvml.seconds.clear()
             nvml.cpu_seconds.clear()
@@ -95,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             load.wait()
     finally:
         source.close()
-    print(f"GPU 0 under load: {reading.power_watts} W, {len(reading.processes)} process(es): "
-          + ", ".join(f"pid {p.pid} SM {p.sm_utilization_ratio}" for p in reading.processes))
+    print(
+        f"GPU 0 under load: {reading.power_watts} W, {len(reading.processes)} process(es): "
+        + ", ".join(f"pid {p.pid} SM {p.sm_utilization_ratio}" for p in reading.processes)
+    )
     timings = (("wall time", 0, nvml.seconds), ("CPU time of the calling thread", 1, nvml.cpu_seconds))
     for title, index, per_call in timings:
         print(f"{title}:")
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, durations in sorted(per_call.items()):
             print_figures(f"  {name} (loaded)", durations)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

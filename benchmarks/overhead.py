@@ -1,6 +1,6 @@
 """Exporter overhead: CPU seconds the exporter uses per hour of monitoring at 1 Hz, next to CodeCarbon's.
 
-For 0, 10 and 100 active runs of 10 real processes each, the real exporter (``python -m exporter``, real
+For 0, 10 and 100 active runs of 10 real processes each, the real exporter (``python -m impact_exporter``, real
 /proc, a fake RAPL tree fed at 40 W + 6 W) samples every second while the runs' processes loop busy for 1 ms
 per second. Over the same window, CodeCarbon's ``OfflineEmissionsTracker`` (measure_power_secs=1) runs in its
 own process tracking the same machine. Both processes' CPU seconds (psutil, user + system) are scaled to one
@@ -66,8 +66,11 @@ class CodeCarbon:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", CODECARBON], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True,
+            [sys.executable, "-c", CODECARBON],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         line = self.process.stdout.readline()
         if line.strip() != "ready":
@@ -105,8 +108,11 @@ def measure(runs: int, seconds: float, workdir: Path, with_codecarbon: bool) -> 
         client = exporter.client()
         for number, pid in enumerate(workload.root_pids):
             client.start_run("overhead", set=f"runs-{runs}", pid=pid, run_id=f"overhead-{runs}-{number}")
-        wait_for(lambda: all(len(_children(pid)) >= PROCESSES_PER_RUN - 1 for pid in workload.root_pids), 60,
-                 "every run's processes to fork")
+        wait_for(
+            lambda: all(len(_children(pid)) >= PROCESSES_PER_RUN - 1 for pid in workload.root_pids),
+            60,
+            "every run's processes to fork",
+        )
         codecarbon = CodeCarbon() if with_codecarbon else None
         time.sleep(WARMUP_SECONDS)
         exporter_before = process_cpu_seconds(exporter.pid)
@@ -139,21 +145,29 @@ def _children(pid: int) -> list[psutil.Process]:
 
 
 def report(results: list[Overhead]) -> None:
-    print(f"{'runs':>5} {'procs':>6} {'exporter CPU-s/h':>17} {'% of a core':>12} {'CodeCarbon CPU-s/h':>19} "
-          f"{'exporter/CodeCarbon':>20}")
+    print(
+        f"{'runs':>5} {'procs':>6} {'exporter CPU-s/h':>17} {'% of a core':>12} {'CodeCarbon CPU-s/h':>19} "
+        f"{'exporter/CodeCarbon':>20}"
+    )
     for r in results:
         codecarbon = f"{r.codecarbon_cpu_per_hour:.1f}" if r.codecarbon_cpu_per_hour is not None else "n/a"
         ratio = f"{r.ratio:.1f}x" if r.ratio is not None else "n/a"
-        print(f"{r.runs:>5} {r.runs * PROCESSES_PER_RUN:>6} {r.exporter_cpu_per_hour:>17.1f} "
-              f"{r.exporter_cpu_per_hour / 36:>11.3f}% {codecarbon:>19} {ratio:>20}")
+        print(
+            f"{r.runs:>5} {r.runs * PROCESSES_PER_RUN:>6} {r.exporter_cpu_per_hour:>17.1f} "
+            f"{r.exporter_cpu_per_hour / 36:>11.3f}% {codecarbon:>19} {ratio:>20}"
+        )
     for r in results:
         if r.runs == TARGET_RUNS:
             verdict = "meets" if r.exporter_cpu_per_hour <= TARGET_CPU_SECONDS_PER_HOUR else "MISSES"
-            print(f"target: <= {TARGET_CPU_SECONDS_PER_HOUR:.0f} CPU-s/h with {TARGET_RUNS} runs: {verdict} it "
-                  f"({r.exporter_cpu_per_hour:.1f})")
+            print(
+                f"target: <= {TARGET_CPU_SECONDS_PER_HOUR:.0f} CPU-s/h with {TARGET_RUNS} runs: {verdict} it "
+                f"({r.exporter_cpu_per_hour:.1f})"
+            )
             if r.codecarbon_cpu_per_hour:
-                print(f"CodeCarbon embedded once per run ({TARGET_RUNS} trackers) would use "
-                      f"{TARGET_RUNS * r.codecarbon_cpu_per_hour:.1f} CPU-s/h")
+                print(
+                    f"CodeCarbon embedded once per run ({TARGET_RUNS} trackers) would use "
+                    f"{TARGET_RUNS * r.codecarbon_cpu_per_hour:.1f} CPU-s/h"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,10 +47,13 @@ RETAIN_FINISHED_SECONDS = 900  # the exporter's --runs.retain-finished default
 RESET_EVERY = 5  # every fifth run's counters restart from 0 halfway through it
 END_BEFORE_NOW_SECONDS = 300
 TARGET_SECONDS, TARGET_BYTES = 60.0, 2**30
-REPORTER = (sys.executable, "-m", "reporter")  # impact-report, in this interpreter
+REPORTER = (sys.executable, "-m", "impact_reporter")  # impact-report, in this interpreter
 HOST_LABELS = {
-    "cpu_count": "64", "cpu_model": "AMD EPYC 7742 64-Core Processor", "cpu_vendor": "AuthenticAMD",
-    "hostname": "node-1", "kernel": "6.1.0",
+    "cpu_count": "64",
+    "cpu_model": "AMD EPYC 7742 64-Core Processor",
+    "cpu_vendor": "AuthenticAMD",
+    "hostname": "node-1",
+    "kernel": "6.1.0",
 }
 
 
@@ -173,8 +176,12 @@ def write_openmetrics(path: Path, dataset: Dataset) -> int:
         for component in COMPONENTS:
             labels = _node_labels(component=component, method="rapl")
             written += _write_series(out, "impact_energy_source_info", labels, window, [1.0] * len(window))
-        for name in ("impact_run_info", "impact_run_start_time_seconds", "impact_run_end_time_seconds",
-                     "impact_run_active"):
+        for name in (
+            "impact_run_info",
+            "impact_run_start_time_seconds",
+            "impact_run_end_time_seconds",
+            "impact_run_active",
+        ):
             out.write(f"# TYPE {name} gauge\n")
             for run in dataset.runs:
                 extra = {"experiment": EXPERIMENT, "set": run.set, "user": "bench", "seed": str(run.index)}
@@ -183,8 +190,9 @@ def write_openmetrics(path: Path, dataset: Dataset) -> int:
         out.write("# TYPE impact_run_energy_joules counter\n")
         for run in dataset.runs:
             for component in COMPONENTS:
-                written += _run_counter(out, run, dataset, "impact_run_energy_joules_total", component,
-                                        component=component)
+                written += _run_counter(
+                    out, run, dataset, "impact_run_energy_joules_total", component, component=component
+                )
         out.write("# TYPE impact_run_cpu_seconds counter\n")
         for run in dataset.runs:
             written += _run_counter(out, run, dataset, "impact_run_cpu_seconds_total", "cpu_seconds")
@@ -230,8 +238,9 @@ def backfill(openmetrics: Path, data_dir: Path) -> Timed:
     promtool = shutil.which("promtool")
     if promtool is None:
         raise RuntimeError("promtool not found on PATH; install it with: apt-get install prometheus")
-    return run_timed([promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(openmetrics),
-                      str(data_dir)])
+    return run_timed(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(openmetrics), str(data_dir)]
+    )
 
 
 KEEP_OLD_BLOCKS = ("--storage.tsdb.retention.time=3650d",)
@@ -252,9 +261,16 @@ class BackfilledPrometheus:
         self.log_file = workdir / "prometheus.log"
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={data_dir}", *KEEP_OLD_BLOCKS,
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={data_dir}",
+                    *KEEP_OLD_BLOCKS,
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_for(self._ready, 120, "prometheus to load the blocks")
 
@@ -291,16 +307,30 @@ def appendix_args(prometheus_url: str, dataset: Dataset, out: Path) -> list[str]
     """``impact-report`` arguments of ``appendix --no-pdf`` for both sets, treatment compared with baseline."""
     matches = [arg for name in SETS for arg in ("--match", f'{{experiment="{EXPERIMENT}",set="{name}"}}')]
     return [
-        "appendix", "--no-pdf", f"--prometheus={prometheus_url}",
-        *window_flags(dataset), "--experiment-set-names", *SETS, *matches, "--compare", SETS[1], SETS[0],
+        "appendix",
+        "--no-pdf",
+        f"--prometheus={prometheus_url}",
+        *window_flags(dataset),
+        "--experiment-set-names",
+        *SETS,
+        *matches,
+        "--compare",
+        SETS[1],
+        SETS[0],
         f"--out={out}",
     ]
 
 
 def runs_args(prometheus_url: str, dataset: Dataset) -> list[str]:
     """``impact-report`` arguments of ``runs --format=json`` for every generated run."""
-    return ["runs", "--format=json", f"--prometheus={prometheus_url}",
-            *window_flags(dataset), "--match", f'{{experiment="{EXPERIMENT}"}}']
+    return [
+        "runs",
+        "--format=json",
+        f"--prometheus={prometheus_url}",
+        *window_flags(dataset),
+        "--match",
+        f'{{experiment="{EXPERIMENT}"}}',
+    ]
 
 
 def expected_figures(run: PlannedRun) -> dict[str, float]:
@@ -388,18 +418,28 @@ def measure(hours: float, runs: int, concurrent: int, workdir: Path) -> Result:
         runs_difference = max_relative_difference(dataset, json.loads(listed.stdout)["runs"])
     finally:
         prometheus.stop()
-    return Result(samples, text_bytes, generate_seconds, backfilled, prometheus_start, appendix,
-                  appendix_difference, listed, runs_difference)
+    return Result(
+        samples,
+        text_bytes,
+        generate_seconds,
+        backfilled,
+        prometheus_start,
+        appendix,
+        appendix_difference,
+        listed,
+        runs_difference,
+    )
 
 
 def _timed(timed: Timed) -> str:
-    return (f"{timed.seconds:.1f} s wall, {timed.cpu_seconds:.1f} CPU-s, "
-            f"{timed.peak_rss_bytes / 2**20:.0f} MiB peak RSS")
+    return f"{timed.seconds:.1f} s wall, {timed.cpu_seconds:.1f} CPU-s, {timed.peak_rss_bytes / 2**20:.0f} MiB peak RSS"
 
 
 def report(result: Result, hours: float, runs: int, concurrent: int) -> None:
-    print(f"{runs} runs ({concurrent} at a time) over {hours:g} h at 1 s: {result.samples:,} samples, "
-          f"{result.text_bytes / 2**20:.0f} MiB of OpenMetrics")
+    print(
+        f"{runs} runs ({concurrent} at a time) over {hours:g} h at 1 s: {result.samples:,} samples, "
+        f"{result.text_bytes / 2**20:.0f} MiB of OpenMetrics"
+    )
     print(f"generate: {result.generate_seconds:.1f} s")
     print(f"promtool tsdb create-blocks-from openmetrics: {_timed(result.backfill)}")
     print(f"prometheus ready on the blocks: {result.prometheus_start_seconds:.1f} s")
@@ -407,23 +447,34 @@ def report(result: Result, hours: float, runs: int, concurrent: int) -> None:
         ("impact-report appendix --no-pdf", result.appendix, result.appendix_difference),
         ("impact-report runs --format=json", result.runs, result.runs_difference),
     ):
-        print(f"{name}: {_timed(timed)}; "
-              f"max relative difference from the direct computation {difference:.1e} ({where})")
+        print(
+            f"{name}: {_timed(timed)}; max relative difference from the direct computation {difference:.1e} ({where})"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (other work on this machine slows wall times)")
     fast = result.appendix.seconds < TARGET_SECONDS and result.appendix.peak_rss_bytes < TARGET_BYTES
     exact = result.appendix_difference[0] <= 1e-9 and result.runs_difference[0] <= 1e-9
-    print(f"target: appendix < {TARGET_SECONDS:.0f} s and < 1 GiB: {'meets' if fast else 'MISSES'} it; "
-          f"figures equal the direct computation (1e-9): {'yes' if exact else 'NO'}")
+    print(
+        f"target: appendix < {TARGET_SECONDS:.0f} s and < 1 GiB: {'meets' if fast else 'MISSES'} it; "
+        f"figures equal the direct computation (1e-9): {'yes' if exact else 'NO'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reporter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=24.0, help="length of the generated window (default: 24)")
     parser.add_argument("--runs", type=int, default=30, help="runs in the window (default: 30)")
-    parser.add_argument("--concurrent", type=int, default=1,
-                        help="runs at a time, each this many times longer (default: 1, back to back)")
-    parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="work in DIR and keep the blocks and appendix there (default: a temporary directory)")
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=1,
+        help="runs at a time, each this many times longer (default: 1, back to back)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="work in DIR and keep the blocks and appendix there (default: a temporary directory)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or not 1 <= args.concurrent <= args.runs:
         parser.error("--runs must be at least 1 and --concurrent between 1 and --runs")

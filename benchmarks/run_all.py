@@ -13,7 +13,10 @@ from benchmarks import accuracy, nvml_sample, overhead, reporter, scrape
 
 def main() -> int:
     benchmarks = (
-        ("overhead", overhead), ("scrape", scrape), ("accuracy", accuracy), ("reporter", reporter),
+        ("overhead", overhead),
+        ("scrape", scrape),
+        ("accuracy", accuracy),
+        ("reporter", reporter),
         ("nvml_sample", nvml_sample),  # real NVIDIA GPUs only: says so and returns elsewhere
     )
     for name, benchmark in benchmarks:

@@ -78,8 +78,7 @@ def measure(runs: int, gpu_processes: int, scrapes: int, workdir: Path) -> Scrap
     gpu_pids = f"{FIRST_PID}-{FIRST_PID + gpu_processes - 1}"
     exporter = Exporter(
         workdir / "exporter",
-        [f"--path.sysfs={powercap.sysfs}", f"--path.procfs={proc.root}", "--cpu.source=rapl",
-         "--gpu.idle-watts=50"],
+        [f"--path.sysfs={powercap.sysfs}", f"--path.procfs={proc.root}", "--cpu.source=rapl", "--gpu.idle-watts=50"],
         launcher=("-m", "benchmarks.gpu_exporter", "--gpus", "4", "--gpu-pids", gpu_pids, "--"),
     )
     try:
@@ -112,10 +111,14 @@ def measure(runs: int, gpu_processes: int, scrapes: int, workdir: Path) -> Scrap
 
 
 def report(result: ScrapeLatency) -> None:
-    print(f"{result.runs} runs, {result.gpu_processes} GPU processes: {result.series} samples per scrape, "
-          f"{result.body_bytes / 1024:.0f} KiB of text")
-    print(f"/metrics over {result.scrapes} scrapes: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
-          f"max {result.max_ms:.1f} ms")
+    print(
+        f"{result.runs} runs, {result.gpu_processes} GPU processes: {result.series} samples per scrape, "
+        f"{result.body_bytes / 1024:.0f} KiB of text"
+    )
+    print(
+        f"/metrics over {result.scrapes} scrapes: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+        f"max {result.max_ms:.1f} ms"
+    )
     verdict = "meets" if result.p99_ms < TARGET_P99_MS else "MISSES"
     print(f"target: p99 < {TARGET_P99_MS:.0f} ms: {verdict} it")
 
@@ -124,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scrape", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="active runs, one process each (default: 1000)")
     parser.add_argument("--gpu-processes", type=int, default=100, help="run processes on GPUs (default: 100)")
-    parser.add_argument("--scrapes", type=int, default=200,
-                        help="GETs of /metrics timed, about 1.1 s apart (default: 200)")
+    parser.add_argument(
+        "--scrapes", type=int, default=200, help="GETs of /metrics timed, about 1.1 s apart (default: 200)"
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.gpu_processes <= args.runs:
         parser.error("--gpu-processes must be between 0 and --runs: GPU processes are run processes")

@@ -28,8 +28,7 @@ class Workload:
     def __init__(self, runs: int, processes: int, busy_seconds: float = 0.001, period_seconds: float = 1.0) -> None:
         args = [str(processes), str(busy_seconds), str(period_seconds)]
         self.roots = [
-            subprocess.Popen([sys.executable, "-S", "-c", WORKLOAD, *args], start_new_session=True)
-            for _ in range(runs)
+            subprocess.Popen([sys.executable, "-S", "-c", WORKLOAD, *args], start_new_session=True) for _ in range(runs)
         ]
 
     @property

@@ -92,11 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", required=True, metavar="NAME", help="experiment name, e.g. mobilenet")
     run.add_argument("--set", metavar="S", help="experiment set the run belongs to, e.g. conv32")
     run.add_argument(
-        "--label", dest="labels", action="append", type=parse_label, default=[], metavar="KEY=VALUE",
+        "--label",
+        dest="labels",
+        action="append",
+        type=parse_label,
+        default=[],
+        metavar="KEY=VALUE",
         help="a label of the run (Prometheus label name rules); repeat for more",
     )
     run.add_argument(
-        "--run-id", metavar="ID",
+        "--run-id",
+        metavar="ID",
         help="join or create the run with this id, e.g. one id for every node of a distributed job "
         "(default: $IMPACT_RUN_ID, else the exporter picks one)",
     )
@@ -105,11 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exporter = parser.add_argument_group("the exporter")
     exporter.add_argument(
-        "--exporter", metavar="ADDRESS", help="the exporter's run API (default: $IMPACT_EXPORTER, else "
-        "unix:///run/impact-exporter/api.sock)",
+        "--exporter",
+        metavar="ADDRESS",
+        help="the exporter's run API (default: $IMPACT_EXPORTER, else unix:///run/impact-exporter/api.sock)",
     )
     exporter.add_argument(
-        "--strict", action="store_true",
+        "--strict",
+        action="store_true",
         help=f"do not run CMD untracked: exit {EXIT_TRACKING_FAILED} when the run cannot be registered",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]", help="the command to run")
@@ -266,8 +274,15 @@ def run_command(
     child = GatedChild(executable, args.command, original_mask)
     try:
         run = Run.start(
-            args.experiment, set=args.set, labels=dict(args.labels), pid=child.pid, run_id=args.run_id,
-            logdir=args.logdir, strict=args.strict, client=client, command=args.command,
+            args.experiment,
+            set=args.set,
+            labels=dict(args.labels),
+            pid=child.pid,
+            run_id=args.run_id,
+            logdir=args.logdir,
+            strict=args.strict,
+            client=client,
+            command=args.command,
         )
     except ImpactTrackerError as error:
         child.abandon()

@@ -50,7 +50,7 @@ def parse_address(text: str) -> ExporterAddress:
     """Parse ``unix:///abs/path.sock`` (a relative ``unix://path`` is taken from the working directory) or
     ``http://HOST[:PORT]`` (port 9877 when left out)."""
     if text.startswith("unix://"):
-        path = text[len("unix://"):]
+        path = text[len("unix://") :]
         if not path:
             raise BadExporterAddress(text, "the socket path is empty")
         return ExporterAddress("unix", path=path)

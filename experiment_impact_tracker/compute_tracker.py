@@ -58,9 +58,7 @@ class ImpactTracker:
         """
         if self.run is not None:
             return
-        self.run = Run.start(
-            self.experiment, set=self.set, labels=self.labels, logdir=self.logdir, client=self._client
-        )
+        self.run = Run.start(self.experiment, set=self.set, labels=self.labels, logdir=self.logdir, client=self._client)
         atexit.register(self.stop)
 
     def get_latest_info_and_check_for_errors(self) -> dict[str, Any]:

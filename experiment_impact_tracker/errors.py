@@ -52,7 +52,9 @@ class UnknownRun(ExporterError):
     def __init__(self, run_id: str, message: str, address: str | None = None) -> None:
         self.run_id = run_id
         super().__init__(
-            404, message, address,
+            404,
+            message,
+            address,
             hint=f"run {run_id} is not (or no longer) known there: was the exporter restarted with another "
             "--state-dir, or did the run finish long ago?",
         )

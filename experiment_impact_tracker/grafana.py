@@ -72,7 +72,9 @@ class GrafanaAnnotator:
         endpoint = f"{self.url}/api/annotations"
         try:
             response = requests.post(
-                endpoint, json=dict(annotation), headers={"Authorization": f"Bearer {self.token}"},
+                endpoint,
+                json=dict(annotation),
+                headers={"Authorization": f"Bearer {self.token}"},
                 timeout=self.timeout,
             )
         except requests.RequestException as error:

@@ -70,8 +70,9 @@ def read_run_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         text = file.read_text()
     except FileNotFoundError:
-        raise RunDirError(f"{file} does not exist: {path} is not a run directory written by track_run, "
-                          "impact-run or ImpactTracker") from None
+        raise RunDirError(
+            f"{file} does not exist: {path} is not a run directory written by track_run, impact-run or ImpactTracker"
+        ) from None
     except OSError as error:
         raise RunDirError(f"cannot read {file}: {error.strerror or error}") from error
     try:
@@ -82,9 +83,7 @@ def read_run_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise RunDirError(f"{file} is not a run record (no 'experiment' field)")
     version = record.get("format", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise RunDirError(
-            f"{file} has format {version!r}; this library reads format {FORMAT_VERSION} (upgrade it?)"
-        )
+        raise RunDirError(f"{file} has format {version!r}; this library reads format {FORMAT_VERSION} (upgrade it?)")
     return record
 
 

@@ -362,7 +362,9 @@ def _register(
             raise
         log.info(
             "process %d is already measured by run %s of %r (its root or a descendant of it); using that run",
-            process, run_id, existing.get("experiment"),
+            process,
+            run_id,
+            existing.get("experiment"),
         )
         return Registration(run=existing, created=False)
 

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-from exporter.run import (
+from impact_exporter.run import (
     Conflict,
     Forbidden,
     InvalidRequest,
@@ -25,8 +25,8 @@ from exporter.run import (
     StoreUnavailable,
     UnknownRun,
 )
-from exporter.runs import RunRegistry
-from exporter.sampler import Snapshot
+from impact_exporter.runs import RunRegistry
+from impact_exporter.sampler import Snapshot
 
 MAX_BODY_BYTES = 64 * 1024
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

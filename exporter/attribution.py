@@ -14,9 +14,7 @@ from types import MappingProxyType
 CPU = "cpu"
 MEMORY = "memory"
 
-DOMAIN_BASIS: Mapping[str, str] = MappingProxyType(
-    {"package": CPU, "core": CPU, "uncore": CPU, "dram": MEMORY}
-)
+DOMAIN_BASIS: Mapping[str, str] = MappingProxyType({"package": CPU, "core": CPU, "uncore": CPU, "dram": MEMORY})
 """Which usage each RAPL domain is split by. Domains absent here (psys: the whole platform) stay unattributed."""
 
 

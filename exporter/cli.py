@@ -19,21 +19,21 @@ from types import ModuleType
 from prometheus_client.registry import CollectorRegistry
 
 from experiment_impact_tracker.durations import parse_duration
-from exporter import __version__
-from exporter.api import RunAPI
-from exporter.collector import ImpactCollector
-from exporter.host import read_host_info
-from exporter.http import ExporterServer, Listeners, UnixExporterServer
-from exporter.runs import RunRegistry
-from exporter.sampler import Sampler
-from exporter.scheduling import ScrapesFirst
-from exporter.sources import HardwareNotFound, SourceError
-from exporter.sources.energy import CpuEnergySource
-from exporter.sources.estimate import EstimateSource
-from exporter.sources.nvml import NvmlSource
-from exporter.sources.procfs import ProcFS
-from exporter.sources.rapl import RaplSource
-from exporter.store import open_store
+from impact_exporter import __version__
+from impact_exporter.api import RunAPI
+from impact_exporter.collector import ImpactCollector
+from impact_exporter.host import read_host_info
+from impact_exporter.http import ExporterServer, Listeners, UnixExporterServer
+from impact_exporter.runs import RunRegistry
+from impact_exporter.sampler import Sampler
+from impact_exporter.scheduling import ScrapesFirst
+from impact_exporter.sources import HardwareNotFound, SourceError
+from impact_exporter.sources.energy import CpuEnergySource
+from impact_exporter.sources.estimate import EstimateSource
+from impact_exporter.sources.nvml import NvmlSource
+from impact_exporter.sources.procfs import ProcFS
+from impact_exporter.sources.rapl import RaplSource
+from impact_exporter.store import open_store
 
 log = logging.getLogger("exporter")
 
@@ -89,91 +89,148 @@ def build_parser() -> argparse.ArgumentParser:
     )
     paths = parser.add_argument_group("paths")
     paths.add_argument(
-        "--path.sysfs", dest="sysfs", type=Path, default=Path("/sys"), metavar="DIR",
+        "--path.sysfs",
+        dest="sysfs",
+        type=Path,
+        default=Path("/sys"),
+        metavar="DIR",
         help="sysfs mount point; RAPL zones are read from DIR/class/powercap (default: %(default)s)",
     )
     paths.add_argument(
-        "--path.procfs", dest="procfs", type=Path, default=Path("/proc"), metavar="DIR",
+        "--path.procfs",
+        dest="procfs",
+        type=Path,
+        default=Path("/proc"),
+        metavar="DIR",
         help="procfs mount point; in a container, mount the host's and point here, e.g. /host/proc "
         "(default: %(default)s)",
     )
     cpu = parser.add_argument_group("CPU energy")
     cpu.add_argument(
-        "--cpu.source", dest="cpu_source", choices=["auto", "rapl", "estimate", "none"], default="auto",
+        "--cpu.source",
+        dest="cpu_source",
+        choices=["auto", "rapl", "estimate", "none"],
+        default="auto",
         help="rapl: read package and DRAM energy from RAPL powercap counters, and fail at start-up if they "
         "cannot be read; estimate: model package power from CPU utilisation and the CPU's TDP (about +-30%%, "
         "see docs/attribution.md); auto: RAPL when readable, else the estimate with a warning; none: measure "
         "no CPU energy, only CPU time (default: %(default)s)",
     )
     cpu.add_argument(
-        "--cpu.tdp-watts", dest="cpu_tdp_watts", type=float, metavar="WATTS",
+        "--cpu.tdp-watts",
+        dest="cpu_tdp_watts",
+        type=float,
+        metavar="WATTS",
         help="the estimate's TDP of all packages together (default: from a table of CPU models, else 10 W per "
         "logical CPU)",
     )
     cpu.add_argument(
-        "--cpu.idle-fraction", dest="cpu_idle_fraction", type=float, default=0.1, metavar="FRACTION",
+        "--cpu.idle-fraction",
+        dest="cpu_idle_fraction",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
         help="the estimate's idle power as a fraction of the TDP (default: %(default)s)",
     )
     cpu.add_argument(
-        "--cpu.dram-watts-per-gib", dest="dram_watts_per_gib", type=float, metavar="WATTS",
+        "--cpu.dram-watts-per-gib",
+        dest="dram_watts_per_gib",
+        type=float,
+        metavar="WATTS",
         help="the estimate's DRAM power per GiB of used memory (default: DRAM is not estimated)",
     )
     api = parser.add_argument_group("run API")
     api.add_argument(
-        "--api.socket", dest="api_socket", type=Path, default=Path("/run/impact-exporter/api.sock"), metavar="PATH",
+        "--api.socket",
+        dest="api_socket",
+        type=Path,
+        default=Path("/run/impact-exporter/api.sock"),
+        metavar="PATH",
         help="Unix socket through which experiments on this node start and stop runs; the kernel tells the "
         "exporter who the caller is, so users can only register their own processes (default: %(default)s)",
     )
     api.add_argument(
-        "--no-api.socket", dest="api_socket", action="store_const", const=None,
+        "--no-api.socket",
+        dest="api_socket",
+        action="store_const",
+        const=None,
         help="serve no Unix socket",
     )
     api.add_argument(
-        "--api.socket-group", dest="api_socket_group", metavar="GROUP",
+        "--api.socket-group",
+        dest="api_socket_group",
+        metavar="GROUP",
         help="group that owns the socket (mode 0660), so its members may mark runs (default: the exporter's group)",
     )
     api.add_argument(
-        "--api.token-file", dest="api_token_file", type=Path, metavar="FILE",
+        "--api.token-file",
+        dest="api_token_file",
+        type=Path,
+        metavar="FILE",
         help="also serve the run API over TCP on the metrics port, to requests with 'Authorization: Bearer "
         "<the file's content>'; without this flag the TCP run API is off",
     )
     api.add_argument(
-        "--state-dir", dest="state_dir", type=Path, default=Path("/var/lib/impact-exporter"), metavar="DIR",
+        "--state-dir",
+        dest="state_dir",
+        type=Path,
+        default=Path("/var/lib/impact-exporter"),
+        metavar="DIR",
         help="where runs are stored (SQLite), so they survive restarts (default: %(default)s)",
     )
     api.add_argument(
-        "--runs.retain-finished", dest="retain_finished", default="15m", metavar="DURATION",
+        "--runs.retain-finished",
+        dest="retain_finished",
+        default="15m",
+        metavar="DURATION",
         help="how long finished runs stay in /metrics so Prometheus scrapes their final values; they stay in "
         "the store (default: %(default)s)",
     )
     gpu = parser.add_argument_group("NVIDIA GPUs")
     gpu.add_argument(
-        "--gpu.source", dest="gpu_source", choices=["auto", "nvml", "none"], default="auto",
+        "--gpu.source",
+        dest="gpu_source",
+        choices=["auto", "nvml", "none"],
+        default="auto",
         help="nvml: read GPUs through NVML and fail at start-up without a driver; auto: NVML when a driver and a "
         "GPU are there, else no GPU metrics; none: no GPU metrics (default: %(default)s)",
     )
     gpu.add_argument(
-        "--gpu.devices", dest="gpu_devices", metavar="LIST",
+        "--gpu.devices",
+        dest="gpu_devices",
+        metavar="LIST",
         help="only these GPUs, as CUDA_VISIBLE_DEVICES lists them: NVML indexes or UUIDs, comma-separated "
         "(default: every GPU)",
     )
     gpu.add_argument(
-        "--gpu.idle-watts", dest="gpu_idle_watts", type=float, metavar="WATTS",
+        "--gpu.idle-watts",
+        dest="gpu_idle_watts",
+        type=float,
+        metavar="WATTS",
         help="a GPU's idle power (default: the lowest power seen with no process on it)",
     )
     gpu.add_argument(
-        "--gpu.idle-attribution", dest="gpu_idle_attribution", choices=["share", "none"], default="share",
+        "--gpu.idle-attribution",
+        dest="gpu_idle_attribution",
+        choices=["share", "none"],
+        default="share",
         help="share: a GPU's idle energy is split among the processes holding it; none: it stays unattributed "
         "(default: %(default)s)",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
-        "--sample-interval", dest="sample_interval", type=float, default=1.0, metavar="SECONDS",
-        help="seconds between two reads of every source; scrapes only read the latest sample "
-        "(default: %(default)s)",
+        "--sample-interval",
+        dest="sample_interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between two reads of every source; scrapes only read the latest sample (default: %(default)s)",
     )
     parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"],
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
         help="only log messages of this level and above (default: %(default)s)",
     )
     parser.add_argument("--version", action="version", version=f"impact-exporter {__version__}")
@@ -259,25 +316,27 @@ def open_energy_source(settings: Settings, procfs: ProcFS) -> CpuEnergySource | 
             if settings.cpu_source == "rapl":
                 raise
             log.warning("RAPL cannot be used: %s", error)
-    estimate = EstimateSource(
-        procfs, settings.cpu_tdp_watts, settings.cpu_idle_fraction, settings.dram_watts_per_gib
-    )
+    estimate = EstimateSource(procfs, settings.cpu_tdp_watts, settings.cpu_idle_fraction, settings.dram_watts_per_gib)
     estimate.check_readable()
     log.warning(
         "CPU energy is ESTIMATED from utilisation and a TDP of %.0f W (%s), not measured: expect errors of "
         "30%% or more; reports mark it as estimated",
-        estimate.tdp_watts, estimate.tdp_source,
+        estimate.tdp_watts,
+        estimate.tdp_source,
     )
     return estimate
 
 
-def open_server(
-    settings: Settings, registry: CollectorRegistry, api: RunAPI, scrapes: ScrapesFirst
-) -> ExporterServer:
+def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI, scrapes: ScrapesFirst) -> ExporterServer:
     """The HTTP server bound to the listen address; every interface falls back to IPv4 without IPv6."""
     server_on = partial(
-        ExporterServer, port=settings.listen_port, registry=registry, version=__version__, api=api,
-        token=settings.api_token, scrapes=scrapes,
+        ExporterServer,
+        port=settings.listen_port,
+        registry=registry,
+        version=__version__,
+        api=api,
+        token=settings.api_token,
+        scrapes=scrapes,
     )
     try:
         return server_on(settings.listen_host)
@@ -302,7 +361,9 @@ def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlS
         if gpu.mig_enabled:
             log.warning(
                 "GPU %s (%s) is in MIG mode: NVML reports no per-process figures for it, so its energy is measured "
-                "but not attributed to runs", gpu.index, gpu.uuid,
+                "but not attributed to runs",
+                gpu.index,
+                gpu.uuid,
             )
     return source
 
@@ -346,18 +407,21 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     except OSError as error:
         log.error(
             "cannot listen on %s:%s: %s; choose another address with --web.listen-address",
-            settings.listen_host, settings.listen_port, error.strerror or error,
+            settings.listen_host,
+            settings.listen_port,
+            error.strerror or error,
         )
         return EXIT_FAILURE
     if settings.api_socket is not None:
         try:
-            servers.append(UnixExporterServer(
-                settings.api_socket, registry, __version__, api, settings.api_socket_gid, scrapes
-            ))
+            servers.append(
+                UnixExporterServer(settings.api_socket, registry, __version__, api, settings.api_socket_gid, scrapes)
+            )
         except OSError as error:
             log.error(
                 "cannot serve the run API on %s: %s; choose another path with --api.socket",
-                settings.api_socket, error.strerror or error,
+                settings.api_socket,
+                error.strerror or error,
             )
     if stop is None:
         stop = threading.Event()
@@ -368,7 +432,8 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     listeners.start()
     log.info(
         "listening on %s, sampling every %ss",
-        ", ".join(server.listen_address for server in servers), settings.sample_interval_seconds,
+        ", ".join(server.listen_address for server in servers),
+        settings.sample_interval_seconds,
     )
     stop.wait()
     log.info("shutting down")
@@ -395,7 +460,7 @@ def settle_garbage_collector() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``impact-exporter`` and ``python -m exporter``."""
+    """Entry point of ``impact-exporter`` and ``python -m impact_exporter``."""
     settings = parse_settings(argv)
     settle_garbage_collector()
     logging.basicConfig(

@@ -16,10 +16,10 @@ from math import isfinite
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric, Sample
 from prometheus_client.registry import Collector
 
-from exporter.exposition import PrerenderedFamily, go_float, label_text
-from exporter.host import HostInfo
-from exporter.run import COMPONENT_DOMAINS, Run
-from exporter.sampler import Snapshot
+from impact_exporter.exposition import PrerenderedFamily, go_float, label_text
+from impact_exporter.host import HostInfo
+from impact_exporter.run import COMPONENT_DOMAINS, Run
+from impact_exporter.sampler import Snapshot
 
 RAPL_DOMAIN_HELP = {
     "package": "Energy of the whole CPU package (socket): cores, caches, uncore, integrated graphics.",
@@ -134,23 +134,53 @@ def exposes_gpu(run: Run) -> bool:
 
 
 RUN_FAMILIES = (  # in the order they are exposed
-    RunFamily("impact_run_info", "Labels of a run; join on run_id. Always 1.", "gauge", "",
-              lambda run: ((INFO, 1.0),)),
-    RunFamily("impact_run_start_time_seconds", "Unix time the run started.", "gauge", "seconds",
-              lambda run: ((RUN_ID, run.start_time),)),
-    RunFamily("impact_run_end_time_seconds", "Unix time the run ended (finished runs only).", "gauge", "seconds",
-              lambda run: () if run.end_time is None else ((RUN_ID, run.end_time),)),
-    RunFamily("impact_run_active", "1 while the run is active, 0 once it ended.", "gauge", "",
-              lambda run: ((RUN_ID, 1.0 if run.active else 0.0),)),
-    RunFamily("impact_run_energy_joules",
-              "Energy attributed to the run per component: cpu is its share of package energy, dram of DRAM energy.",
-              "counter", "joules", lambda run: tuple(run.energy_joules.items()), per_sample=True),
-    RunFamily("impact_run_cpu_seconds", "CPU time of the run's processes and their reaped children.", "counter",
-              "seconds", lambda run: ((RUN_ID, run.cpu_seconds),), per_sample=True),
-    RunFamily("impact_run_gpu_seconds",
-              "GPU time of the run: seconds x its processes' share of SM utilisation, on the GPUs it used.",
-              "counter", "seconds", lambda run: ((RUN_ID, run.gpu_seconds),) if exposes_gpu(run) else (),
-              per_sample=True, gpu_only=True),
+    RunFamily("impact_run_info", "Labels of a run; join on run_id. Always 1.", "gauge", "", lambda run: ((INFO, 1.0),)),
+    RunFamily(
+        "impact_run_start_time_seconds",
+        "Unix time the run started.",
+        "gauge",
+        "seconds",
+        lambda run: ((RUN_ID, run.start_time),),
+    ),
+    RunFamily(
+        "impact_run_end_time_seconds",
+        "Unix time the run ended (finished runs only).",
+        "gauge",
+        "seconds",
+        lambda run: () if run.end_time is None else ((RUN_ID, run.end_time),),
+    ),
+    RunFamily(
+        "impact_run_active",
+        "1 while the run is active, 0 once it ended.",
+        "gauge",
+        "",
+        lambda run: ((RUN_ID, 1.0 if run.active else 0.0),),
+    ),
+    RunFamily(
+        "impact_run_energy_joules",
+        "Energy attributed to the run per component: cpu is its share of package energy, dram of DRAM energy.",
+        "counter",
+        "joules",
+        lambda run: tuple(run.energy_joules.items()),
+        per_sample=True,
+    ),
+    RunFamily(
+        "impact_run_cpu_seconds",
+        "CPU time of the run's processes and their reaped children.",
+        "counter",
+        "seconds",
+        lambda run: ((RUN_ID, run.cpu_seconds),),
+        per_sample=True,
+    ),
+    RunFamily(
+        "impact_run_gpu_seconds",
+        "GPU time of the run: seconds x its processes' share of SM utilisation, on the GPUs it used.",
+        "counter",
+        "seconds",
+        lambda run: ((RUN_ID, run.gpu_seconds),) if exposes_gpu(run) else (),
+        per_sample=True,
+        gpu_only=True,
+    ),
 )
 """The per-run families. Their series are keyed by ``run_id`` alone; descriptive labels live only on
 ``impact_run_info``."""
@@ -159,8 +189,12 @@ RUN_FAMILIES = (  # in the order they are exposed
 def run_info_labels(run: Run) -> dict[str, str]:
     """The labels of a run's ``impact_run_info`` series: its own labels, its placement and its identity."""
     return {
-        **run.labels, **run.placement,
-        "run_id": run.run_id, "experiment": run.experiment, "set": run.set, "user": run.user,
+        **run.labels,
+        **run.placement,
+        "run_id": run.run_id,
+        "experiment": run.experiment,
+        "set": run.set,
+        "user": run.user,
     }
 
 
@@ -183,8 +217,7 @@ class RunLabelText:
             info=label_text(run_info_labels(run)),
             run_id=run_id,
             components={
-                component: label_text({"component": component, "run_id": run.run_id})
-                for component in COMPONENT_DOMAINS
+                component: label_text({"component": component, "run_id": run.run_id}) for component in COMPONENT_DOMAINS
             },
         )
 
@@ -262,7 +295,10 @@ class RunLayout:
 
     @classmethod
     def of(
-        cls, runs: Sequence[Run], texts: list[RunLabelText], ends: list[float | None],
+        cls,
+        runs: Sequence[Run],
+        texts: list[RunLabelText],
+        ends: list[float | None],
         components: list[tuple[str, ...]],
     ) -> RunLayout:
         fixed: dict[str, str] = {}
@@ -272,12 +308,14 @@ class RunLayout:
             if family.per_sample:
                 series[family.name] = [
                     f"{name}{text.label(key, run.run_id)} "
-                    for run, text in zip(runs, texts, strict=True) for key, _ in family.series(run)
+                    for run, text in zip(runs, texts, strict=True)
+                    for key, _ in family.series(run)
                 ]
             else:
                 fixed[family.name] = "".join(
                     f"{name}{text.label(key, run.run_id)} {go_float(value)}\n"
-                    for run, text in zip(runs, texts, strict=True) for key, value in family.series(run)
+                    for run, text in zip(runs, texts, strict=True)
+                    for key, value in family.series(run)
                 )
         formats = {name: "".join(f"{line.replace('%', '%%')}%r\n" for line in lines) for name, lines in series.items()}
         return cls(texts, ends, components, fixed, series, formats)
@@ -285,8 +323,10 @@ class RunLayout:
     def fits(self, texts: list[RunLabelText], ends: list[float | None], components: list[tuple[str, ...]]) -> bool:
         """Whether this is the layout of runs with these very label texts, end times and components."""
         return (
-            len(texts) == len(self.texts) and all(map(operator.is_, texts, self.texts))
-            and ends == self.ends and components == self.components
+            len(texts) == len(self.texts)
+            and all(map(operator.is_, texts, self.texts))
+            and ends == self.ends
+            and components == self.components
         )
 
     def lines(self, family: str, values: list[float]) -> str:
@@ -319,8 +359,12 @@ class RunScrape:
             if family.gpu_only and not with_gpu:
                 continue
             yield PrerenderedFamily(
-                family.name, family.documentation, family.type, family.unit,
-                lines=partial(self.lines, family.name), samples=partial(self.samples, family.name),
+                family.name,
+                family.documentation,
+                family.type,
+                family.unit,
+                lines=partial(self.lines, family.name),
+                samples=partial(self.samples, family.name),
             )
 
     def lines(self, family: str) -> str:
@@ -350,7 +394,8 @@ class RunScrape:
         for family in RUN_FAMILIES:
             samples[family.name] = [
                 Sample(family.sample_name, sample_labels(run, key), value)
-                for run in self._runs for key, value in family.series(run)
+                for run in self._runs
+                for key, value in family.series(run)
             ]
         return samples
 
@@ -406,35 +451,46 @@ def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
         return
     gpu_labels = ["gpu", "uuid"]
     info = GaugeMetricFamily(
-        "impact_gpu_info", "A GPU and its driver. Always 1.",
+        "impact_gpu_info",
+        "A GPU and its driver. Always 1.",
         labels=["gpu", "uuid", "name", "driver_version", "cuda_version", "memory_total_bytes", "mig"],
     )
     for gpu in snapshot.gpu_info:
         info.add_metric(
-            [str(gpu.index), gpu.uuid, gpu.name, gpu.driver_version or "", gpu.cuda_version or "",
-             str(gpu.memory_total_bytes or ""), "enabled" if gpu.mig_enabled else "disabled"],
+            [
+                str(gpu.index),
+                gpu.uuid,
+                gpu.name,
+                gpu.driver_version or "",
+                gpu.cuda_version or "",
+                str(gpu.memory_total_bytes or ""),
+                "enabled" if gpu.mig_enabled else "disabled",
+            ],
             1.0,
         )
     yield info
     up = GaugeMetricFamily("impact_gpu_up", "1 if the GPU answered at the last sample.", labels=gpu_labels)
     energy = CounterMetricFamily(
-        "impact_gpu_energy_joules", "Energy of the GPU (its counter, or its power integrated).", labels=gpu_labels,
+        "impact_gpu_energy_joules",
+        "Energy of the GPU (its counter, or its power integrated).",
+        labels=gpu_labels,
         unit="joules",
     )
     power = GaugeMetricFamily("impact_gpu_power_watts", "Power the GPU draws.", labels=gpu_labels, unit="watts")
     utilization = GaugeMetricFamily(
         "impact_gpu_utilization_ratio", "Fraction of time a kernel ran on the GPU.", labels=gpu_labels
     )
-    memory = GaugeMetricFamily(
-        "impact_gpu_memory_used_bytes", "GPU memory in use.", labels=gpu_labels, unit="bytes"
-    )
+    memory = GaugeMetricFamily("impact_gpu_memory_used_bytes", "GPU memory in use.", labels=gpu_labels, unit="bytes")
     process_labels = ["gpu", "uuid", "pid", "comm"]
     process_power = GaugeMetricFamily(
-        "impact_gpu_process_power_watts", "The process's share of the GPU's power over the last interval.",
-        labels=process_labels, unit="watts",
+        "impact_gpu_process_power_watts",
+        "The process's share of the GPU's power over the last interval.",
+        labels=process_labels,
+        unit="watts",
     )
     process_sm = GaugeMetricFamily(
-        "impact_gpu_process_sm_utilization_ratio", "The process's share of the GPU's SM time over the last interval.",
+        "impact_gpu_process_sm_utilization_ratio",
+        "The process's share of the GPU's SM time over the last interval.",
         labels=process_labels,
     )
     process_memory = GaugeMetricFamily(
@@ -447,8 +503,11 @@ def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
             energy.add_metric(labels, gpu.energy_joules_total)
         if not gpu.up:
             continue
-        for family, value in ((power, gpu.power_watts), (utilization, gpu.utilization_ratio),
-                              (memory, gpu.memory_used_bytes)):
+        for family, value in (
+            (power, gpu.power_watts),
+            (utilization, gpu.utilization_ratio),
+            (memory, gpu.memory_used_bytes),
+        ):
             if value is not None:
                 family.add_metric(labels, float(value))
         for process in gpu.processes:
@@ -465,9 +524,7 @@ def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
 
 def source_families(snapshot: Snapshot) -> Iterator[Metric]:
     """Health of each source: up at the last sample, and failed reads since start."""
-    up = GaugeMetricFamily(
-        "impact_source_up", "1 if the source's last read succeeded, else 0.", labels=["source"]
-    )
+    up = GaugeMetricFamily("impact_source_up", "1 if the source's last read succeeded, else 0.", labels=["source"])
     errors = CounterMetricFamily(
         "impact_source_errors", "Failed reads of the source since the exporter started.", labels=["source"]
     )

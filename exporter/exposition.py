@@ -52,7 +52,7 @@ def go_float(value: float) -> str:
     text = repr(value)
     dot = text.find(".")
     if dot > 6 and value > 0:  # Go switches to an exponent sooner than Python
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     if dot < 0:
         return GO_SPECIAL_FLOATS.get(text, text)
@@ -80,8 +80,13 @@ class PrerenderedFamily(Metric):
     """
 
     def __init__(
-        self, name: str, documentation: str, typ: str, unit: str,
-        lines: Callable[[], str], samples: Callable[[], list[Sample]],
+        self,
+        name: str,
+        documentation: str,
+        typ: str,
+        unit: str,
+        lines: Callable[[], str],
+        samples: Callable[[], list[Sample]],
     ) -> None:
         # Metric.__init__ would assign an empty sample list; this family's samples come from `samples`.
         self.name = name
@@ -160,8 +165,12 @@ def is_plain(metric: Metric, openmetrics: bool) -> bool:
         return False
     separate = () if openmetrics else tuple(metric.name + suffix for suffix in TEXT_SEPARATE_SUFFIXES)
     return all(
-        sample.value is not None and sample.timestamp is None and sample.exemplar is None
-        and sample.native_histogram is None and sample.name not in separate and LEGACY_NAME.fullmatch(sample.name)
+        sample.value is not None
+        and sample.timestamp is None
+        and sample.exemplar is None
+        and sample.native_histogram is None
+        and sample.name not in separate
+        and LEGACY_NAME.fullmatch(sample.name)
         and all(LEGACY_NAME.fullmatch(name) for name in sample.labels)
         for sample in metric.samples
     )

@@ -34,9 +34,9 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.sources import HardwareUnreadable, SourceError
-from exporter.sources.procfs import ProcFS, ProcStat
-from exporter.sources.procfs_files import OpenFiles
+from impact_exporter.sources import HardwareUnreadable, SourceError
+from impact_exporter.sources.procfs import ProcFS, ProcStat
+from impact_exporter.sources.procfs_files import OpenFiles
 
 MEMORY_MAX_AGE_SECONDS = 30.0
 """How long a tracked process's PSS reading is reused at least (ProcessGroups): smaps_rollup is the dearest file to
@@ -139,8 +139,10 @@ class ProcessGroups:
             pause()
             previous = self._groups.get(group_id)
             walk = self._walk_group(tuple(root_pids), previous, children)
-            if known is not None and previous is not None and not previous.members.keys() <= (
-                walk.members.keys() | walk.fresh.keys()
+            if (
+                known is not None
+                and previous is not None
+                and not previous.members.keys() <= (walk.members.keys() | walk.fresh.keys())
             ):
                 walk = self._walk_group(tuple(root_pids), previous, _ChildLookup(self._procfs, self._files, lists))
             walked[group_id] = walk
@@ -334,8 +336,10 @@ class ProcessGroups:
         for (parent_pid, parent_start), claimed in claims.items():
             try:
                 parent = self._procfs.process(parent_pid, self._files)
-                if parent is None or parent.start_ticks != parent_start or any(
-                    self._still_alive(root.key) for _, root, _ in claimed
+                if (
+                    parent is None
+                    or parent.start_ticks != parent_start
+                    or any(self._still_alive(root.key) for _, root, _ in claimed)
                 ):
                     continue
             except SourceError:

@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.sources.procfs import ProcFS
+from impact_exporter.sources.procfs import ProcFS
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
-from exporter.exposition import negotiate
-from exporter.scheduling import ScrapesFirst
+from impact_exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
+from impact_exporter.exposition import negotiate
+from impact_exporter.scheduling import ScrapesFirst
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,14 @@ class ExporterServer(RequestErrorsLogged, ThreadingHTTPServer):
     request_queue_size = socket.SOMAXCONN  # socketserver's 5 refuses a burst of clients
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, version: str,
-        api: RunAPI | None = None, token: str | None = None, scrapes: ScrapesFirst | None = None,
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        version: str,
+        api: RunAPI | None = None,
+        token: str | None = None,
+        scrapes: ScrapesFirst | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
@@ -144,7 +150,12 @@ class UnixExporterServer(RequestErrorsLogged, socketserver.ThreadingMixIn, socke
     listen_address: str
 
     def __init__(
-        self, path: Path, registry: CollectorRegistry, version: str, api: RunAPI, group: int | None = None,
+        self,
+        path: Path,
+        registry: CollectorRegistry,
+        version: str,
+        api: RunAPI,
+        group: int | None = None,
         scrapes: ScrapesFirst | None = None,
     ) -> None:
         self.registry = registry
@@ -163,9 +174,9 @@ class UnixExporterServer(RequestErrorsLogged, socketserver.ThreadingMixIn, socke
         self.listen_address = f"unix://{path}"
 
     def api_caller(self, handler: ExporterHandler) -> Caller | Reply:
-        pid, uid, _ = struct.unpack("3i", handler.connection.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
-        ))
+        pid, uid, _ = struct.unpack(
+            "3i", handler.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        )
         return Caller(uid=uid, pid=pid)
 
     def server_close(self) -> None:
@@ -260,9 +271,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
                 headers["Content-Encoding"] = "gzip"
         self._send(HTTPStatus.OK, body, content_type, headers)
 
-    def _send(
-        self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

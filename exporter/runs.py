@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
-from exporter.kubernetes import kubernetes_labels
-from exporter.run import (
+from impact_exporter.kubernetes import kubernetes_labels
+from impact_exporter.run import (
     COMPONENT_DOMAINS,
     Conflict,
     Forbidden,
@@ -29,11 +29,11 @@ from exporter.run import (
     StoreUnavailable,
     UnknownRun,
 )
-from exporter.sampler import Snapshot
-from exporter.scheduling import Pause, no_pause
-from exporter.sources import SourceError
-from exporter.sources.procfs import ProcFS
-from exporter.store import RunStore
+from impact_exporter.sampler import Snapshot
+from impact_exporter.scheduling import Pause, no_pause
+from impact_exporter.sources import SourceError
+from impact_exporter.sources.procfs import ProcFS
+from impact_exporter.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,9 @@ class RunRegistry:
             if self._persist_failure is None:
                 log.error(
                     "cannot persist run totals in %s: %s; the store keeps the last totals it could save until "
-                    "this works again (free space there or choose another --state-dir)", self._store.path, error,
+                    "this works again (free space there or choose another --state-dir)",
+                    self._store.path,
+                    error,
                 )
             self._persist_failure = str(error)
             return False

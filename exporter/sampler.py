@@ -14,20 +14,19 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporter.attribution import GroupShareBasis, attribute_interval
-from exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
-from exporter.groups import GroupUsage, ProcessGroups
-from exporter.scheduling import Pause, no_pause
-from exporter.sources import SourceError
-from exporter.sources.energy import CpuEnergySource, DomainEnergy
-from exporter.sources.gpu import GpuInfo, GpuReading, GpuSource
-from exporter.sources.procfs import ProcFS
+from impact_exporter.attribution import GroupShareBasis, attribute_interval
+from impact_exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
+from impact_exporter.groups import GroupUsage, ProcessGroups
+from impact_exporter.scheduling import Pause, no_pause
+from impact_exporter.sources import SourceError
+from impact_exporter.sources.energy import CpuEnergySource, DomainEnergy
+from impact_exporter.sources.gpu import GpuInfo, GpuReading, GpuSource
+from impact_exporter.sources.procfs import ProcFS
 
 log = logging.getLogger(__name__)
 
 PROCFS = "procfs"
 GPU = "gpu"  # the energy domain (and run component) of GPUs
-
 
 
 @dataclass(frozen=True)

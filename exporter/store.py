@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from exporter.run import ProcessRef, Run
+from impact_exporter.run import ProcessRef, Run
 
 
 class RunStore:
@@ -67,8 +67,14 @@ class RunStore:
             "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, last_seen = ?, end_time = ? "
             "WHERE run_id = ?",
             [
-                (json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.gpu_seconds, run.last_seen, run.end_time,
-                 run.run_id)
+                (
+                    json.dumps(dict(run.energy_joules)),
+                    run.cpu_seconds,
+                    run.gpu_seconds,
+                    run.last_seen,
+                    run.end_time,
+                    run.run_id,
+                )
                 for run in runs
             ],
         )
@@ -87,9 +93,19 @@ class RunStore:
     def _rows(runs: Iterable[Run]) -> list[tuple[object, ...]]:
         return [
             (
-                run.run_id, run.experiment, run.set, json.dumps(dict(run.labels)), run.uid, run.user,
-                json.dumps([[p.pid, p.start_ticks] for p in run.processes]), run.start_time, run.end_time,
-                json.dumps(dict(run.energy_joules)), run.cpu_seconds, run.last_seen, run.gpu_seconds,
+                run.run_id,
+                run.experiment,
+                run.set,
+                json.dumps(dict(run.labels)),
+                run.uid,
+                run.user,
+                json.dumps([[p.pid, p.start_ticks] for p in run.processes]),
+                run.start_time,
+                run.end_time,
+                json.dumps(dict(run.energy_joules)),
+                run.cpu_seconds,
+                run.last_seen,
+                run.gpu_seconds,
                 json.dumps(dict(run.placement)),
             )
             for run in runs
@@ -103,10 +119,20 @@ class RunStore:
         ).fetchall()
         return [
             Run(
-                run_id=row[0], experiment=row[1], set=row[2], labels=json.loads(row[3]), uid=row[4], user=row[5],
+                run_id=row[0],
+                experiment=row[1],
+                set=row[2],
+                labels=json.loads(row[3]),
+                uid=row[4],
+                user=row[5],
                 processes=tuple(ProcessRef(pid, start) for pid, start in json.loads(row[6])),
-                start_time=row[7], end_time=row[8], energy_joules=json.loads(row[9]), cpu_seconds=row[10],
-                last_seen=row[11], gpu_seconds=row[12], placement=json.loads(row[13]),
+                start_time=row[7],
+                end_time=row[8],
+                energy_joules=json.loads(row[9]),
+                cpu_seconds=row[10],
+                last_seen=row[11],
+                gpu_seconds=row[12],
+                placement=json.loads(row[13]),
             )
             for row in rows
         ]

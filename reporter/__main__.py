@@ -1,3 +1,3 @@
-from reporter.cli import main
+from impact_reporter.cli import main
 
 raise SystemExit(main())

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reporter.carbon import CarbonIntensity
-from reporter.energy import RunFigures, run_figures
-from reporter.runs import Run, RunDataError
-from reporter.stats import Comparison, Summary, compare_all, holm_family, repeated_tests, summarize
+from impact_reporter.carbon import CarbonIntensity
+from impact_reporter.energy import RunFigures, run_figures
+from impact_reporter.runs import Run, RunDataError
+from impact_reporter.stats import Comparison, Summary, compare_all, holm_family, repeated_tests, summarize
 
 
 @dataclass(frozen=True)

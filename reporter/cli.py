@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from experiment_impact_tracker.durations import parse_duration
-from reporter import carbon
-from reporter.appendix import FailedRun, comparison_report, set_report
-from reporter.energy import run_figures
-from reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
-from reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_time
-from reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, run_info_selectors, write_archive
-from reporter.table import Listed, csv_frame, run_json, runs_table
+from impact_reporter import carbon
+from impact_reporter.appendix import FailedRun, comparison_report, set_report
+from impact_reporter.energy import run_figures
+from impact_reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
+from impact_reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_time
+from impact_reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, run_info_selectors, write_archive
+from impact_reporter.table import Listed, csv_frame, run_json, runs_table
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 DEFAULT_PROMETHEUS = "http://localhost:9090"
@@ -29,12 +29,16 @@ def prometheus_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     source = parent.add_argument_group("Prometheus")
     source.add_argument(
-        "--prometheus", metavar="URL", default=os.environ.get("PROMETHEUS_URL"),
+        "--prometheus",
+        metavar="URL",
+        default=os.environ.get("PROMETHEUS_URL"),
         help=f"Prometheus HTTP API base URL; Thanos, Mimir and VictoriaMetrics work too "
         f"(default: $PROMETHEUS_URL, else {DEFAULT_PROMETHEUS}; for run directories, the URL in their run.json)",
     )
     source.add_argument(
-        "--bearer-token-file", metavar="FILE", type=Path,
+        "--bearer-token-file",
+        metavar="FILE",
+        type=Path,
         help="send 'Authorization: Bearer <the file's content>' (default: $PROMETHEUS_TOKEN if set)",
     )
     source.add_argument(
@@ -50,9 +54,7 @@ def prometheus_parser() -> argparse.ArgumentParser:
     return parent
 
 
-MATCH_HELP = (
-    "label matchers on impact_run_info, e.g. '{experiment=\"mobilenet\",set=\"conv32\"}'"
-)
+MATCH_HELP = 'label matchers on impact_run_info, e.g. \'{experiment="mobilenet",set="conv32"}\''
 
 
 def selection_parser() -> argparse.ArgumentParser:
@@ -60,11 +62,18 @@ def selection_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     runs = parent.add_argument_group("runs")
     runs.add_argument(
-        "--match", action="append", default=[], metavar="MATCHERS",
+        "--match",
+        action="append",
+        default=[],
+        metavar="MATCHERS",
         help=f"{MATCH_HELP}; repeat for runs matching any (default: every run)",
     )
     runs.add_argument(
-        "--run-dir", action="append", default=[], type=Path, metavar="DIR",
+        "--run-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
         help="a run directory (run.json from track_run, impact-run or ImpactTracker, or an archive); repeat for more",
     )
     return parent
@@ -76,11 +85,14 @@ def carbon_parser() -> argparse.ArgumentParser:
     group.add_argument("--carbon-intensity", type=float, metavar="G_PER_KWH", help="grid intensity in gCO2eq/kWh")
     group.add_argument("--region", metavar="CODE", help="look the intensity up by country (DE) or US state (US-CA)")
     group.add_argument(
-        "--carbon-intensity-query", metavar="PROMQL",
+        "--carbon-intensity-query",
+        metavar="PROMQL",
         help="a Prometheus series of gCO2eq/kWh, integrated against each run's power",
     )
     group.add_argument(
-        "--pue", type=float, default=carbon.DEFAULT_PUE,
+        "--pue",
+        type=float,
+        default=carbon.DEFAULT_PUE,
         help="power usage effectiveness of the facility (default: %(default)s, as in Henderson et al.)",
     )
     return parent
@@ -115,31 +127,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs = commands.add_parser(
-        "runs", parents=[prometheus_parser(), selection_parser(), carbon_parser()],
+        "runs",
+        parents=[prometheus_parser(), selection_parser(), carbon_parser()],
         help="one row per run: energy, CO2eq, coverage",
-        description=RUNS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=RUNS_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     runs.add_argument(
-        "--format", choices=["table", "csv", "json"], default="table",
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
         help="table: for reading (above); csv: one row per run at full precision, the same columns on every "
         "machine (cpu/dram/gpu energy in J and their methods, empty where a run has none), one label.<name> "
         "column per label, not_measured with the reason; json: every figure, with hosts and methods "
         "(default: %(default)s)",
     )
     runs.add_argument(
-        "--wide", action="store_true",
+        "--wide",
+        action="store_true",
         help="table: nothing cut or shortened: the full run id, every label, the start to the second, energy "
         "per component, how each was measured, and why a run was not measured",
     )
     archive = commands.add_parser(
-        "archive", parents=[prometheus_parser(), selection_parser()],
+        "archive",
+        parents=[prometheus_parser(), selection_parser()],
         help="save runs' samples and metadata into run directories",
         description="Save each selected run into OUT/<run_id>/ (run.json and samples.csv), so reports can be made "
         "after Prometheus has dropped the data (15 days by default).",
     )
     archive.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the run directories go")
     appendix = commands.add_parser(
-        "appendix", parents=[prometheus_parser(), carbon_parser(), build_parser_flags()],
+        "appendix",
+        parents=[prometheus_parser(), carbon_parser(), build_parser_flags()],
         help="per-run, summary and comparison appendices in LaTeX/PDF",
         description="Write, for each experiment set, one page per run (<out>/<set>/0.pdf ...) and a summary "
         "(<out>/<set>/summary.pdf), and for each --compare pair the treatment effect of the first set versus the "
@@ -150,15 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment-set-names", nargs="+", required=True, metavar="NAME", help="the sets' names, in order"
     )
     appendix.add_argument(
-        "--match", action="append", default=[], metavar="MATCHERS",
+        "--match",
+        action="append",
+        default=[],
+        metavar="MATCHERS",
         help=f"{MATCH_HELP}; give one per set, in the order of the names",
     )
     appendix.add_argument(
-        "--run-dirs", action="append", nargs="+", default=[], type=Path, metavar="DIR",
+        "--run-dirs",
+        action="append",
+        nargs="+",
+        default=[],
+        type=Path,
+        metavar="DIR",
         help="the run directories of one set; give the flag once per set, in the order of the names",
     )
     appendix.add_argument(
-        "--compare", action="append", nargs=2, default=[], metavar=("SET_A", "SET_B"),
+        "--compare",
+        action="append",
+        nargs=2,
+        default=[],
+        metavar=("SET_A", "SET_B"),
         help="compare set A (the treatment) with set B; repeat for more pairs",
     )
     appendix.add_argument("--out", type=Path, default=Path("appendix"), metavar="DIR", help="(default: %(default)s)")
@@ -340,8 +371,11 @@ def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]
     build = not args.no_pdf and latex_available()
     for built in write_appendix(args.out, list(reports.values()), comparisons, build=build):
         if built.overfull:
-            print(f"impact-report: warning: {built.pdf}: {len(built.overfull)} line(s) wider than the page; "
-                  "please report it with the .tex file", file=sys.stderr)
+            print(
+                f"impact-report: warning: {built.pdf}: {len(built.overfull)} line(s) wider than the page; "
+                "please report it with the .tex file",
+                file=sys.stderr,
+            )
     if not args.no_pdf and not build:
         print(f"impact-report: wrote the .tex files but no PDF: {LATEX_INSTALL_HINT}", file=sys.stderr)
     if intensity.is_default:
@@ -395,11 +429,20 @@ def seed_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("logdirs", nargs="+", type=Path, metavar="DIR", help="run directories of the first set")
     parser.add_argument(
-        "--experiment_set_names", nargs="+", required=True, metavar="NAME",
+        "--experiment_set_names",
+        nargs="+",
+        required=True,
+        metavar="NAME",
         help="the first set's name, and the second's when --compare_dirs is given",
     )
-    parser.add_argument("--compare_dirs", nargs="+", type=Path, default=[], metavar="DIR",
-                        help="run directories of a second set, compared with the first")
+    parser.add_argument(
+        "--compare_dirs",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="run directories of a second set, compared with the first",
+    )
     parser.add_argument("--output_dir", type=Path, default=Path("."), metavar="DIR", help="(default: the current one)")
     return parser
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reporter.carbon import CarbonIntensity, TimeSeries, integrate_intensity, kg_co2eq, kwh_from_joules
-from reporter.runs import Run, RunDataError
+from impact_reporter.carbon import CarbonIntensity, TimeSeries, integrate_intensity, kg_co2eq, kwh_from_joules
+from impact_reporter.runs import Run, RunDataError
 
 
 @dataclass(frozen=True)
@@ -231,8 +231,7 @@ def counter_hours(samples: pd.DataFrame, metric: str) -> float | None:
     if rows.empty:
         return None
     seconds = sum(
-        counter_total(series.sort_values("timestamp")["value"].to_numpy())
-        for _, series in rows.groupby("instance")
+        counter_total(series.sort_values("timestamp")["value"].to_numpy()) for _, series in rows.groupby("instance")
     )
     return seconds / 3600.0
 
@@ -293,8 +292,11 @@ def component_power(energy_rows: pd.DataFrame, start: float, end: float, interva
             cumulative = np.zeros(len(grid))
             for _, series in rows.groupby("instance"):
                 cumulative += energy_since_start(
-                    series["timestamp"].to_numpy(dtype=np.float64), series["value"].to_numpy(dtype=np.float64),
-                    start, end, grid,
+                    series["timestamp"].to_numpy(dtype=np.float64),
+                    series["value"].to_numpy(dtype=np.float64),
+                    start,
+                    end,
+                    grid,
                 )
             watts = np.diff(cumulative) / np.diff(grid)
             known = np.isfinite(watts)

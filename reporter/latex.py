@@ -26,7 +26,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from reporter.appendix import (
+from impact_reporter.appendix import (
     QUANTITIES,
     ComparisonReport,
     FailedRun,
@@ -35,10 +35,10 @@ from reporter.appendix import (
     appendix_document,
     file_names,
 )
-from reporter.carbon import WORLD_AVERAGE_NOTE
-from reporter.energy import RunFigures
-from reporter.stats import Comparison, Summary
-from reporter.typeset import (
+from impact_reporter.carbon import WORLD_AVERAGE_NOTE
+from impact_reporter.energy import RunFigures
+from impact_reporter.stats import Comparison, Summary
+from impact_reporter.typeset import (
     Unit,
     cell,
     decimal,
@@ -128,8 +128,17 @@ def summary_table(report: SetReport) -> tuple[Table, list[str]]:
 
 
 COMPARISON_HEADERS = (
-    "{Mean A}", "{Mean B}", "{A$-$B}", r"{(A$-$B)/B (\%)}", "{CI low}", "{CI high}", "{$g$}",
-    "{$t$}", "{df}", "{$p$}", r"{$p_\mathrm{Holm}$}",
+    "{Mean A}",
+    "{Mean B}",
+    "{A$-$B}",
+    r"{(A$-$B)/B (\%)}",
+    "{CI low}",
+    "{CI high}",
+    "{$g$}",
+    "{$t$}",
+    "{df}",
+    "{$p$}",
+    r"{$p_\mathrm{Holm}$}",
 )
 FIRST_TEST_COLUMN = 7
 """The comparison's columns: means and effect (the interval is the 95% CI of A-B), then from here Welch's test."""

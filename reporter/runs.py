@@ -22,7 +22,7 @@ import pandas as pd
 
 from experiment_impact_tracker.errors import RunDirError
 from experiment_impact_tracker.rundir import read_run_dir, write_run_dir
-from reporter.prometheus import InstantSample, PrometheusClient
+from impact_reporter.prometheus import InstantSample, PrometheusClient
 
 RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
 SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
@@ -271,8 +271,10 @@ def _merge_methods(methods: Mapping[str, Mapping[str, str]], instances: Iterable
     for instance in instances:
         for component, method in methods.get(instance, {}).items():
             seen[component].add(method)
-    return {component: ", ".join(sorted(m)) if len(m) == 1 else "mixed: " + ", ".join(sorted(m))
-            for component, m in seen.items()}
+    return {
+        component: ", ".join(sorted(m)) if len(m) == 1 else "mixed: " + ", ".join(sorted(m))
+        for component, m in seen.items()
+    }
 
 
 def _id_regex(run_ids: Iterable[str]) -> str:

@@ -22,10 +22,10 @@ from typing import Any
 import pandas as pd
 import wcwidth
 
-from reporter.appendix import FailedRun
-from reporter.carbon import CarbonIntensity
-from reporter.energy import RunFigures
-from reporter.typeset import decimal
+from impact_reporter.appendix import FailedRun
+from impact_reporter.carbon import CarbonIntensity
+from impact_reporter.energy import RunFigures
+from impact_reporter.typeset import decimal
 
 Listed = RunFigures | FailedRun
 """One run of a listing: its figures, or why it has none."""
@@ -141,6 +141,7 @@ def fitted_widths(columns: Sequence[Column], limit: int) -> list[int]:
 
 def rendered(columns: Sequence[Column], widths: Sequence[int]) -> list[str]:
     """The header line and one line per row, each cell cut to its width and padded by display width."""
+
     def line(cells: Sequence[str]) -> str:
         parts = []
         for column, width, text in zip(columns, widths, cells, strict=True):
@@ -176,9 +177,11 @@ def table_columns(listed: Sequence[Listed], wide: bool) -> list[Column]:
             for c in components(listed)
         ]
     columns += [
-        Column("energy", tuple(
-            energy_text(item.total_joules) if isinstance(item, RunFigures) else NOT_MEASURED for item in listed
-        ), True),
+        Column(
+            "energy",
+            tuple(energy_text(item.total_joules) if isinstance(item, RunFigures) else NOT_MEASURED for item in listed),
+            True,
+        ),
         Column("CO2eq", tuple(carbon_text(figure(i, lambda f: f.kg_co2eq)) for i in listed), True),
         Column("coverage", tuple(coverage_text(figure(i, lambda f: f.coverage.fraction)) for i in listed), True),
     ]
@@ -188,9 +191,12 @@ def table_columns(listed: Sequence[Listed], wide: bool) -> list[Column]:
             for c in components(listed)
         ]
         if any(isinstance(item, FailedRun) for item in listed):
-            columns.append(Column("why not measured", tuple(
-                printable(item.reason) if isinstance(item, FailedRun) else "" for item in listed
-            )))
+            columns.append(
+                Column(
+                    "why not measured",
+                    tuple(printable(item.reason) if isinstance(item, FailedRun) else "" for item in listed),
+                )
+            )
     return columns
 
 
@@ -229,8 +235,9 @@ def runs_table(
     notes = [carbon_basis(listed, intensity, pue)]
     if not wide:
         ids = dict(zip((item.run.run_id for item in listed), columns[0].cells, strict=True))
-        notes += [f"{ids[item.run.run_id]}: {NOT_MEASURED}: {item.reason}" for item in listed
-                  if isinstance(item, FailedRun)]
+        notes += [
+            f"{ids[item.run.run_id]}: {NOT_MEASURED}: {item.reason}" for item in listed if isinstance(item, FailedRun)
+        ]
         notes = [part for note in notes for part in wcwidth.wrap(printable(note), width, subsequent_indent="    ")]
     return "\n".join([*lines, "", *notes]) + "\n"
 
@@ -268,9 +275,18 @@ def csv_frame(listed: Sequence[Listed]) -> pd.DataFrame:
 def csv_columns(component_names: Sequence[str], label_names: Sequence[str]) -> list[str]:
     """The CSV header: fixed columns (per component for ``component_names``), then the labels'."""
     return [
-        "run_id", "experiment", "set", "start", "duration_s",
-        *(f"{c}_J" for c in component_names), "total_J", "kWh", "kgCO2eq", "coverage",
-        *(f"{c}_method" for c in component_names), "not_measured",
+        "run_id",
+        "experiment",
+        "set",
+        "start",
+        "duration_s",
+        *(f"{c}_J" for c in component_names),
+        "total_J",
+        "kWh",
+        "kgCO2eq",
+        "coverage",
+        *(f"{c}_method" for c in component_names),
+        "not_measured",
         *(f"label.{name}" for name in label_names),
     ]
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from reporter.stats import significant_figures
+from impact_reporter.stats import significant_figures
 
 DIGITS = 3
 """Significant figures of every number printed: runs are rarely repeatable to better than a percent."""

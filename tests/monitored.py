@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from experiment_impact_tracker import ExporterClient
-from exporter.cli import parse_settings, serve
+from impact_exporter.cli import parse_settings, serve
 from tests.fakes.node import BUSY_TICKS_PER_STEP, DRAM, DRAM_WATTS, PACKAGE, PACKAGE_WATTS, Node
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.servers import free_port, wait_for
@@ -62,17 +62,27 @@ class MonitoredNode:
         self.node = Node(root)
         self.node.proc.spawn(OTHER_PID, 1, start=6000, uid=0, comm="other")
         self.nvml = FakeNvml(
-            [FakeGpu(GPU_UUID, power_watts=GPU_WATTS, utilization_percent=80,
-                     processes={TRAIN_PID: 8 * GIB, OTHER_PID: 2 * GIB},
-                     slices=[{TRAIN_PID: 60, OTHER_PID: 20}])],
+            [
+                FakeGpu(
+                    GPU_UUID,
+                    power_watts=GPU_WATTS,
+                    utilization_percent=80,
+                    processes={TRAIN_PID: 8 * GIB, OTHER_PID: 2 * GIB},
+                    slices=[{TRAIN_PID: 60, OTHER_PID: 20}],
+                )
+            ],
             tick_seconds=DRIVE_STEP_SECONDS,
         )
         self.lock = threading.Lock()
         self.address = f"127.0.0.1:{free_port()}"
-        settings = parse_settings([
-            f"--web.listen-address={self.address}", f"--state-dir={root / 'state'}", "--gpu.idle-watts=50",
-            *self.node.flags(*extra_flags),
-        ])
+        settings = parse_settings(
+            [
+                f"--web.listen-address={self.address}",
+                f"--state-dir={root / 'state'}",
+                "--gpu.idle-watts=50",
+                *self.node.flags(*extra_flags),
+            ]
+        )
         self._stop = threading.Event()
         self._exporter = threading.Thread(
             target=serve, args=(settings, LockedNvml(self.nvml, self.lock), self._stop), daemon=True

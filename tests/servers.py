@@ -129,9 +129,7 @@ class PrometheusServer:
         self.remove_target(address)
         self.targets.append({"targets": [address], "labels": labels or {}})
         self._write_targets()
-        wait_for(
-            lambda: self.query(f'up{{instance="{address}"}} == 1'), 30, f"prometheus to scrape {address}"
-        )
+        wait_for(lambda: self.query(f'up{{instance="{address}"}} == 1'), 30, f"prometheus to scrape {address}")
 
     def remove_target(self, address: str) -> None:
         self.targets = [t for t in self.targets if address not in t["targets"]]
@@ -167,7 +165,7 @@ class PrometheusServer:
 
 
 class ExporterProcess:
-    """``python -m exporter`` on a loopback port chosen by the kernel, with its log kept in a file."""
+    """``python -m impact_exporter`` on a loopback port chosen by the kernel, with its log kept in a file."""
 
     LISTENING = re.compile(r"listening on (\S+),")
 
@@ -184,7 +182,7 @@ class ExporterProcess:
         self.args = ["--web.listen-address=127.0.0.1:0", *defaults, *args]
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "exporter", *self.args],
+                [sys.executable, "-m", "impact_exporter", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
@@ -220,9 +218,21 @@ def reported_run(prometheus: PrometheusServer, run_id: str) -> dict[str, Any]:
     """The run's figures as ``impact-report runs --format=json`` prints them from ``prometheus`` (last 10 minutes,
     100 gCO2eq/kWh)."""
     result = subprocess.run(
-        [sys.executable, "-m", "reporter", "runs", "--format=json", f"--prometheus={prometheus.url}", "--since=10m",
-         f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "impact_reporter",
+            "runs",
+            "--format=json",
+            f"--prometheus={prometheus.url}",
+            "--since=10m",
+            f'--match={{run_id="{run_id}"}}',
+            "--carbon-intensity=100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
     [figures] = json.loads(result.stdout)["runs"]

@@ -21,7 +21,11 @@ def test_demo_runs_end_to_end_and_writes_the_comparison(tmp_path: Path) -> None:
     pdftotext = require_binary("pdftotext", "apt-get install poppler-utils")
     out = tmp_path / "demo-output"
     result = subprocess.run(
-        ["./scripts/demo"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=420,
+        ["./scripts/demo"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
         env={**os.environ, "DEMO_OUTPUT": str(out), "DEMO_PRODUCTS": "20"},  # the pipeline, not the workload
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

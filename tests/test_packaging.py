@@ -23,7 +23,7 @@ import pytest
 from tests.servers import IN_CI, REPO_ROOT
 
 COMMANDS = ["impact-exporter", "impact-report", "create-compute-appendix", "impact-run"]
-MODULES = ["exporter", "reporter", "experiment_impact_tracker"]
+MODULES = ["impact_exporter", "impact_reporter", "experiment_impact_tracker"]
 HEAVY = ["pandas", "scipy", "statsmodels", "jinja2", "numpy"]
 """Distributions only the reporter needs; the base install must not bring them."""
 
@@ -89,9 +89,21 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     tmp = tmp_path_factory.mktemp("packaging")
     dist = tmp / "dist"
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps", "-w", str(dist),
-         str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--disable-pip-version-check",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(dist),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
     )
     assert built.returncode == 0, f"pip wheel failed:\n{built.stdout}\n{built.stderr}"
     (wheel,) = dist.glob("*.whl")
@@ -129,9 +141,9 @@ def venv_all(venv: Venv, exporter_only: ExporterOnly) -> Venv:
 def test_the_wheel_holds_the_packages_and_their_data_but_not_the_tests(venv: Venv) -> None:
     names = zipfile.ZipFile(venv.wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
-    assert top_level == set(MODULES)
-    assert any(name.startswith("reporter/templates/") for name in names)
-    assert any(name.startswith("exporter/data/") and name.endswith(".csv") for name in names)
+    assert top_level == set(MODULES), "no generic top-level name (exporter, reporter) in site-packages"
+    assert any(name.startswith("impact_reporter/templates/") for name in names)
+    assert any(name.startswith("impact_exporter/data/") and name.endswith(".csv") for name in names)
 
 
 def test_the_base_install_leaves_out_the_reporters_dependencies(venv: Venv) -> None:
@@ -140,7 +152,7 @@ def test_the_base_install_leaves_out_the_reporters_dependencies(venv: Venv) -> N
 
 
 def test_the_client_imports_nothing_heavy(venv: Venv) -> None:
-    unwanted = set(HEAVY) | {"exporter", "reporter", "prometheus_client"}
+    unwanted = set(HEAVY) | {"impact_exporter", "impact_reporter", "prometheus_client"}
     script = (
         "import sys, experiment_impact_tracker.compute_tracker, experiment_impact_tracker.cli;"
         f" print(sorted({{name.split('.')[0] for name in sys.modules}} & {unwanted!r}))"
@@ -159,8 +171,8 @@ def test_the_exporter_extra_runs_the_exporter_without_the_reporters_dependencies
 
 def test_the_reporter_imports_nothing_of_the_exporter(venv_all: Venv) -> None:
     script = (
-        "import sys, reporter.cli;"
-        " print(sorted({name.split('.')[0] for name in sys.modules} & {'exporter', 'prometheus_client'}))"
+        "import sys, impact_reporter.cli;"
+        " print(sorted({name.split('.')[0] for name in sys.modules} & {'impact_exporter', 'prometheus_client'}))"
     )
     result = venv_all.run(venv_all.python, "-c", script)
     assert result.returncode == 0, result.stderr

@@ -14,11 +14,14 @@ from tests.servers import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 COMMANDS = {
-    "impact-exporter": [sys.executable, "-m", "exporter"],
-    "impact-report": [sys.executable, "-m", "reporter"],
+    "impact-exporter": [sys.executable, "-m", "impact_exporter"],
+    "impact-report": [sys.executable, "-m", "impact_reporter"],
     "impact-run": [sys.executable, "-m", "experiment_impact_tracker"],
-    "create-compute-appendix": [sys.executable, "-c", "import sys; from reporter.cli import seed_main; "
-                                "sys.exit(seed_main(sys.argv[1:]))"],
+    "create-compute-appendix": [
+        sys.executable,
+        "-c",
+        "import sys; from impact_reporter.cli import seed_main; sys.exit(seed_main(sys.argv[1:]))",
+    ],
 }
 
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
-from exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
-from exporter.sources.procfs import CpuTimes, MemInfo, ProcFS, parse_cpuinfo
+from impact_exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from impact_exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
+from impact_exporter.sources.procfs import CpuTimes, MemInfo, ProcFS, parse_cpuinfo
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from typing import Any
 
 from experiment_impact_tracker.gpu.nvml import cuda_version_text, devices_named, nvml_text
 from experiment_impact_tracker.gpu.nvml import import_pynvml as _import_pynvml
-from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
-from exporter.sources.gpu import (
+from impact_exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from impact_exporter.sources.gpu import (
     COUNTER,
     NO_ENERGY,
     POWER_INTEGRATION,
@@ -332,7 +332,10 @@ class NvmlSource:
         processes: tuple[GpuProcess, ...] = ()
         if not info.mig_enabled:
             processes, seen_us, sm_by_pid = self._processes(
-                handle, where, state.utilization_seen_us, state.last_sm_by_pid,
+                handle,
+                where,
+                state.utilization_seen_us,
+                state.last_sm_by_pid,
                 idle=utilization is not None and int(utilization.gpu) == 0,
             )
             new_state = replace(new_state, utilization_seen_us=seen_us, last_sm_by_pid=sm_by_pid)

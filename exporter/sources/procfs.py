@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
-from exporter.sources.procfs_files import OpenFiles, kept_open_limit, read_text
+from impact_exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from impact_exporter.sources.procfs_files import OpenFiles, kept_open_limit, read_text
 
 # The errors that mean "the process is gone". A process can exit between the directory listing and the read, or
 # during the read itself (ESRCH).
@@ -55,7 +55,6 @@ _ARM_PARTS = {
 UNKNOWN = "unknown"
 
 _T = TypeVar("_T")
-
 
 
 # --- system-wide CPU time ------------------------------------------------------------------------------------------

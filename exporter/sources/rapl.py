@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
-from exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
+from impact_exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from impact_exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +176,7 @@ def _check_labels_unique(zone: RaplZone, zone_by_labels: dict[tuple[str, str], R
     """Raise _SkipZone if an earlier zone has the same labels: two series with one name would be ambiguous."""
     earlier = zone_by_labels.get((zone.domain, zone.package))
     if earlier is not None:
-        raise _SkipZone(
-            f"domain {zone.domain!r} package {zone.package!r} is already reported by zone {earlier.name}"
-        )
+        raise _SkipZone(f"domain {zone.domain!r} package {zone.package!r} is already reported by zone {earlier.name}")
 
 
 def read_energy_uj(zone: RaplZone) -> int:

@@ -25,7 +25,7 @@ from benchmarks.reporter import (
     runs_args,
     write_openmetrics,
 )
-from reporter.cli import main
+from impact_reporter.cli import main
 from tests.servers import PrometheusServer, require_binary
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,8 @@ def test_prometheus_serves_the_generated_counters(backfilled: tuple[Dataset, Pro
     first = dataset.runs[0]
     values = server.query(
         f'impact_run_energy_joules_total{{run_id="{first.run_id}",component="cpu",instance="node-1:9877",'
-        f'job="impact"}}[{MINUTES * 60 + 1}s]', at=first.end
+        f'job="impact"}}[{MINUTES * 60 + 1}s]',
+        at=first.end,
     )
     samples = [(float(t), float(value)) for t, value in values[0]["values"]]
     assert samples == list(zip(range(first.start, first.end + 1), first.counter_values("cpu").tolist(), strict=True))

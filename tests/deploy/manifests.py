@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.cli import Settings, build_parser, parse_settings
+from impact_exporter.cli import Settings, build_parser, parse_settings
 from tests.servers import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"

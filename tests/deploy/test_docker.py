@@ -164,4 +164,3 @@ def test_the_gpu_override_hands_the_exporter_every_gpu_through_the_nvidia_runtim
     (device,) = override["services"]["exporter"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] == "all"
     assert {"gpu", "utility"} <= set(device["capabilities"])
-

@@ -14,8 +14,13 @@ DATA_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yml", ".yaml"
 def test_deploy_holds_the_files_the_issue_asks_for() -> None:
     names = {str(path.relative_to(DEPLOY)) for path in DATA_FILES}
     assert {
-        "prometheus/prometheus.yml", "prometheus/rules/impact-recording.yml", "prometheus/rules/impact-alerts.yml",
-        "docker-compose.yml", "kubernetes/daemonset.yaml", "kubernetes/service.yaml", "kubernetes/servicemonitor.yaml",
+        "prometheus/prometheus.yml",
+        "prometheus/rules/impact-recording.yml",
+        "prometheus/rules/impact-alerts.yml",
+        "docker-compose.yml",
+        "kubernetes/daemonset.yaml",
+        "kubernetes/service.yaml",
+        "kubernetes/servicemonitor.yaml",
     } <= names
 
 

@@ -54,7 +54,8 @@ def host_mounts(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, tu
     host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     return {
         m["mountPath"]: (host_paths[m["name"]], m.get("readOnly", False))
-        for m in container["volumeMounts"] if m["name"] in host_paths
+        for m in container["volumeMounts"]
+        if m["name"] in host_paths
     }
 
 
@@ -152,8 +153,7 @@ def test_the_service_monitor_scrapes_the_service_port_and_names_targets_by_node(
 
 
 def test_the_prometheus_rule_is_generated_from_the_current_rule_files() -> None:
-    result = subprocess.run([sys.executable, str(GENERATOR)], capture_output=True, text=True, timeout=30,
-                            cwd=REPO_ROOT)
+    result = subprocess.run([sys.executable, str(GENERATOR)], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (KUBERNETES / "prometheusrule.yaml").read_text(), (
         "deploy/kubernetes/prometheusrule.yaml is out of date: "

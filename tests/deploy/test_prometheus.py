@@ -20,7 +20,11 @@ PROMETHEUS_DIR = DEPLOY / "prometheus"
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 METRICS_DOC = REPO_ROOT / "docs" / "metrics.md"
 HEALTH_ALERTS = {
-    "ImpactExporterDown", "ImpactExporterSamplingStalled", "ImpactSourceDown", "ImpactGpuDown", "ImpactGpuMissing",
+    "ImpactExporterDown",
+    "ImpactExporterSamplingStalled",
+    "ImpactSourceDown",
+    "ImpactGpuDown",
+    "ImpactGpuMissing",
 }
 RECORDING_NAME = re.compile(r"^[a-z_]+:[a-z_]+:[a-z0-9_]+$")
 
@@ -65,8 +69,11 @@ def test_the_unit_tests_cover_every_recording_rule_and_every_alert_silent_and_fi
             tested_exprs += [test["expr"] for test in case.get("promql_expr_test", [])]
             for test in case.get("alert_rule_test", []):
                 (firing if test["exp_alerts"] else silent).add(test["alertname"])
-    untested = [name for name in recording_names() if not any(re.search(rf"\b{re.escape(name)}\b", expr)
-                                                              for expr in tested_exprs)]
+    untested = [
+        name
+        for name in recording_names()
+        if not any(re.search(rf"\b{re.escape(name)}\b", expr) for expr in tested_exprs)
+    ]
     assert untested == []
     assert set(alert_names()) == silent == firing
 
@@ -114,7 +121,8 @@ def test_every_rule_evaluates_without_error_on_a_scraped_node_and_records_series
     data_seen = time.time()
     wait_for(
         lambda: all(_evaluated_after(rule, data_seen) for rule in rules_api(monitored).values()),
-        10, "every rule to be evaluated again",
+        10,
+        "every rule to be evaluated again",
     )
     loaded = rules_api(monitored)
     assert set(loaded) == set(recording_names()) | set(alert_names())
@@ -152,9 +160,10 @@ def test_recording_rules_give_the_power_the_node_draws_and_how_it_is_shared(moni
 
     # The fake machine writes its counter files one after another, and a sample can fall between two of them: that
     # moves a share over a minute by a few percent, never by more than 0.05 (or 10%).
-    share = by_label(query(
-        f'instance_component:impact_unattributed_energy_per_measured:ratio_rate1m{{instance="{address}"}}'
-    ), "component")
+    share = by_label(
+        query(f'instance_component:impact_unattributed_energy_per_measured:ratio_rate1m{{instance="{address}"}}'),
+        "component",
+    )
     assert share["cpu"] == pytest.approx(0.5, abs=0.05), "one run at a time holds half the busy CPU time"
     assert share["dram"] == pytest.approx(0.75, abs=0.05), "the run's process holds a quarter of the memory"
     assert 0 < share["gpu"] < 1

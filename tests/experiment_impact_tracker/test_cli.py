@@ -31,8 +31,9 @@ def env(tmp_path: Path) -> dict[str, str]:
 def impact_run(
     *args: str, env: dict[str, str], timeout: float = 60, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*IMPACT_RUN, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=REPO_ROOT, **kwargs)
+    return subprocess.run(
+        [*IMPACT_RUN, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT, **kwargs
+    )
 
 
 def python(code: str) -> list[str]:
@@ -43,9 +44,22 @@ def test_help_documents_usage_exit_statuses_and_environment(env: dict[str, str])
     result = impact_run("--help", env=env)
     assert result.returncode == 0
     assert "usage: impact-run --experiment NAME [options] -- CMD [ARG ...]" in result.stdout
-    for text in ["--experiment", "--set", "--label KEY=VALUE", "--run-id", "--logdir", "--strict", "--exporter",
-                 "128+N", "125  --strict", "126  the command was found but cannot be executed",
-                 "127  the command was not found", "IMPACT_EXPORTER_TOKEN", "IMPACT_RUN_ID", "PROMETHEUS_URL"]:
+    for text in [
+        "--experiment",
+        "--set",
+        "--label KEY=VALUE",
+        "--run-id",
+        "--logdir",
+        "--strict",
+        "--exporter",
+        "128+N",
+        "125  --strict",
+        "126  the command was found but cannot be executed",
+        "127  the command was not found",
+        "IMPACT_EXPORTER_TOKEN",
+        "IMPACT_RUN_ID",
+        "PROMETHEUS_URL",
+    ]:
         assert text in result.stdout, text
 
 
@@ -96,8 +110,12 @@ def test_signals_sent_to_impact_run_are_forwarded_to_the_command(
     env: dict[str, str], tmp_path: Path, signum: signal.Signals
 ) -> None:
     out = tmp_path / "signals"
-    process = subprocess.Popen([*IMPACT_RUN, "--experiment", "x", "--", *python(HANDLER), str(out)], env=env,
-                               cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*IMPACT_RUN, "--experiment", "x", "--", *python(HANDLER), str(out)],
+        env=env,
+        cwd=REPO_ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: Path(f"{out}.ready").exists(), 30, "the command to install its handlers")
         process.send_signal(signum)
@@ -118,8 +136,13 @@ def test_ctrl_c_at_a_terminal_reaches_the_command_once(env: dict[str, str], tmp_
 
     process = subprocess.Popen(
         [*IMPACT_RUN, "--experiment", "x", "--", *python(HANDLER), str(out)],
-        env={**env, "KEEP_GOING": "1", "WAIT": "1.5"}, cwd=REPO_ROOT,
-        stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True, preexec_fn=take_the_terminal,
+        env={**env, "KEEP_GOING": "1", "WAIT": "1.5"},
+        cwd=REPO_ROOT,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        start_new_session=True,
+        preexec_fn=take_the_terminal,
     )
     os.close(secondary)
     try:
@@ -189,8 +212,17 @@ def test_strict_without_an_exporter_exits_125_and_does_not_run_the_command(env: 
 
 
 def test_without_strict_the_command_runs_untracked_with_the_given_run_id(env: dict[str, str], tmp_path: Path) -> None:
-    result = impact_run("--experiment", "x", "--run-id", "job-7", "--logdir", str(tmp_path / "run"), "--",
-                        *python("import os; print(os.getpid(), os.environ.get('IMPACT_RUN_ID'))"), env=env)
+    result = impact_run(
+        "--experiment",
+        "x",
+        "--run-id",
+        "job-7",
+        "--logdir",
+        str(tmp_path / "run"),
+        "--",
+        *python("import os; print(os.getpid(), os.environ.get('IMPACT_RUN_ID'))"),
+        env=env,
+    )
     assert result.returncode == 0
     pid, run_id = result.stdout.split()
     assert run_id == "job-7"
@@ -203,8 +235,9 @@ def test_without_strict_the_command_runs_untracked_with_the_given_run_id(env: di
 def test_an_unwritable_logdir_exits_125_before_the_command_runs(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     marker = tmp_path / "ran"
-    result = impact_run("--experiment", "x", "--logdir", str(tmp_path / "file" / "run"), "--", "touch", str(marker),
-                        env=env)
+    result = impact_run(
+        "--experiment", "x", "--logdir", str(tmp_path / "file" / "run"), "--", "touch", str(marker), env=env
+    )
     assert result.returncode == 125
     assert f"impact-run: cannot write {tmp_path}/file/run/run.json: Not a directory" in result.stderr
     assert not marker.exists()

@@ -74,8 +74,14 @@ def test_bytes_from_older_nvml_bindings_become_text() -> None:
 
 
 def test_an_unsupported_attribute_is_none_and_the_rest_still_read() -> None:
-    nvml = fake_nvml([FakeGpu(A100.uuid, errors={"nvmlDeviceGetPowerManagementLimit": NOT_SUPPORTED,
-                                               "nvmlDeviceGetMemoryInfo": NOT_SUPPORTED})])
+    nvml = fake_nvml(
+        [
+            FakeGpu(
+                A100.uuid,
+                errors={"nvmlDeviceGetPowerManagementLimit": NOT_SUPPORTED, "nvmlDeviceGetMemoryInfo": NOT_SUPPORTED},
+            )
+        ]
+    )
     [gpu] = list_gpus(nvml, NO_ENV)
     assert gpu["power_limit_watts"] is None
     assert gpu["memory_total_bytes"] is None
@@ -102,8 +108,9 @@ def test_cuda_visible_devices_narrows_and_orders_like_cuda(cuda_visible_devices:
 
 
 def test_assert_passes_when_every_visible_gpu_matches() -> None:
-    assert_gpus_by_attributes({"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}, fake_nvml([A100, A100]),
-                              NO_ENV)
+    assert_gpus_by_attributes(
+        {"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}, fake_nvml([A100, A100]), NO_ENV
+    )
 
 
 def test_assert_names_each_gpu_that_differs_with_expected_and_found() -> None:

@@ -36,9 +36,13 @@ class FakeGrafana:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 length = int(self.headers.get("Content-Length", 0))
-                grafana.requests.append({
-                    "path": self.path, "headers": dict(self.headers), "body": json.loads(self.rfile.read(length)),
-                })
+                grafana.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": json.loads(self.rfile.read(length)),
+                    }
+                )
                 answer = json.dumps(grafana.body).encode()
                 self.send_response(grafana.status)
                 self.send_header("Content-Type", "application/json")
@@ -104,7 +108,7 @@ def test_a_stopped_run_is_posted_as_a_region_from_its_start_to_its_end(
         "timeEnd": round(final["end_time"] * 1000),
         "tags": ["impact", "mobilenet", "conv32", run.run_id],
         "text": f"run {run.run_id} of 'mobilenet', set 'conv32': {energy['cpu'] + energy['dram']:.1f} J "
-                f"(cpu {energy['cpu']:.1f} J, dram {energy['dram']:.1f} J)",
+        f"(cpu {energy['cpu']:.1f} J, dram {energy['dram']:.1f} J)",
     }
     assert request["body"]["timeEnd"] - request["body"]["time"] >= 500, "the region spans the block"
 
@@ -179,8 +183,17 @@ def test_the_configuration_is_off_by_default_and_rejects_a_url_without_scheme() 
 
 
 def test_a_run_without_set_or_energy_is_tagged_and_described_without_them() -> None:
-    record = {"experiment": "probe", "set": "", "run_id": "r1", "start_time": 1700000000.1234,
-              "end_time": 1700000060.9876, "final": None}
+    record = {
+        "experiment": "probe",
+        "set": "",
+        "run_id": "r1",
+        "start_time": 1700000000.1234,
+        "end_time": 1700000060.9876,
+        "final": None,
+    }
     assert run_annotation(record) == {
-        "time": 1700000000123, "timeEnd": 1700000060988, "tags": ["impact", "probe", "r1"], "text": "run r1 of 'probe'",
+        "time": 1700000000123,
+        "timeEnd": 1700000060988,
+        "tags": ["impact", "probe", "r1"],
+        "text": "run r1 of 'probe'",
     }

@@ -21,7 +21,10 @@ def test_written_record_reads_back_with_its_format(tmp_path: Path) -> None:
     path = write_run_dir(tmp_path / "run", {"experiment": "mobilenet", "labels": {"seed": "0"}, "end_time": None})
     assert path == tmp_path / "run" / "run.json"
     assert read_run_dir(tmp_path / "run") == {
-        "format": 1, "experiment": "mobilenet", "labels": {"seed": "0"}, "end_time": None
+        "format": 1,
+        "experiment": "mobilenet",
+        "labels": {"seed": "0"},
+        "end_time": None,
     }
     assert read_run_dir(path)["experiment"] == "mobilenet"  # the file itself works too
 
@@ -45,9 +48,9 @@ def test_the_written_file_is_readable_by_others(tmp_path: Path) -> None:
     "content, message",
     [
         (None, "run.json does not exist"),
-        ("{\"experiment\": ", "run.json is not valid JSON"),
+        ('{"experiment": ', "run.json is not valid JSON"),
         ("[1, 2]", "is not a run record (no 'experiment' field)"),
-        ("{\"format\": 9, \"experiment\": \"x\"}", "has format 9; this library reads format 1"),
+        ('{"format": 9, "experiment": "x"}', "has format 9; this library reads format 1"),
     ],
 )
 def test_reading_a_bad_run_dir_says_what_is_wrong(tmp_path: Path, content: str | None, message: str) -> None:
@@ -78,10 +81,22 @@ def test_an_untracked_run_still_records_what_the_reporter_needs(
         "cpu": {"brand_raw": info["brand_raw"], "count": info["count"], "arch": info["arch"]},
         "gpus": [],
     }
-    assert {key: record[key] for key in (
-        "experiment", "set", "labels", "tracked", "run_id", "exporter", "prometheus_url", "host", "pid", "final",
-        "command",
-    )} == {
+    assert {
+        key: record[key]
+        for key in (
+            "experiment",
+            "set",
+            "labels",
+            "tracked",
+            "run_id",
+            "exporter",
+            "prometheus_url",
+            "host",
+            "pid",
+            "final",
+            "command",
+        )
+    } == {
         "experiment": "mobilenet",
         "set": "conv32",
         "labels": {"seed": "0"},
@@ -99,8 +114,9 @@ def test_an_untracked_run_still_records_what_the_reporter_needs(
     assert run.logdir == logdir
 
 
-def test_an_unwritable_logdir_fails_before_the_experiment_starts(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unwritable_logdir_fails_before_the_experiment_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/none.sock")
     (tmp_path / "file").write_text("")
     entered = False

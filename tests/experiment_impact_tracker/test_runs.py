@@ -29,7 +29,11 @@ EXPERIMENT = """
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("IMPACT_")}
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
         env={**environment, **env},
     )
 
@@ -149,8 +153,11 @@ def test_the_seed_tracker_without_an_exporter_warns_at_launch_and_raises_when_ch
 
 
 HEALTHY = {
-    "run_id": "r1", "status": "active", "last_sample_time": 1000.0,
-    "sources_up": {"rapl": True, "procfs": True}, "source_errors": {"rapl": 0, "procfs": 0},
+    "run_id": "r1",
+    "status": "active",
+    "last_sample_time": 1000.0,
+    "sources_up": {"rapl": True, "procfs": True},
+    "source_errors": {"rapl": 0, "procfs": 0},
 }
 
 
@@ -163,8 +170,11 @@ def test_current_figures_from_working_sources_are_healthy() -> None:
     [
         ({}, 1010.5, "run r1: impact-exporter's samples are stale (last sample 10.5 s ago, limit 10 s)"),
         ({"last_sample_time": None}, 1000.0, "samples are stale (never sampled, limit 10 s)"),
-        ({"sources_up": {"rapl": False, "procfs": True}, "source_errors": {"rapl": 3, "procfs": 0}}, 1000.0,
-         "run r1: source(s) down: rapl (3 errors); that energy is not being measured"),
+        (
+            {"sources_up": {"rapl": False, "procfs": True}, "source_errors": {"rapl": 3, "procfs": 0}},
+            1000.0,
+            "run r1: source(s) down: rapl (3 errors); that energy is not being measured",
+        ),
         ({"status": "finished"}, 1000.0, "run r1: the run is finished, so its figures no longer grow"),
     ],
 )

@@ -48,8 +48,12 @@ def socket_path() -> Iterator[Path]:
 
 @pytest.fixture
 def exporter_flags(powercap: FakePowercap, socket_path: Path, tmp_path: Path) -> list[str]:
-    return [f"--path.sysfs={powercap.sysfs}", f"--api.socket={socket_path}", f"--state-dir={tmp_path / 'state'}",
-            f"--sample-interval={SAMPLE_INTERVAL}"]
+    return [
+        f"--path.sysfs={powercap.sysfs}",
+        f"--api.socket={socket_path}",
+        f"--state-dir={tmp_path / 'state'}",
+        f"--sample-interval={SAMPLE_INTERVAL}",
+    ]
 
 
 @pytest.fixture
@@ -85,8 +89,14 @@ def power(powercap: FakePowercap) -> Iterator[None]:
 
 
 def python(code: str, *args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                            timeout=60, env=env, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO_ROOT,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -114,7 +124,9 @@ def assert_measured_the_busy_loop(cpu_seconds: float) -> None:
 def test_track_run_registers_the_process_and_stops_the_run_at_the_end_of_the_block(
     client: ExporterClient, env: dict[str, str], tmp_path: Path, power: None
 ) -> None:
-    result = python(BUSY + textwrap.dedent("""
+    result = python(
+        BUSY
+        + textwrap.dedent("""
         import json, os, sys
         from experiment_impact_tracker import track_run
         with track_run("mobilenet", set="conv32", labels={"seed": 0}, logdir=sys.argv[1]) as run:
@@ -122,7 +134,10 @@ def test_track_run_registers_the_process_and_stops_the_run_at_the_end_of_the_blo
             busy(run.run_id)
         print(json.dumps({"pid": os.getpid(), "run_id": run.run_id, "tracked": run.tracked, "during": during,
                           "final": run.final}))
-    """), str(tmp_path / "run"), env=env)
+    """),
+        str(tmp_path / "run"),
+        env=env,
+    )
     assert result.stderr == ""
     out = json.loads(result.stdout)
     assert out["tracked"] is True
@@ -144,14 +159,17 @@ def test_track_run_registers_the_process_and_stops_the_run_at_the_end_of_the_blo
 
 
 def test_a_decorated_function_is_one_run_per_call(client: ExporterClient, env: dict[str, str]) -> None:
-    result = python("""
+    result = python(
+        """
         from experiment_impact_tracker import track_run
         @track_run("sweep", labels={"lr": "0.1"})
         def train():
             pass
         train()
         train()
-    """, env=env)
+    """,
+        env=env,
+    )
     assert result.stderr == ""
     runs = [run for run in client.list_runs() if run["experiment"] == "sweep"]
     assert len(runs) == 2
@@ -160,7 +178,8 @@ def test_a_decorated_function_is_one_run_per_call(client: ExporterClient, env: d
 
 
 def test_a_forked_child_leaving_the_block_does_not_end_the_parent_s_run(env: dict[str, str]) -> None:
-    result = python("""
+    result = python(
+        """
         import os, sys
         from experiment_impact_tracker import track_run
         with track_run("forks") as run:
@@ -170,7 +189,9 @@ def test_a_forked_child_leaving_the_block_does_not_end_the_parent_s_run(env: dic
             os.waitpid(pid, 0)
             print(run.info()["status"])
         print(run.final["status"])
-    """, env=env)
+    """,
+        env=env,
+    )
     assert result.stdout == "active\nfinished\n"
 
 
@@ -185,12 +206,25 @@ def test_processes_started_with_one_run_id_join_it_and_only_its_creator_ends_it(
             sys.stdin.readline()
     """
     job = {**env, "IMPACT_RUN_ID": "job-42"}
-    creator = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, env=job, cwd=REPO_ROOT)
+    creator = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=job,
+        cwd=REPO_ROOT,
+    )
     try:
         assert creator.stdout.readline() == "job-42 True\n"
-        joiner = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], input="\n", capture_output=True,
-                                text=True, env=job, cwd=REPO_ROOT, timeout=60)
+        joiner = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            input="\n",
+            capture_output=True,
+            text=True,
+            env=job,
+            cwd=REPO_ROOT,
+            timeout=60,
+        )
         assert (joiner.returncode, joiner.stdout, joiner.stderr) == (0, "job-42 False\n", "")
         run = client.get_run("job-42")
         assert run["status"] == "active", "the joining process ended the run when it left"
@@ -211,11 +245,29 @@ def test_impact_run_registers_the_command_not_itself(
     client: ExporterClient, env: dict[str, str], tmp_path: Path
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "experiment_impact_tracker", "--experiment", "train", "--set", "small", "--label",
-         "seed=1", "--logdir", str(tmp_path / "run"), "--", sys.executable, "-c",
-         BUSY + "import os\nbusy(os.environ['IMPACT_RUN_ID'])\nprint(os.getpid(), os.environ['IMPACT_RUN_ID'])\n"
-         "raise SystemExit(3)"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "experiment_impact_tracker",
+            "--experiment",
+            "train",
+            "--set",
+            "small",
+            "--label",
+            "seed=1",
+            "--logdir",
+            str(tmp_path / "run"),
+            "--",
+            sys.executable,
+            "-c",
+            BUSY + "import os\nbusy(os.environ['IMPACT_RUN_ID'])\nprint(os.getpid(), os.environ['IMPACT_RUN_ID'])\n"
+            "raise SystemExit(3)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO_ROOT,
     )
     assert (result.returncode, result.stderr) == (3, "")
     pid, run_id = result.stdout.split()
@@ -236,8 +288,22 @@ def test_code_inside_impact_run_uses_impact_run_s_run(client: ExporterClient, en
             print(run.run_id == os.environ["IMPACT_RUN_ID"], run.tracked, run.created)
     """
     result = subprocess.run(
-        [sys.executable, "-m", "experiment_impact_tracker", "--experiment", "outer", "--", sys.executable, "-c",
-         textwrap.dedent(inner)], capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "experiment_impact_tracker",
+            "--experiment",
+            "outer",
+            "--",
+            sys.executable,
+            "-c",
+            textwrap.dedent(inner),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO_ROOT,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "True True False\n", "")
     assert [run["experiment"] for run in client.list_runs()] == ["outer"]
@@ -245,7 +311,9 @@ def test_code_inside_impact_run_uses_impact_run_s_run(client: ExporterClient, en
 
 def test_the_seed_api_as_in_the_original_readme(client: ExporterClient, env: dict[str, str], tmp_path: Path) -> None:
     logdir = tmp_path / "mobilenet-seed0"
-    result = python(BUSY + textwrap.dedent("""
+    result = python(
+        BUSY
+        + textwrap.dedent("""
         import json, sys, time
         from experiment_impact_tracker.compute_tracker import ImpactTracker
         tracker = ImpactTracker(sys.argv[1])
@@ -253,7 +321,10 @@ def test_the_seed_api_as_in_the_original_readme(client: ExporterClient, env: dic
         busy(tracker.run.run_id)
         time.sleep(0.5)
         print(json.dumps(tracker.get_latest_info_and_check_for_errors()))
-    """), str(logdir), env=env)
+    """),
+        str(logdir),
+        env=env,
+    )
     assert result.stderr == ""
     info = json.loads(result.stdout)
     assert (info["experiment"], info["status"]) == ("mobilenet-seed0", "active")
@@ -264,8 +335,11 @@ def test_the_seed_api_as_in_the_original_readme(client: ExporterClient, env: dic
 
 
 def test_the_seed_api_raises_when_the_exporter_is_gone_or_forgot_the_run(
-    start_exporter: Callable[..., ExporterProcess], exporter: ExporterProcess, exporter_flags: list[str],
-    client: ExporterClient, tmp_path: Path,
+    start_exporter: Callable[..., ExporterProcess],
+    exporter: ExporterProcess,
+    exporter_flags: list[str],
+    client: ExporterClient,
+    tmp_path: Path,
 ) -> None:
     tracker = ImpactTracker(tmp_path / "logs", client=client)
     tracker.launch_impact_monitor()
@@ -307,14 +381,17 @@ def test_api_errors_reach_the_caller_with_the_api_s_message(client: ExporterClie
         client.get_run("no-such-run")
     assert (raised.value.status, raised.value.message) == (404, "no run 'no-such-run' on this exporter")
 
-    strict = python("""
+    strict = python(
+        """
         from experiment_impact_tracker import track_run, ExporterError
         try:
             with track_run("x", labels={"job": "1"}, strict=True):
                 print("entered")
         except ExporterError as error:
             print(error.status)
-    """, env=env)
+    """,
+        env=env,
+    )
     assert strict.stdout == "400\n"
 
 
@@ -323,8 +400,12 @@ def test_tcp_needs_the_token_and_registers_the_calling_pid(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
-    exporter = start_exporter(f"--path.sysfs={powercap.sysfs}", f"--api.token-file={token_file}",
-                              f"--state-dir={tmp_path / 'state'}", "--no-api.socket")
+    exporter = start_exporter(
+        f"--path.sysfs={powercap.sysfs}",
+        f"--api.token-file={token_file}",
+        f"--state-dir={tmp_path / 'state'}",
+        "--no-api.socket",
+    )
     address = f"http://{exporter.address}"
     client = ExporterClient(address, token="s3cret")
     run = client.start_run("remote", labels={"node": "n1"})
@@ -335,5 +416,6 @@ def test_tcp_needs_the_token_and_registers_the_calling_pid(
     with pytest.raises(ExporterError) as raised:
         ExporterClient(address, token="wrong").list_runs()
     assert raised.value.status == 401
-    assert str(raised.value).endswith("set IMPACT_EXPORTER_TOKEN to the exporter's API token (the content of its "
-                                      "--api.token-file)")
+    assert str(raised.value).endswith(
+        "set IMPACT_EXPORTER_TOKEN to the exporter's API token (the content of its --api.token-file)"
+    )

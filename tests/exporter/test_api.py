@@ -13,11 +13,11 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from experiment_impact_tracker.client import UnixHTTPConnection
-from exporter.api import MAX_BODY_BYTES, Caller, RunAPI
-from exporter.http import UnixExporterServer
-from exporter.runs import RunRegistry
-from exporter.sampler import Snapshot
-from exporter.store import RunStore
+from impact_exporter.api import MAX_BODY_BYTES, Caller, RunAPI
+from impact_exporter.http import UnixExporterServer
+from impact_exporter.runs import RunRegistry
+from impact_exporter.sampler import Snapshot
+from impact_exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 from tests.servers import short_socket_path
 
@@ -106,7 +106,8 @@ def test_a_sender_of_an_oversized_body_reads_its_413(server: UnixExporterServer)
             connection.request("POST", "/api/v1/runs", body=b" " * size)
             response = connection.getresponse()
             assert (response.status, json.loads(response.read())) == (
-                413, {"error": f"the body is over {MAX_BODY_BYTES} bytes"}
+                413,
+                {"error": f"the body is over {MAX_BODY_BYTES} bytes"},
             )
             connection.close()
     finally:

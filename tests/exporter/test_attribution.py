@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.attribution import GroupShareBasis, attribute_interval, usage_shares
+from impact_exporter.attribution import GroupShareBasis, attribute_interval, usage_shares
 
 GIB = 2**30
 

@@ -16,25 +16,38 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.cli import GC_FIRST_GENERATION_THRESHOLD, main, parse_listen_address
-from exporter.sources import HardwareNotFound
-from exporter.sources.nvml import NvmlSource
+from impact_exporter.cli import GC_FIRST_GENERATION_THRESHOLD, main, parse_listen_address
+from impact_exporter.sources import HardwareNotFound
+from impact_exporter.sources.nvml import NvmlSource
 from tests.fakes.powercap import FakePowercap
 from tests.servers import REPO_ROOT, ExporterProcess
 
 
 def run_exporter(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+        [sys.executable, "-m", "impact_exporter", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
     )
 
 
 def test_help_explains_every_flag() -> None:
     result = run_exporter("--help")
     assert result.returncode == 0
-    for flag in ["--web.listen-address", "--path.sysfs", "--path.procfs", "--sample-interval", "--cpu.source",
-                 "--cpu.tdp-watts", "--cpu.idle-fraction", "--api.socket", "--state-dir", "--gpu.source",
-                 "--gpu.devices", "--gpu.idle-watts", "--gpu.idle-attribution", "--log.level"]:
+    for flag in [
+        "--web.listen-address",
+        "--path.sysfs",
+        "--path.procfs",
+        "--sample-interval",
+        "--cpu.source",
+        "--cpu.tdp-watts",
+        "--cpu.idle-fraction",
+        "--api.socket",
+        "--state-dir",
+        "--gpu.source",
+        "--gpu.devices",
+        "--gpu.idle-watts",
+        "--gpu.idle-attribution",
+        "--log.level",
+    ]:
         assert flag in result.stdout
 
 
@@ -167,9 +180,7 @@ def test_unreadable_energy_counters_stop_start_up_with_the_fixes(tmp_path: Path)
     assert "Traceback" not in stderr
 
 
-def test_sigterm_and_sigint_shut_down_cleanly(
-    tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
-) -> None:
+def test_sigterm_and_sigint_shut_down_cleanly(tmp_path: Path, start_exporter: Callable[..., ExporterProcess]) -> None:
     FakePowercap.amd(tmp_path / "sys")
     for sig in (signal.SIGTERM, signal.SIGINT):
         exporter = start_exporter(f"--path.sysfs={tmp_path / 'sys'}")
@@ -216,7 +227,7 @@ def test_a_negative_gpu_idle_power_is_a_usage_error() -> None:
 
 def test_the_exporter_process_freezes_its_start_up_objects_and_collects_young_objects_less_often() -> None:
     script = (
-        "import gc; from exporter.cli import settle_garbage_collector as settle; settle(); "
+        "import gc; from impact_exporter.cli import settle_garbage_collector as settle; settle(); "
         "print(gc.get_threshold()[0], gc.get_freeze_count() > 10_000)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)

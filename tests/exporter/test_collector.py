@@ -11,30 +11,54 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collector import ImpactCollector
-from exporter.exposition import encode
-from exporter.host import HostInfo
-from exporter.run import ProcessRef, Run, StartRequest
-from exporter.runs import RunRegistry
-from exporter.sampler import Sampler, Snapshot, SourceStatus
-from exporter.sources.estimate import EstimateSource
-from exporter.sources.nvml import NvmlSource
-from exporter.sources.rapl import RaplSource
-from exporter.store import RunStore
+from impact_exporter.collector import ImpactCollector
+from impact_exporter.exposition import encode
+from impact_exporter.host import HostInfo
+from impact_exporter.run import ProcessRef, Run, StartRequest
+from impact_exporter.runs import RunRegistry
+from impact_exporter.sampler import Sampler, Snapshot, SourceStatus
+from impact_exporter.sources.estimate import EstimateSource
+from impact_exporter.sources.nvml import NvmlSource
+from impact_exporter.sources.rapl import RaplSource
+from impact_exporter.store import RunStore
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
 from tests.servers import require_binary
 
 GOLDEN = Path(__file__).parent / "testdata" / "node_exporter_powercap.prom"
-HOST = HostInfo(hostname="node1", cpu_model="Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", cpu_vendor="GenuineIntel",
-                cpu_count=80, kernel="6.1.0-18-amd64")
+HOST = HostInfo(
+    hostname="node1",
+    cpu_model="Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz",
+    cpu_vendor="GenuineIntel",
+    cpu_count=80,
+    kernel="6.1.0-18-amd64",
+)
 RUNS = [
-    Run(run_id="r1", experiment="mobilenet", set="conv32", labels={"seed": "0", "note": 'say "hi"\\n'}, uid=1000,
-        user="alice", processes=(ProcessRef(4242, 1),), start_time=1700000000.0,
-        energy_joules={"cpu": 812.5, "dram": 40.25}, cpu_seconds=120.5),
-    Run(run_id="r2", experiment="mobilenet", set="conv64", labels={}, uid=1000, user="alice",
-        processes=(ProcessRef(4343, 1),), start_time=1700000100.0, end_time=1700000200.0,
-        energy_joules={"cpu": 100.0, "dram": 5.0}, cpu_seconds=10.0),
+    Run(
+        run_id="r1",
+        experiment="mobilenet",
+        set="conv32",
+        labels={"seed": "0", "note": 'say "hi"\\n'},
+        uid=1000,
+        user="alice",
+        processes=(ProcessRef(4242, 1),),
+        start_time=1700000000.0,
+        energy_joules={"cpu": 812.5, "dram": 40.25},
+        cpu_seconds=120.5,
+    ),
+    Run(
+        run_id="r2",
+        experiment="mobilenet",
+        set="conv64",
+        labels={},
+        uid=1000,
+        user="alice",
+        processes=(ProcessRef(4343, 1),),
+        start_time=1700000100.0,
+        end_time=1700000200.0,
+        energy_joules={"cpu": 100.0, "dram": 5.0},
+        cpu_seconds=10.0,
+    ),
 ]
 
 
@@ -88,20 +112,36 @@ def render_gpu(tmp_path: Path) -> CollectorRegistry:
     proc = FakeProc(tmp_path / "proc")
     for pid, start in ((TRAIN, 100), (EVAL, 200), (STRANGER, 300)):
         proc.spawn(pid, 1, start=start, uid=0, comm=f"p{pid}", pss_kib=1024 * pid // 100)
-    fast = FakeGpu("GPU-0000aaaa-0000-0000-0000-000000000000", power_watts=250.0, memory_used_bytes=9 * GIB,
-                   utilization_percent=80, processes={TRAIN: 8 * GIB, STRANGER: 1 * GIB},
-                   slices=[{TRAIN: 60, STRANGER: 20}])
-    old = FakeGpu("GPU-1111bbbb-0000-0000-0000-000000000000", name="Tesla P100", power_watts=150.0,
-                  energy_counter=False, memory_used_bytes=4 * GIB, utilization_percent=50,
-                  processes={EVAL: 4 * GIB}, slices=[{EVAL: 50}])
+    fast = FakeGpu(
+        "GPU-0000aaaa-0000-0000-0000-000000000000",
+        power_watts=250.0,
+        memory_used_bytes=9 * GIB,
+        utilization_percent=80,
+        processes={TRAIN: 8 * GIB, STRANGER: 1 * GIB},
+        slices=[{TRAIN: 60, STRANGER: 20}],
+    )
+    old = FakeGpu(
+        "GPU-1111bbbb-0000-0000-0000-000000000000",
+        name="Tesla P100",
+        power_watts=150.0,
+        energy_counter=False,
+        memory_used_bytes=4 * GIB,
+        utilization_percent=50,
+        processes={EVAL: 4 * GIB},
+        slices=[{EVAL: 50}],
+    )
     nvml = FakeNvml([fast, old])
     procfs = proc.procfs()
     clock = nvml.clock
     registry = RunRegistry(procfs, RunStore(tmp_path / "runs.sqlite"), clock=lambda: 1700000000.0 + clock())
-    registry.start(StartRequest(experiment="mobilenet", set="conv32", labels={"seed": "0"}, pid=TRAIN,
-                                run_id="train"), caller_uid=0, caller_pid=None)
-    registry.start(StartRequest(experiment="mobilenet", set="eval", pid=EVAL, run_id="eval"),
-                   caller_uid=0, caller_pid=None)
+    registry.start(
+        StartRequest(experiment="mobilenet", set="conv32", labels={"seed": "0"}, pid=TRAIN, run_id="train"),
+        caller_uid=0,
+        caller_pid=None,
+    )
+    registry.start(
+        StartRequest(experiment="mobilenet", set="eval", pid=EVAL, run_id="eval"), caller_uid=0, caller_pid=None
+    )
     sampler = Sampler(
         procfs,
         energy=EstimateSource(procfs, tdp_watts=200.0, dram_watts_per_gib=0.375, clock=clock),

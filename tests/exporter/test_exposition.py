@@ -16,12 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from exporter.collector import ImpactCollector, RunLabelCache
-from exporter.exposition import encode, go_float, negotiate
-from exporter.host import HostInfo
-from exporter.run import ProcessRef, Run
-from exporter.sampler import Snapshot, SourceStatus
-from exporter.sources.gpu import GpuInfo, GpuProcess, GpuReading
+from impact_exporter.collector import ImpactCollector, RunLabelCache
+from impact_exporter.exposition import encode, go_float, negotiate
+from impact_exporter.host import HostInfo
+from impact_exporter.run import ProcessRef, Run
+from impact_exporter.sampler import Snapshot, SourceStatus
+from impact_exporter.sources.gpu import GpuInfo, GpuProcess, GpuReading
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -33,8 +33,14 @@ TRICKY = 'quote " backslash \\ newline \n unicode é 日本 🚀 end\\'
 
 def run(run_id: str, **overrides: object) -> Run:
     fields: dict[str, object] = {
-        "experiment": "mobilenet", "set": "conv32", "labels": {}, "uid": 1000, "user": "alice",
-        "processes": (ProcessRef(4242, 1),), "start_time": 1700000000.5, "energy_joules": {"cpu": 812.5, "dram": 40.25},
+        "experiment": "mobilenet",
+        "set": "conv32",
+        "labels": {},
+        "uid": 1000,
+        "user": "alice",
+        "processes": (ProcessRef(4242, 1),),
+        "start_time": 1700000000.5,
+        "energy_joules": {"cpu": 812.5, "dram": 40.25},
         "cpu_seconds": 120.5,
     }
     fields.update(overrides)
@@ -44,8 +50,12 @@ def run(run_id: str, **overrides: object) -> Run:
 RUNS = [
     run("tricky", labels={"note": TRICKY, "seed": "0"}, experiment='exp "q"', set="a\\b", user="zoë"),
     run("finished", end_time=1700000600.0, energy_joules={"cpu": 1.5e7, "dram": 0.0}, cpu_seconds=0.0),
-    run("gpu-run", energy_joules={"cpu": 10.0, "dram": 1.0, "gpu": 3600.25}, gpu_seconds=12.5,
-        placement={"pod_uid": "0f0e", "container_id": "c0ffee"}),
+    run(
+        "gpu-run",
+        energy_joules={"cpu": 10.0, "dram": 1.0, "gpu": 3600.25},
+        gpu_seconds=12.5,
+        placement={"pod_uid": "0f0e", "container_id": "c0ffee"},
+    ),
     run("huge", energy_joules={"cpu": math.inf, "dram": 123456789.123}, cpu_seconds=1e-7),
     run("50%r-%s", cpu_seconds=1234567.891, energy_joules={"cpu": 2.5e6, "dram": 1.0}),
 ]
@@ -56,12 +66,18 @@ def snapshot() -> Snapshot:
     """Two GPUs, one down, with processes whose names need escaping."""
     processes = (GpuProcess(4242, 2**30, 0.45), GpuProcess(4343, None, None))
     return Snapshot(
-        timestamp=1700000300.0, samples_total=42, sample_duration_seconds=0.0025,
+        timestamp=1700000300.0,
+        samples_total=42,
+        sample_duration_seconds=0.0025,
         sources={"procfs": SourceStatus(True, 0), "nvml": SourceStatus(False, 3)},
-        gpu_info=(GpuInfo(0, "GPU-0", "Fake \"A100\"", "550.54", "12.4", 80 * 2**30, False, True),
-                  GpuInfo(1, "GPU-1", "Fake", None, None, None, True, False)),
-        gpus=(GpuReading(0, "GPU-0", True, "counter", 81234.5, 1.0, 1.0, 212.0, 0.9, 2**34, processes, False),
-              GpuReading(1, "GPU-1", False, "power", None, 0.0, 0.0, None, None, None, (), True)),
+        gpu_info=(
+            GpuInfo(0, "GPU-0", 'Fake "A100"', "550.54", "12.4", 80 * 2**30, False, True),
+            GpuInfo(1, "GPU-1", "Fake", None, None, None, True, False),
+        ),
+        gpus=(
+            GpuReading(0, "GPU-0", True, "counter", 81234.5, 1.0, 1.0, 212.0, 0.9, 2**34, processes, False),
+            GpuReading(1, "GPU-1", False, "power", None, 0.0, 0.0, None, None, None, (), True),
+        ),
         gpu_energy_method="nvml-power",
         gpu_process_watts={(0, 4242): 190.5},
         process_names={4242: 'py"th\\on\n', 4343: "日本"},
@@ -84,7 +100,8 @@ def samples(families: object) -> list[tuple[str, str, dict[str, str], float]]:
     """(family, sample name, labels, value) of every parsed sample, with NaN made comparable."""
     return [
         (family.name, sample.name, sample.labels, "NaN" if math.isnan(sample.value) else sample.value)
-        for family in families for sample in family.samples
+        for family in families
+        for sample in family.samples
     ]
 
 
@@ -122,7 +139,12 @@ def test_run_figures_and_labels_read_back(openmetrics: bool, parse: object) -> N
     families = {family.name: family for family in parse(encode(registry_with(RUNS), openmetrics).decode())}
     info = {sample.labels["run_id"]: sample.labels for sample in families["impact_run_info"].samples}
     assert info["tricky"] == {
-        "run_id": "tricky", "experiment": 'exp "q"', "set": "a\\b", "user": "zoë", "note": TRICKY, "seed": "0",
+        "run_id": "tricky",
+        "experiment": 'exp "q"',
+        "set": "a\\b",
+        "user": "zoë",
+        "note": TRICKY,
+        "seed": "0",
     }
     assert info["gpu-run"]["pod_uid"] == "0f0e" and info["gpu-run"]["container_id"] == "c0ffee"
     energy = {
@@ -188,12 +210,15 @@ def test_the_label_cache_drops_runs_that_left() -> None:
     assert [text.run_id for text in kept] == ['{run_id="r3"}', '{run_id="r4"}']
 
 
-@pytest.mark.parametrize("accept, openmetrics", [
-    (PROMETHEUS_ACCEPT, True),
-    ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8", True),
-    ("text/plain;version=0.0.4", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "accept, openmetrics",
+    [
+        (PROMETHEUS_ACCEPT, True),
+        ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8", True),
+        ("text/plain;version=0.0.4", False),
+        ("", False),
+    ],
+)
 def test_negotiation_keeps_prometheus_clients_content_type(accept: str, openmetrics: bool) -> None:
     registry = registry_with(RUNS)
     encoder, content_type = negotiate(accept)
@@ -211,8 +236,26 @@ def test_a_name_rewriting_escaping_goes_to_prometheus_client() -> None:
 
 def test_go_float_writes_what_prometheus_client_writes() -> None:
     rng = random.Random(10)
-    values = [0.0, -0.0, 1.0, 5, 2**53, 999999.9, 1e6, 1e7, 1234567.0, 1.7e9, 1e16, 1e22, 1e-7, -1e9, 0.1,
-              math.inf, -math.inf, math.nan]
+    values = [
+        0.0,
+        -0.0,
+        1.0,
+        5,
+        2**53,
+        999999.9,
+        1e6,
+        1e7,
+        1234567.0,
+        1.7e9,
+        1e16,
+        1e22,
+        1e-7,
+        -1e9,
+        0.1,
+        math.inf,
+        -math.inf,
+        math.nan,
+    ]
     values += [rng.uniform(-1e12, 1e12) for _ in range(2000)]
     values += [10 ** rng.uniform(-10, 25) for _ in range(2000)]
     values += [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(2000)]

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from exporter.gpu_attribution import (
+from impact_exporter.gpu_attribution import (
     GpuAttribution,
     active_shares,
     attribute_gpu_interval,
     lowest_idle_watts,
 )
-from exporter.sources.gpu import GpuProcess
-from exporter.sources.nvml import NvmlSource
+from impact_exporter.sources.gpu import GpuProcess
+from impact_exporter.sources.nvml import NvmlSource
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 
 RUN_A = "run-a"

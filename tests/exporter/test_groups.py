@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.groups import MEMORY_MAX_AGE_SECONDS, MEMORY_UNCHANGED_MAX_AGE_SECONDS, GroupUsage, ProcessGroups
+from impact_exporter.groups import MEMORY_MAX_AGE_SECONDS, MEMORY_UNCHANGED_MAX_AGE_SECONDS, GroupUsage, ProcessGroups
 from tests.fakes.procfs import PAGE, FakeProc
 
 
@@ -313,6 +313,7 @@ def test_a_root_its_launcher_did_not_reap_gets_nothing_more(fake: FakeProc):
     fake.vanish(ROOT)  # the launcher ignores SIGCHLD: the kernel reaps the root and adds its time to no one
 
     assert groups.sample({"run": (ROOT,)})["run"].cpu_seconds == 0.0
+
 
 def test_zombie_root_counts_its_reaped_children_but_is_not_alive(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, utime=10)

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from experiment_impact_tracker.client import UnixHTTPConnection
-from exporter.http import ExporterServer, Listeners, UnixExporterServer
+from impact_exporter.http import ExporterServer, Listeners, UnixExporterServer
 from tests.servers import short_socket_path
 
 
@@ -46,8 +46,10 @@ def test_an_accepted_connection_has_tcp_keepalive_so_a_peer_that_vanished_frees_
     with accepted_connection() as (accepted, client):
         assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0  # the default it changes
-        probes = [accepted.getsockopt(socket.IPPROTO_TCP, option)
-                  for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)]
+        probes = [
+            accepted.getsockopt(socket.IPPROTO_TCP, option)
+            for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+        ]
         assert probes == [15, 15, 9]  # found dead 15 + 15 * 9 s after its last packet
         assert accepted.gettimeout() is None  # blocking: one system call per read or write
 
@@ -118,7 +120,7 @@ def test_a_scraper_that_leaves_mid_response_is_logged_at_debug_level_not_printed
     serving: tuple[str, int], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Prometheus closes a scrape's connection at its scrape timeout, while the body is still being sent."""
-    caplog.set_level(logging.DEBUG, logger="exporter.http")
+    caplog.set_level(logging.DEBUG, logger="impact_exporter.http")
     with socket.socket() as client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.connect(serving)

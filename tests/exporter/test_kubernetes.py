@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import ImpactCollector
-from exporter.host import HostInfo
-from exporter.kubernetes import kubernetes_labels
-from exporter.run import StartRequest
-from exporter.runs import RunRegistry
-from exporter.sampler import Snapshot
-from exporter.store import RunStore
+from impact_exporter.collector import ImpactCollector
+from impact_exporter.host import HostInfo
+from impact_exporter.kubernetes import kubernetes_labels
+from impact_exporter.run import StartRequest
+from impact_exporter.runs import RunRegistry
+from impact_exporter.sampler import Snapshot
+from impact_exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 
 POD_UID = "8f3c1d2e-4b5a-4c6d-9e8f-0a1b2c3d4e5f"
@@ -73,13 +73,17 @@ def test_a_run_in_a_pod_carries_pod_and_container_on_its_info_and_keeps_them_acr
     registry.close()
     resumed = RunRegistry(proc.procfs(), RunStore(store_path))
     collector = CollectorRegistry()
-    collector.register(ImpactCollector(lambda: Snapshot(), HostInfo("node", "cpu", "vendor", 2, "6.1"), "0",
-                                       runs=resumed.runs))
+    collector.register(
+        ImpactCollector(lambda: Snapshot(), HostInfo("node", "cpu", "vendor", 2, "6.1"), "0", runs=resumed.runs)
+    )
     info = {"experiment": "train", "set": "", "user": "root"}
-    assert collector.get_sample_value(
-        "impact_run_info",
-        {**info, "run_id": "in-pod", "pod_uid": POD_UID, "container_id": f"containerd://{CONTAINER}"},
-    ) == 1.0
+    assert (
+        collector.get_sample_value(
+            "impact_run_info",
+            {**info, "run_id": "in-pod", "pod_uid": POD_UID, "container_id": f"containerd://{CONTAINER}"},
+        )
+        == 1.0
+    )
     assert collector.get_sample_value("impact_run_info", {**info, "run_id": "on-host"}) == 1.0
 
 

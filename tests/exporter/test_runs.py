@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter.api import status_of
-from exporter.run import StartRequest, StoreUnavailable
-from exporter.runs import RunRegistry
-from exporter.sampler import GroupTotals, Snapshot
-from exporter.sources.energy import DomainEnergy
-from exporter.store import RunStore
+from impact_exporter.api import status_of
+from impact_exporter.run import StartRequest, StoreUnavailable
+from impact_exporter.runs import RunRegistry
+from impact_exporter.sampler import GroupTotals, Snapshot
+from impact_exporter.sources.energy import DomainEnergy
+from impact_exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 
 PID = 4242
@@ -26,10 +26,27 @@ def sample(run_id: str, package_joules: float, processes: int = 1) -> Snapshot:
     with no ``processes`` left the run ends."""
     return Snapshot(
         timestamp=1000.0 + package_joules,
-        energy_domains=(DomainEnergy("intel-rapl:0", "package", "0", joules_total=package_joules, joules_delta=0.0,
-                                 method="rapl", measured=True),),
-        groups={run_id: GroupTotals({"package": package_joules}, cpu_seconds=package_joules, gpu_seconds=0.0,
-                                    memory_bytes=0, processes=processes, root_alive=processes > 0)},
+        energy_domains=(
+            DomainEnergy(
+                "intel-rapl:0",
+                "package",
+                "0",
+                joules_total=package_joules,
+                joules_delta=0.0,
+                method="rapl",
+                measured=True,
+            ),
+        ),
+        groups={
+            run_id: GroupTotals(
+                {"package": package_joules},
+                cpu_seconds=package_joules,
+                gpu_seconds=0.0,
+                memory_bytes=0,
+                processes=processes,
+                root_alive=processes > 0,
+            )
+        },
     )
 
 
@@ -58,7 +75,7 @@ def stored_cpu_joules(store: RunStore) -> dict[str, float]:
 def test_a_store_that_refuses_writes_keeps_runs_in_memory_logs_once_and_catches_up(
     registry: RunRegistry, store: RunStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.runs")
+    caplog.set_level(logging.INFO, logger="impact_exporter.runs")
     run, _ = registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
     registry.observe(sample("train", 1.0))
     refuse_writes(store)
@@ -110,9 +127,7 @@ def test_a_run_that_ends_while_the_store_refuses_writes_is_stored_ended_once_wri
 def test_each_sample_stores_the_totals_and_end_and_keeps_what_was_registered(
     registry: RunRegistry, store: RunStore
 ) -> None:
-    started, _ = registry.start(
-        StartRequest("train", set="a", labels={"seed": "1"}, run_id="train", pid=PID), 0, None
-    )
+    started, _ = registry.start(StartRequest("train", set="a", labels={"seed": "1"}, run_id="train", pid=PID), 0, None)
     registry.observe(sample("train", 2.0))
     registry.observe(sample("train", 3.0, processes=0))
     [stored] = RunStore(store.path).load()

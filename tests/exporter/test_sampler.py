@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sampler import PROCFS, Sampler
-from exporter.scheduling import ScrapesFirst
-from exporter.sources.procfs import ProcFS
-from exporter.sources.rapl import RaplSource
+from impact_exporter.sampler import PROCFS, Sampler
+from impact_exporter.scheduling import ScrapesFirst
+from impact_exporter.sources.procfs import ProcFS
+from impact_exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
 from tests.fakes.procfs import FakeProc
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sampler import Sampler
-from exporter.sources.nvml import NvmlSource
+from impact_exporter.sampler import Sampler
+from impact_exporter.sources.nvml import NvmlSource
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
 
@@ -29,10 +29,20 @@ def proc(tmp_path: Path) -> FakeProc:
 
 @pytest.fixture
 def nvml() -> FakeNvml:
-    fast = FakeGpu("GPU-0000aaaa-0000-0000-0000-000000000000", power_watts=250.0,
-                   processes={TRAIN: 8 * GIB, STRANGER: 1 * GIB}, slices=[{TRAIN: 60, STRANGER: 20}])
-    old = FakeGpu("GPU-1111bbbb-0000-0000-0000-000000000000", name="Tesla P100", power_watts=150.0,
-                  energy_counter=False, processes={EVAL: 4 * GIB}, slices=[{EVAL: 50}])
+    fast = FakeGpu(
+        "GPU-0000aaaa-0000-0000-0000-000000000000",
+        power_watts=250.0,
+        processes={TRAIN: 8 * GIB, STRANGER: 1 * GIB},
+        slices=[{TRAIN: 60, STRANGER: 20}],
+    )
+    old = FakeGpu(
+        "GPU-1111bbbb-0000-0000-0000-000000000000",
+        name="Tesla P100",
+        power_watts=150.0,
+        energy_counter=False,
+        processes={EVAL: 4 * GIB},
+        slices=[{EVAL: 50}],
+    )
     return FakeNvml([fast, old])
 
 

@@ -44,16 +44,17 @@ class Node:
 
     def flags(self, *extra: str) -> tuple[str, ...]:
         return (
-            f"--path.sysfs={self.powercap.sysfs}", f"--path.procfs={self.proc.root}", "--sample-interval=0.25",
-            f"--api.socket={self.socket_path}", *extra,
+            f"--path.sysfs={self.powercap.sysfs}",
+            f"--path.procfs={self.proc.root}",
+            "--sample-interval=0.25",
+            f"--api.socket={self.socket_path}",
+            *extra,
         )
 
     def client(self) -> ExporterClient:
         return ExporterClient(f"unix://{self.socket_path}")
 
-    def drive(
-        self, seconds: float, run_ticks_per_step: int = RUN_TICKS_PER_STEP, steps_of: int = 1
-    ) -> None:
+    def drive(self, seconds: float, run_ticks_per_step: int = RUN_TICKS_PER_STEP, steps_of: int = 1) -> None:
         """Run the machine at constant power, the run's process using ``run_ticks_per_step`` of every
         BUSY_TICKS_PER_STEP busy ticks (half, by default). ``steps_of`` fine steps are written as one: coarser
         steps cost a loaded machine far fewer file writes over a long drive."""

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exporter.sources.procfs import ProcFS
+from impact_exporter.sources.procfs import ProcFS
 
 TICKS = 100
 PAGE = 4096

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from exporter.sources import HardwareNotFound
-from exporter.sources.nvml import NvmlSource
+from impact_exporter.sources import HardwareNotFound
+from impact_exporter.sources.nvml import NvmlSource
 from tests.servers import REPO_ROOT
 
 
@@ -40,8 +40,9 @@ def test_nvml_source_reads_every_gpu() -> None:
 
 
 def test_gpu_check_script_passes() -> None:
-    result = subprocess.run([sys.executable, "scripts/gpu-check"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=180)
+    result = subprocess.run(
+        [sys.executable, "scripts/gpu-check"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
+    )
     if result.returncode == 2:
         pytest.skip(result.stderr.strip())
     assert result.returncode == 0, result.stdout + result.stderr

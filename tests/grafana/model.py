@@ -55,8 +55,13 @@ def queries(name: str, dashboard: Mapping[str, Any]) -> Iterator[Query]:
     """Every PromQL expression: panel targets, Prometheus annotations, and query variables' selectors."""
     for panel in panels(dashboard):
         for target in panel.get("targets", []):
-            yield Query(name, f"panel {panel['title']!r} query {target['refId']}", target["expr"],
-                        bool(target.get("instant")) and not target.get("range"), panel)
+            yield Query(
+                name,
+                f"panel {panel['title']!r} query {target['refId']}",
+                target["expr"],
+                bool(target.get("instant")) and not target.get("range"),
+                panel,
+            )
     for annotation in dashboard["annotations"]["list"]:
         if "expr" in annotation:
             yield Query(name, f"annotation {annotation['name']!r}", annotation["expr"], instant=False)
@@ -126,7 +131,8 @@ def annotation_events(annotation: Mapping[str, Any], matrix: list[dict[str, Any]
             if current is not None:
                 events.append(current)
             current = {
-                "time": timestamp, "timeEnd": timestamp,
+                "time": timestamp,
+                "timeEnd": timestamp,
                 "title": render_legend(annotation.get("titleFormat", ""), labels),
                 "text": render_legend(annotation.get("textFormat", ""), labels),
                 "tags": [value for key, value in labels.items() if key in tag_keys],

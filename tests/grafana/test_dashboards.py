@@ -109,15 +109,17 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards() -> None:
     assert len(datasources) == 1
     prometheus = datasources[0]
     assert (prometheus["uid"], prometheus["type"], prometheus["url"]) == (
-        "prometheus", "prometheus", "http://prometheus:9090"
+        "prometheus",
+        "prometheus",
+        "http://prometheus:9090",
     )
     assert prometheus["isDefault"] is True
     for path in FILES:
         variable = next(v for v in load(path)["templating"]["list"] if v["name"] == "datasource")
         assert variable["current"]["value"] == prometheus["uid"], path.name
-    scrape_interval = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())[
-        "global"
-    ]["scrape_interval"]
+    scrape_interval = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["global"][
+        "scrape_interval"
+    ]
     assert prometheus["jsonData"]["timeInterval"] == scrape_interval, "keep Grafana's scrape interval in step"
 
     providers = dashboard_file["providers"]
@@ -128,4 +130,3 @@ def test_the_runs_dashboard_shows_the_annotations_experiments_push() -> None:
     runs = load(next(path for path in FILES if path.name == "experiment-runs.json"))
     pushed = [a for a in runs["annotations"]["list"] if a["datasource"] == GRAFANA and not a.get("builtIn")]
     assert [a["target"] for a in pushed] == [{"type": "tags", "tags": [TAG], "matchAny": False, "limit": 100}]
-

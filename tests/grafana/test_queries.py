@@ -70,10 +70,15 @@ def scene(monitored: Monitored) -> Scene:
     (second, _), (third, _) = samples[1], samples[2]
     now = time.time()
     return Scene(
-        monitored=monitored, instance=monitored.node.address, finished=finished, active=active,
-        now=now, whole_range=f"{math.ceil(now - finished['start_time']) + 5}s",
+        monitored=monitored,
+        instance=monitored.node.address,
+        finished=finished,
+        active=active,
+        now=now,
+        whole_range=f"{math.ceil(now - finished['start_time']) + 5}s",
         step=max(1, math.ceil((now - finished["start_time"]) / RANGE_POINTS)),
-        steady_at=third, steady_range=f"{round((third - second) * 1000) + 200}ms",
+        steady_at=third,
+        steady_range=f"{round((third - second) * 1000) + 200}ms",
     )
 
 
@@ -82,8 +87,11 @@ def variables(scene: Scene, selection: str, window: str) -> dict[str, str]:
     (set stays All); "all" selects All everywhere. ``window`` is "whole" or "steady"."""
     builtins = {
         # $__rate_interval for a Prometheus scraping every second: max(step + scrape, 4 x scrape)
-        "whole": {"__range": scene.whole_range, "__rate_interval": f"{max(scene.step + 1, 4)}s",
-                  "__interval": f"{scene.step}s"},
+        "whole": {
+            "__range": scene.whole_range,
+            "__rate_interval": f"{max(scene.step + 1, 4)}s",
+            "__interval": f"{scene.step}s",
+        },
         "steady": {"__range": scene.steady_range, "__rate_interval": scene.steady_range, "__interval": "1s"},
     }[window]
     if selection == "all":
@@ -141,8 +149,9 @@ def test_every_query_runs_and_every_panel_shows_data(scene: Scene, board: str, s
             elif query.instant:
                 result = prometheus.query(expr, at=scene.now)
             else:
-                result = prometheus.api("query_range", query=expr, start=scene.finished["start_time"] - 1,
-                                        end=scene.now, step=scene.step)["result"]
+                result = prometheus.api(
+                    "query_range", query=expr, start=scene.finished["start_time"] - 1, end=scene.now, step=scene.step
+                )["result"]
         except AssertionError as error:
             problems.append(f"{query} fails: {error}\n  {expr}")
             continue
@@ -183,22 +192,28 @@ def test_the_runs_table_has_one_row_per_run_with_its_own_figures(scene: Scene) -
 
     finished, row = scene.finished, by_run[scene.finished["run_id"]]
     assert (row["experiment"], row["set"], row["user"], row["instance"]) == (
-        "dashboards", "baseline", finished["user"], scene.instance
+        "dashboards",
+        "baseline",
+        finished["user"],
+        scene.instance,
     )
     energy = finished["energy_joules"]
     columns = {key: value for key, value in row.items() if key.startswith("Value")}
-    assert columns == pytest.approx({
-        "Value #A": finished["start_time"] * 1000,
-        "Value #B": finished["end_time"] * 1000,
-        "Value #C": finished["end_time"] - finished["start_time"],
-        "Value #D": 0,
-        "Value #E": sum(energy.values()),
-        "Value #F": energy["cpu"],
-        "Value #G": energy["dram"],
-        "Value #H": energy["gpu"],
-        "Value #I": finished["cpu_seconds"],
-        "Value #J": finished["gpu_seconds"],
-    }, rel=1e-9)
+    assert columns == pytest.approx(
+        {
+            "Value #A": finished["start_time"] * 1000,
+            "Value #B": finished["end_time"] * 1000,
+            "Value #C": finished["end_time"] - finished["start_time"],
+            "Value #D": 0,
+            "Value #E": sum(energy.values()),
+            "Value #F": energy["cpu"],
+            "Value #G": energy["dram"],
+            "Value #H": energy["gpu"],
+            "Value #I": finished["cpu_seconds"],
+            "Value #J": finished["gpu_seconds"],
+        },
+        rel=1e-9,
+    )
 
     active = by_run[scene.active["run_id"]]
     assert "Value #B" not in active, "an active run has no end"
@@ -221,7 +236,11 @@ def test_run_annotations_mark_each_start_and_end_at_the_runs_own_times(scene: Sc
         step = int(annotation["step"].removesuffix("s"))
         start = scene.finished["start_time"] - 1
         matrix = scene.monitored.prometheus.api(
-            "query_range", query=interpolate(annotation["expr"], values), start=start, end=start + 2 * step, step=step,
+            "query_range",
+            query=interpolate(annotation["expr"], values),
+            start=start,
+            end=start + 2 * step,
+            step=step,
         )["result"]
         events[annotation["name"]] = sorted(annotation_events(annotation, matrix), key=lambda event: event["time"])
 
@@ -272,8 +291,7 @@ def test_stats_show_every_source_up_and_the_total_share_between_the_components(s
     up = panel("energy-overview.json", "Sources up")
     shown = by_legend(up, results(scene, up, values, scene.steady_at))
     node = scene.instance
-    assert shown == {f"{node} scrape": 1, f"{node} procfs": 1, f"{node} rapl": 1, f"{node} nvml": 1,
-                     f"{node} GPU 0": 1}
+    assert shown == {f"{node} scrape": 1, f"{node} procfs": 1, f"{node} rapl": 1, f"{node} nvml": 1, f"{node} GPU 0": 1}
     total_share = panel("energy-overview.json", "Unattributed share")
     shares = panel("energy-overview.json", "Unattributed share per component")
     overall = float(results(scene, total_share, values, scene.steady_at)["A"][0]["value"][1])

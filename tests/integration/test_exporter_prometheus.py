@@ -52,14 +52,10 @@ def test_prometheus_sees_the_joules_written_through_a_wraparound(
     assert prometheus.query(f'impact_source_up{{instance="{exporter.address}",source="rapl"}} == 1')
 
 
-def test_metrics_pass_promtool_lint(
-    tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
-) -> None:
+def test_metrics_pass_promtool_lint(tmp_path: Path, start_exporter: Callable[..., ExporterProcess]) -> None:
     promtool = require_binary("promtool", "apt-get install prometheus")
     FakePowercap.intel_two_socket(tmp_path / "sys")
     exporter = start_exporter(f"--path.sysfs={tmp_path / 'sys'}")
-    lint = subprocess.run(
-        [promtool, "check", "metrics"], input=exporter.metrics_text(), capture_output=True, text=True
-    )
+    lint = subprocess.run([promtool, "check", "metrics"], input=exporter.metrics_text(), capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert lint.stdout + lint.stderr == ""

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from experiment_impact_tracker import ExporterClient
-from exporter.cli import parse_settings, serve
+from impact_exporter.cli import parse_settings, serve
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
 from tests.monitored import LockedNvml, healthy
@@ -56,16 +56,30 @@ def exporter(tmp_path: Path) -> Iterator[InProcessExporter]:
     proc = FakeProc(tmp_path / "proc")
     proc.spawn(RUN_PID, 1, start=100, uid=0, comm="train")
     proc.spawn(OTHER_PID, 1, start=200, uid=0, comm="other")
-    nvml = FakeNvml([FakeGpu("GPU-0000aaaa-0000-0000-0000-000000000000", power_watts=GPU_WATTS,
-                             processes={RUN_PID: 8 * GIB, OTHER_PID: 2 * GIB},
-                             slices=[{RUN_PID: 75, OTHER_PID: 25}])], tick_seconds=STEP)
+    nvml = FakeNvml(
+        [
+            FakeGpu(
+                "GPU-0000aaaa-0000-0000-0000-000000000000",
+                power_watts=GPU_WATTS,
+                processes={RUN_PID: 8 * GIB, OTHER_PID: 2 * GIB},
+                slices=[{RUN_PID: 75, OTHER_PID: 25}],
+            )
+        ],
+        tick_seconds=STEP,
+    )
     lock = threading.Lock()
     port, socket_path = free_port(), short_socket_path()
-    settings = parse_settings([
-        f"--web.listen-address=127.0.0.1:{port}", f"--path.procfs={proc.root}", "--cpu.source=none",
-        f"--api.socket={socket_path}", f"--state-dir={tmp_path / 'state'}", "--sample-interval=0.25",
-        f"--gpu.idle-watts={IDLE_WATTS}",
-    ])
+    settings = parse_settings(
+        [
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--path.procfs={proc.root}",
+            "--cpu.source=none",
+            f"--api.socket={socket_path}",
+            f"--state-dir={tmp_path / 'state'}",
+            "--sample-interval=0.25",
+            f"--gpu.idle-watts={IDLE_WATTS}",
+        ]
+    )
     stop = threading.Event()
     thread = threading.Thread(target=serve, args=(settings, LockedNvml(nvml, lock), stop), daemon=True)
     thread.start()
@@ -99,16 +113,25 @@ def test_a_runs_gpu_energy_reaches_prometheus_and_the_report(
     # Idle power over that span is shared by the 2 processes; 75% of the rest is the run's.
     expected = 0.75 * (measured - IDLE_WATTS * seconds) + IDLE_WATTS * seconds / 2
     assert final["energy_joules"]["gpu"] == pytest.approx(expected, rel=0.01)
-    assert exporter.metric("impact_gpu_process_sm_utilization_ratio", gpu="0",
-                           uuid=exporter.nvml.gpus[0].uuid, pid=str(RUN_PID), comm="train") == pytest.approx(0.75)
+    assert exporter.metric(
+        "impact_gpu_process_sm_utilization_ratio",
+        gpu="0",
+        uuid=exporter.nvml.gpus[0].uuid,
+        pid=str(RUN_PID),
+        comm="train",
+    ) == pytest.approx(0.75)
 
     def scraped() -> bool:
         result = prometheus.query(f'impact_run_energy_joules_total{{run_id="{run_id}",component="gpu"}}')
         return bool(result) and float(result[0]["value"][1]) == pytest.approx(final["energy_joules"]["gpu"])
 
     wait_for(scraped, 15, "prometheus to scrape the run's final GPU energy")
-    assert prometheus.query(f'impact_energy_source_info{{instance="{exporter.address}",component="gpu"}}')[0][
-        "metric"]["method"] == "nvml-counter"
+    assert (
+        prometheus.query(f'impact_energy_source_info{{instance="{exporter.address}",component="gpu"}}')[0]["metric"][
+            "method"
+        ]
+        == "nvml-counter"
+    )
     figures = reported_run(prometheus, run_id)
     assert figures["energy_joules"]["gpu"] == pytest.approx(final["energy_joules"]["gpu"], rel=1e-9)
     assert figures["gpu_hours"] == pytest.approx(final["gpu_seconds"] / 3600, rel=1e-9)

@@ -30,7 +30,9 @@ NODE_B_RUN_TICKS = 3
 
 
 def test_one_run_id_on_two_nodes_is_summed_across_them(
-    tmp_path: Path, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess],
+    tmp_path: Path,
+    prometheus: PrometheusServer,
+    start_exporter: Callable[..., ExporterProcess],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     node_a, node_b = Node(tmp_path / "node-a"), Node(tmp_path / "node-b")
@@ -43,10 +45,14 @@ def test_one_run_id_on_two_nodes_is_summed_across_them(
     run_id = f"ddp-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("IMPACT_RUN_ID", run_id)  # what a launcher exports to every rank
     with ExitStack() as ranks:
-        runs = [ranks.enter_context(track_run("ddp", set="2-nodes", pid=PID, client=node.client(), strict=True))
-                for node in (node_a, node_b)]
-        drives = [threading.Thread(target=node_a.drive, args=(SECONDS,)),
-                  threading.Thread(target=node_b.drive, args=(SECONDS, NODE_B_RUN_TICKS))]
+        runs = [
+            ranks.enter_context(track_run("ddp", set="2-nodes", pid=PID, client=node.client(), strict=True))
+            for node in (node_a, node_b)
+        ]
+        drives = [
+            threading.Thread(target=node_a.drive, args=(SECONDS,)),
+            threading.Thread(target=node_b.drive, args=(SECONDS, NODE_B_RUN_TICKS)),
+        ]
         for drive in drives:
             drive.start()
         for drive in drives:
@@ -54,8 +60,10 @@ def test_one_run_id_on_two_nodes_is_summed_across_them(
     assert [run.run_id for run in runs] == [run_id, run_id]
     assert node_b.powercap.energy_uj(PACKAGE) < wrap_at - 20_000_000, "node B's counter did not wrap"
 
-    cpu_truth = (node_a.package_joules * RUN_TICKS_PER_STEP / BUSY_TICKS_PER_STEP
-                 + node_b.package_joules * NODE_B_RUN_TICKS / BUSY_TICKS_PER_STEP)
+    cpu_truth = (
+        node_a.package_joules * RUN_TICKS_PER_STEP / BUSY_TICKS_PER_STEP
+        + node_b.package_joules * NODE_B_RUN_TICKS / BUSY_TICKS_PER_STEP
+    )
     dram_truth = (node_a.dram_joules + node_b.dram_joules) * MEMORY_SHARE
     finals = [run.final["energy_joules"] for run in runs]
 
@@ -71,10 +79,24 @@ def test_one_run_id_on_two_nodes_is_summed_across_them(
     wait_for(both_finals_scraped, 20, "prometheus to scrape the run's final energy on both nodes")
     out = tmp_path / "appendix"
     result = subprocess.run(
-        [sys.executable, "-m", "reporter", "appendix", f"--prometheus={prometheus.url}", "--since=10m", "--no-pdf",
-         "--experiment-set-names", "DDP", f'--match={{run_id="{run_id}"}}', f"--out={out}",
-         "--carbon-intensity=100"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "impact_reporter",
+            "appendix",
+            f"--prometheus={prometheus.url}",
+            "--since=10m",
+            "--no-pdf",
+            "--experiment-set-names",
+            "DDP",
+            f'--match={{run_id="{run_id}"}}',
+            f"--out={out}",
+            "--carbon-intensity=100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
     [run] = json.loads((out / "appendix.json").read_text())["sets"][0]["runs"]

@@ -109,11 +109,13 @@ def test_two_concurrent_runs_split_energy_by_cpu_and_conserve_it(
 ) -> None:
     full, half = busy(1.0, 8), busy(0.5, 8)
     children += [full, half]
-    status, run_full = api(exporter.socket_path, "POST", "/api/v1/runs", {"experiment": "split", "set": "full",
-                                                                          "pid": full.pid})
+    status, run_full = api(
+        exporter.socket_path, "POST", "/api/v1/runs", {"experiment": "split", "set": "full", "pid": full.pid}
+    )
     assert status == 201
-    status, run_half = api(exporter.socket_path, "POST", "/api/v1/runs", {"experiment": "split", "set": "half",
-                                                                          "pid": half.pid})
+    status, run_half = api(
+        exporter.socket_path, "POST", "/api/v1/runs", {"experiment": "split", "set": "half", "pid": half.pid}
+    )
     assert status == 201
     time.sleep(0.6)
     before = samples(exporter)
@@ -175,8 +177,9 @@ def test_cpu_of_fifty_short_lived_children_is_counted(
     children_cpu = float(parent.stdout.readline())
     parent.wait(timeout=30)
     finished = wait_for(
-        lambda: (r := api(exporter.socket_path, "GET", f"/api/v1/runs/{run['run_id']}")[1])["status"] == "finished"
-        and r,
+        lambda: (
+            (r := api(exporter.socket_path, "GET", f"/api/v1/runs/{run['run_id']}")[1])["status"] == "finished" and r
+        ),
         10,
         "the run to end by itself",
     )
@@ -192,8 +195,12 @@ def test_restart_after_sigkill_keeps_tracking_and_never_resets_the_counter(
     children: list[subprocess.Popen],
 ) -> None:
     socket_path = short_socket_path()
-    flags = (f"--path.sysfs={powercap.sysfs}", "--sample-interval=0.25", f"--api.socket={socket_path}",
-             f"--state-dir={tmp_path / 'state'}")
+    flags = (
+        f"--path.sysfs={powercap.sysfs}",
+        "--sample-interval=0.25",
+        f"--api.socket={socket_path}",
+        f"--state-dir={tmp_path / 'state'}",
+    )
     first = start_exporter(*flags)
     child = busy(1.0, 60)
     children.append(child)
@@ -268,10 +275,20 @@ BAD_REQUESTS = [
     ("POST", "/api/v1/runs", b'{"experiment": "x", "labels": {"set": "v"}}', 400, "reserved"),
     ("POST", "/api/v1/runs", b'{"experiment": "x", "labels": {"a": 1}}', 400, "label a must be a string"),
     ("POST", "/api/v1/runs", b'{"experiment": "x", "labels": ["a"]}', 400, "labels must be an object"),
-    ("POST", "/api/v1/runs", json.dumps({"experiment": "x", "labels": {f"l{i}": "v" for i in range(33)}}).encode(),
-     400, "at most 32 labels"),
-    ("POST", "/api/v1/runs", json.dumps({"experiment": "x", "labels": {"a": "v" * 257}}).encode(), 400,
-     "longer than 256"),
+    (
+        "POST",
+        "/api/v1/runs",
+        json.dumps({"experiment": "x", "labels": {f"l{i}": "v" for i in range(33)}}).encode(),
+        400,
+        "at most 32 labels",
+    ),
+    (
+        "POST",
+        "/api/v1/runs",
+        json.dumps({"experiment": "x", "labels": {"a": "v" * 257}}).encode(),
+        400,
+        "longer than 256",
+    ),
     ("POST", "/api/v1/runs", json.dumps({"experiment": "x" * 257}).encode(), 400, "longer than 256"),
     ("POST", "/api/v1/runs", json.dumps({"experiment": "x", "labels": {"a": "v" * 70000}}).encode(), 413, "over 65536"),
     ("POST", "/api/v1/runs", b'{"experiment": "x", "pid": 4194000}', 400, "no running process"),
@@ -339,8 +356,9 @@ def test_a_run_ends_by_itself_when_its_process_exits(
     child.wait()
     exited = time.time()
     finished = wait_for(
-        lambda: (r := api(exporter.socket_path, "GET", f"/api/v1/runs/{run['run_id']}")[1])["status"] == "finished"
-        and r,
+        lambda: (
+            (r := api(exporter.socket_path, "GET", f"/api/v1/runs/{run['run_id']}")[1])["status"] == "finished" and r
+        ),
         10,
         "the run to end",
     )
@@ -376,7 +394,9 @@ def test_ranks_with_one_run_id_join_one_run(exporter: ExporterProcess, children:
 
 
 def test_tcp_run_api_is_off_without_a_token_and_guarded_with_one(
-    tmp_path: Path, powercap: FakePowercap, start_exporter: Callable[..., ExporterProcess],
+    tmp_path: Path,
+    powercap: FakePowercap,
+    start_exporter: Callable[..., ExporterProcess],
     children: list[subprocess.Popen],
 ) -> None:
     child = busy(0.1, 30)

@@ -42,6 +42,7 @@ def wait_until_final_scraped(prometheus: PrometheusServer, run_id: str, joules: 
         if not result or abs(float(result[0]["value"][1]) - joules) > 1e-6:
             return False
         return sum(abs(value - joules) < 1e-6 for _, value in prometheus.samples(selector, "1m")) >= 3
+
     wait_for(scraped, 15, f"prometheus to scrape the final energy of {run_id}")
 
 
@@ -102,10 +103,23 @@ def test_impact_run_of_a_real_0_3_s_busy_command_reports_its_cpu_time_and_energy
     driver = PowerDriver(node.powercap, {PACKAGE: PACKAGE_WATTS}, seconds=3.0, step_seconds=0.01)
     driver.start()
     command = subprocess.run(
-        [sys.executable, "-m", "experiment_impact_tracker", "--experiment=short", f"--run-id={run_id}", "--strict",
-         f"--exporter=unix://{node.socket_path}", "--", sys.executable, "-c",
-         textwrap.dedent(BUSY.format(seconds=RUN_SECONDS))],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "experiment_impact_tracker",
+            "--experiment=short",
+            f"--run-id={run_id}",
+            "--strict",
+            f"--exporter=unix://{node.socket_path}",
+            "--",
+            sys.executable,
+            "-c",
+            textwrap.dedent(BUSY.format(seconds=RUN_SECONDS)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
     )
     assert command.returncode == 0, command.stderr
     used = float(command.stdout)

@@ -121,16 +121,22 @@ def nobody_sleeper() -> Iterator[subprocess.Popen[bytes]]:
 def test_users_can_neither_read_stop_join_nor_list_each_others_runs(
     node: Node, nobody_sleeper: subprocess.Popen[bytes]
 ) -> None:
-    status, root_run = node.call("POST", "/api/v1/runs", {"experiment": "root-exp", "run_id": "root-job",
-                                                          "pid": node.root_sleeper.pid})
+    status, root_run = node.call(
+        "POST", "/api/v1/runs", {"experiment": "root-exp", "run_id": "root-job", "pid": node.root_sleeper.pid}
+    )
     assert status == 201
-    nobody = as_user(NOBODY, NOBODY, node.exporter.socket_path, [
-        ("POST", "/api/v1/runs", {"experiment": "mine", "run_id": "nobody-job", "pid": nobody_sleeper.pid}),
-        ("GET", "/api/v1/runs/root-job", None),
-        ("POST", "/api/v1/runs/root-job/stop", None),
-        ("POST", "/api/v1/runs", {"experiment": "root-exp", "run_id": "root-job", "pid": nobody_sleeper.pid}),
-        ("GET", "/api/v1/runs", None),
-    ])
+    nobody = as_user(
+        NOBODY,
+        NOBODY,
+        node.exporter.socket_path,
+        [
+            ("POST", "/api/v1/runs", {"experiment": "mine", "run_id": "nobody-job", "pid": nobody_sleeper.pid}),
+            ("GET", "/api/v1/runs/root-job", None),
+            ("POST", "/api/v1/runs/root-job/stop", None),
+            ("POST", "/api/v1/runs", {"experiment": "root-exp", "run_id": "root-job", "pid": nobody_sleeper.pid}),
+            ("GET", "/api/v1/runs", None),
+        ],
+    )
     created, read, stop, join, listed = nobody
     assert created[0] == 201 and created[1]["user"] == "nobody"
     assert [read[0], stop[0], join[0]] == [403, 403, 403], nobody
@@ -138,11 +144,16 @@ def test_users_can_neither_read_stop_join_nor_list_each_others_runs(
     assert [run["run_id"] for run in listed[1]["runs"]] == ["nobody-job"]
 
     # an unprivileged user of the socket's group who is not nobody: nobody's run is as closed to them
-    other = as_user(OUTSIDER, NOBODY, node.exporter.socket_path, [
-        ("GET", "/api/v1/runs/nobody-job", None),
-        ("POST", "/api/v1/runs/nobody-job/stop", None),
-        ("GET", "/api/v1/runs", None),
-    ])
+    other = as_user(
+        OUTSIDER,
+        NOBODY,
+        node.exporter.socket_path,
+        [
+            ("GET", "/api/v1/runs/nobody-job", None),
+            ("POST", "/api/v1/runs/nobody-job/stop", None),
+            ("GET", "/api/v1/runs", None),
+        ],
+    )
     assert [answer[0] for answer in other] == [403, 403, 200], other
     assert other[2][1] == {"runs": []}
 
@@ -166,16 +177,24 @@ def test_the_socket_is_mode_0660_in_its_group_and_refuses_users_outside_it(node:
 
 
 AUTHORIZATIONS_REFUSED = [
-    None, "Bearer", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN.upper()}",
-    TOKEN, f"Bearer  x{TOKEN}", f"Token {TOKEN}",
+    None,
+    "Bearer",
+    f"Basic {TOKEN}",
+    f"Bearer {TOKEN}x",
+    f"Bearer {TOKEN[:-1]}",
+    f"Bearer {TOKEN.upper()}",
+    TOKEN,
+    f"Bearer  x{TOKEN}",
+    f"Token {TOKEN}",
 ]
 
 
 def test_tcp_refuses_every_api_route_without_the_right_token(node: Node) -> None:
     base = f"{node.exporter.url}/api/v1/runs"
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    created = requests.post(base, json={"experiment": "tcp", "run_id": "tcp-job", "pid": node.root_sleeper.pid},
-                            headers=auth, timeout=10)
+    created = requests.post(
+        base, json={"experiment": "tcp", "run_id": "tcp-job", "pid": node.root_sleeper.pid}, headers=auth, timeout=10
+    )
     assert created.status_code == 201, created.text
     routes = [
         ("POST", base, {"experiment": "intruder", "pid": node.root_sleeper.pid}),
@@ -199,8 +218,21 @@ def test_tcp_refuses_every_api_route_without_the_right_token(node: Node) -> None
 
 
 HOSTILE_RUN_IDS = [
-    "../../etc/passwd", "..", ".hidden", "a/b", "/abs", "a\\b", "a b", 'a"}', 'x",user="root', "a\nimpact_fake 1",
-    "a\x00b", "\u0430dmin", "-rf", "x" * 129, "",
+    "../../etc/passwd",
+    "..",
+    ".hidden",
+    "a/b",
+    "/abs",
+    "a\\b",
+    "a b",
+    'a"}',
+    'x",user="root',
+    "a\nimpact_fake 1",
+    "a\x00b",
+    "\u0430dmin",
+    "-rf",
+    "x" * 129,
+    "",
 ]
 
 
@@ -208,8 +240,9 @@ def test_hostile_run_ids_are_refused_on_every_route_and_reach_neither_disk_nor_m
     state_dir = Path(next(a for a in node.exporter.args if a.startswith("--state-dir=")).split("=", 1)[1])
     files_before = sorted(path.name for path in state_dir.iterdir())
     for run_id in HOSTILE_RUN_IDS:
-        status, body = node.call("POST", "/api/v1/runs", {"experiment": "x", "run_id": run_id,
-                                                          "pid": node.root_sleeper.pid})
+        status, body = node.call(
+            "POST", "/api/v1/runs", {"experiment": "x", "run_id": run_id, "pid": node.root_sleeper.pid}
+        )
         assert (status, "run_id must be" in body["error"]) == (400, True), (run_id, body)
         segment = quote(run_id, safe="")
         if not segment:

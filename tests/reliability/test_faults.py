@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from experiment_impact_tracker import ExporterClient
 from experiment_impact_tracker.errors import ExporterError
-from exporter.cli import parse_settings, serve
+from impact_exporter.cli import parse_settings, serve
 from tests.fakes.node import (
     BUSY_TICKS_PER_STEP,
     DRAM,
@@ -113,6 +113,7 @@ def run_after(client: ExporterClient, run_id: str, moment: float) -> dict[str, A
 
 def scraped(prometheus: PrometheusServer, run_id: str, joules: float) -> None:
     """Wait until Prometheus holds the run's final CPU energy."""
+
     def holds() -> bool:
         result = prometheus.query(f'impact_run_energy_joules_total{{run_id="{run_id}",component="cpu"}}')
         return bool(result) and float(result[0]["value"][1]) == pytest.approx(joules, rel=1e-9)
@@ -138,7 +139,9 @@ def record_errors(record: Record, energy: dict[str, float], truth: dict[str, flo
 
 
 def test_an_exporter_sigkilled_mid_run_resumes_it_and_the_report_stays_within_2_percent(
-    tmp_path: Path, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess],
+    tmp_path: Path,
+    prometheus: PrometheusServer,
+    start_exporter: Callable[..., ExporterProcess],
     record_property: Record,
 ) -> None:
     node = Node(tmp_path / "node")
@@ -237,8 +240,11 @@ def test_prometheus_down_for_30_s_loses_no_energy_through_counter_wraps_and_the_
         outage = time.time() - outage_start  # no scrape can fall in here
         own.start()
         restarted = time.time()
-        wait_for(lambda: own.query(f'timestamp(up{{instance="{exporter.address}"}}) > {restarted}'), 30,
-                 "the restarted Prometheus to scrape the exporter again")
+        wait_for(
+            lambda: own.query(f'timestamp(up{{instance="{exporter.address}"}}) > {restarted}'),
+            30,
+            "the restarted Prometheus to scrape the exporter again",
+        )
         node.drive(SCRAPED_SECONDS, steps_of=COARSE)
         final = client.stop_run(run_id)
         scraped(own, run_id, final["energy_joules"]["cpu"])
@@ -277,8 +283,10 @@ class TmpfsStateDir:
             pytest.skip("mounting a tmpfs needs root; the file size limit variant fills the state directory without")
         mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
         if mount.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.decode().strip()}); the file size limit variant "
-                        "fills the state directory without root")
+            pytest.skip(
+                f"cannot mount a tmpfs here ({mount.stderr.decode().strip()}); the file size limit variant "
+                "fills the state directory without root"
+            )
         self.ballast = path / "ballast"
 
     def watch(self, pid: int) -> None:
@@ -457,12 +465,15 @@ class GpuNode:
 @pytest.fixture
 def gpu_node(tmp_path: Path) -> Iterator[GpuNode]:
     node = Node(tmp_path / "node")
-    nvml = FakeNvml([FakeGpu(GPU_UUID, power_watts=GPU_WATTS, processes={PID: 8 * GIB}, slices=[{PID: GPU_SM}])],
-                    tick_seconds=STEP)
+    nvml = FakeNvml(
+        [FakeGpu(GPU_UUID, power_watts=GPU_WATTS, processes={PID: 8 * GIB}, slices=[{PID: GPU_SM}])], tick_seconds=STEP
+    )
     address = f"127.0.0.1:{free_port()}"
-    settings = parse_settings(node.flags(
-        f"--web.listen-address={address}", f"--state-dir={tmp_path / 'state'}", f"--gpu.idle-watts={GPU_IDLE_WATTS}"
-    ))
+    settings = parse_settings(
+        node.flags(
+            f"--web.listen-address={address}", f"--state-dir={tmp_path / 'state'}", f"--gpu.idle-watts={GPU_IDLE_WATTS}"
+        )
+    )
     lock = threading.Lock()
     gpu_node = GpuNode(node, nvml, lock, address)
     exporter = threading.Thread(target=serve, args=(settings, LockedNvml(nvml, lock), gpu_node.stop), daemon=True)
@@ -507,7 +518,7 @@ def test_an_unreadable_rapl_counter_marks_rapl_down_and_its_energy_arrives_when_
 def test_a_lost_gpu_is_marked_down_while_the_exporter_serves_and_counts_again_when_it_returns(
     gpu_node: GpuNode, caplog: pytest.LogCaptureFixture, record_property: Record
 ) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.sources.nvml")
+    caplog.set_level(logging.INFO, logger="impact_exporter.sources.nvml")
     client, run_id = gpu_node.node.client(), new_run_id("gpu")
     labels = {"gpu": "0", "uuid": GPU_UUID}
     before = metrics(gpu_node.address)

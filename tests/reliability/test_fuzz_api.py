@@ -27,17 +27,34 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from experiment_impact_tracker.client import ExporterClient, UnixHTTPConnection
-from exporter.api import MAX_BODY_BYTES, RESERVED_LABELS, RUN_ID, parse_start_request, validate_run_id
-from exporter.run import InvalidRequest, StartRequest
+from impact_exporter.api import MAX_BODY_BYTES, RESERVED_LABELS, RUN_ID, parse_start_request, validate_run_id
+from impact_exporter.run import InvalidRequest, StartRequest
 from tests.fakes.powercap import FakePowercap
 from tests.servers import ExporterProcess, require_binary
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "fuzz-token-0123456789"
-TRICKY_CHARACTERS = ['"', "\\", "\n", "\r", "\t", "\x00", "{", "}", "=", ",", " ", "\u2028", "\ufeff", "é",
-                     "\U0001f642", "\ud800", "\udfff"]
-INJECTIONS = ["\\n", '"} 1\nimpact_fake 1', 'x",user="root', "# HELP x y\n", "\\\"", "a\\"]
+TRICKY_CHARACTERS = [
+    '"',
+    "\\",
+    "\n",
+    "\r",
+    "\t",
+    "\x00",
+    "{",
+    "}",
+    "=",
+    ",",
+    " ",
+    "\u2028",
+    "\ufeff",
+    "é",
+    "\U0001f642",
+    "\ud800",
+    "\udfff",
+]
+INJECTIONS = ["\\n", '"} 1\nimpact_fake 1', 'x",user="root', "# HELP x y\n", '\\"', "a\\"]
 LINT_PROBLEMS = 3  # promtool's exit code for style problems; a format error exits 1
 CAMEL_CASE_LINT = "impact_run_info label names should be written in 'snake_case' not 'camelCase'"  # users' labels
 RUN_ID_POOL = ["fz-1", "fz:2", "fz.3_x", "7"]  # reused across examples with other fields: conflicts happen
@@ -78,10 +95,16 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     sleeper = subprocess.Popen(["sleep", "600"])
-    exporter = ExporterProcess(workdir, [
-        f"--path.sysfs={powercap.sysfs}", "--sample-interval=0.5", f"--api.token-file={token_file}",
-        f"--state-dir={state_dir}", "--runs.retain-finished=1h",
-    ])
+    exporter = ExporterProcess(
+        workdir,
+        [
+            f"--path.sysfs={powercap.sysfs}",
+            "--sample-interval=0.5",
+            f"--api.token-file={token_file}",
+            f"--state-dir={state_dir}",
+            "--runs.retain-finished=1h",
+        ],
+    )
     yield Target(exporter, sleeper, dead.pid, state_dir)
     exporter.stop()
     sleeper.kill()
@@ -92,8 +115,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 characters = st.one_of(st.characters(codec=None), st.sampled_from(TRICKY_CHARACTERS))
 short_text = st.one_of(st.text(characters, max_size=12), st.sampled_from(INJECTIONS))
-long_text = st.builds(lambda c, n: c * n, st.sampled_from(["a", '"', "\\", "\n", "é", "\U0001f642"]),
-                      st.integers(250, 262))
+long_text = st.builds(
+    lambda c, n: c * n, st.sampled_from(["a", '"', "\\", "\n", "é", "\U0001f642"]), st.integers(250, 262)
+)
 text_values = st.one_of(short_text, long_text)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | short_text,
@@ -131,11 +155,16 @@ plain_labels = st.dictionaries(
 def start_bodies(draw: st.DrawFn, live_pid: int, dead_pid: int) -> dict[str, Any]:
     """A POST /api/v1/runs body: one of the right shape (valid unless a text holds a lone surrogate), or one with a
     field (or two) made wrong or left out."""
-    body = draw(st.fixed_dictionaries({"experiment": plain_text, "pid": st.just(live_pid)}, optional={
-        "set": plain_text,
-        "labels": plain_labels,
-        "run_id": st.one_of(st.sampled_from(RUN_ID_POOL), st.from_regex(RUN_ID, fullmatch=True)),
-    }))
+    body = draw(
+        st.fixed_dictionaries(
+            {"experiment": plain_text, "pid": st.just(live_pid)},
+            optional={
+                "set": plain_text,
+                "labels": plain_labels,
+                "run_id": st.one_of(st.sampled_from(RUN_ID_POOL), st.from_regex(RUN_ID, fullmatch=True)),
+            },
+        )
+    )
     if draw(st.integers(0, 5)) == 0:  # the ranks of a job: all but the first join its run
         body = {"experiment": "ranks", "pid": live_pid, "run_id": draw(st.sampled_from(JOB_IDS))}
     wrong = {
@@ -143,7 +172,9 @@ def start_bodies(draw: st.DrawFn, live_pid: int, dead_pid: int) -> dict[str, Any
         "set": st.one_of(text_values, json_values),
         "labels": label_sets,
         "pid": st.one_of(  # not a real low pid: a run on PID 1 would make every sample walk the whole machine
-            st.sampled_from([live_pid, dead_pid]), st.integers(max_value=0), st.integers(min_value=2**22),
+            st.sampled_from([live_pid, dead_pid]),
+            st.integers(max_value=0),
+            st.integers(min_value=2**22),
             json_values.filter(lambda value: value is not None),
         ),
         "run_id": run_ids,
@@ -162,12 +193,14 @@ raw_bodies = st.one_of(
     st.integers(1, 30_000).map(lambda n: b"[" * n),
     st.integers(1, 12_000).map(lambda n: b'{"a":' * n),
     st.integers(MAX_BODY_BYTES - 2, MAX_BODY_BYTES + 4).map(lambda n: b'{"experiment": "' + b"x" * (n - 18) + b'"}'),
-    st.builds(lambda body, cut: json.dumps(body).encode()[:cut], st.dictionaries(short_text, json_values),
-              st.integers(0, 40)),
+    st.builds(
+        lambda body, cut: json.dumps(body).encode()[:cut], st.dictionaries(short_text, json_values), st.integers(0, 40)
+    ),
 )
 
 
 # --- requests and the oracle --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -178,8 +211,9 @@ class Answer:
     body: Any
 
 
-def send(target: Target, method: str, path: str, raw: bytes | None, tcp_auth: str | None = None,
-         over_tcp: bool = False) -> Answer:
+def send(
+    target: Target, method: str, path: str, raw: bytes | None, tcp_auth: str | None = None, over_tcp: bool = False
+) -> Answer:
     """One request over the Unix socket, or over TCP with the given Authorization header."""
     if over_tcp:
         host, port = target.exporter.address.rsplit(":", 1)
@@ -192,8 +226,10 @@ def send(target: Target, method: str, path: str, raw: bytes | None, tcp_auth: st
         response = connection.getresponse()
         data = response.read()
     except (OSError, http.client.HTTPException) as failure:
-        pytest.fail(f"{method} {path} {raw[:100] if raw else raw!r}: no answer ({failure!r}); exporter log:\n"
-                    f"{target.exporter.log()[-3000:]}")
+        pytest.fail(
+            f"{method} {path} {raw[:100] if raw else raw!r}: no answer ({failure!r}); exporter log:\n"
+            f"{target.exporter.log()[-3000:]}"
+        )
     finally:
         connection.close()
     try:
@@ -275,6 +311,7 @@ def expected_read_or_stop(target: Target, segment: str) -> set[int]:
 
 # --- the exporter's state after fuzzing ---------------------------------------------------------------------------
 
+
 def stored_runs(target: Target) -> dict[str, dict[str, Any]]:
     """The runs in the exporter's SQLite store, read through a read-only connection."""
     uri = f"file:{target.state_dir / 'runs.sqlite'}?mode=ro"
@@ -311,8 +348,11 @@ def assert_exporter_sound(target: Target) -> None:
     }
     exposed = exposed_runs(metrics)
     assert {
-        run_id: {"experiment": labels["experiment"], "set": labels["set"],
-                 "labels": {k: v for k, v in labels.items() if k not in RESERVED_LABELS}}
+        run_id: {
+            "experiment": labels["experiment"],
+            "set": labels["set"],
+            "labels": {k: v for k, v in labels.items() if k not in RESERVED_LABELS},
+        }
         for run_id, labels in exposed.items()
     } == expected
 
@@ -335,6 +375,7 @@ FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCh
 
 
 # --- the tests ----------------------------------------------------------------------------------------------------
+
 
 def test_random_start_requests_get_their_status_and_store_only_valid_runs(
     target: Target, record_property: Callable[[str, object], None]
@@ -362,8 +403,11 @@ def test_random_run_ids_in_paths_are_validated_and_stops_reach_only_their_run(ta
     segments = st.one_of(
         st.sampled_from(RUN_ID_POOL).map(lambda run_id: quote(run_id, safe="")),
         st.builds(quote, st.from_regex(RUN_ID, fullmatch=True), st.sampled_from(["", ":"])),
-        st.builds(quote, st.text(characters, min_size=1, max_size=20).filter(encodes_as_utf8),
-                  st.sampled_from(["", "/", "/.%"])),
+        st.builds(
+            quote,
+            st.text(characters, min_size=1, max_size=20).filter(encodes_as_utf8),
+            st.sampled_from(["", "/", "/.%"]),
+        ),
     )
 
     @FUZZ
@@ -390,13 +434,18 @@ def test_random_run_ids_in_paths_are_validated_and_stops_reach_only_their_run(ta
 
 def test_tcp_requests_need_the_token_and_then_follow_the_same_rules(target: Target) -> None:
     @settings(FUZZ, max_examples=60)
-    @given(data=st.data(), auth=st.sampled_from([None, f"Bearer {TOKEN}", f"Bearer {TOKEN}x", f"Basic {TOKEN}",
-                                                 "Bearer", f"bearer  {TOKEN} "]))
+    @given(
+        data=st.data(),
+        auth=st.sampled_from(
+            [None, f"Bearer {TOKEN}", f"Bearer {TOKEN}x", f"Basic {TOKEN}", "Bearer", f"bearer  {TOKEN} "]
+        ),
+    )
     def fuzz(data: st.DataObject, auth: str | None) -> None:
         raw = json.dumps(data.draw(start_bodies(target.sleeper.pid, target.dead_pid))).encode()
         answer = send(target, "POST", "/api/v1/runs", raw, tcp_auth=auth, over_tcp=True)
-        authorized = auth is not None and auth.split(None, 1)[0].lower() == "bearer" and \
-            auth.split(None, 1)[-1].strip() == TOKEN
+        authorized = (
+            auth is not None and auth.split(None, 1)[0].lower() == "bearer" and auth.split(None, 1)[-1].strip() == TOKEN
+        )
         allowed = expected_start(target, raw, caller_pid_known=False) if authorized else {401}
         check_answer(answer, allowed, (auth, raw[:200]))
         if answer.status in (200, 201):

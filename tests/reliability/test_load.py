@@ -45,9 +45,7 @@ def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 @pytest.fixture
-def loaded_exporter(
-    tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
-) -> Callable[[str], ExporterProcess]:
+def loaded_exporter(tmp_path: Path, start_exporter: Callable[..., ExporterProcess]) -> Callable[[str], ExporterProcess]:
     """An exporter sampling every SAMPLE_INTERVAL seconds that keeps finished runs for ``retain``."""
     powercap = FakePowercap(tmp_path / "sys")
     powercap.add_zone("intel-rapl:0", "package-0", energy_uj=1_000_000)
@@ -63,6 +61,7 @@ def loaded_exporter(
 def in_parallel(clients: int, jobs: list[Callable[[ExporterClient], Any]], exporter: ExporterProcess) -> list[Any]:
     """Run ``jobs`` on ``clients`` threads, each with its own client of the exporter's socket; results in order.
     A job's exception is returned as its result, so that every failure is seen, not just the first."""
+
     def job_on_own_client(job: Callable[[ExporterClient], Any]) -> Any:
         try:
             return job(ExporterClient(f"unix://{exporter.socket_path}", timeout=120))
@@ -124,6 +123,7 @@ def test_200_clients_start_and_stop_5000_runs_and_none_is_lost(
                 run = client.start_run(experiment, labels=labels, pid=sleepers[index % len(sleepers)].pid)
                 pairs.append((run, client.stop_run(run["run_id"])))
             return pairs
+
         return work
 
     try:
@@ -133,9 +133,13 @@ def test_200_clients_start_and_stop_5000_runs_and_none_is_lost(
         seconds, cpu = time.perf_counter() - started, sum(process.cpu_times()[:2]) - cpu_before
         assert failures(results) == []
         pairs = [pair for result in results for pair in result]
-        figures = {"seconds": round(seconds, 1), "requests_per_second": round(2 * len(pairs) / seconds),
-                   "exporter_cpu_seconds": round(cpu, 1), "samples": exporter_figures(exporter)["samples_total"],
-                   "rss_mib": round(process.memory_info().rss / MIB)}
+        figures = {
+            "seconds": round(seconds, 1),
+            "requests_per_second": round(2 * len(pairs) / seconds),
+            "exporter_cpu_seconds": round(cpu, 1),
+            "samples": exporter_figures(exporter)["samples_total"],
+            "rss_mib": round(process.memory_info().rss / MIB),
+        }
         for name, figure in figures.items():
             record_property(name, figure)
         print(f"\n{CLIENTS} clients started and stopped {len(pairs)} runs: {figures}")
@@ -152,8 +156,11 @@ def test_200_clients_start_and_stop_5000_runs_and_none_is_lost(
         assert all(end_time is not None for end_time in stored.values())
 
         seen = f'last_over_time(impact_run_info{{instance="{exporter.address}",experiment="{experiment}"}}[10m])'
-        wait_for(lambda: len(prometheus.query(f"group by (run_id) ({seen})")) >= RUNS, 30,
-                 "Prometheus to have scraped every run")
+        wait_for(
+            lambda: len(prometheus.query(f"group by (run_id) ({seen})")) >= RUNS,
+            30,
+            "Prometheus to have scraped every run",
+        )
         assert {series["metric"]["run_id"] for series in prometheus.query(f"group by (run_id) ({seen})")} == run_ids
         up = float(prometheus.query(f'avg_over_time(up{{instance="{exporter.address}"}}[10m])')[0]["value"][1])
         record_property("scrapes_succeeded", round(up, 2))
@@ -185,13 +192,20 @@ def test_1000_active_runs_keep_the_sampler_on_time_and_memory_bounded_and_then_l
     later = exporter_figures(exporter)
     rss_loaded = process.memory_info().rss
     samples = later["samples_total"] - first["samples_total"]
-    print(f"\n{ACTIVE_RUNS} active runs: {samples:.0f} samples in {seconds:.1f} s using {cpu:.2f} CPU-s, the last "
-          f"took {later['sample_duration'] * 1000:.0f} ms; a scrape took {later['scrape_seconds'] * 1000:.0f} ms for "
-          f"{later['bytes'] / MIB:.1f} MiB; the last sample was {later['sample_age']:.1f} s old; "
-          f"RSS {rss_idle / MIB:.0f} MiB idle, {rss_loaded / MIB:.0f} MiB loaded")
-    figures = {"samples_in_5_s": samples, "cpu_seconds_per_sample": round(cpu / max(samples, 1), 3),
-               "scrape_ms": round(later["scrape_seconds"] * 1000), "metrics_mib": round(later["bytes"] / MIB, 2),
-               "rss_idle_mib": round(rss_idle / MIB), "rss_loaded_mib": round(rss_loaded / MIB)}
+    print(
+        f"\n{ACTIVE_RUNS} active runs: {samples:.0f} samples in {seconds:.1f} s using {cpu:.2f} CPU-s, the last "
+        f"took {later['sample_duration'] * 1000:.0f} ms; a scrape took {later['scrape_seconds'] * 1000:.0f} ms for "
+        f"{later['bytes'] / MIB:.1f} MiB; the last sample was {later['sample_age']:.1f} s old; "
+        f"RSS {rss_idle / MIB:.0f} MiB idle, {rss_loaded / MIB:.0f} MiB loaded"
+    )
+    figures = {
+        "samples_in_5_s": samples,
+        "cpu_seconds_per_sample": round(cpu / max(samples, 1), 3),
+        "scrape_ms": round(later["scrape_seconds"] * 1000),
+        "metrics_mib": round(later["bytes"] / MIB, 2),
+        "rss_idle_mib": round(rss_idle / MIB),
+        "rss_loaded_mib": round(rss_loaded / MIB),
+    }
     for name, figure in figures.items():
         record_property(name, figure)
     assert later["run_series"] == ACTIVE_RUNS
@@ -210,8 +224,10 @@ def test_1000_active_runs_keep_the_sampler_on_time_and_memory_bounded_and_then_l
     left_after, rss_after = time.monotonic() - ended, process.memory_info().rss
     record_property("left_metrics_after_seconds", round(left_after, 1))
     record_property("rss_after_retention_mib", round(rss_after / MIB))
-    print(f"runs left /metrics {left_after:.1f} s after their processes ended (retention 3 s); "
-          f"/metrics {gone['bytes'] / 1024:.0f} KiB, RSS {rss_after / MIB:.0f} MiB")
+    print(
+        f"runs left /metrics {left_after:.1f} s after their processes ended (retention 3 s); "
+        f"/metrics {gone['bytes'] / 1024:.0f} KiB, RSS {rss_after / MIB:.0f} MiB"
+    )
     assert left_after > 3.0 - SAMPLE_INTERVAL  # kept for the retention time, counted from the last sample seen
     assert rss_after < 300 * MIB
     stored = stored_runs(exporter, experiment)

@@ -45,10 +45,15 @@ SCALABLE = r"\usepackage{lmodern}"  # the paper's own font choice: acmart brings
 PAPERS = (
     Paper("article-twocolumn", r"\documentclass[twocolumn,10pt]{article}", SCALABLE),
     Paper("ieeetran", r"\documentclass[conference]{IEEEtran}", SCALABLE),
-    Paper("acmart", r"\documentclass[sigconf]{acmart}", r"\settopmatter{printacmref=false}\setcopyright{none}",
-          opening=r"\title{Appendix}\author{A. Researcher}\affiliation{\institution{Lab}\country{FR}}\maketitle"),
-    Paper("single-column", r"\documentclass[10pt]{article}", SCALABLE + r"\usepackage[textwidth=5.5in]{geometry}",
-          False),
+    Paper(
+        "acmart",
+        r"\documentclass[sigconf]{acmart}",
+        r"\settopmatter{printacmref=false}\setcopyright{none}",
+        opening=r"\title{Appendix}\author{A. Researcher}\affiliation{\institution{Lab}\country{FR}}\maketitle",
+    ),
+    Paper(
+        "single-column", r"\documentclass[10pt]{article}", SCALABLE + r"\usepackage[textwidth=5.5in]{geometry}", False
+    ),
 )
 
 
@@ -81,8 +86,13 @@ def build_in_paper(fragments: Sequence[Path], paper: Paper, work: Path, unicode:
         f"{paper.documentclass}\n{preamble}\n\\begin{{document}}\n{paper.opening}\nBefore.\n\n{inputs}\n\nAfter.\n"
         "\\end{document}\n"
     )
-    result = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=work,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [engine, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     log = (work / "paper.log").read_text(errors="replace")
     assert result.returncode == 0, f"{paper.name}: {engine} failed:\n{log[-3000:]}"
     pdf = work / "paper.pdf"

@@ -17,8 +17,8 @@ import pytest
 from scipy import stats
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from reporter.latex import LatexError, build_pdf
-from reporter.runs import Host, write_archive
+from impact_reporter.latex import LatexError, build_pdf
+from impact_reporter.runs import Host, write_archive
 from tests.reporter.archives import HOST, archive_set, synthetic_run
 from tests.servers import REPO_ROOT, require_binary
 
@@ -28,9 +28,20 @@ DRAM_WATTS = 5.0
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "import sys; from reporter.cli import main, seed_main; "
-                           "sys.exit((seed_main if sys.argv[1] == 'seed' else main)(sys.argv[2:]))", *args],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from impact_reporter.cli import main, seed_main; "
+            "sys.exit((seed_main if sys.argv[1] == 'seed' else main)(sys.argv[2:]))",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+    )
 
 
 def pdf_text(path: Path) -> str:
@@ -54,9 +65,18 @@ def test_seed_command_writes_the_seed_layout_and_the_right_statistics(tmp_path: 
     conv = archive_set(tmp_path / "runs", "conv", conv_watts)
     dw = archive_set(tmp_path / "runs", "dw", dw_watts)
     out = tmp_path / "out"
-    result = run_cli("seed", *map(str, conv), "--experiment_set_names", "Normal Convolutions (32 filters)",
-                     "Separable Convolutions (64 filters)", "--compare_dirs", *map(str, dw), "--output_dir", str(out),
-                     "--carbon-intensity=300")
+    result = run_cli(
+        "seed",
+        *map(str, conv),
+        "--experiment_set_names",
+        "Normal Convolutions (32 filters)",
+        "Separable Convolutions (64 filters)",
+        "--compare_dirs",
+        *map(str, dw),
+        "--output_dir",
+        str(out),
+        "--carbon-intensity=300",
+    )
     assert result.returncode == 0, result.stderr
 
     for name in ("Normal Convolutions (32 filters)", "Separable Convolutions (64 filters)"):
@@ -93,12 +113,30 @@ def test_seed_command_writes_the_seed_layout_and_the_right_statistics(tmp_path: 
 
 def test_impact_report_appendix_escapes_every_user_string(tmp_path: Path) -> None:
     labelled = {"note": "50% & more_{x}", "tilde": "~^\\"}
-    first = [write_archive(synthetic_run(f"n{i}", "exp_#1 & co", NASTY, 40 + i, start=1.7e9 + 100 * i,
-                                         labels=labelled), tmp_path / f"n{i}").parent for i in range(2)]
+    first = [
+        write_archive(
+            synthetic_run(f"n{i}", "exp_#1 & co", NASTY, 40 + i, start=1.7e9 + 100 * i, labels=labelled),
+            tmp_path / f"n{i}",
+        ).parent
+        for i in range(2)
+    ]
     second = archive_set(tmp_path / "runs", "plain", [30.0, 33.0])
     out = tmp_path / "out"
-    result = run_cli("main", "appendix", "--experiment-set-names", NASTY, "plain", "--run-dirs", *map(str, first),
-                     "--run-dirs", *map(str, second), "--compare", NASTY, "plain", f"--out={out}")
+    result = run_cli(
+        "main",
+        "appendix",
+        "--experiment-set-names",
+        NASTY,
+        "plain",
+        "--run-dirs",
+        *map(str, first),
+        "--run-dirs",
+        *map(str, second),
+        "--compare",
+        NASTY,
+        "plain",
+        f"--out={out}",
+    )
     assert result.returncode == 0, result.stderr
     directory = next(p for p in out.iterdir() if p.is_dir() and p.name != "plain")
     assert set(os.listdir(directory)) >= {"0.pdf", "1.pdf", "summary.pdf"}
@@ -120,10 +158,34 @@ def test_one_run_sets_identical_sets_and_failed_runs_give_readable_output(tmp_pa
     ).parent
     with_failure = archive_set(tmp_path / "runs", "ok", [38.0, 39.0]) + [broken_dir]
     out = tmp_path / "out"
-    result = run_cli("main", "appendix", "--experiment-set-names", "single", "same A", "same B", "with failure",
-                     "--run-dirs", *map(str, single), "--run-dirs", *map(str, same_a), "--run-dirs", *map(str, same_b),
-                     "--run-dirs", *map(str, with_failure), "--compare", "single", "same A", "--compare", "same A",
-                     "same B", "--compare", "with failure", "same A", f"--out={out}", "--region=DE")
+    result = run_cli(
+        "main",
+        "appendix",
+        "--experiment-set-names",
+        "single",
+        "same A",
+        "same B",
+        "with failure",
+        "--run-dirs",
+        *map(str, single),
+        "--run-dirs",
+        *map(str, same_a),
+        "--run-dirs",
+        *map(str, same_b),
+        "--run-dirs",
+        *map(str, with_failure),
+        "--compare",
+        "single",
+        "same A",
+        "--compare",
+        "same A",
+        "same B",
+        "--compare",
+        "with failure",
+        "same A",
+        f"--out={out}",
+        "--region=DE",
+    )
     assert result.returncode == 0, result.stderr
 
     n1 = pdf_text(out / "single_v_same A.pdf")
@@ -144,8 +206,22 @@ def test_sets_on_different_hardware_carry_a_warning(tmp_path: Path) -> None:
     amd = archive_set(tmp_path / "runs", "amd", [40.0, 41.0])
     xeon = archive_set(tmp_path / "runs", "xeon", [40.0, 41.0], host=intel)
     out = tmp_path / "out"
-    result = run_cli("main", "appendix", "--experiment-set-names", "amd", "xeon", "--run-dirs", *map(str, amd),
-                     "--run-dirs", *map(str, xeon), "--compare", "amd", "xeon", f"--out={out}", "--no-pdf")
+    result = run_cli(
+        "main",
+        "appendix",
+        "--experiment-set-names",
+        "amd",
+        "xeon",
+        "--run-dirs",
+        *map(str, amd),
+        "--run-dirs",
+        *map(str, xeon),
+        "--compare",
+        "amd",
+        "xeon",
+        f"--out={out}",
+        "--no-pdf",
+    )
     assert result.returncode == 0, result.stderr
     assert not list(out.rglob("*.pdf")), "--no-pdf builds nothing"
     assert "different hardware" in (out / "amd_v_xeon.tex").read_text()
@@ -156,8 +232,17 @@ def test_without_lualatex_the_tex_files_are_written_and_one_line_says_how_to_ins
     runs = archive_set(tmp_path / "runs", "x", [40.0, 41.0])
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, but no TeX
     out = tmp_path / "out"
-    result = run_cli("main", "appendix", "--experiment-set-names", "x", "--run-dirs", *map(str, runs),
-                     f"--out={out}", "--carbon-intensity=100", env=env)
+    result = run_cli(
+        "main",
+        "appendix",
+        "--experiment-set-names",
+        "x",
+        "--run-dirs",
+        *map(str, runs),
+        f"--out={out}",
+        "--carbon-intensity=100",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "x" / "summary.tex").is_file() and not list(out.rglob("*.pdf"))
     assert "apt-get install texlive-luatex" in result.stderr

@@ -29,10 +29,13 @@ LOADS = {"heavy": (5, [1.0, 1.3, 1.6]), "light": (2, [1.0, 1.2, 1.4])}  # run ti
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = ("import sys; from reporter.cli import main, seed_main; "
-            "sys.exit((seed_main if sys.argv[1] == 'seed' else main)(sys.argv[2:]))")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
-                          cwd=REPO_ROOT)
+    code = (
+        "import sys; from impact_reporter.cli import main, seed_main; "
+        "sys.exit((seed_main if sys.argv[1] == 'seed' else main)(sys.argv[2:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
 
 
 def test_appendix_from_prometheus_and_from_run_directories(
@@ -47,8 +50,15 @@ def test_appendix_from_prometheus_and_from_run_directories(
     run_ids: dict[str, list[str]] = {}
     for set_name, (ticks, durations) in LOADS.items():
         for index, seconds in enumerate(durations):
-            with track_run(experiment, set=set_name, labels={"seed": str(index)}, pid=PID, client=node.client(),
-                           logdir=tmp_path / "runs" / set_name / str(index), strict=True) as run:
+            with track_run(
+                experiment,
+                set=set_name,
+                labels={"seed": str(index)},
+                pid=PID,
+                client=node.client(),
+                logdir=tmp_path / "runs" / set_name / str(index),
+                strict=True,
+            ) as run:
                 node.drive(seconds, run_ticks_per_step=ticks)
             run_ids.setdefault(set_name, []).append(run.run_id)
 
@@ -79,16 +89,37 @@ def test_appendix_from_prometheus_and_from_run_directories(
     ci = CompareMeans(DescrStatsW(heavy), DescrStatsW(light)).tconfint_diff(alpha=0.05, usevar="unequal")
 
     by_query = tmp_path / "by-query"
-    result = cli("main", "appendix", f"--prometheus={prometheus.url}", "--since=15m", "--experiment-set-names",
-                 "Heavy (5/10)", "Light (2/10)", f'--match={{experiment="{experiment}",set="heavy"}}',
-                 f'--match={{experiment="{experiment}",set="light"}}', "--compare", "Heavy (5/10)", "Light (2/10)",
-                 f"--out={by_query}", "--region=FR")
+    result = cli(
+        "main",
+        "appendix",
+        f"--prometheus={prometheus.url}",
+        "--since=15m",
+        "--experiment-set-names",
+        "Heavy (5/10)",
+        "Light (2/10)",
+        f'--match={{experiment="{experiment}",set="heavy"}}',
+        f'--match={{experiment="{experiment}",set="light"}}',
+        "--compare",
+        "Heavy (5/10)",
+        "Light (2/10)",
+        f"--out={by_query}",
+        "--region=FR",
+    )
     assert result.returncode == 0, result.stderr
     by_dirs = tmp_path / "by-dirs"
-    result = cli("seed", *[str(tmp_path / "runs" / "heavy" / str(i)) for i in range(3)], "--experiment_set_names",
-                 "Heavy (5/10)", "Light (2/10)", "--compare_dirs",
-                 *[str(tmp_path / "runs" / "light" / str(i)) for i in range(3)], "--output_dir", str(by_dirs),
-                 f"--prometheus={prometheus.url}", "--region=FR")
+    result = cli(
+        "seed",
+        *[str(tmp_path / "runs" / "heavy" / str(i)) for i in range(3)],
+        "--experiment_set_names",
+        "Heavy (5/10)",
+        "Light (2/10)",
+        "--compare_dirs",
+        *[str(tmp_path / "runs" / "light" / str(i)) for i in range(3)],
+        "--output_dir",
+        str(by_dirs),
+        f"--prometheus={prometheus.url}",
+        "--region=FR",
+    )
     assert result.returncode == 0, result.stderr
 
     for out in (by_query, by_dirs):

@@ -1,4 +1,4 @@
-"""reporter.carbon: the formulas, the bundled region table, the resolution order and time-varying intensity."""
+"""impact_reporter.carbon: the formulas, the bundled region table, the resolution order and time-varying intensity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reporter.carbon import (
+from impact_reporter.carbon import (
     DEFAULT_PUE,
     WORLD_AVERAGE_G_PER_KWH,
     WORLD_AVERAGE_NOTE,
@@ -23,7 +23,7 @@ from reporter.carbon import (
     region_table,
     resolve_intensity,
 )
-from reporter.prometheus import Series
+from impact_reporter.prometheus import Series
 
 G20_COUNTRIES = "AR AU BR CA CN DE FR GB ID IN IT JP KR MX RU SA TR US ZA".split()
 EU_MEMBERS = "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split()

@@ -13,9 +13,9 @@ import pytest
 import scipy.stats
 from statsmodels.stats.multitest import multipletests
 
-from reporter.appendix import QUANTITIES, SetReport, appendix_document, comparison_report, set_report
-from reporter.carbon import CarbonIntensity
-from reporter.runs import SAMPLE_COLUMNS, Run
+from impact_reporter.appendix import QUANTITIES, SetReport, appendix_document, comparison_report, set_report
+from impact_reporter.carbon import CarbonIntensity
+from impact_reporter.runs import SAMPLE_COLUMNS, Run
 from tests.reporter.archives import HOST
 
 REL = 1e-9
@@ -26,8 +26,13 @@ RAPL = {"cpu": "rapl", "dram": "rapl"}
 
 
 def run_of(
-    run_id: str, watts: dict[str, float], seconds: int = 60, cpu_busy: float = 0.5, gpu_busy: float | None = None,
-    methods: dict[str, str] | None = None, index: int = 0,
+    run_id: str,
+    watts: dict[str, float],
+    seconds: int = 60,
+    cpu_busy: float = 0.5,
+    gpu_busy: float | None = None,
+    methods: dict[str, str] | None = None,
+    index: int = 0,
 ) -> Run:
     """A run at constant power per component, scraped every second, its CPUs (and GPUs) busy a fixed share."""
     start = 1_700_000_000.0 + 1000 * index
@@ -41,8 +46,15 @@ def run_of(
     if gpu_busy is not None:
         rows += [("impact_run_gpu_seconds_total", HOST.instance, "", start + x, gpu_busy * x) for x in t]
     return Run(
-        run_id=run_id, experiment="exp", set="set", labels={}, user="alice", start_time=start,
-        end_time=start + seconds, hosts=(HOST,), methods=methods or RAPL,
+        run_id=run_id,
+        experiment="exp",
+        set="set",
+        labels={},
+        user="alice",
+        start_time=start,
+        end_time=start + seconds,
+        hosts=(HOST,),
+        methods=methods or RAPL,
         samples=pd.DataFrame(rows, columns=SAMPLE_COLUMNS),
     )
 
@@ -67,8 +79,13 @@ ONE_B = [(36.0, 62, 0.45), (38.5, 58, 0.5), (37.0, 66, 0.55), (35.0, 61, 0.5)]
 
 
 def one_component_set(name: str, rows: list[tuple[float, int, float]]) -> SetReport:
-    return set_of(name, [run_of(f"{name}{i}", {"cpu": w}, s, busy, methods={"cpu": "rapl"}, index=i)
-                         for i, (w, s, busy) in enumerate(rows)])
+    return set_of(
+        name,
+        [
+            run_of(f"{name}{i}", {"cpu": w}, s, busy, methods={"cpu": "rapl"}, index=i)
+            for i, (w, s, busy) in enumerate(rows)
+        ],
+    )
 
 
 def closed_form(rows: list[tuple[float, int, float]]) -> dict[str, list[float]]:
@@ -122,8 +139,10 @@ def test_each_component_is_its_own_test_when_two_vary_independently() -> None:
     report = comparison_report(a, b)
 
     kwh = {
-        "total_kwh": ([(c + d) * 60 / 3.6e6 for c, d in zip(cpu_a, dram_a, strict=True)],
-                      [(c + d) * 60 / 3.6e6 for c, d in zip(cpu_b, dram_b, strict=True)]),
+        "total_kwh": (
+            [(c + d) * 60 / 3.6e6 for c, d in zip(cpu_a, dram_a, strict=True)],
+            [(c + d) * 60 / 3.6e6 for c, d in zip(cpu_b, dram_b, strict=True)],
+        ),
         "cpu_kwh": ([c * 60 / 3.6e6 for c in cpu_a], [c * 60 / 3.6e6 for c in cpu_b]),
         "dram_kwh": ([d * 60 / 3.6e6 for d in dram_a], [d * 60 / 3.6e6 for d in dram_b]),
     }
@@ -146,8 +165,15 @@ def test_each_component_is_its_own_test_when_two_vary_independently() -> None:
 
 def test_a_different_pue_in_b_makes_pue_adjusted_energy_a_test_of_its_own() -> None:
     a = one_component_set("A", ONE_A)
-    b = set_report("B", [run_of(f"B{i}", {"cpu": w}, s, busy, methods={"cpu": "rapl"}, index=i)
-                         for i, (w, s, busy) in enumerate(ONE_B)], INTENSITY, 1.2)
+    b = set_report(
+        "B",
+        [
+            run_of(f"B{i}", {"cpu": w}, s, busy, methods={"cpu": "rapl"}, index=i)
+            for i, (w, s, busy) in enumerate(ONE_B)
+        ],
+        INTENSITY,
+        1.2,
+    )
     report = comparison_report(a, b)
     assert report.comparisons["cpu_kwh"].same_test_as == "total_kwh"
     # the ratio to the total is 1.5 in A but 1.2 in B: another hypothesis, and CO2eq is a multiple of it
@@ -184,13 +210,19 @@ def test_family_size_is_the_number_of_adjusted_p_values_in_the_report_and_in_app
 
 def gpu_set(name: str, gpu_watts: list[float]) -> SetReport:
     methods = {**RAPL, "gpu": "nvml-counter"}
-    return set_of(name, [run_of(f"{name}{i}", {"cpu": 40.0 + i, "dram": 5.0, "gpu": g}, gpu_busy=0.9,
-                                methods=methods, index=i) for i, g in enumerate(gpu_watts)])
+    return set_of(
+        name,
+        [
+            run_of(f"{name}{i}", {"cpu": 40.0 + i, "dram": 5.0, "gpu": g}, gpu_busy=0.9, methods=methods, index=i)
+            for i, g in enumerate(gpu_watts)
+        ],
+    )
 
 
 def cpu_set(name: str, cpu_watts: list[float], methods: dict[str, str] | None = None) -> SetReport:
-    return set_of(name, [run_of(f"{name}{i}", {"cpu": w, "dram": 5.0}, methods=methods, index=i)
-                         for i, w in enumerate(cpu_watts)])
+    return set_of(
+        name, [run_of(f"{name}{i}", {"cpu": w, "dram": 5.0}, methods=methods, index=i) for i, w in enumerate(cpu_watts)]
+    )
 
 
 def test_gpu_against_cpu_only_names_what_only_one_set_has() -> None:
@@ -230,8 +262,10 @@ def test_a_component_measured_in_one_set_and_estimated_in_the_other_is_named() -
 def test_differences_in_method_are_compared_only_for_components_both_sets_have() -> None:
     # A's GPU energy is estimated, B has no GPU: that is a difference of components, not of methods
     methods = {**RAPL, "gpu": "estimate"}
-    a = set_of("a", [run_of(f"a{i}", {"cpu": 40.0 + i, "dram": 5.0, "gpu": 100.0 + i}, methods=methods, index=i)
-                     for i in range(3)])
+    a = set_of(
+        "a",
+        [run_of(f"a{i}", {"cpu": 40.0 + i, "dram": 5.0, "gpu": 100.0 + i}, methods=methods, index=i) for i in range(3)],
+    )
     report = comparison_report(a, cpu_set("b", [30.0, 31.0, 29.5]))
     assert report.only_in == {"gpu_kwh": "A"}  # no GPU time counter in these runs
     assert len(report.warnings) == 1 and "GPU energy in A only" in report.warnings[0]

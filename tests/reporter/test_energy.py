@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reporter.carbon import CarbonIntensity
-from reporter.energy import component_power, counter_total, coverage, run_figures, running_total
-from reporter.runs import SAMPLE_COLUMNS, Host, Run, RunDataError
+from impact_reporter.carbon import CarbonIntensity
+from impact_reporter.energy import component_power, counter_total, coverage, run_figures, running_total
+from impact_reporter.runs import SAMPLE_COLUMNS, Host, Run, RunDataError
 
 FLAT = CarbonIntensity(g_per_kwh=400.0, source="test", region=None, year=None, is_default=False, method="flag")
 
@@ -24,8 +24,10 @@ def test_counter_total_counts_the_first_value_and_steps_over_resets() -> None:
     assert counter_total(np.array([])) == 0.0
 
 
-@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=50),
-       st.sets(st.integers(min_value=1, max_value=49)))
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=50),
+    st.sets(st.integers(min_value=1, max_value=49)),
+)
 def test_running_total_recovers_increments_across_any_resets(increments: list[float], reset_at: set[int]) -> None:
     """A counter that restarts from 0 at chosen samples still sums to every increment written.
 
@@ -60,8 +62,18 @@ def samples(rows: list[tuple[str, str, str, float, float]]) -> pd.DataFrame:
 
 
 def make_run(frame: pd.DataFrame, end: float | None = 10.0, methods: dict | None = None) -> Run:
-    return Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=0.0, end_time=end,
-               hosts=(Host("a"), Host("b")), methods=methods or {"cpu": "rapl"}, samples=frame)
+    return Run(
+        run_id="r",
+        experiment="e",
+        set="s",
+        labels={},
+        user="u",
+        start_time=0.0,
+        end_time=end,
+        hosts=(Host("a"), Host("b")),
+        methods=methods or {"cpu": "rapl"},
+        samples=frame,
+    )
 
 
 def two_nodes() -> pd.DataFrame:
@@ -116,17 +128,30 @@ def test_coverage_without_a_sample_at_or_after_the_end_leaves_the_last_stretch_a
 def constant_power_run(watts: float, start: float, end: float, first: float, until: float) -> pd.DataFrame:
     """A run at ``watts`` scraped every second from ``first`` to ``until``; counters stay at their final value
     after the end, as the exporter keeps finished runs exported."""
-    rows = [("impact_run_energy_joules_total", "a", "cpu", t, watts * (min(t, end) - start))
-            for t in np.arange(first, until, 1.0)]
-    rows += [("impact_run_cpu_seconds_total", "a", "", t, 0.5 * (min(t, end) - start))
-             for t in np.arange(first, until, 1.0)]
+    rows = [
+        ("impact_run_energy_joules_total", "a", "cpu", t, watts * (min(t, end) - start))
+        for t in np.arange(first, until, 1.0)
+    ]
+    rows += [
+        ("impact_run_cpu_seconds_total", "a", "", t, 0.5 * (min(t, end) - start)) for t in np.arange(first, until, 1.0)
+    ]
     return samples(rows)
 
 
 def test_a_run_shorter_than_one_interval_has_its_energy_full_coverage_and_no_peak() -> None:
     # 0.8 s at 50 W; the only sample inside the run is at 0.5 s, the next one (after its end) holds 40 J
-    run = Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=100.0, end_time=100.8,
-              hosts=(Host("a"),), methods={"cpu": "rapl"}, samples=constant_power_run(50.0, 100.0, 100.8, 100.5, 130))
+    run = Run(
+        run_id="r",
+        experiment="e",
+        set="s",
+        labels={},
+        user="u",
+        start_time=100.0,
+        end_time=100.8,
+        hosts=(Host("a"),),
+        methods={"cpu": "rapl"},
+        samples=constant_power_run(50.0, 100.0, 100.8, 100.5, 130),
+    )
     figures = run_figures(run, FLAT, pue=1.0)
     assert figures.total_joules == pytest.approx(40.0)
     assert figures.average_power_watts == pytest.approx(50.0)
@@ -143,9 +168,18 @@ def test_a_run_shorter_than_one_interval_has_its_energy_full_coverage_and_no_pea
 def test_power_is_only_the_run_from_its_start_to_its_end() -> None:
     # 4.3 s at 20 W, first scraped 0.7 s after its start, its final counters scraped until 26 s
     start, end = 1_700_000_000.0, 1_700_000_004.3
-    run = Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=start, end_time=end,
-              hosts=(Host("a"),), methods={"cpu": "rapl"},
-              samples=constant_power_run(20.0, start, end, start + 0.7, start + 26))
+    run = Run(
+        run_id="r",
+        experiment="e",
+        set="s",
+        labels={},
+        user="u",
+        start_time=start,
+        end_time=end,
+        hosts=(Host("a"),),
+        methods={"cpu": "rapl"},
+        samples=constant_power_run(20.0, start, end, start + 0.7, start + 26),
+    )
     figures = run_figures(run, FLAT, pue=1.0)
     power = figures.power
     assert list(power["timestamp"] - start) == pytest.approx([1.0, 2.0, 3.0, 4.0, 4.3])
@@ -161,8 +195,18 @@ def test_a_short_high_power_burst_is_the_peak_and_the_cut_last_interval_is_not()
     energy = {0.0: 0.0, 1.0: 10.0, 2.0: 20.0, 3.0: 50.0, 3.5: 95.0}
     rows = [("impact_run_energy_joules_total", "a", "cpu", t, e) for t, e in energy.items() if t > 0]
     rows += [("impact_run_energy_joules_total", "a", "cpu", t, 95.0) for t in (4.0, 5.0)]
-    run = Run(run_id="r", experiment="e", set="s", labels={}, user="u", start_time=0.0, end_time=3.5,
-              hosts=(Host("a"),), methods={"cpu": "rapl"}, samples=samples(rows))
+    run = Run(
+        run_id="r",
+        experiment="e",
+        set="s",
+        labels={},
+        user="u",
+        start_time=0.0,
+        end_time=3.5,
+        hosts=(Host("a"),),
+        methods={"cpu": "rapl"},
+        samples=samples(rows),
+    )
     figures = run_figures(run, FLAT, pue=1.0)
     assert list(figures.power["watts"]) == pytest.approx([10.0, 10.0, 30.0, 90.0])
     assert figures.peak_power_watts == pytest.approx(30.0)

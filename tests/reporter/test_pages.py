@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from reporter.appendix import comparison_report, file_names, set_report
-from reporter.carbon import resolve_intensity
-from reporter.latex import LatexError, write_appendix
-from reporter.runs import Run
+from impact_reporter.appendix import comparison_report, file_names, set_report
+from impact_reporter.carbon import resolve_intensity
+from impact_reporter.latex import LatexError, write_appendix
+from impact_reporter.runs import Run
 from tests.reporter.archives import synthetic_run
 from tests.reporter.papers import PAPERS, Paper, build_in_paper, page_count, pdf_text, render_png
 from tests.servers import REPO_ROOT, require_binary
@@ -36,8 +36,14 @@ GPU_METHODS = {"cpu": "rapl", "dram": "rapl", "gpu": "nvml-counter"}
 
 def gpu_run(index: int, seconds: int = 40) -> Run:
     return synthetic_run(
-        f"0123456789abcdef0123456789abcd{index:02d}", LONG, LONG, 40.0 + index, seconds=seconds,
-        start=1.7e9 + 4000 * index, gpu_watts=250.0 + 10 * index, methods=GPU_METHODS,
+        f"0123456789abcdef0123456789abcd{index:02d}",
+        LONG,
+        LONG,
+        40.0 + index,
+        seconds=seconds,
+        start=1.7e9 + 4000 * index,
+        gpu_watts=250.0 + 10 * index,
+        methods=GPU_METHODS,
         labels={"seed": str(index), "note": "--no-amp & 100% {raw}", "model": "mobilenet_v2 " * 6},
     )
 

@@ -1,4 +1,4 @@
-"""reporter.prometheus against a real Prometheus, real exporters, and real local HTTP/TCP servers for failures."""
+"""impact_reporter.prometheus against a real Prometheus, real exporters and real local HTTP/TCP servers that fail."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from experiment_impact_tracker.durations import parse_duration
-from reporter.prometheus import (
+from impact_reporter.prometheus import (
     BadPrometheusURL,
     InstantSample,
     PrometheusClient,

@@ -23,9 +23,10 @@ from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, free_por
 
 pytestmark = pytest.mark.integration
 
+
 def report(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "reporter", *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+        [sys.executable, "-m", "impact_reporter", *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
     )
 
 
@@ -37,11 +38,16 @@ def report_json(*args: str) -> dict[str, Any]:
 
 def wait_until_scraped(prometheus: PrometheusServer, run_id: str, joules: float, instances: int = 1) -> None:
     """Wait until Prometheus holds the final cpu counter of the run (summed over its instances)."""
+
     def scraped() -> bool:
         result = prometheus.query(f'sum(impact_run_energy_joules_total{{run_id="{run_id}",component="cpu"}})')
         count = prometheus.query(f'count(impact_run_energy_joules_total{{run_id="{run_id}",component="cpu"}})')
-        return bool(result) and abs(float(result[0]["value"][1]) - joules) < 1e-6 and float(
-            count[0]["value"][1]) == instances
+        return (
+            bool(result)
+            and abs(float(result[0]["value"][1]) - joules) < 1e-6
+            and float(count[0]["value"][1]) == instances
+        )
+
     wait_for(scraped, 15, f"prometheus to scrape the final energy of {run_id}")
 
 
@@ -56,15 +62,23 @@ def test_runs_by_matcher_and_by_run_directory_match_the_exporter_and_ground_trut
     exporter = start_exporter(*node.flags())
     prometheus.add_target(exporter.address)
     experiment = f"report-{uuid.uuid4().hex[:8]}"
-    with track_run(experiment, set="a", labels={"seed": "1"}, logdir=tmp_path / "rundir", pid=PID,
-                   client=node.client(), strict=True) as run:
+    with track_run(
+        experiment,
+        set="a",
+        labels={"seed": "1"},
+        logdir=tmp_path / "rundir",
+        pid=PID,
+        client=node.client(),
+        strict=True,
+    ) as run:
         node.drive(3.0)
     final = run.final
     assert final is not None and final["status"] == "finished"
     wait_until_scraped(prometheus, run.run_id, final["energy_joules"]["cpu"])
 
-    by_match = report_json(f"--prometheus={prometheus.url}", "--since=10m", f'--match={{experiment="{experiment}"}}',
-                           "--region=FR")
+    by_match = report_json(
+        f"--prometheus={prometheus.url}", "--since=10m", f'--match={{experiment="{experiment}"}}', "--region=FR"
+    )
     by_dir = report_json(f"--prometheus={prometheus.url}", f"--run-dir={tmp_path / 'rundir'}", "--region=FR")
     for document in (by_match, by_dir):
         [figures] = document["runs"]
@@ -129,10 +143,22 @@ def test_archive_round_trip_gives_the_same_numbers(
     assert archived.returncode == 0, archived.stderr
     assert (tmp_path / "archive" / run_id / "samples.csv").exists()
     from_prometheus = report_json(*selection, "--carbon-intensity=300")["runs"][0]
-    from_archive = report_json(f"--run-dir={tmp_path / 'archive' / run_id}", "--carbon-intensity=300",
-                               "--prometheus=http://127.0.0.1:9")["runs"][0]
-    for key in ("energy_joules", "total_joules", "kg_co2eq", "cpu_hours", "duration_seconds", "coverage",
-                "largest_gap_seconds", "peak_power_watts", "labels", "hosts", "measured"):
+    from_archive = report_json(
+        f"--run-dir={tmp_path / 'archive' / run_id}", "--carbon-intensity=300", "--prometheus=http://127.0.0.1:9"
+    )["runs"][0]
+    for key in (
+        "energy_joules",
+        "total_joules",
+        "kg_co2eq",
+        "cpu_hours",
+        "duration_seconds",
+        "coverage",
+        "largest_gap_seconds",
+        "peak_power_watts",
+        "labels",
+        "hosts",
+        "measured",
+    ):
         assert from_archive[key] == from_prometheus[key], key
 
     constant_series = report_json(*selection, "--carbon-intensity-query=vector(300)")["runs"][0]
@@ -162,7 +188,7 @@ def test_world_average_is_used_with_a_loud_note(
     [
         (["--prometheus=http://127.0.0.1:9"], "cannot reach Prometheus at http://127.0.0.1:9"),
         (["--prometheus=ftp://example"], "ftp://example"),
-        (["--match={experiment=~\"(\"}"], "error parsing regexp"),
+        (['--match={experiment=~"("}'], "error parsing regexp"),
         (["--match=experiment"], "expected label matchers in braces"),
         (["--since=forever"], "forever"),
         (["--region=XX"], "XX"),

@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reporter.appendix import FailedRun
-from reporter.carbon import resolve_intensity
-from reporter.energy import RunFigures, run_figures
-from reporter.runs import SAMPLE_COLUMNS, Run, RunDataError, write_archive
-from reporter.table import Listed, csv_frame, display_width, run_json, runs_table, table_columns
+from impact_reporter.appendix import FailedRun
+from impact_reporter.carbon import resolve_intensity
+from impact_reporter.energy import RunFigures, run_figures
+from impact_reporter.runs import SAMPLE_COLUMNS, Run, RunDataError, write_archive
+from impact_reporter.table import Listed, csv_frame, display_width, run_json, runs_table, table_columns
 from tests.reporter.archives import HOST, synthetic_run
 from tests.servers import REPO_ROOT
 
@@ -67,8 +67,15 @@ def six_runs() -> list[Run]:
         ("日本語", "セット", {}),
     ]
     runs = [
-        synthetic_run(uuid.uuid4().hex, experiment, set_name, 40.0 * (index + 1), seconds=60 * (index + 1) ** 3,
-                      start=1_700_000_000.0 + 3600 * index, labels=labels)
+        synthetic_run(
+            uuid.uuid4().hex,
+            experiment,
+            set_name,
+            40.0 * (index + 1),
+            seconds=60 * (index + 1) ** 3,
+            start=1_700_000_000.0 + 3600 * index,
+            labels=labels,
+        )
         for index, (experiment, set_name, labels) in enumerate(names)
     ]
     runs[4] = with_gpu(runs[4], 300.0)
@@ -137,10 +144,12 @@ def test_json_writes_null_where_a_figure_is_not_a_number() -> None:
 
 
 def test_the_csv_has_one_column_per_label() -> None:
-    items = listed([
-        synthetic_run("a", "e", "s", 40.0, labels={"lr": "0.1,0.2", "seed": "1"}),
-        synthetic_run("b", "e", "s", 40.0, labels={"seed": "2", "optimizer": "adam"}),
-    ])
+    items = listed(
+        [
+            synthetic_run("a", "e", "s", 40.0, labels={"lr": "0.1,0.2", "seed": "1"}),
+            synthetic_run("b", "e", "s", 40.0, labels={"seed": "2", "optimizer": "adam"}),
+        ]
+    )
     rows = list(csv.DictReader(io.StringIO(csv_frame(items).to_csv(index=False))))
     assert [{k: v for k, v in row.items() if k.startswith("label.")} for row in rows] == [
         {"label.lr": "0.1,0.2", "label.optimizer": "", "label.seed": "1"},
@@ -171,7 +180,11 @@ def test_a_run_without_samples_is_listed_as_not_measured_with_the_reason() -> No
 
 def report(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "reporter", "runs", *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+        [sys.executable, "-m", "impact_reporter", "runs", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
     )
 
 

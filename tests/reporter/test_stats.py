@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from reporter.stats import (
+from impact_reporter.stats import (
     RELATIVE_PRECISION,
     Comparison,
     Summary,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sampler import Sampler
-from exporter.sources import HardwareNotFound, SourceError
-from exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
-from exporter.sources.estimate import (
+from impact_exporter.sampler import Sampler
+from impact_exporter.sources import HardwareNotFound, SourceError
+from impact_exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
+from impact_exporter.sources.estimate import (
     BYTES_PER_GIB,
     TABLE_COLUMNS,
     EstimateSource,
@@ -27,7 +27,7 @@ from exporter.sources.estimate import (
     tdp_table,
     utilisation,
 )
-from exporter.sources.procfs import CpuTimes
+from impact_exporter.sources.procfs import CpuTimes
 from tests.fakes.procfs import FakeProc
 
 GOLD_6248 = "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"

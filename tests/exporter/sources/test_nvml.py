@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from exporter.sources import HardwareNotFound
-from exporter.sources.nvml import (
+from impact_exporter.sources import HardwareNotFound
+from impact_exporter.sources.nvml import (
     GpuProcess,
     NvmlSource,
     cuda_version_text,
@@ -33,7 +33,7 @@ SOURCE = Path(__file__).resolve().parents[3] / "exporter" / "sources" / "nvml.py
 UUID_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 UUID_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"
 UUID_C = "GPU-bbbbcccc-1111-2222-3333-444444444444"
-NVML_LOGGER = "exporter.sources.nvml"
+NVML_LOGGER = "impact_exporter.sources.nvml"
 
 
 def two_gpus(**nvml_options: object) -> FakeNvml:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.groups import ProcessGroups
-from exporter.sources import HardwareNotFound
-from exporter.sources.procfs import (
+from impact_exporter.groups import ProcessGroups
+from impact_exporter.sources import HardwareNotFound
+from impact_exporter.sources.procfs import (
     CpuInfo,
     CpuTimes,
     MemInfo,
@@ -28,7 +28,7 @@ from exporter.sources.procfs import (
     parse_statm_rss_bytes,
     parse_status_uid,
 )
-from exporter.sources.procfs_files import OpenFiles
+from impact_exporter.sources.procfs_files import OpenFiles
 from tests.fakes.procfs import AMD_CPUINFO, MEMINFO, PAGE, TICKS, FakeProc
 
 # --- pure parsers --------------------------------------------------------------------------------------------------
@@ -74,8 +74,6 @@ def test_parse_pid_stat_with_spaces_and_parens_in_comm():
 def test_parse_pid_stat_rejects_truncated_text():
     with pytest.raises(ValueError):
         parse_pid_stat("4242 (python) S 1 2 3", TICKS)
-
-
 
 
 def test_parse_meminfo():

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
-from exporter.sources.rapl import (
+from impact_exporter.sources import HardwareNotFound, HardwareUnreadable, SourceError
+from impact_exporter.sources.rapl import (
     RaplSource,
     counter_delta_uj,
     discover_zones,
@@ -27,7 +27,7 @@ from exporter.sources.rapl import (
 from tests.fakes.powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap
 
 NOBODY = 65534
-RAPL_LOGGER = "exporter.sources.rapl"
+RAPL_LOGGER = "impact_exporter.sources.rapl"
 
 
 class FakeClock:
@@ -244,9 +244,7 @@ def test_subzone_of_a_skipped_package_is_skipped_too(tmp_path: Path, caplog: pyt
     assert "intel-rapl:1:0" in warnings[2] and "parent zone intel-rapl:1" in warnings[2]
 
 
-def test_unreadable_name_file_is_skipped_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unreadable_name_file_is_skipped_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     powercap = FakePowercap.amd(tmp_path)
     broken = powercap.add_zone("intel-rapl:1", "package-1")
     (broken / "name").unlink()
@@ -267,9 +265,7 @@ def test_missing_name_file_is_skipped_with_one_warning(tmp_path: Path, caplog: p
     assert str(broken) in warning and "cannot read name" in warning
 
 
-def test_name_that_is_not_utf8_is_skipped_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_name_that_is_not_utf8_is_skipped_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     powercap = FakePowercap(tmp_path)
     broken = powercap.add_zone("intel-rapl:0", "package-0")
     (broken / "name").write_bytes(b"package-\xff\n")
@@ -292,9 +288,7 @@ def test_garbage_max_energy_range_is_skipped_with_one_warning(
     assert str(broken) in warning and "max_energy_range_uj" in warning
 
 
-def test_missing_max_energy_range_is_skipped_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_missing_max_energy_range_is_skipped_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     powercap = FakePowercap(tmp_path)
     broken = powercap.add_zone("intel-rapl:0", "package-0")
     (broken / "max_energy_range_uj").unlink()
