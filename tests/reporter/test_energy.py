@@ -61,16 +61,22 @@ def samples(rows: list[tuple[str, str, str, float, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
-def make_run(frame: pd.DataFrame, end: float | None = 10.0, methods: dict | None = None) -> Run:
+def make_run(
+    frame: pd.DataFrame,
+    end: float | None = 10.0,
+    methods: dict | None = None,
+    start: float = 0.0,
+    hosts: tuple[Host, ...] = (Host("a"), Host("b")),
+) -> Run:
     return Run(
         run_id="r",
         experiment="e",
         set="s",
         labels={},
         user="u",
-        start_time=0.0,
+        start_time=start,
         end_time=end,
-        hosts=(Host("a"), Host("b")),
+        hosts=hosts,
         methods=methods or {"cpu": "rapl"},
         samples=frame,
     )
@@ -140,18 +146,7 @@ def constant_power_run(watts: float, start: float, end: float, first: float, unt
 
 def test_a_run_shorter_than_one_interval_has_its_energy_full_coverage_and_no_peak() -> None:
     # 0.8 s at 50 W; the only sample inside the run is at 0.5 s, the next one (after its end) holds 40 J
-    run = Run(
-        run_id="r",
-        experiment="e",
-        set="s",
-        labels={},
-        user="u",
-        start_time=100.0,
-        end_time=100.8,
-        hosts=(Host("a"),),
-        methods={"cpu": "rapl"},
-        samples=constant_power_run(50.0, 100.0, 100.8, 100.5, 130),
-    )
+    run = make_run(constant_power_run(50.0, 100.0, 100.8, 100.5, 130), end=100.8, start=100.0, hosts=(Host("a"),))
     figures = run_figures(run, FLAT, pue=1.0)
     assert figures.total_joules == pytest.approx(40.0)
     assert figures.average_power_watts == pytest.approx(50.0)
@@ -168,17 +163,8 @@ def test_a_run_shorter_than_one_interval_has_its_energy_full_coverage_and_no_pea
 def test_power_is_only_the_run_from_its_start_to_its_end() -> None:
     # 4.3 s at 20 W, first scraped 0.7 s after its start, its final counters scraped until 26 s
     start, end = 1_700_000_000.0, 1_700_000_004.3
-    run = Run(
-        run_id="r",
-        experiment="e",
-        set="s",
-        labels={},
-        user="u",
-        start_time=start,
-        end_time=end,
-        hosts=(Host("a"),),
-        methods={"cpu": "rapl"},
-        samples=constant_power_run(20.0, start, end, start + 0.7, start + 26),
+    run = make_run(
+        constant_power_run(20.0, start, end, start + 0.7, start + 26), end=end, start=start, hosts=(Host("a"),)
     )
     figures = run_figures(run, FLAT, pue=1.0)
     power = figures.power
@@ -195,18 +181,7 @@ def test_a_short_high_power_burst_is_the_peak_and_the_cut_last_interval_is_not()
     energy = {0.0: 0.0, 1.0: 10.0, 2.0: 20.0, 3.0: 50.0, 3.5: 95.0}
     rows = [("impact_run_energy_joules_total", "a", "cpu", t, e) for t, e in energy.items() if t > 0]
     rows += [("impact_run_energy_joules_total", "a", "cpu", t, 95.0) for t in (4.0, 5.0)]
-    run = Run(
-        run_id="r",
-        experiment="e",
-        set="s",
-        labels={},
-        user="u",
-        start_time=0.0,
-        end_time=3.5,
-        hosts=(Host("a"),),
-        methods={"cpu": "rapl"},
-        samples=samples(rows),
-    )
+    run = make_run(samples(rows), end=3.5, start=0.0, hosts=(Host("a"),))
     figures = run_figures(run, FLAT, pue=1.0)
     assert list(figures.power["watts"]) == pytest.approx([10.0, 10.0, 30.0, 90.0])
     assert figures.peak_power_watts == pytest.approx(30.0)
