@@ -35,7 +35,7 @@ from impact_exporter.sources.procfs import ProcFS
 from impact_exporter.sources.rapl import RaplSource
 from impact_exporter.store import open_store
 
-log = logging.getLogger("exporter")
+log = logging.getLogger("impact_exporter")
 
 DEFAULT_PORT = 9877
 EXIT_OK, EXIT_FAILURE = 0, 1

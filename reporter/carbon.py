@@ -247,7 +247,7 @@ def _suggestions(key: str, table: dict[str, RegionIntensity]) -> str:
 @functools.cache
 def region_table() -> dict[str, RegionIntensity]:
     """The bundled table, keyed by upper-case region code; validated on first use."""
-    text = resources.files("reporter").joinpath(TABLE_RESOURCE).read_text(encoding="utf-8")
+    text = resources.files("impact_reporter").joinpath(TABLE_RESOURCE).read_text(encoding="utf-8")
     return parse_region_table(text)
 
 

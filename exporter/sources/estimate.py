@@ -107,7 +107,7 @@ def parse_tdp_table(text: str) -> tuple[TdpRow, ...]:
 @functools.cache
 def tdp_table() -> tuple[TdpRow, ...]:
     """The bundled table ``exporter/data/cpu_tdp.csv``; validated on first use."""
-    text = resources.files("exporter").joinpath(TABLE_RESOURCE).read_text(encoding="utf-8")
+    text = resources.files("impact_exporter").joinpath(TABLE_RESOURCE).read_text(encoding="utf-8")
     return parse_tdp_table(text)
 
 

@@ -57,8 +57,9 @@ def exec_form(keyword: str) -> list[str]:
 
 def test_the_image_copies_every_package_pip_installs_and_the_readme_it_needs() -> None:
     sources = copy_sources()
-    packages = [name.rstrip("*") for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]]
-    assert set(sources) == {"pyproject.toml", PYPROJECT["project"]["readme"], *packages}
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    folders = {setuptools["package-dir"].get(name, name) for name in setuptools["packages"] if "." not in name}
+    assert set(sources) == {"pyproject.toml", PYPROJECT["project"]["readme"], *folders}
     for source in sources:
         assert (REPO_ROOT / source).exists(), source
         assert not dockerignored(source), f"{source} is excluded from the build context"
