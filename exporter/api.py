@@ -27,6 +27,7 @@ from impact_exporter.run import (
 )
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Snapshot
+from impact_exporter.settling import RunSettler
 
 MAX_BODY_BYTES = 64 * 1024
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -140,7 +141,7 @@ def status_of(failure: RunError) -> int:
 class RunAPI:
     """Routes ``/api/v1/runs`` requests to the registry and renders runs as JSON."""
 
-    def __init__(self, registry: RunRegistry, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, registry: RunRegistry | RunSettler, snapshot: Callable[[], Snapshot]) -> None:
         self._registry = registry
         self._snapshot = snapshot
 

@@ -22,11 +22,14 @@ from experiment_impact_tracker.durations import parse_duration
 from impact_exporter import __version__
 from impact_exporter.api import RunAPI
 from impact_exporter.collector import ImpactCollector
+from impact_exporter.groups import ProcessGroups
 from impact_exporter.host import read_host_info
 from impact_exporter.http import ExporterServer, Listeners, UnixExporterServer
+from impact_exporter.ledger import Ledger
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Sampler
 from impact_exporter.scheduling import ScrapesFirst
+from impact_exporter.settling import RunSettler
 from impact_exporter.sources import HardwareNotFound, SourceError
 from impact_exporter.sources.energy import CpuEnergySource
 from impact_exporter.sources.estimate import EstimateSource
@@ -383,25 +386,37 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     if store_error:
         log.error("%s; /metrics works, but new runs are refused until then", store_error)
     scrapes = ScrapesFirst()
-    runs = RunRegistry(procfs, store, store_error, settings.retain_finished_seconds, pause=scrapes.pause)
+    ledger = Ledger()
+    groups = ProcessGroups(procfs)
+    runs = RunRegistry(
+        procfs,
+        store,
+        store_error,
+        settings.retain_finished_seconds,
+        pause=scrapes.pause,
+        ledger=ledger,
+        groups=groups,
+    )
+    # The settler's fresh sample looks the sampler up when called, so it can be the sampler's on_sample.
+    settler = RunSettler(runs, lambda: sampler.sample_now(), sample_at_start=gpu is not None)
     sampler = Sampler(
         procfs,
         energy=energy,
-        group_roots=runs.group_roots,
+        ledger=ledger,
+        groups=groups,
         interval_seconds=settings.sample_interval_seconds,
-        on_sample=runs.observe,
+        on_sample=settler.after_sample,
         gpu=gpu,
         gpu_idle_watts=settings.gpu_idle_watts,
         gpu_idle_policy=settings.gpu_idle_attribution,
         pause=scrapes.pause,
     )
-    runs.attach_sampler(sampler.sample_now, sampler.track_now)
     sampler.sample_once()
     registry = CollectorRegistry(auto_describe=True)
     registry.register(
         ImpactCollector(lambda: sampler.snapshot, read_host_info(settings.procfs), __version__, runs=runs.runs)
     )
-    api = RunAPI(runs, lambda: sampler.snapshot)
+    api = RunAPI(settler, lambda: sampler.snapshot)
     try:
         servers = [open_server(settings, registry, api, scrapes)]
     except OSError as error:

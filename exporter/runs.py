@@ -1,8 +1,9 @@
-"""The run registry: experiment runs marked through the API, their totals, and when they end.
+"""The run registry: experiment runs marked through the API, and when they end.
 
-The registry takes a sample's group totals into its runs (each run's totals are its stored totals plus what the
-sampler measured since), ends runs whose processes are gone, keeps finished runs visible for a while, and has
-the store (exporter/store.py) persist them. Requests reach it validated (exporter/api.py).
+The registry tells the ledger (exporter/ledger.py) which runs to track, with the totals a resumed run starts
+from, and after each sample settles its runs from the ledger's totals: ends runs whose processes are gone, keeps
+finished runs visible for a while, and has the store (exporter/store.py) persist them. Requests reach it
+validated (exporter/api.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from types import MappingProxyType
 
+from impact_exporter.groups import ProcessGroups
 from impact_exporter.kubernetes import kubernetes_labels
+from impact_exporter.ledger import Ledger, RunTotals
 from impact_exporter.run import (
     COMPONENT_DOMAINS,
     Conflict,
@@ -29,7 +32,6 @@ from impact_exporter.run import (
     StoreUnavailable,
     UnknownRun,
 )
-from impact_exporter.sampler import Snapshot
 from impact_exporter.scheduling import Pause, no_pause
 from impact_exporter.sources import SourceError
 from impact_exporter.sources.procfs import ProcFS
@@ -47,7 +49,7 @@ def user_name(uid: int) -> str:
 
 
 class RunRegistry:
-    """Active and recently finished runs: the API changes them, the sampler measures them, scrapes read them."""
+    """Active and recently finished runs: the API changes them, the ledger totals them, scrapes read them."""
 
     def __init__(
         self,
@@ -56,10 +58,13 @@ class RunRegistry:
         store_error: str | None = None,
         retain_finished_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
-        sample_now: Callable[[], Snapshot] | None = None,
         pause: Pause = no_pause,
+        ledger: Ledger | None = None,
+        groups: ProcessGroups | None = None,
     ) -> None:
-        """``pause`` is called between runs while a sample's totals are taken in (exporter/scheduling.py)."""
+        """``ledger`` keeps the active runs' totals; a run's start records its baseline in ``groups`` (the sampler's
+        process-group accounting) so its CPU time counts from then. ``pause`` is called between runs while they
+        are settled (exporter/scheduling.py)."""
         self._procfs = procfs
         self._pause = pause
         self._store = store
@@ -67,24 +72,14 @@ class RunRegistry:
         self._persist_failure: str | None = None  # why the last sample's totals could not be stored
         self._retain = retain_finished_seconds
         self._clock = clock
-        self._sample_now = sample_now
-        self._track_now: Callable[[str, tuple[int, ...]], None] | None = None
+        self._ledger = ledger if ledger is not None else Ledger()
+        self._groups = groups
         self._lock = threading.RLock()
         self._runs: dict[str, Run] = {}
         self._exposed: tuple[Run, ...] = ()  # _runs as of its last change, for scrapes (see runs())
-        self._roots: Mapping[str, tuple[int, ...]] = MappingProxyType({})  # the active runs' roots, likewise
-        self._base: dict[str, Run] = {}
         if store is not None:
             self._resume(store.load())
             self._publish()
-
-    def attach_sampler(
-        self, sample_now: Callable[[], Snapshot], track_now: Callable[[str, tuple[int, ...]], None]
-    ) -> None:
-        """Let ``start`` baseline the run's processes at once and ``stop`` take a fresh sample, so neither a run's
-        first nor its last second is lost (exporter/sampler.py: ``Sampler.track_now`` and ``sample_now``)."""
-        self._sample_now = sample_now
-        self._track_now = track_now
 
     def _resume(self, stored: list[Run]) -> None:
         """Pick up runs from the store: active ones whose processes still live go on from their totals."""
@@ -101,7 +96,8 @@ class RunRegistry:
                 log.info("run %s resumed with its totals", run.run_id)
             if run.active or now - (run.end_time or now) <= self._retain:
                 self._runs[run.run_id] = run
-                self._base[run.run_id] = run
+            if run.active:
+                self._track(run)
         if ended and self._store is not None:
             self._store.save(ended)
 
@@ -109,9 +105,15 @@ class RunRegistry:
         stat = self._procfs.process(process.pid)
         return stat is not None and stat.start_ticks == process.start_ticks and stat.state not in ("Z", "X")
 
-    def group_roots(self) -> Mapping[str, tuple[int, ...]]:
-        """Root PIDs of every active run, for the sampler: made when runs start or end, not at each sample."""
-        return self._roots
+    def _track(self, run: Run) -> None:
+        """Have the ledger track ``run``'s roots, from its totals if it is new there (energy by domain)."""
+        self._ledger.track(
+            run.run_id,
+            run.pids,
+            {COMPONENT_DOMAINS[c]: joules for c, joules in run.energy_joules.items() if c in COMPONENT_DOMAINS},
+            run.cpu_seconds,
+            run.gpu_seconds,
+        )
 
     def start(self, request: StartRequest, caller_uid: int, caller_pid: int | None) -> tuple[Run, bool]:
         """Register a run, or add a process to the active run with the given id; True when it is new."""
@@ -142,9 +144,12 @@ class RunRegistry:
             self._save([run])
             self._runs[run.run_id] = run
             self._publish()
-            self._base.setdefault(run.run_id, replace(run, energy_joules={}, cpu_seconds=0.0, gpu_seconds=0.0))
-        if self._track_now is not None:
-            self._track_now(run.run_id, run.pids)  # its CPU time counts from now, not from the next regular sample
+            self._track(run)
+        if self._groups is not None:  # its CPU time counts from now, not from the next regular sample
+            try:
+                self._groups.add_roots(run.run_id, run.pids)
+            except SourceError as error:  # the next sample takes the baseline (and marks procfs down if need be)
+                log.debug("no baseline for run %s now: %s", run.run_id, error)
         return run, created
 
     def _placement(self, pid: int) -> dict[str, str]:
@@ -177,12 +182,11 @@ class RunRegistry:
         return replace(run, processes=(*run.processes, process))
 
     def stop(self, run_id: str, caller_uid: int) -> Run:
-        """End a run now (a second stop returns the finished run unchanged)."""
+        """End a run now with the totals of the last settled sample (a second stop returns the finished run
+        unchanged). RunSettler.stop takes a fresh sample first, so they include the run's last moments."""
         run = self.get(run_id, caller_uid)
         if not run.active:
             return run
-        if self._sample_now is not None:
-            self._sample_now()
         with self._lock:
             run = self._runs[run_id]
             if run.active:
@@ -190,6 +194,7 @@ class RunRegistry:
                 self._save([run])
                 self._runs[run_id] = run
                 self._publish()
+                self._ledger.untrack(run_id)
             return run
 
     def get(self, run_id: str, caller_uid: int) -> Run:
@@ -216,25 +221,26 @@ class RunRegistry:
         """
         return list(self._exposed)
 
-    def _publish(self, roots_changed: bool = True) -> None:
-        """Make the runs as they are now what ``runs()`` returns, and their roots what ``group_roots()`` returns
-        unless no run started, joined or ended; called under the lock after each change."""
+    def _publish(self) -> None:
+        """Make the runs as they are now what ``runs()`` returns; called under the lock after each change."""
         self._exposed = tuple(self._runs.values())
-        if roots_changed:
-            self._roots = MappingProxyType({run.run_id: run.pids for run in self._exposed if run.active})
 
-    def observe(self, snapshot: Snapshot) -> None:
-        """Take a sample's group totals into the runs; end runs whose processes are all gone; persist."""
+    def settle(self, timestamp: float) -> None:
+        """Take the ledger's totals into the active runs as of the sample at ``timestamp``; end runs whose processes
+        are all gone; persist."""
         with self._lock:
-            measured = {reading.domain for reading in snapshot.energy_domains} | ({"gpu"} if snapshot.gpus else set())
+            totals = self._ledger.totals()
+            measured = self._ledger.measured()
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()
-                changed.append(self._observe_run(run, snapshot, measured))
+                changed.append(self._settle_run(run, totals.get(run.run_id), measured, timestamp))
             for run in changed:
                 self._runs[run.run_id] = run
-            self._expire(snapshot.timestamp)
-            self._publish(roots_changed=any(not run.active for run in changed))
+                if not run.active:
+                    self._ledger.untrack(run.run_id)
+            self._expire(timestamp)
+            self._publish()
             if self._store is not None and (changed or self._persist_failure):
                 # After a failed save every run is stored: one that ended meanwhile is no longer among the changed.
                 self._persist(list(self._runs.values()) if self._persist_failure else changed)
@@ -259,16 +265,14 @@ class RunRegistry:
             self._persist_failure = None
         return True
 
-    def _observe_run(self, run: Run, snapshot: Snapshot, measured: set[str]) -> Run:
-        """The run with the sample's group totals added to its base; ``measured``: the domains the node measures."""
-        totals = snapshot.groups.get(run.run_id)
-        if totals is None:
+    def _settle_run(self, run: Run, totals: RunTotals | None, measured: frozenset[str], timestamp: float) -> Run:
+        """The run with the ledger's totals; ``measured``: the energy domains the node measures."""
+        if totals is None or not totals.sampled:
             return run
-        base = self._base.get(run.run_id, run)
         energy = {
-            component: base.energy_joules.get(component, 0.0) + totals.energy_joules.get(domain, 0.0)
+            component: totals.energy_joules.get(domain, 0.0)
             for component, domain in COMPONENT_DOMAINS.items()
-            if domain in measured or component in base.energy_joules
+            if domain in measured or domain in totals.energy_joules
         }
         ended = totals.processes == 0
         if ended:
@@ -276,16 +280,15 @@ class RunRegistry:
         return replace(
             run,
             energy_joules=energy,
-            cpu_seconds=base.cpu_seconds + totals.cpu_seconds,
-            gpu_seconds=base.gpu_seconds + totals.gpu_seconds,
-            last_seen=run.last_seen if ended else snapshot.timestamp,
-            end_time=(run.last_seen or snapshot.timestamp) if ended else None,
+            cpu_seconds=totals.cpu_seconds,
+            gpu_seconds=totals.gpu_seconds,
+            last_seen=run.last_seen if ended else timestamp,
+            end_time=(run.last_seen or timestamp) if ended else None,
         )
 
     def _expire(self, now: float) -> None:
         for run_id in [r.run_id for r in self._runs.values() if not r.active and now - r.end_time > self._retain]:
             del self._runs[run_id]
-            self._base.pop(run_id, None)
 
     def close(self) -> None:
         """Persist every run as it is now and close the store (on SIGTERM); if the store cannot be written, it

@@ -10,13 +10,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from impact_exporter.attribution import GroupShareBasis, attribute_interval
 from impact_exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
 from impact_exporter.groups import GroupUsage, ProcessGroups
+from impact_exporter.ledger import Ledger
 from impact_exporter.scheduling import Pause, no_pause
 from impact_exporter.sources import SourceError
 from impact_exporter.sources.energy import CpuEnergySource, DomainEnergy
@@ -38,18 +39,6 @@ class SourceStatus:
 
 
 @dataclass(frozen=True)
-class GroupTotals:
-    """Cumulative figures of one process group (a run) since it was first tracked."""
-
-    energy_joules: Mapping[str, float]
-    cpu_seconds: float
-    gpu_seconds: float
-    memory_bytes: int
-    processes: int
-    root_alive: bool
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """Everything a scrape reports, as of one sample."""
 
@@ -58,7 +47,6 @@ class Snapshot:
     sample_duration_seconds: float = 0.0
     sources: Mapping[str, SourceStatus] = field(default_factory=dict)
     energy_domains: tuple[DomainEnergy, ...] = ()  # each with its method label, measured or estimated
-    groups: Mapping[str, GroupTotals] = field(default_factory=dict)
     unattributed_joules: Mapping[str, float] = field(default_factory=dict)
     gpu_info: tuple[GpuInfo, ...] = ()
     gpus: tuple[GpuReading, ...] = ()
@@ -80,19 +68,15 @@ class _Pending:
     busy_cpu_seconds: float = 0.0
 
 
-def no_groups() -> Mapping[str, tuple[int, ...]]:
-    """The group provider of an exporter that tracks no runs."""
-    return {}
-
-
 class Sampler:
-    """Reads the sources, attributes each interval's energy and keeps the cumulative totals."""
+    """Reads the sources, attributes each interval's energy and adds each run's figures to the ledger."""
 
     def __init__(
         self,
         procfs: ProcFS,
         energy: CpuEnergySource | None = None,
-        group_roots: Callable[[], Mapping[str, tuple[int, ...]]] = no_groups,
+        ledger: Ledger | None = None,
+        groups: ProcessGroups | None = None,
         interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
         on_sample: Callable[[Snapshot], None] | None = None,
@@ -101,11 +85,13 @@ class Sampler:
         gpu_idle_policy: IdlePolicy = IDLE_SHARE,
         pause: Pause = no_pause,
     ) -> None:
-        """``pause`` is called between the phases of a sample and between groups (exporter/scheduling.py)."""
+        """``ledger`` says which runs to measure and takes their figures (a fresh one tracks none); ``groups`` is
+        the process-group accounting shared with the registry, which records a starting run's baseline in it.
+        ``pause`` is called between the phases of a sample and between groups (exporter/scheduling.py)."""
         self._procfs = procfs
         self._pause = pause
         self._energy = energy
-        self._group_roots = group_roots
+        self._ledger = ledger if ledger is not None else Ledger()
         self._on_sample = on_sample
         self._gpu = gpu
         self._gpu_idle_policy = gpu_idle_policy
@@ -114,18 +100,15 @@ class Sampler:
         self._gpus: tuple[GpuReading, ...] = ()
         self._gpu_energy_method: str | None = None
         self._gpu_process_watts: dict[tuple[int, int], float] = {}
-        self._group_gpu_seconds: dict[str, float] = {}
         self._interval = interval_seconds
         self._clock = clock
-        self._groups = ProcessGroups(procfs)
+        self._groups = groups if groups is not None else ProcessGroups(procfs)
         self._errors: dict[str, int] = {name: 0 for name in self.source_names}
         self._up: dict[str, bool] = {name: False for name in self.source_names}
         self._busy_cpu_seconds: float | None = None
         self._total_memory_bytes = 0
         self._usage: dict[str, GroupUsage] = {}
         self._pending = _Pending()
-        self._group_energy: dict[str, dict[str, float]] = {}
-        self._group_cpu: dict[str, float] = {}
         self._unattributed: dict[str, float] = defaultdict(float)
         self._energy_domains: tuple[DomainEnergy, ...] = ()
         self._samples = 0
@@ -181,23 +164,6 @@ class Sampler:
             self._done.wait_for(lambda: self._finished >= wanted, timeout)
             return self._snapshot
 
-    def track_now(self, group: str, root_pids: Collection[int]) -> None:
-        """Count ``group``'s CPU time (and so its energy) from this instant: record the baseline of ``root_pids``
-        and their descendants now instead of at the next sample.
-
-        A run's start uses it. It reads only these processes and waits for no sample in progress, so registering a
-        run stays cheap however many runs are active, where a full sample (``sample_now``) reads them all. The
-        caller must already list the group in ``group_roots``, or the next sample drops the baseline. With GPUs it
-        also takes a full sample: a GPU interval's energy goes to the groups on the GPU during it, so the group's
-        first interval must begin now.
-        """
-        try:
-            self._groups.add_roots(group, root_pids)
-        except SourceError as error:  # the next sample takes the baseline (and marks procfs down if need be)
-            log.debug("no baseline for group %s now: %s", group, error)
-        if self._gpu is not None:
-            self.sample_now()
-
     def start(self) -> None:
         """Sample in a daemon thread every interval from now on until :meth:`stop`."""
         self._thread = threading.Thread(target=self._run, name="impact-sampler", daemon=True)
@@ -234,7 +200,7 @@ class Sampler:
     def _read_usage(self) -> bool:
         """Read group usage and system busy time and queue them for attribution; False on failure."""
         try:
-            roots = dict(self._group_roots())
+            roots = self._ledger.roots()
             cpu = self._procfs.cpu_times()
             self._total_memory_bytes = self._procfs.meminfo().total_bytes
             usage = self._groups.sample(roots, self._pause)
@@ -246,9 +212,8 @@ class Sampler:
         self._busy_cpu_seconds = cpu.busy_seconds
         for group, group_usage in usage.items():
             self._pending.group_cpu_seconds[group] += group_usage.cpu_seconds
-            self._group_cpu[group] = self._group_cpu.get(group, 0.0) + group_usage.cpu_seconds
+        self._ledger.add_usage(usage)
         self._usage = usage
-        self._forget_groups_not_in(roots)
         self._up[PROCFS] = True
         return True
 
@@ -262,6 +227,7 @@ class Sampler:
             self._mark_down(self._energy.name, error)
             return False
         self._energy_domains = sample.domains
+        self._ledger.measure(reading.domain for reading in sample.domains)
         for reading in sample.domains:
             self._pending.energy_joules[reading.domain] += reading.joules_delta
         self._up[self._energy.name] = True
@@ -278,6 +244,8 @@ class Sampler:
             return
         self._up[self._gpu.name] = True
         self._gpus = sample.gpus
+        if sample.gpus:
+            self._ledger.measure((GPU,))
         self._gpu_energy_method = sample.energy_method
         group_of = {pid: group for group, usage in self._usage.items() for pid in usage.pids}
         self._gpu_process_watts = {}
@@ -288,10 +256,8 @@ class Sampler:
             result = attribute_gpu_interval(
                 gpu.energy_joules_delta, gpu.elapsed_seconds, idle, gpu.processes, group_of, self._gpu_idle_policy
             )
-            for group, joules in result.by_group.items():
-                self._group_energy.setdefault(group, defaultdict(float))[GPU] += joules
-            for group, seconds in result.gpu_seconds.items():
-                self._group_gpu_seconds[group] = self._group_gpu_seconds.get(group, 0.0) + seconds
+            self._ledger.add_energy({group: {GPU: joules} for group, joules in result.by_group.items()})
+            self._ledger.add_gpu_seconds(result.gpu_seconds)
             self._unattributed[GPU] += result.unattributed
             for pid, joules in result.by_process.items():
                 self._gpu_process_watts[(gpu.index, pid)] = joules / gpu.elapsed_seconds
@@ -323,18 +289,9 @@ class Sampler:
             system_busy_cpu_seconds=pending.busy_cpu_seconds,
             total_memory_bytes=float(self._total_memory_bytes),
         )
-        for group, joules_by_domain in attribution.by_group.items():
-            totals = self._group_energy.setdefault(group, defaultdict(float))
-            for domain, joules in joules_by_domain.items():
-                totals[domain] += joules
+        self._ledger.add_energy(attribution.by_group)
         for domain, joules in attribution.unattributed.items():
             self._unattributed[domain] += joules
-
-    def _forget_groups_not_in(self, roots: Mapping[str, int]) -> None:
-        for group in [g for g in self._group_cpu if g not in roots]:
-            del self._group_cpu[group]
-            self._group_energy.pop(group, None)
-            self._group_gpu_seconds.pop(group, None)
 
     def _mark_down(self, source: str, error: SourceError) -> None:
         if self._up[source]:
@@ -345,17 +302,6 @@ class Sampler:
         self._errors[source] += 1
 
     def _build_snapshot(self, duration: float) -> Snapshot:
-        groups = {
-            group: GroupTotals(
-                energy_joules=MappingProxyType(dict(self._group_energy.get(group, {}))),
-                cpu_seconds=cpu,
-                gpu_seconds=self._group_gpu_seconds.get(group, 0.0),
-                memory_bytes=self._usage[group].memory_bytes,
-                processes=self._usage[group].processes,
-                root_alive=self._usage[group].root_alive,
-            )
-            for group, cpu in self._group_cpu.items()
-        }
         return Snapshot(
             timestamp=self._clock(),
             samples_total=self._samples,
@@ -364,7 +310,6 @@ class Sampler:
                 {name: SourceStatus(self._up[name], self._errors[name]) for name in self.source_names}
             ),
             energy_domains=self._energy_domains,
-            groups=MappingProxyType(groups),
             unattributed_joules=MappingProxyType(dict(self._unattributed)),
             gpu_info=self._gpu.gpus if self._gpu is not None else (),
             gpus=self._gpus,

@@ -14,6 +14,7 @@ from prometheus_client.registry import CollectorRegistry
 from impact_exporter.collector import ImpactCollector
 from impact_exporter.exposition import encode
 from impact_exporter.host import HostInfo
+from impact_exporter.ledger import Ledger
 from impact_exporter.run import ProcessRef, Run, StartRequest
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Sampler, Snapshot, SourceStatus
@@ -133,7 +134,10 @@ def render_gpu(tmp_path: Path) -> CollectorRegistry:
     nvml = FakeNvml([fast, old])
     procfs = proc.procfs()
     clock = nvml.clock
-    registry = RunRegistry(procfs, RunStore(tmp_path / "runs.sqlite"), clock=lambda: 1700000000.0 + clock())
+    ledger = Ledger()
+    registry = RunRegistry(
+        procfs, RunStore(tmp_path / "runs.sqlite"), clock=lambda: 1700000000.0 + clock(), ledger=ledger
+    )
     registry.start(
         StartRequest(experiment="mobilenet", set="conv32", labels={"seed": "0"}, pid=TRAIN, run_id="train"),
         caller_uid=0,
@@ -145,9 +149,9 @@ def render_gpu(tmp_path: Path) -> CollectorRegistry:
     sampler = Sampler(
         procfs,
         energy=EstimateSource(procfs, tdp_watts=200.0, dram_watts_per_gib=0.375, clock=clock),
-        group_roots=registry.group_roots,
+        ledger=ledger,
         clock=lambda: 1700000000.0 + clock(),
-        on_sample=registry.observe,
+        on_sample=lambda snapshot: registry.settle(snapshot.timestamp),
         gpu=NvmlSource(nvml=nvml, clock=clock),
         gpu_idle_watts=50.0,
     )

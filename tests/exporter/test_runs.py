@@ -11,43 +11,26 @@ from pathlib import Path
 import pytest
 
 from impact_exporter.api import status_of
+from impact_exporter.groups import GroupUsage
+from impact_exporter.ledger import Ledger
 from impact_exporter.run import StartRequest, StoreUnavailable
 from impact_exporter.runs import RunRegistry
-from impact_exporter.sampler import GroupTotals, Snapshot
-from impact_exporter.sources.energy import DomainEnergy
 from impact_exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 
 PID = 4242
 
 
-def sample(run_id: str, package_joules: float, processes: int = 1) -> Snapshot:
-    """A sample in which the run's group has used ``package_joules`` of package energy since it was tracked;
-    with no ``processes`` left the run ends."""
-    return Snapshot(
-        timestamp=1000.0 + package_joules,
-        energy_domains=(
-            DomainEnergy(
-                "intel-rapl:0",
-                "package",
-                "0",
-                joules_total=package_joules,
-                joules_delta=0.0,
-                method="rapl",
-                measured=True,
-            ),
-        ),
-        groups={
-            run_id: GroupTotals(
-                {"package": package_joules},
-                cpu_seconds=package_joules,
-                gpu_seconds=0.0,
-                memory_bytes=0,
-                processes=processes,
-                root_alive=processes > 0,
-            )
-        },
-    )
+def sample(registry: RunRegistry, ledger: Ledger, run_id: str, package_joules: float, processes: int = 1) -> None:
+    """Add an interval to the ledger after which the run's group has used ``package_joules`` of package energy
+    (and as many CPU seconds) since it was tracked, and settle the runs; with no ``processes`` left the run ends."""
+    totals = ledger.totals().get(run_id)
+    used = package_joules - (totals.energy_joules.get("package", 0.0) if totals is not None else 0.0)
+    ledger.measure(("package",))
+    usage = GroupUsage(cpu_seconds=used, memory_bytes=0, processes=processes, root_alive=processes > 0)
+    ledger.add_usage({run_id: usage})
+    ledger.add_energy({run_id: {"package": used}})
+    registry.settle(1000.0 + package_joules)
 
 
 @pytest.fixture
@@ -56,10 +39,15 @@ def store(tmp_path: Path) -> RunStore:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, store: RunStore) -> RunRegistry:
+def ledger() -> Ledger:
+    return Ledger()
+
+
+@pytest.fixture
+def registry(tmp_path: Path, store: RunStore, ledger: Ledger) -> RunRegistry:
     proc = FakeProc(tmp_path / "proc")
     proc.spawn(PID, 1, start=100, uid=0)
-    return RunRegistry(proc.procfs(), store)
+    return RunRegistry(proc.procfs(), store, ledger=ledger)
 
 
 def refuse_writes(store: RunStore, refused: bool = True) -> None:
@@ -73,35 +61,35 @@ def stored_cpu_joules(store: RunStore) -> dict[str, float]:
 
 
 def test_a_store_that_refuses_writes_keeps_runs_in_memory_logs_once_and_catches_up(
-    registry: RunRegistry, store: RunStore, caplog: pytest.LogCaptureFixture
+    registry: RunRegistry, store: RunStore, ledger: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="impact_exporter.runs")
     run, _ = registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
-    registry.observe(sample("train", 1.0))
+    sample(registry, ledger, "train", 1.0)
     refuse_writes(store)
 
     with pytest.raises(StoreUnavailable, match=r"free space there or choose another --state-dir") as refused:
         registry.start(StartRequest("eval", run_id="eval", pid=PID), 0, None)
     assert status_of(refused.value) == 503  # the API answers 503
     for joules in (2.0, 3.0, 4.0):
-        registry.observe(sample("train", joules))
+        sample(registry, ledger, "train", joules)
     assert registry.get("train", 0).energy_joules["cpu"] == 4.0
     assert stored_cpu_joules(store) == {"train": 1.0}, "the store keeps the last totals it could save"
     assert sum("cannot persist run totals" in r.message for r in caplog.records) == 1
 
     refuse_writes(store, False)
-    registry.observe(sample("train", 5.0))
+    sample(registry, ledger, "train", 5.0)
     assert stored_cpu_joules(store) == {"train": 5.0}
     assert "run totals are persisted again" in caplog.text
 
 
 def test_shutdown_with_a_store_that_refuses_writes_closes_it_and_says_what_is_lost(
-    registry: RunRegistry, store: RunStore, caplog: pytest.LogCaptureFixture
+    registry: RunRegistry, store: RunStore, ledger: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
-    registry.observe(sample("train", 1.0))
+    sample(registry, ledger, "train", 1.0)
     refuse_writes(store)
-    registry.observe(sample("train", 2.0))
+    sample(registry, ledger, "train", 2.0)
 
     registry.close()
     assert "run totals since the last stored sample are lost" in caplog.text
@@ -110,26 +98,26 @@ def test_shutdown_with_a_store_that_refuses_writes_closes_it_and_says_what_is_lo
 
 
 def test_a_run_that_ends_while_the_store_refuses_writes_is_stored_ended_once_writes_work(
-    registry: RunRegistry, store: RunStore
+    registry: RunRegistry, store: RunStore, ledger: Ledger
 ) -> None:
     registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
-    registry.observe(sample("train", 1.0))
+    sample(registry, ledger, "train", 1.0)
     refuse_writes(store)
-    registry.observe(sample("train", 2.0, processes=0))
+    sample(registry, ledger, "train", 2.0, processes=0)
     assert registry.get("train", 0).end_time == 1001.0, "ended at the last sample that saw its processes"
 
     refuse_writes(store, False)
-    registry.observe(sample("other", 3.0))  # no active run changes: only the catch-up stores anything
+    sample(registry, ledger, "other", 3.0)  # no active run changes: only the catch-up stores anything
     [stored] = RunStore(store.path).load()
     assert (stored.end_time, stored.energy_joules["cpu"]) == (1001.0, 2.0)
 
 
 def test_each_sample_stores_the_totals_and_end_and_keeps_what_was_registered(
-    registry: RunRegistry, store: RunStore
+    registry: RunRegistry, store: RunStore, ledger: Ledger
 ) -> None:
     started, _ = registry.start(StartRequest("train", set="a", labels={"seed": "1"}, run_id="train", pid=PID), 0, None)
-    registry.observe(sample("train", 2.0))
-    registry.observe(sample("train", 3.0, processes=0))
+    sample(registry, ledger, "train", 2.0)
+    sample(registry, ledger, "train", 3.0, processes=0)
     [stored] = RunStore(store.path).load()
     [current] = registry.runs()
     assert stored == current
@@ -137,9 +125,9 @@ def test_each_sample_stores_the_totals_and_end_and_keeps_what_was_registered(
     assert (stored.labels, stored.set, stored.processes) == ({"seed": "1"}, "a", started.processes)
 
 
-def test_a_failed_save_leaves_the_store_as_it_was(registry: RunRegistry, store: RunStore) -> None:
+def test_a_failed_save_leaves_the_store_as_it_was(registry: RunRegistry, store: RunStore, ledger: Ledger) -> None:
     registry.start(StartRequest("train", run_id="train", pid=PID), 0, None)
-    registry.observe(sample("train", 1.0))
+    sample(registry, ledger, "train", 1.0)
     before = RunStore(store.path).load()
     refuse_writes(store)
     with pytest.raises(sqlite3.Error):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from impact_exporter.groups import ProcessGroups
+from impact_exporter.ledger import Ledger
 from impact_exporter.sampler import PROCFS, Sampler
 from impact_exporter.scheduling import ScrapesFirst
 from impact_exporter.sources.procfs import ProcFS
@@ -98,14 +100,14 @@ def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
     busy_loop = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
     child = subprocess.Popen([sys.executable, "-c", busy_loop])
     try:
-        sampler = Sampler(
-            ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), group_roots=lambda: {"run": (child.pid,)}
-        )
+        ledger = Ledger()
+        ledger.track("run", (child.pid,))
+        sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), ledger=ledger)
         sampler.sample_once()
         threading.Event().wait(0.5)
         powercap.advance(PACKAGE, 20.0)
         sampler.sample_once()
-        totals = sampler.snapshot.groups["run"]
+        totals = ledger.totals()["run"]
         assert totals.processes == 1 and totals.root_alive
         assert 0.2 < totals.cpu_seconds < 0.7
         assert 0.0 < totals.energy_joules["package"] <= 20.0
@@ -129,21 +131,22 @@ def test_sample_now_returns_a_sample_taken_after_the_call(powercap: FakePowercap
         sampler.stop(timeout=5)
 
 
-def test_track_now_counts_a_group_from_the_call_not_from_the_next_sample(tmp_path: Path) -> None:
+def test_a_baseline_taken_at_a_runs_start_counts_it_from_then_not_from_the_next_sample(tmp_path: Path) -> None:
     proc = FakeProc(tmp_path / "proc")
     proc.spawn(4242, 1, start=1000, utime=500)  # busy before its run started: not the run's
-    roots: dict[str, tuple[int, ...]] = {}
-    sampler = Sampler(proc.procfs(), group_roots=lambda: roots)
+    ledger = Ledger()
+    groups = ProcessGroups(proc.procfs())
+    sampler = Sampler(proc.procfs(), ledger=ledger, groups=groups)
     sampler.sample_once()
 
-    roots["run"] = (4242,)
-    sampler.track_now("run", (4242,))
+    ledger.track("run", (4242,))
+    groups.add_roots("run", (4242,))  # as a run's start does (RunRegistry.start)
     proc.run(4242, 30)  # right after registration, before any sample
     sampler.sample_once()
     proc.run(4242, 20)
     sampler.sample_once()
 
-    assert sampler.snapshot.groups["run"].cpu_seconds == pytest.approx(0.5)
+    assert ledger.totals()["run"].cpu_seconds == pytest.approx(0.5)
 
 
 def test_a_sample_waits_at_its_next_pause_while_a_scrape_renders_and_then_completes(powercap: FakePowercap) -> None:

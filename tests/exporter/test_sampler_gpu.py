@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from impact_exporter.ledger import Ledger
 from impact_exporter.sampler import Sampler
 from impact_exporter.sources.nvml import NvmlSource
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
@@ -46,28 +47,32 @@ def nvml() -> FakeNvml:
     return FakeNvml([fast, old])
 
 
-def sampler_for(proc: FakeProc, nvml: FakeNvml) -> Sampler:
+def sampler_for(proc: FakeProc, nvml: FakeNvml) -> tuple[Sampler, Ledger]:
+    ledger = Ledger()
+    ledger.track("train", (TRAIN,))
+    ledger.track("eval", (EVAL,))
     return Sampler(
         proc.procfs(),
-        group_roots=lambda: {"train": (TRAIN,), "eval": (EVAL,)},
+        ledger=ledger,
         gpu=NvmlSource(nvml=nvml, clock=nvml.clock),
         gpu_idle_watts=IDLE_WATTS,
-    )
+    ), ledger
 
 
 def test_gpu_energy_goes_to_the_runs_by_sm_share_and_idle_is_shared(proc: FakeProc, nvml: FakeNvml) -> None:
-    sampler = sampler_for(proc, nvml)
+    sampler, ledger = sampler_for(proc, nvml)
     sampler.sample_once()
     nvml.advance(2.0)
     snapshot = sampler.sample_once()
+    runs = ledger.totals()
 
     # GPU 0: 500 J, of which 100 J idle shared by its 2 processes; 400 J active, 60% to the run.
-    assert snapshot.groups["train"].energy_joules["gpu"] == pytest.approx(0.6 * 400 + 100 / 2)
-    assert snapshot.groups["train"].gpu_seconds == pytest.approx(0.6 * 2.0)
+    assert runs["train"].energy_joules["gpu"] == pytest.approx(0.6 * 400 + 100 / 2)
+    assert runs["train"].gpu_seconds == pytest.approx(0.6 * 2.0)
     # GPU 1 (power integrated at a constant 150 W): 300 J, 100 J idle all to the one process, 50% of 200 J active.
-    assert snapshot.groups["eval"].energy_joules["gpu"] == pytest.approx(0.5 * 200 + 100)
-    assert snapshot.groups["eval"].gpu_seconds == pytest.approx(1.0)
-    attributed = sum(group.energy_joules["gpu"] for group in snapshot.groups.values())
+    assert runs["eval"].energy_joules["gpu"] == pytest.approx(0.5 * 200 + 100)
+    assert runs["eval"].gpu_seconds == pytest.approx(1.0)
+    attributed = sum(run.energy_joules["gpu"] for run in runs.values())
     assert attributed + snapshot.unattributed_joules["gpu"] == pytest.approx(500 + 300, rel=1e-9)
     assert snapshot.gpu_process_watts[(0, TRAIN)] == pytest.approx((0.6 * 400 + 50) / 2.0)
     assert snapshot.process_names[TRAIN] == f"p{TRAIN}"
@@ -75,14 +80,16 @@ def test_gpu_energy_goes_to_the_runs_by_sm_share_and_idle_is_shared(proc: FakePr
 
 
 def test_a_lost_gpu_is_down_and_the_other_goes_on(proc: FakeProc, nvml: FakeNvml) -> None:
-    sampler = sampler_for(proc, nvml)
+    sampler, ledger = sampler_for(proc, nvml)
     sampler.sample_once()
     nvml.advance(1.0)
     before = sampler.sample_once()
+    runs_before = ledger.totals()
     nvml.gpus[1].lost = True
     nvml.advance(1.0)
     after = sampler.sample_once()
+    runs_after = ledger.totals()
     assert [gpu.up for gpu in after.gpus] == [True, False]
     assert after.gpus[1].energy_joules_total == before.gpus[1].energy_joules_total
-    assert after.groups["train"].energy_joules["gpu"] > before.groups["train"].energy_joules["gpu"]
-    assert after.groups["eval"].energy_joules["gpu"] == before.groups["eval"].energy_joules["gpu"]
+    assert runs_after["train"].energy_joules["gpu"] > runs_before["train"].energy_joules["gpu"]
+    assert runs_after["eval"].energy_joules["gpu"] == runs_before["eval"].energy_joules["gpu"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from impact_exporter.ledger import Ledger
 from impact_exporter.sampler import Sampler
 from impact_exporter.sources import HardwareNotFound, SourceError
 from impact_exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
@@ -372,10 +373,12 @@ def test_joules_total_never_decreases(proc: FakeProc, clock: FakeClock) -> None:
 def test_the_sampler_attributes_estimated_energy_like_rapl(proc: FakeProc, clock: FakeClock) -> None:
     proc.spawn(4242, ppid=1, start=1000)
     source = EstimateSource(proc.procfs(), tdp_watts=100, idle_fraction=0.1, clock=clock)
-    sampler = Sampler(proc.procfs(), energy=source, group_roots=lambda: {"run": (4242,)})  # type: ignore[arg-type]
+    ledger = Ledger()
+    ledger.track("run", (4242,))
+    sampler = Sampler(proc.procfs(), energy=source, ledger=ledger)  # type: ignore[arg-type]
     sampler.sample_once()
     proc.advance(busy_ticks=100, idle_ticks=100, running={4242: 100})  # the run is all the busy time
     clock.now += 2.0
     snapshot = sampler.sample_once()
-    assert snapshot.groups["run"].energy_joules["package"] == pytest.approx(110.0)
+    assert ledger.totals()["run"].energy_joules["package"] == pytest.approx(110.0)
     assert [z.name for z in snapshot.energy_domains] == ["estimate:package"]
