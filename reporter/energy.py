@@ -187,7 +187,7 @@ def run_figures(
             "its processes may have exited before the exporter sampled them (exporters that lost a root's last "
             "CPU time), or the node's energy counters did not count"
         )
-    interval = sample_interval(energy_rows)
+    interval = sample_interval(energy_rows, run.start_time, end)
     power = component_power(energy_rows, run.start_time, end, interval)
     grid_power = power.groupby("timestamp")["watts"].sum()
     if intensity.g_per_kwh is not None:
@@ -236,12 +236,24 @@ def counter_hours(samples: pd.DataFrame, metric: str) -> float | None:
     return seconds / 3600.0
 
 
-def sample_interval(energy_rows: pd.DataFrame) -> float:
+def run_timestamps(timestamps: np.ndarray, start: float, end: float) -> np.ndarray:
+    """A node's sample times that bear on the run, sorted: from its start through the first at or after its end.
+
+    Samples read later (a finished run stays exported a while) repeat the final value; leaving them out keeps
+    every figure the same whenever the report is made.
+    """
+    t = np.sort(np.unique(timestamps))
+    after = np.flatnonzero(t >= end)
+    last = after[0] + 1 if len(after) else len(t)
+    return t[(t >= start) & (np.arange(len(t)) < last)]
+
+
+def sample_interval(energy_rows: pd.DataFrame, start: float, end: float) -> float:
     """The scrape interval as a run's energy samples show it: the coarsest node's median step."""
     steps = [
-        expected_interval(np.sort(rows["timestamp"].unique()))
+        expected_interval(times)
         for _, rows in energy_rows.groupby("instance")
-        if rows["timestamp"].nunique() >= 2
+        if len(times := run_timestamps(rows["timestamp"].to_numpy(dtype=np.float64), start, end)) >= 2
     ]
     return max(steps) if steps else DEFAULT_INTERVAL_SECONDS
 
@@ -319,7 +331,7 @@ def run_coverage(energy_rows: pd.DataFrame, start: float, end: float) -> Coverag
     """The worst coverage over the run's nodes: a run is as well measured as its worst-covered node."""
     worst: Coverage | None = None
     for _, rows in energy_rows.groupby("instance"):
-        timestamps = np.sort(rows["timestamp"].unique())
+        timestamps = run_timestamps(rows["timestamp"].to_numpy(dtype=np.float64), start, end)
         node = coverage(timestamps, start, end, expected_interval(timestamps))
         if worst is None or node.fraction < worst.fraction:
             worst = node

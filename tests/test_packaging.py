@@ -190,3 +190,13 @@ def test_with_all_extras_every_command_answers_help(venv_all: Venv) -> None:
         result = venv.run(venv.python, "-m", module, "--help")
         assert result.returncode == 0, f"python -m {module} --help:\n{result.stderr}"
         assert "usage:" in result.stdout, module
+
+
+def test_the_installed_packages_read_their_bundled_tables(venv_all: Venv) -> None:
+    script = (
+        "from impact_exporter.sources.estimate import tdp_table; from impact_reporter.carbon import region_table;"
+        " print(len(tdp_table()) > 0, 'FR' in region_table())"
+    )
+    result = venv_all.run(venv_all.python, "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]

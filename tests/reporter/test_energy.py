@@ -192,3 +192,17 @@ def test_a_run_whose_energy_counters_never_moved_while_it_used_cpu_is_not_measur
     rows += [("impact_run_cpu_seconds_total", "a", "", float(t), 0.3) for t in range(1, 12)]
     with pytest.raises(RunDataError, match="not measured: its energy counters never moved although it used 0.3 CPU"):
         run_figures(make_run(samples(rows)), FLAT, pue=1.0)
+
+
+def test_samples_read_long_after_the_end_change_no_figure() -> None:
+    # the same 4.3 s run reported soon after its end, and a minute later with sparser samples of its final value
+    start, end = 1_700_000_000.0, 1_700_000_004.3
+    soon = constant_power_run(20.0, start, end, start + 0.7, start + 6)
+    final = soon[soon["metric"] == "impact_run_energy_joules_total"]["value"].max()
+    late_rows = [("impact_run_energy_joules_total", "a", "cpu", start + t, final) for t in range(9, 60, 3)]
+    late = pd.concat([soon, samples(late_rows)], ignore_index=True)
+    reported = [
+        run_figures(make_run(frame, end=end, start=start, hosts=(Host("a"),)), FLAT, pue=1.0).as_json()
+        for frame in (soon, late)
+    ]
+    assert reported[0] == reported[1]
