@@ -237,15 +237,17 @@ def counter_hours(samples: pd.DataFrame, metric: str) -> float | None:
 
 
 def run_timestamps(timestamps: np.ndarray, start: float, end: float) -> np.ndarray:
-    """A node's sample times that bear on the run, sorted: from its start through the first at or after its end.
+    """A node's sample times that bear on the run, sorted: from its start through the first at or after its end
+    (which holds the final counters), or every sample from the start when that leaves fewer than two.
 
     Samples read later (a finished run stays exported a while) repeat the final value; leaving them out keeps
-    every figure the same whenever the report is made.
+    every figure the same whenever the report is made. A run shorter than one interval needs them to show it.
     """
     t = np.sort(np.unique(timestamps))
+    t = t[t >= start]
     after = np.flatnonzero(t >= end)
-    last = after[0] + 1 if len(after) else len(t)
-    return t[(t >= start) & (np.arange(len(t)) < last)]
+    through_end = t[: after[0] + 1] if len(after) else t
+    return through_end if len(through_end) >= 2 else t
 
 
 def sample_interval(energy_rows: pd.DataFrame, start: float, end: float) -> float:
