@@ -138,6 +138,13 @@ def venv_all(venv: Venv, exporter_only: ExporterOnly) -> Venv:
     return venv
 
 
+def python_output(venv: Venv, script: str) -> str:
+    """What ``script`` prints when the venv's Python runs it; it must succeed."""
+    result = venv.run(venv.python, "-c", script)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_the_wheel_holds_the_packages_and_their_data_but_not_the_tests(venv: Venv) -> None:
     names = zipfile.ZipFile(venv.wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
@@ -157,9 +164,7 @@ def test_the_client_imports_nothing_heavy(venv: Venv) -> None:
         "import sys, experiment_impact_tracker.compute_tracker, experiment_impact_tracker.cli;"
         f" print(sorted({{name.split('.')[0] for name in sys.modules}} & {unwanted!r}))"
     )
-    result = venv.run(venv.python, "-c", script)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert python_output(venv, script) == "[]"
 
 
 def test_the_exporter_extra_runs_the_exporter_without_the_reporters_dependencies(exporter_only: ExporterOnly) -> None:
@@ -174,9 +179,7 @@ def test_the_reporter_imports_nothing_of_the_exporter(venv_all: Venv) -> None:
         "import sys, impact_reporter.cli;"
         " print(sorted({name.split('.')[0] for name in sys.modules} & {'impact_exporter', 'prometheus_client'}))"
     )
-    result = venv_all.run(venv_all.python, "-c", script)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert python_output(venv_all, script) == "[]"
 
 
 def test_with_all_extras_every_command_answers_help(venv_all: Venv) -> None:
@@ -197,6 +200,4 @@ def test_the_installed_packages_read_their_bundled_tables(venv_all: Venv) -> Non
         "from impact_exporter.sources.estimate import tdp_table; from impact_reporter.carbon import region_table;"
         " print(len(tdp_table()) > 0, 'FR' in region_table())"
     )
-    result = venv_all.run(venv_all.python, "-c", script)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "True"]
+    assert python_output(venv_all, script).split() == ["True", "True"]
