@@ -1,3 +1,26 @@
-from impact_reporter.cli import main
+"""``python -m impact_reporter`` and the ``impact-report`` and ``create-compute-appendix`` commands."""
 
-raise SystemExit(main())
+from experiment_impact_tracker.extras import require_extra
+
+REPORTER_MODULES = ("numpy", "pandas", "scipy", "statsmodels", "jinja2", "wcwidth")
+"""What the reporter needs beyond the base install (the [reporter] extra)."""
+
+
+def main() -> int:
+    """Run ``impact-report``, or say which extra to install when it is missing."""
+    require_extra("impact-report", "reporter", REPORTER_MODULES)
+    from impact_reporter.cli import main as report_main  # only once its dependencies are known to be there
+
+    return report_main()
+
+
+def seed_main() -> int:
+    """Run ``create-compute-appendix``, or say which extra to install when it is missing."""
+    require_extra("create-compute-appendix", "reporter", REPORTER_MODULES)
+    from impact_reporter.cli import seed_main as appendix_main
+
+    return appendix_main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,6 +42,8 @@ class Venv:
     workdir: Path
     base: frozenset[str] = frozenset()
     """The distributions the base install (no extras) put into the venv."""
+    base_help: tuple[tuple[str, subprocess.CompletedProcess[str]], ...] = ()
+    """What each command of an extra answered to ``--help`` with the base install, after its extra's name."""
 
     @property
     def python(self) -> Path:
@@ -113,7 +115,21 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     workdir.mkdir()
     environment = Venv(tmp / "venv", wheel, workdir)
     environment.pip_install(str(wheel))
-    return replace(environment, base=frozenset(environment.distributions()))
+    return replace(environment, base=frozenset(environment.distributions()), base_help=extra_commands_help(environment))
+
+
+EXTRA_SCRIPTS = {"exporter": ["impact-exporter"], "reporter": ["impact-report", "create-compute-appendix"]}
+EXTRA_MODULES = {"exporter": "impact_exporter", "reporter": "impact_reporter"}
+"""The console scripts and the ``python -m`` module each extra brings."""
+
+
+def extra_commands_help(venv: Venv) -> tuple[tuple[str, subprocess.CompletedProcess[str]], ...]:
+    """``--help`` of every command of an extra, as the venv answers it now, each after its extra's name."""
+    answers = []
+    for extra, scripts in EXTRA_SCRIPTS.items():
+        answers += [(extra, venv.run(venv.root / "bin" / script, "--help")) for script in scripts]
+        answers.append((extra, venv.run(venv.python, "-m", EXTRA_MODULES[extra], "--help")))
+    return tuple(answers)
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,14 @@ def test_the_wheel_holds_the_packages_and_their_data_but_not_the_tests(venv: Ven
 def test_the_base_install_leaves_out_the_reporters_dependencies(venv: Venv) -> None:
     assert "experiment-impact-tracker" in venv.base
     assert not set(HEAVY) & venv.base
+
+
+def test_without_its_extra_a_command_names_the_extra_to_install(venv: Venv) -> None:
+    assert len(venv.base_help) == 5
+    for extra, result in venv.base_help:
+        assert result.returncode == 3, (result.args, result.stderr)
+        assert f"pip install 'experiment-impact-tracker[{extra}]'" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_the_client_imports_nothing_heavy(venv: Venv) -> None:
