@@ -43,7 +43,8 @@ from impact_exporter.store import RunStore
 log = logging.getLogger(__name__)
 
 STORE_PRUNE_INTERVAL_SECONDS = 60.0
-"""How often settling deletes finished runs past --store.retain-finished and --store.runs-per-user."""
+"""How often settling deletes finished runs past --store.retain-finished and --store.runs-per-user (or a quarter
+of --store.retain-finished, if that is shorter)."""
 
 
 def user_name(uid: int) -> str:
@@ -320,9 +321,8 @@ class RunRegistry:
 
     def _prune_store(self, now: float) -> None:
         """Delete finished runs past --store.retain-finished and --store.runs-per-user, once a minute."""
-        if self._store is None:
-            return
-        if self._pruned_at is not None and now - self._pruned_at < STORE_PRUNE_INTERVAL_SECONDS:
+        interval = min(STORE_PRUNE_INTERVAL_SECONDS, self._limits.store_retain_finished_seconds / 4)
+        if self._store is None or (self._pruned_at is not None and now - self._pruned_at < interval):
             return
         self._pruned_at = now
         try:
