@@ -102,12 +102,15 @@ def broken_label_limit(experiment: str, set_name: str, labels: Mapping[str, str]
     return None
 
 
+def number_text(value: float) -> str:
+    """A limit's value as a flag takes it: 10000, 0.5."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def flag(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
     """``--flag=value`` of one limit, as a refusal names it."""
-    value = getattr(limits, name)
-    if name == "store_retain_finished_seconds":
-        return f"{FLAGS[name]}={value:g}s"
-    return f"{FLAGS[name]}={value:g}"
+    unit = "s" if name == "store_retain_finished_seconds" else ""
+    return f"{FLAGS[name]}={number_text(getattr(limits, name))}{unit}"
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +130,7 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
                 type=type(default),
                 default=default,
                 metavar="N",
-                help=f"{HELP[name]} (default: {default:g})",
+                help=f"{HELP[name]} (default: {number_text(default)})",
             )
 
 

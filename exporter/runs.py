@@ -320,7 +320,8 @@ class RunRegistry:
             self._prune_store(timestamp)
 
     def _prune_store(self, now: float) -> None:
-        """Delete finished runs past --store.retain-finished and --store.runs-per-user, once a minute."""
+        """Delete finished runs past --store.retain-finished and --store.runs-per-user, once a minute (or a quarter
+        of --store.retain-finished, if that is shorter)."""
         interval = min(STORE_PRUNE_INTERVAL_SECONDS, self._limits.store_retain_finished_seconds / 4)
         if self._store is None or (self._pruned_at is not None and now - self._pruned_at < interval):
             return

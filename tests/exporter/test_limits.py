@@ -13,7 +13,7 @@ import pytest
 
 from impact_exporter.api import Caller, RunAPI, parse_start_request, status_of
 from impact_exporter.cli import parse_settings
-from impact_exporter.limits import DEFAULT_LIMITS, FLAGS, Limits, RegistrationRate
+from impact_exporter.limits import DEFAULT_LIMITS, FLAGS, Limits, RegistrationRate, number_text
 from impact_exporter.run import InvalidRequest, ProcessRef, Run, StartRequest, TooManyRequests
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Snapshot
@@ -39,7 +39,7 @@ def test_help_gives_every_limit_with_its_default() -> None:
     )
     text = " ".join(result.stdout.split())
     for name, option in FLAGS.items():
-        default = "30d" if name == "store_retain_finished_seconds" else f"{getattr(DEFAULT_LIMITS, name):g}"
+        default = "30d" if name == "store_retain_finished_seconds" else number_text(getattr(DEFAULT_LIMITS, name))
         own_help = r"(?:(?! --(?:limits|store)\.[a-z-]+ (?:N|DURATION) ).)*?"  # up to the next limit's flag
         assert re.search(rf"{re.escape(option)} (?:N|DURATION) {own_help}\(default: {re.escape(default)}\)", text)
 
