@@ -15,6 +15,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+from impact_exporter.limits import DEFAULT_LIMITS, Limits, flag, label_bytes
 from impact_exporter.run import (
     Conflict,
     Forbidden,
@@ -23,6 +24,7 @@ from impact_exporter.run import (
     RunError,
     StartRequest,
     StoreUnavailable,
+    TooManyRequests,
     UnknownRun,
 )
 from impact_exporter.runs import RunRegistry
@@ -30,13 +32,12 @@ from impact_exporter.sampler import Snapshot
 from impact_exporter.settling import RunSettler
 
 MAX_BODY_BYTES = 64 * 1024
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+"""The characters of a run id; its length is a limit (--limits.run-id-length)."""
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RESERVED_LABELS = frozenset(
     {"job", "instance", "run_id", "experiment", "set", "user", "component", "pod_uid", "container_id"}
 )
-MAX_LABELS = 32
-MAX_VALUE_LENGTH = 256
 
 HTTP_STATUS: Mapping[type[RunError], HTTPStatus] = {
     InvalidRequest: HTTPStatus.BAD_REQUEST,
@@ -44,6 +45,7 @@ HTTP_STATUS: Mapping[type[RunError], HTTPStatus] = {
     UnknownRun: HTTPStatus.NOT_FOUND,
     Conflict: HTTPStatus.CONFLICT,
     StoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+    TooManyRequests: HTTPStatus.TOO_MANY_REQUESTS,
 }
 """The HTTP status of each kind of run error; any other RunError is a 400."""
 
@@ -70,31 +72,40 @@ def error(status: int, message: str) -> Reply:
     return Reply(status, {"error": message})
 
 
-def validate_labels(labels: object) -> dict[str, str]:
+def validate_labels(labels: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, str]:
     """The labels as a plain dict, or InvalidRequest saying which rule a label breaks."""
     if not isinstance(labels, dict):
         raise InvalidRequest("labels must be an object of string values")
-    if len(labels) > MAX_LABELS:
-        raise InvalidRequest(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
+    if len(labels) > limits.labels:
+        raise InvalidRequest(
+            f"at most {limits.labels} labels are allowed, got {len(labels)} ({flag('labels', limits)})"
+        )
     for name, value in labels.items():
+        if len(name) > limits.label_name_length:
+            raise InvalidRequest(
+                f"label name {name[:32]!r}... is longer than {limits.label_name_length} characters "
+                f"({flag('label_name_length', limits)})"
+            )
         if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
             raise InvalidRequest(
                 f"label name {name!r} is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)"
             )
         if name in RESERVED_LABELS:
             raise InvalidRequest(f"label name {name!r} is reserved: {', '.join(sorted(RESERVED_LABELS))}")
-        validate_text(f"label {name}", value)
+        validate_text(f"label {name}", value, limits=limits)
     return dict(labels)
 
 
-def validate_text(what: str, value: object, required: bool = False) -> str:
-    """A string field of at most MAX_VALUE_LENGTH characters."""
+def validate_text(what: str, value: object, required: bool = False, limits: Limits = DEFAULT_LIMITS) -> str:
+    """A string field of at most ``limits.label_value_length`` characters: it is exported as a label value."""
     if not isinstance(value, str):
         raise InvalidRequest(f"{what} must be a string")
     if required and not value:
         raise InvalidRequest(f"{what} must not be empty")
-    if len(value) > MAX_VALUE_LENGTH:
-        raise InvalidRequest(f"{what} is longer than {MAX_VALUE_LENGTH} characters")
+    if len(value) > limits.label_value_length:
+        raise InvalidRequest(
+            f"{what} is longer than {limits.label_value_length} characters ({flag('label_value_length', limits)})"
+        )
     try:
         value.encode()  # JSON may escape a lone surrogate, which neither SQLite nor /metrics can encode
     except UnicodeEncodeError:
@@ -102,16 +113,16 @@ def validate_text(what: str, value: object, required: bool = False) -> str:
     return value
 
 
-def validate_run_id(value: object) -> str:
-    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
+def validate_run_id(value: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    if not isinstance(value, str) or not RUN_ID.fullmatch(value) or len(value) > limits.run_id_length:
         raise InvalidRequest(
-            "run_id must be 1 to 128 characters of letters, digits, '.', '_', ':' or '-', starting with a "
-            "letter or digit"
+            f"run_id must be 1 to {limits.run_id_length} characters ({flag('run_id_length', limits)}) of letters, "
+            "digits, '.', '_', ':' or '-', starting with a letter or digit"
         )
     return value
 
 
-def parse_start_request(body: object) -> StartRequest:
+def parse_start_request(body: object, limits: Limits = DEFAULT_LIMITS) -> StartRequest:
     """Validate a decoded JSON body of ``POST /api/v1/runs``."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
@@ -124,13 +135,20 @@ def parse_start_request(body: object) -> StartRequest:
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**22):
         raise InvalidRequest("pid must be a positive integer process id")
     run_id = body.get("run_id")
-    return StartRequest(
-        experiment=validate_text("experiment", body["experiment"], required=True),
-        set=validate_text("set", body.get("set", "")),
-        labels=validate_labels(body.get("labels", {})),
+    request = StartRequest(
+        experiment=validate_text("experiment", body["experiment"], required=True, limits=limits),
+        set=validate_text("set", body.get("set", ""), limits=limits),
+        labels=validate_labels(body.get("labels", {}), limits),
         pid=pid,
-        run_id=None if run_id is None else validate_run_id(run_id),
+        run_id=None if run_id is None else validate_run_id(run_id, limits),
     )
+    size = label_bytes(request.experiment, request.set, request.labels)
+    if size > limits.label_bytes:
+        raise InvalidRequest(
+            f"the labels, experiment and set take {size} bytes, more than {limits.label_bytes} "
+            f"({flag('label_bytes', limits)})"
+        )
+    return request
 
 
 def status_of(failure: RunError) -> int:
@@ -141,9 +159,12 @@ def status_of(failure: RunError) -> int:
 class RunAPI:
     """Routes ``/api/v1/runs`` requests to the registry and renders runs as JSON."""
 
-    def __init__(self, registry: RunRegistry | RunSettler, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self, registry: RunRegistry | RunSettler, snapshot: Callable[[], Snapshot], limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self._registry = registry
         self._snapshot = snapshot
+        self._limits = limits
 
     def handle(self, method: str, path: str, body: bytes, caller: Caller) -> Reply:
         """The reply to one request; every outcome, errors included, is a JSON object."""
@@ -162,12 +183,12 @@ class RunAPI:
         if match := STOP.fullmatch(path):
             if method != "POST":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use POST to stop a run")
-            run = self._registry.stop(validate_run_id(unquote(match.group(1))), caller.uid)
+            run = self._registry.stop(validate_run_id(unquote(match.group(1)), self._limits), caller.uid)
             return Reply(HTTPStatus.OK, self.render(run))
         if match := RUN.fullmatch(path):
             if method != "GET":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use GET to read a run")
-            run = self._registry.get(validate_run_id(unquote(match.group(1))), caller.uid)
+            run = self._registry.get(validate_run_id(unquote(match.group(1)), self._limits), caller.uid)
             return Reply(HTTPStatus.OK, self.render(run))
         return error(HTTPStatus.NOT_FOUND, f"no such API route: {path}")
 
@@ -176,7 +197,7 @@ class RunAPI:
             decoded = json.loads(body or b"null")
         except (ValueError, UnicodeDecodeError, RecursionError) as failure:  # RecursionError: nested too deep
             raise InvalidRequest(f"the body is not valid JSON: {failure}") from failure
-        run, created = self._registry.start(parse_start_request(decoded), caller.uid, caller.pid)
+        run, created = self._registry.start(parse_start_request(decoded, self._limits), caller.uid, caller.pid)
         return Reply(HTTPStatus.CREATED if created else HTTPStatus.OK, self.render(run))
 
     def render(self, run: Run) -> dict[str, Any]:

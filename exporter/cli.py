@@ -26,6 +26,7 @@ from impact_exporter.groups import ProcessGroups
 from impact_exporter.host import read_host_info
 from impact_exporter.http import ExporterServer, Listeners, UnixExporterServer
 from impact_exporter.ledger import Ledger
+from impact_exporter.limits import Limits, add_limit_flags, limits_from_args
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Sampler
 from impact_exporter.scheduling import ScrapesFirst
@@ -69,6 +70,7 @@ class Settings:
     api_token: str | None
     state_dir: Path
     retain_finished_seconds: float
+    limits: Limits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="15m",
         metavar="DURATION",
         help="how long finished runs stay in /metrics so Prometheus scrapes their final values; they stay in "
-        "the store (default: %(default)s)",
+        "the store for --store.retain-finished (default: %(default)s)",
     )
+    add_limit_flags(parser)
     gpu = parser.add_argument_group("NVIDIA GPUs")
     gpu.add_argument(
         "--gpu.source",
@@ -277,6 +280,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         retain = parse_duration(args.retain_finished)  # raises ValueError naming the accepted forms
         token = read_token(args.api_token_file) if args.api_token_file else None
         gid = group_id(args.api_socket_group) if args.api_socket_group else None
+        limits = limits_from_args(args)
     except ValueError as error:
         parser.error(str(error))
     if args.gpu_idle_watts is not None and not (math.isfinite(args.gpu_idle_watts) and args.gpu_idle_watts >= 0):
@@ -303,6 +307,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         api_token=token,
         state_dir=args.state_dir,
         retain_finished_seconds=retain,
+        limits=limits,
     )
 
 
@@ -396,6 +401,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         pause=scrapes.pause,
         ledger=ledger,
         groups=groups,
+        limits=settings.limits,
     )
     # The settler's fresh sample looks the sampler up when called, so it can be the sampler's on_sample.
     settler = RunSettler(runs, lambda: sampler.sample_now(), sample_at_start=gpu is not None)
@@ -416,7 +422,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     registry.register(
         ImpactCollector(lambda: sampler.snapshot, read_host_info(settings.procfs), __version__, runs=runs.runs)
     )
-    api = RunAPI(settler, lambda: sampler.snapshot)
+    api = RunAPI(settler, lambda: sampler.snapshot, settings.limits)
     try:
         servers = [open_server(settings, registry, api, scrapes)]
     except OSError as error:

@@ -39,6 +39,10 @@ class StoreUnavailable(RunError):
     """Runs cannot be stored now, so none may start."""
 
 
+class TooManyRequests(RunError):
+    """The caller (or all callers together) reached a limit on runs or registrations (exporter/limits.py)."""
+
+
 @dataclass(frozen=True)
 class ProcessRef:
     """A root process of a run, with its start time so that a reused PID is never mistaken for it."""

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from types import MappingProxyType
@@ -21,6 +22,7 @@ from types import MappingProxyType
 from impact_exporter.groups import ProcessGroups
 from impact_exporter.kubernetes import kubernetes_labels
 from impact_exporter.ledger import Ledger, RunTotals
+from impact_exporter.limits import DEFAULT_LIMITS, Limits, RegistrationRate, broken_label_limit, flag
 from impact_exporter.run import (
     COMPONENT_DOMAINS,
     Conflict,
@@ -30,6 +32,7 @@ from impact_exporter.run import (
     Run,
     StartRequest,
     StoreUnavailable,
+    TooManyRequests,
     UnknownRun,
 )
 from impact_exporter.scheduling import Pause, no_pause
@@ -38,6 +41,10 @@ from impact_exporter.sources.procfs import ProcFS
 from impact_exporter.store import RunStore
 
 log = logging.getLogger(__name__)
+
+STORE_PRUNE_INTERVAL_SECONDS = 60.0
+"""How often settling deletes finished runs past --store.retain-finished and --store.runs-per-user (or a quarter
+of --store.retain-finished, if that is shorter)."""
 
 
 def user_name(uid: int) -> str:
@@ -61,10 +68,12 @@ class RunRegistry:
         pause: Pause = no_pause,
         ledger: Ledger | None = None,
         groups: ProcessGroups | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         """``ledger`` keeps the active runs' totals; a run's start records its baseline in ``groups`` (the sampler's
         process-group accounting) so its CPU time counts from then. ``pause`` is called between runs while they
-        are settled (exporter/scheduling.py)."""
+        are settled (exporter/scheduling.py). ``limits`` bound the runs held, per user and in all
+        (exporter/limits.py)."""
         self._procfs = procfs
         self._pause = pause
         self._store = store
@@ -74,32 +83,69 @@ class RunRegistry:
         self._clock = clock
         self._ledger = ledger if ledger is not None else Ledger()
         self._groups = groups
+        self._limits = limits
+        self._rate = RegistrationRate(limits)
+        self._pruned_at: float | None = None  # the sample time of the last pruning of the store
         self._lock = threading.RLock()
         self._runs: dict[str, Run] = {}
         self._exposed: tuple[Run, ...] = ()  # _runs as of its last change, for scrapes (see runs())
         if store is not None:
-            self._resume(store.load())
+            self._resume(store)
             self._publish()
 
-    def _resume(self, stored: list[Run]) -> None:
-        """Pick up runs from the store: active ones whose processes still live go on from their totals."""
-        now = self._clock()
-        ended: list[Run] = []
-        for run in stored:
+    def _resume(self, store: RunStore) -> None:
+        """Pick up runs from the store within the limits. Active runs whose processes still live go on from their
+        totals, oldest first, as far as the limits allow; the others are ended, at their last sample, and those
+        ended for a limit are logged per user and limit. Then finished runs within --runs.retain-finished come
+        back to /metrics, latest first, as far as the limits allow. Runs are read one at a time, so a store written
+        under other limits (or none) holds no more in memory than these limits allow."""
+        ends: list[tuple[str, float]] = []
+        over_limit: Counter[tuple[str, str]] = Counter()  # (user, limit's flag) -> active runs ended for it
+        active: Counter[int] = Counter()
+        for run in store.active():
             alive = tuple(p for p in run.processes if self._is_alive(p))
-            if run.active and not alive:
-                run = replace(run, end_time=run.last_seen or run.start_time)
-                ended.append(run)
-                log.info("run %s ended while the exporter was down", run.run_id)
-            elif run.active:
-                run = replace(run, processes=alive)  # a root that died meanwhile may have a new owner of its PID
-                log.info("run %s resumed with its totals", run.run_id)
-            if run.active or now - (run.end_time or now) <= self._retain:
+            broken = self._resume_refusal(run, active[run.uid]) if alive else None
+            if not alive or broken:
+                ends.append((run.run_id, run.last_seen or run.start_time))
+                if broken:
+                    over_limit[(run.user, broken)] += 1
+                    log.debug("run %s ended at start-up: over %s", run.run_id, broken)
+                else:
+                    log.info("run %s ended while the exporter was down", run.run_id)
+                continue
+            run = replace(run, processes=alive)  # a root that died meanwhile may have a new owner of its PID
+            active[run.uid] += 1
+            self._runs[run.run_id] = run
+            self._track(run)
+            log.info("run %s resumed with its totals", run.run_id)
+        if ends:
+            store.end(ends)
+        for (user, limit), count in sorted(over_limit.items()):
+            log.warning("ended %d active runs of user %s at start-up: they are over %s", count, user, limit)
+        self._resume_finished(store)
+
+    def _resume_refusal(self, run: Run, active_of_user: int) -> str | None:
+        """The limit (as its flag) that a stored active run breaks if it is resumed, or None."""
+        broken = broken_label_limit(run.experiment, run.set, run.labels, self._limits)
+        if broken is not None:
+            return flag(broken, self._limits)
+        if len(self._runs) >= self._limits.runs:
+            return flag("runs", self._limits)
+        if run.uid != 0 and active_of_user >= self._limits.active_runs_per_user:
+            return flag("active_runs_per_user", self._limits)
+        return None
+
+    def _resume_finished(self, store: RunStore) -> None:
+        """Bring back finished runs within --runs.retain-finished, latest first, within the limits."""
+        retained: Counter[int] = Counter()
+        for run in store.finished_since(self._clock() - self._retain):
+            if len(self._runs) >= self._limits.runs:
+                break
+            if run.uid != 0 and retained[run.uid] >= self._limits.retained_runs_per_user:
+                continue
+            if broken_label_limit(run.experiment, run.set, run.labels, self._limits) is None:
+                retained[run.uid] += 1
                 self._runs[run.run_id] = run
-            if run.active:
-                self._track(run)
-        if ended and self._store is not None:
-            self._store.save(ended)
 
     def _is_alive(self, process: ProcessRef) -> bool:
         stat = self._procfs.process(process.pid)
@@ -120,6 +166,7 @@ class RunRegistry:
         pid = request.pid if request.pid is not None else caller_pid
         if pid is None:
             raise InvalidRequest("pid is required when the caller cannot be identified (TCP)")
+        self._take_registration(caller_uid)
         process, owner = self._owned_process(pid, caller_uid)
         placement = self._placement(pid)
         with self._lock:
@@ -129,6 +176,7 @@ class RunRegistry:
                 run = self._join(existing, request, process, caller_uid)
                 created = False
             else:
+                self._admit(caller_uid)
                 run = Run(
                     run_id=request.run_id or uuid.uuid4().hex,
                     experiment=request.experiment,
@@ -151,6 +199,31 @@ class RunRegistry:
             except SourceError as error:  # the next sample takes the baseline (and marks procfs down if need be)
                 log.debug("no baseline for run %s now: %s", run.run_id, error)
         return run, created
+
+    def _take_registration(self, caller_uid: int) -> None:
+        """Count one start against the caller's rate; TooManyRequests when the caller goes too fast."""
+        wait = self._rate.wait_seconds(caller_uid)
+        if wait > 0:
+            raise TooManyRequests(
+                f"user {user_name(caller_uid)} starts runs faster than {flag('registrations_per_second', self._limits)}"
+                f" (bursts of {flag('registration_burst', self._limits)}); retry in {wait:.1f} s"
+            )
+
+    def _admit(self, caller_uid: int) -> None:
+        """TooManyRequests when a new run of the caller would go over a limit on runs held; under the lock."""
+        if len(self._runs) >= self._limits.runs:
+            raise TooManyRequests(
+                f"the exporter holds {len(self._runs)} runs, its limit ({flag('runs', self._limits)}); finished runs "
+                "leave after --runs.retain-finished"
+            )
+        if caller_uid == 0:
+            return
+        active = sum(1 for run in self._runs.values() if run.uid == caller_uid and run.active)
+        if active >= self._limits.active_runs_per_user:
+            raise TooManyRequests(
+                f"user {user_name(caller_uid)} has {active} active runs, the limit "
+                f"({flag('active_runs_per_user', self._limits)}); stop one first"
+            )
 
     def _placement(self, pid: int) -> dict[str, str]:
         """The Kubernetes pod and container of ``pid``, if it runs in one and its cgroup file can be read."""
@@ -244,6 +317,26 @@ class RunRegistry:
             if self._store is not None and (changed or self._persist_failure):
                 # After a failed save every run is stored: one that ended meanwhile is no longer among the changed.
                 self._persist(list(self._runs.values()) if self._persist_failure else changed)
+            self._prune_store(timestamp)
+
+    def _prune_store(self, now: float) -> None:
+        """Delete finished runs past --store.retain-finished and --store.runs-per-user, once a minute (or a quarter
+        of --store.retain-finished, if that is shorter)."""
+        interval = min(STORE_PRUNE_INTERVAL_SECONDS, self._limits.store_retain_finished_seconds / 4)
+        if self._store is None or (self._pruned_at is not None and now - self._pruned_at < interval):
+            return
+        self._pruned_at = now
+        try:
+            deleted = self._store.prune(
+                now - self._limits.store_retain_finished_seconds, self._limits.stored_runs_per_user
+            )
+        except sqlite3.Error as error:
+            log.warning("cannot delete old finished runs from %s: %s", self._store.path, error)
+            return
+        if deleted:
+            log.info(
+                "deleted %d old finished runs from the store (--store.retain-finished, --store.runs-per-user)", deleted
+            )
 
     def _persist(self, runs: Iterable[Run]) -> bool:
         """Store the runs' totals; False when the store fails (a full disk). A failure is logged once until a save
@@ -287,8 +380,18 @@ class RunRegistry:
         )
 
     def _expire(self, now: float) -> None:
+        """Drop finished runs past --runs.retain-finished, and each user's oldest beyond
+        --limits.retained-runs-per-user (root's are kept)."""
         for run_id in [r.run_id for r in self._runs.values() if not r.active and now - r.end_time > self._retain]:
             del self._runs[run_id]
+        finished: defaultdict[int, list[Run]] = defaultdict(list)
+        for run in self._runs.values():
+            if not run.active and run.uid != 0:
+                finished[run.uid].append(run)
+        for runs in finished.values():
+            surplus = len(runs) - self._limits.retained_runs_per_user
+            for run in sorted(runs, key=lambda run: run.end_time)[:surplus] if surplus > 0 else ():
+                del self._runs[run.run_id]
 
     def close(self) -> None:
         """Persist every run as it is now and close the store (on SIGTERM); if the store cannot be written, it

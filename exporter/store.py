@@ -1,13 +1,14 @@
 """The run store: runs in SQLite under the state directory, so a restart loses neither runs nor totals.
 
-The schema and its migrations (columns added to stores made by earlier versions) live here and nowhere else.
+The schema and its migrations (columns added to stores made by earlier versions) live here and nowhere else. The
+store is bounded: ``prune`` deletes finished runs past an age and past a number per user (exporter/limits.py).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from impact_exporter.run import ProcessRef, Run
@@ -34,6 +35,11 @@ class RunStore:
             placement TEXT NOT NULL DEFAULT '{}'
         )
     """
+    INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_end_time ON runs (end_time)"
+    COLUMNS = (
+        "run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
+        "cpu_seconds, last_seen, gpu_seconds, placement"
+    )
     COLUMNS_ADDED = {  # stores made before a column existed get it
         "gpu_seconds": "REAL NOT NULL DEFAULT 0",
         "placement": "TEXT NOT NULL DEFAULT '{}'",
@@ -50,6 +56,7 @@ class RunStore:
         for column, definition in self.COLUMNS_ADDED.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
+        self._db.execute(self.INDEXES)
 
     def save(self, runs: Iterable[Run]) -> None:
         """Insert or update runs, all in one transaction."""
@@ -113,12 +120,21 @@ class RunStore:
 
     def load(self) -> list[Run]:
         """Every stored run, oldest first."""
-        rows = self._db.execute(
-            "SELECT run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
-            "cpu_seconds, last_seen, gpu_seconds, placement FROM runs ORDER BY start_time"
-        ).fetchall()
-        return [
-            Run(
+        return list(self._runs(f"SELECT {self.COLUMNS} FROM runs ORDER BY start_time"))
+
+    def active(self) -> Iterator[Run]:
+        """The active runs, oldest first, read one at a time: a store may hold more than memory should."""
+        return self._runs(f"SELECT {self.COLUMNS} FROM runs WHERE end_time IS NULL ORDER BY start_time")
+
+    def finished_since(self, moment: float) -> Iterator[Run]:
+        """The runs that ended at ``moment`` or later, the latest first, read one at a time."""
+        return self._runs(
+            f"SELECT {self.COLUMNS} FROM runs WHERE end_time >= ? ORDER BY end_time DESC, start_time DESC", (moment,)
+        )
+
+    def _runs(self, query: str, parameters: tuple[object, ...] = ()) -> Iterator[Run]:
+        for row in self._db.execute(query, parameters):
+            yield Run(
                 run_id=row[0],
                 experiment=row[1],
                 set=row[2],
@@ -134,8 +150,29 @@ class RunStore:
                 gpu_seconds=row[12],
                 placement=json.loads(row[13]),
             )
-            for row in rows
-        ]
+
+    def end(self, ends: Iterable[tuple[str, float]]) -> None:
+        """Mark runs finished: (run_id, end time) pairs, all in one transaction."""
+        self._write_many("UPDATE runs SET end_time = ? WHERE run_id = ?", [(end, run_id) for run_id, end in ends])
+
+    def prune(self, finished_before: float, finished_per_user: int) -> int:
+        """Delete runs that ended before ``finished_before``, and each user's finished runs beyond the latest
+        ``finished_per_user`` (root's are kept); the number deleted. Active runs are never deleted."""
+        self._db.execute("BEGIN")
+        try:
+            old = self._db.execute("DELETE FROM runs WHERE end_time < ?", (finished_before,)).rowcount
+            surplus = self._db.execute(
+                "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
+                "(PARTITION BY uid ORDER BY end_time DESC) AS latest FROM runs "
+                "WHERE end_time IS NOT NULL AND uid != 0) WHERE latest > ?)",
+                (finished_per_user,),
+            ).rowcount
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        return old + surplus
 
     def close(self) -> None:
         self._db.close()
