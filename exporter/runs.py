@@ -14,11 +14,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
 from impact_exporter.groups import ProcessGroups
+from impact_exporter.holders import ProcKey, holding_run
 from impact_exporter.kubernetes import kubernetes_labels
 from impact_exporter.ledger import Ledger, RunTotals
 from impact_exporter.run import (
@@ -85,8 +86,12 @@ class RunRegistry:
         """Pick up runs from the store: active ones whose processes still live go on from their totals."""
         now = self._clock()
         ended: list[Run] = []
+        roots: dict[ProcKey, str] = {}  # those of the active runs resumed so far
         for run in stored:
             alive = tuple(p for p in run.processes if self._is_alive(p))
+            if run.active:
+                alive = self._not_held(run.run_id, alive, roots)
+                roots.update(((p.pid, p.start_ticks), run.run_id) for p in alive)
             if run.active and not alive:
                 run = replace(run, end_time=run.last_seen or run.start_time)
                 ended.append(run)
@@ -100,6 +105,22 @@ class RunRegistry:
                 self._track(run)
         if ended and self._store is not None:
             self._store.save(ended)
+
+    def _not_held(
+        self, run_id: str, processes: tuple[ProcessRef, ...], roots: Mapping[ProcKey, str]
+    ) -> tuple[ProcessRef, ...]:
+        """The ``processes`` of a resumed run that no run among ``roots``, resumed before it, holds: a store written
+        before a process counted in one run at a time may hold a process in several runs; the earliest keeps it."""
+        kept = []
+        for process in processes:
+            holder = holding_run(self._procfs, process.pid, roots)
+            if holder is None:
+                kept.append(process)
+            else:
+                log.warning(
+                    "run %s: %s run %s, so it counts there only", run_id, holder.relation(process.pid), holder.run_id
+                )
+        return tuple(kept)
 
     def _is_alive(self, process: ProcessRef) -> bool:
         stat = self._procfs.process(process.pid)
@@ -141,6 +162,7 @@ class RunRegistry:
                     placement=placement,
                 )
                 created = True
+            self._require_counted_once(pid, run.run_id, caller_uid)
             self._save([run])
             self._runs[run.run_id] = run
             self._publish()
@@ -169,6 +191,31 @@ class RunRegistry:
         if caller_uid != 0 and owner != caller_uid:
             raise Forbidden(f"process {pid} belongs to another user; a run may only include your own processes")
         return ProcessRef(pid, stat.start_ticks), owner
+
+    def _require_counted_once(self, pid: int, run_id: str, caller_uid: int) -> None:
+        """Refuse ``pid`` when another active run holds it or one of its descendants (exporter/holders.py): a
+        process counts in one run at a time. Another user's run is not named to the caller."""
+        holder = holding_run(self._procfs, pid, self._active_roots(exclude=run_id))
+        if holder is None:
+            return
+        if caller_uid != 0 and self._runs[holder.run_id].uid != caller_uid:
+            raise Conflict(
+                f"{holder.relation(pid)} another user's active run; a process counts in one run at a time: "
+                "register a process outside that run"
+            )
+        raise Conflict(
+            f"{holder.relation(pid)} active run {holder.run_id}; a process counts in one run at a time: join "
+            f"that run (run_id {holder.run_id!r}), register a process outside it, or stop it first"
+        )
+
+    def _active_roots(self, exclude: str | None = None) -> dict[ProcKey, str]:
+        """The roots of every active run but ``exclude``: (pid, start_ticks) -> run id."""
+        return {
+            (process.pid, process.start_ticks): run.run_id
+            for run in self._runs.values()
+            if run.active and run.run_id != exclude
+            for process in run.processes
+        }
 
     def _join(self, run: Run, request: StartRequest, process: ProcessRef, caller_uid: int) -> Run:
         if not run.active:
