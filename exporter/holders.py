@@ -2,7 +2,7 @@
 
 A run measures its roots and all their descendants (exporter/groups.py). A process in two runs would count twice:
 the runs' CPU time (or memory) would add up to more than the system's, and attribution (exporter/attribution.py)
-would scale every run down to fit, other users' runs included. So the registry (exporter/runs.py) refuses to
+would have to cut the runs' claims to fit. So the registry (exporter/runs.py) refuses to
 register a process that an active run already holds: it, or one of its ancestors, is a root of that run. It also
 refuses a process one of whose descendants is a run's root: each run is then a subtree of its own, and no run's
 member can reap another run's process, whose whole CPU time would then move into the member's cutime.
@@ -17,13 +17,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from impact_exporter.groups import ChildLookup
+from impact_exporter.groups import ChildLookup, ProcKey
 from impact_exporter.sources import SourceError
 from impact_exporter.sources.procfs import ProcFS, ProcStat
 
 log = logging.getLogger(__name__)
-
-ProcKey = tuple[int, int]  # (pid, start_ticks): a reused PID is another process
 
 
 @dataclass(frozen=True)

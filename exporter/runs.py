@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
-from impact_exporter.groups import ProcessGroups
-from impact_exporter.holders import ProcKey, holding_run
+from impact_exporter.groups import ProcessGroups, ProcKey
+from impact_exporter.holders import holding_run
 from impact_exporter.kubernetes import kubernetes_labels
 from impact_exporter.ledger import Ledger, RunTotals
 from impact_exporter.run import (
