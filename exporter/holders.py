@@ -14,7 +14,7 @@ process in the tree plus the size of its subtree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from impact_exporter.groups import ChildLookup, ProcKey
@@ -44,14 +44,29 @@ class Holder:
 
 def holding_run(procfs: ProcFS, pid: int, roots: Mapping[ProcKey, str]) -> Holder | None:
     """The run among ``roots`` (root process -> run id) that holds ``pid`` itself or one of its descendants, or
-    None. A process that cannot be read ends that look-up: the sampler could not have read it into a run either."""
+    None. A process that cannot be read ends that direction's look-up: the sampler could not read it into a run
+    either."""
     try:
         stat = procfs.process(pid)
-        if stat is None:
-            return None
-        return _run_above(procfs, stat, roots) or _run_below(procfs, stat, roots)
     except SourceError as error:
-        log.debug("cannot follow the process tree of %d: %s", pid, error)
+        log.debug("cannot read process %d: %s", pid, error)
+        return None
+    if stat is None:
+        return None
+    return _readable(_run_above, procfs, stat, roots) or _readable(_run_below, procfs, stat, roots)
+
+
+def _readable(
+    look_up: Callable[[ProcFS, ProcStat, Mapping[ProcKey, str]], Holder | None],
+    procfs: ProcFS,
+    stat: ProcStat,
+    roots: Mapping[ProcKey, str],
+) -> Holder | None:
+    """``look_up``'s answer, or None when a process on its way cannot be read."""
+    try:
+        return look_up(procfs, stat, roots)
+    except SourceError as error:
+        log.debug("cannot follow the process tree of %d: %s", stat.pid, error)
         return None
 
 
