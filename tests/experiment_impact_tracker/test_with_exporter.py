@@ -319,6 +319,8 @@ def test_a_run_nested_in_another_run_of_the_same_process_is_refused_with_one_war
         with track_run("outer") as outer:
             with track_run("inner") as inner:
                 print(outer.run_id, outer.tracked, inner.tracked)
+            with track_run("inner-with-id", run_id="inner-7") as with_id:
+                assert not with_id.tracked
             try:
                 with track_run("strict-inner", strict=True):
                     pass
@@ -330,9 +332,11 @@ def test_a_run_nested_in_another_run_of_the_same_process_is_refused_with_one_war
     )
     outer_id, outer_tracked, inner_tracked, status, final = result.stdout.split()
     assert (outer_tracked, inner_tracked, status, final) == ("True", "False", "409", "finished")
-    [warning] = result.stderr.splitlines()
+    warning, warning_with_id = result.stderr.splitlines()
     assert warning.startswith("experiment_impact_tracker: warning: not tracking 'inner': impact-exporter at ")
     assert f"is a root of active run {outer_id}; a process counts in one run at a time" in warning
+    assert warning_with_id.startswith("experiment_impact_tracker: warning: not tracking 'inner-with-id': ")
+    assert f"is a root of active run {outer_id}" in warning_with_id, "the 409's reason, not the unknown id"
     assert [run["experiment"] for run in client.list_runs()] == ["outer"]
 
 
