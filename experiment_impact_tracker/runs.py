@@ -356,7 +356,12 @@ def _register(
     except ExporterError as error:
         if error.status != 409 or run_id is None:
             raise
-        existing = client.get_run(run_id)
+        try:
+            existing = client.get_run(run_id)
+        except ExporterError as lookup:
+            if lookup.status == 404:  # the conflict is about the process (it is in another run), not about the id
+                raise error from None
+            raise
         process = pid if pid is not None else os.getpid()
         if existing.get("status") != "active" or not _measured_by(process, existing.get("pids") or []):
             raise

@@ -20,10 +20,12 @@ DOMAIN_BASIS: Mapping[str, str] = MappingProxyType({"package": CPU, "core": CPU,
 
 @dataclass(frozen=True)
 class GroupShareBasis:
-    """What one group used in the interval, in the units its shares are computed from."""
+    """What one group used in the interval, in the units its shares are computed from, and whose group it is:
+    when the groups claim more than the system used, one owner's excess must not shrink another's share."""
 
     cpu_seconds: float
     memory_bytes: float
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,17 +36,40 @@ class Attribution:
     unattributed: Mapping[str, float]
 
 
-def usage_shares(usage: Mapping[str, float], total: float) -> dict[str, float]:
+def usage_shares(usage: Mapping[str, float], total: float, owners: Mapping[str, str] | None = None) -> dict[str, float]:
     """Each group's fraction of ``total``, never negative and summing to at most 1.
 
-    Group and system counters are read at slightly different instants, so their ratio can exceed 1 by a tick
-    or two; such shares are scaled down together rather than giving away more energy than was measured.
+    Group and system counters are read at slightly different instants, so the groups can claim more than
+    ``total`` by a tick or two; a root's reaper that reaped other children too claims more (docs/attribution.md).
+    Then the claims are cut down to fit, owner by owner (``owners``: group -> owner, "" for groups not in it):
+    every owner keeps its whole claim up to a common level, set so that the kept claims add up to ``total``, and
+    an owner above it keeps the level, shared among its groups in proportion. So one owner's excess cannot shrink
+    the share of an owner who claims less than the level; with one owner this is plain proportional scaling.
     """
     if total <= 0:
         return {group: 0.0 for group in usage}
     used = {group: max(0.0, amount) for group, amount in usage.items()}
-    denominator = max(total, sum(used.values()))
-    return {group: amount / denominator for group, amount in used.items()}
+    if sum(used.values()) <= total:
+        return {group: amount / total for group, amount in used.items()}
+    owner_of = {group: (owners or {}).get(group, "") for group in used}
+    claims: dict[str, float] = {}
+    for group, amount in used.items():
+        claims[owner_of[group]] = claims.get(owner_of[group], 0.0) + amount
+    kept = _kept_claims(claims, total)
+    scale = {owner: kept[owner] / claim if claim > 0 else 0.0 for owner, claim in claims.items()}
+    return {group: amount / total * scale[owner_of[group]] for group, amount in used.items()}
+
+
+def _kept_claims(claims: Mapping[str, float], total: float) -> dict[str, float]:
+    """Each claim cut to the level at which the cut claims add up to ``total`` (claims adding up to more)."""
+    remaining = total
+    ordered = sorted(claims.items(), key=lambda item: item[1])
+    for index, (_, claim) in enumerate(ordered):
+        level = remaining / (len(ordered) - index)
+        if claim > level:
+            return {owner: min(amount, level) for owner, amount in ordered}
+        remaining -= claim
+    return dict(claims)
 
 
 def split_energy(joules: float, shares: Mapping[str, float]) -> tuple[dict[str, float], float]:
@@ -69,8 +94,9 @@ def attribute_interval(
     summed over packages. CPU-basis domains are split by each group's CPU seconds over the system's busy CPU
     seconds; memory-basis domains by each group's resident memory over the machine's total memory.
     """
-    cpu = usage_shares({g: u.cpu_seconds for g, u in groups.items()}, system_busy_cpu_seconds)
-    memory = usage_shares({g: u.memory_bytes for g, u in groups.items()}, total_memory_bytes)
+    owners = {g: u.owner for g, u in groups.items()}
+    cpu = usage_shares({g: u.cpu_seconds for g, u in groups.items()}, system_busy_cpu_seconds, owners)
+    memory = usage_shares({g: u.memory_bytes for g, u in groups.items()}, total_memory_bytes, owners)
     shares_by_basis = {CPU: cpu, MEMORY: memory}
     by_group: dict[str, dict[str, float]] = {group: {} for group in groups}
     unattributed: dict[str, float] = {}

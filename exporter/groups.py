@@ -130,7 +130,7 @@ class ProcessGroups:
         """
         known = self._children_lists_to_reuse(self._take_added_roots())
         lists: dict[int, list[int]] = {}
-        children = _ChildLookup(self._procfs, self._files, lists, known)
+        children = ChildLookup(self._procfs, self._files, lists, known)
         usage: dict[str, GroupUsage] = {}
         groups: dict[str, _Group] = {}
         memory: dict[ProcKey, _Memory] = {}
@@ -144,7 +144,7 @@ class ProcessGroups:
                 and previous is not None
                 and not previous.members.keys() <= (walk.members.keys() | walk.fresh.keys())
             ):
-                walk = self._walk_group(tuple(root_pids), previous, _ChildLookup(self._procfs, self._files, lists))
+                walk = self._walk_group(tuple(root_pids), previous, ChildLookup(self._procfs, self._files, lists))
             walked[group_id] = walk
         exited = self._exited_roots(walked)
         parents: dict[int, ProcStat | None] = {}
@@ -166,7 +166,7 @@ class ProcessGroups:
         ``sample`` takes first. Roots the group has by then are left as they are; that ``sample`` must be passed the
         roots (it forgets a group or root it is not given).
         """
-        children = _ChildLookup(self._procfs)
+        children = ChildLookup(self._procfs)
         roots: dict[int, int | None] = {}
         fresh: dict[ProcKey, ProcStat] = {}
         for pid in root_pids:
@@ -416,7 +416,7 @@ class ProcessGroups:
         return stat is not None and stat.start_ticks == key[1]
 
 
-class _ChildLookup:
+class ChildLookup:
     """``children(pid)`` for one sample. Without per-thread children files, one ``/proc`` scan serves every lookup.
 
     Each answer is also put in ``seen``. With ``known`` (the previous sample's lists that still hold, see

@@ -32,6 +32,7 @@ class RunTotals:
 @dataclass
 class _Entry:
     roots: tuple[int, ...]
+    owner: str = ""
     energy_joules: dict[str, float] = field(default_factory=dict)
     cpu_seconds: float = 0.0
     gpu_seconds: float = 0.0
@@ -54,13 +55,15 @@ class Ledger:
         energy_joules: Mapping[str, float] | None = None,
         cpu_seconds: float = 0.0,
         gpu_seconds: float = 0.0,
+        owner: str = "",
     ) -> None:
         """Measure ``roots`` and their descendants for ``run_id``, starting from the given totals (by energy
-        domain); a run tracked already keeps its totals and only gets these roots."""
+        domain); a run tracked already keeps its totals and only gets these roots. ``owner`` names whose run it
+        is: attribution keeps one owner's excess claims from shrinking another's share."""
         with self._lock:
             entry = self._entries.get(run_id)
             if entry is None:
-                self._entries[run_id] = _Entry(tuple(roots), dict(energy_joules or {}), cpu_seconds, gpu_seconds)
+                self._entries[run_id] = _Entry(tuple(roots), owner, dict(energy_joules or {}), cpu_seconds, gpu_seconds)
             else:
                 entry.roots = tuple(roots)
             self._publish_roots()
@@ -74,6 +77,11 @@ class Ledger:
     def roots(self) -> Mapping[str, tuple[int, ...]]:
         """Root PIDs of every tracked run: made when runs are tracked or untracked, not at each sample."""
         return self._roots
+
+    def owners(self) -> Mapping[str, str]:
+        """The owner of every tracked run, by run id."""
+        with self._lock:
+            return MappingProxyType({run_id: entry.owner for run_id, entry in self._entries.items()})
 
     def add_usage(self, usage: Mapping[str, GroupUsage]) -> None:
         """Add an interval's CPU time per run, and take what each run holds now; runs not tracked are ignored."""

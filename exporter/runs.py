@@ -15,11 +15,12 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
-from impact_exporter.groups import ProcessGroups
+from impact_exporter.groups import ProcessGroups, ProcKey
+from impact_exporter.holders import holding_run
 from impact_exporter.kubernetes import kubernetes_labels
 from impact_exporter.ledger import Ledger, RunTotals
 from impact_exporter.limits import DEFAULT_LIMITS, Limits, RegistrationRate, broken_label_limit, flag
@@ -102,8 +103,9 @@ class RunRegistry:
         ends: list[tuple[str, float]] = []
         over_limit: Counter[tuple[str, str]] = Counter()  # (user, limit's flag) -> active runs ended for it
         active: Counter[int] = Counter()
+        roots: dict[ProcKey, str] = {}  # those of the active runs resumed so far
         for run in store.active():
-            alive = tuple(p for p in run.processes if self._is_alive(p))
+            alive = self._not_held(run.run_id, tuple(p for p in run.processes if self._is_alive(p)), roots)
             broken = self._resume_refusal(run, active[run.uid]) if alive else None
             if not alive or broken:
                 ends.append((run.run_id, run.last_seen or run.start_time))
@@ -115,6 +117,7 @@ class RunRegistry:
                 continue
             run = replace(run, processes=alive)  # a root that died meanwhile may have a new owner of its PID
             active[run.uid] += 1
+            roots.update(((p.pid, p.start_ticks), run.run_id) for p in alive)
             self._runs[run.run_id] = run
             self._track(run)
             log.info("run %s resumed with its totals", run.run_id)
@@ -147,6 +150,22 @@ class RunRegistry:
                 retained[run.uid] += 1
                 self._runs[run.run_id] = run
 
+    def _not_held(
+        self, run_id: str, processes: tuple[ProcessRef, ...], roots: Mapping[ProcKey, str]
+    ) -> tuple[ProcessRef, ...]:
+        """The ``processes`` of a resumed run that no run among ``roots``, resumed before it, holds: a store written
+        before a process counted in one run at a time may hold a process in several runs; the earliest keeps it."""
+        kept = []
+        for process in processes:
+            holder = holding_run(self._procfs, process.pid, roots)
+            if holder is None:
+                kept.append(process)
+            else:
+                log.warning(
+                    "run %s: %s run %s, so it counts there only", run_id, holder.relation(process.pid), holder.run_id
+                )
+        return tuple(kept)
+
     def _is_alive(self, process: ProcessRef) -> bool:
         stat = self._procfs.process(process.pid)
         return stat is not None and stat.start_ticks == process.start_ticks and stat.state not in ("Z", "X")
@@ -159,6 +178,7 @@ class RunRegistry:
             {COMPONENT_DOMAINS[c]: joules for c, joules in run.energy_joules.items() if c in COMPONENT_DOMAINS},
             run.cpu_seconds,
             run.gpu_seconds,
+            owner=str(run.uid),
         )
 
     def start(self, request: StartRequest, caller_uid: int, caller_pid: int | None) -> tuple[Run, bool]:
@@ -189,6 +209,7 @@ class RunRegistry:
                     placement=placement,
                 )
                 created = True
+            self._require_counted_once(pid, run.run_id, caller_uid)
             self._save([run])
             self._runs[run.run_id] = run
             self._publish()
@@ -242,6 +263,31 @@ class RunRegistry:
         if caller_uid != 0 and owner != caller_uid:
             raise Forbidden(f"process {pid} belongs to another user; a run may only include your own processes")
         return ProcessRef(pid, stat.start_ticks), owner
+
+    def _require_counted_once(self, pid: int, run_id: str, caller_uid: int) -> None:
+        """Refuse ``pid`` when another active run holds it or one of its descendants (exporter/holders.py): a
+        process counts in one run at a time. Another user's run is not named to the caller."""
+        holder = holding_run(self._procfs, pid, self._active_roots(exclude=run_id))
+        if holder is None:
+            return
+        if caller_uid != 0 and self._runs[holder.run_id].uid != caller_uid:
+            raise Conflict(
+                f"{holder.relation(pid)} another user's active run; a process counts in one run at a time: "
+                "register a process outside that run"
+            )
+        raise Conflict(
+            f"{holder.relation(pid)} active run {holder.run_id}; a process counts in one run at a time: join "
+            f"that run (run_id {holder.run_id!r}), register a process outside it, or stop it first"
+        )
+
+    def _active_roots(self, exclude: str | None = None) -> dict[ProcKey, str]:
+        """The roots of every active run but ``exclude``: (pid, start_ticks) -> run id."""
+        return {
+            (process.pid, process.start_ticks): run.run_id
+            for run in self._runs.values()
+            if run.active and run.run_id != exclude
+            for process in run.processes
+        }
 
     def _join(self, run: Run, request: StartRequest, process: ProcessRef, caller_uid: int) -> Run:
         if not run.active:

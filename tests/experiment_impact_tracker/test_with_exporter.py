@@ -309,6 +309,37 @@ def test_code_inside_impact_run_uses_impact_run_s_run(client: ExporterClient, en
     assert [run["experiment"] for run in client.list_runs()] == ["outer"]
 
 
+def test_a_run_nested_in_another_run_of_the_same_process_is_refused_with_one_warning(
+    client: ExporterClient, env: dict[str, str]
+) -> None:
+    """A process counts in one run at a time: the inner block runs untracked, the outer run goes on."""
+    result = python(
+        """
+        from experiment_impact_tracker import ExporterError, track_run
+        with track_run("outer") as outer:
+            with track_run("inner") as inner:
+                print(outer.run_id, outer.tracked, inner.tracked)
+            with track_run("inner-with-id", run_id="inner-7") as with_id:
+                assert not with_id.tracked
+            try:
+                with track_run("strict-inner", strict=True):
+                    pass
+            except ExporterError as error:
+                print(error.status)
+        print(outer.final["status"])
+    """,
+        env=env,
+    )
+    outer_id, outer_tracked, inner_tracked, status, final = result.stdout.split()
+    assert (outer_tracked, inner_tracked, status, final) == ("True", "False", "409", "finished")
+    warning, warning_with_id = result.stderr.splitlines()
+    assert warning.startswith("experiment_impact_tracker: warning: not tracking 'inner': impact-exporter at ")
+    assert f"is a root of active run {outer_id}; a process counts in one run at a time" in warning
+    assert warning_with_id.startswith("experiment_impact_tracker: warning: not tracking 'inner-with-id': ")
+    assert f"is a root of active run {outer_id}" in warning_with_id, "the 409's reason, not the unknown id"
+    assert [run["experiment"] for run in client.list_runs()] == ["outer"]
+
+
 def test_the_seed_api_as_in_the_original_readme(client: ExporterClient, env: dict[str, str], tmp_path: Path) -> None:
     logdir = tmp_path / "mobilenet-seed0"
     result = python(

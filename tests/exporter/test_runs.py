@@ -19,6 +19,7 @@ from impact_exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
 
 PID = 4242
+OTHER_PID = 4343  # a process outside PID's tree: a process counts in one run at a time
 
 
 def sample(registry: RunRegistry, ledger: Ledger, run_id: str, package_joules: float, processes: int = 1) -> None:
@@ -47,6 +48,7 @@ def ledger() -> Ledger:
 def registry(tmp_path: Path, store: RunStore, ledger: Ledger) -> RunRegistry:
     proc = FakeProc(tmp_path / "proc")
     proc.spawn(PID, 1, start=100, uid=0)
+    proc.spawn(OTHER_PID, 1, start=200, uid=0)
     return RunRegistry(proc.procfs(), store, ledger=ledger)
 
 
@@ -69,7 +71,7 @@ def test_a_store_that_refuses_writes_keeps_runs_in_memory_logs_once_and_catches_
     refuse_writes(store)
 
     with pytest.raises(StoreUnavailable, match=r"free space there or choose another --state-dir") as refused:
-        registry.start(StartRequest("eval", run_id="eval", pid=PID), 0, None)
+        registry.start(StartRequest("eval", run_id="eval", pid=OTHER_PID), 0, None)
     assert status_of(refused.value) == 503  # the API answers 503
     for joules in (2.0, 3.0, 4.0):
         sample(registry, ledger, "train", joules)

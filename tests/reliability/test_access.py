@@ -189,11 +189,20 @@ AUTHORIZATIONS_REFUSED = [
 ]
 
 
-def test_tcp_refuses_every_api_route_without_the_right_token(node: Node) -> None:
+@pytest.fixture
+def tcp_sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process for the TCP run of its own: a process counts in one run at a time, and root_sleeper has one."""
+    process = subprocess.Popen(["sleep", "600"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_tcp_refuses_every_api_route_without_the_right_token(node: Node, tcp_sleeper: subprocess.Popen[bytes]) -> None:
     base = f"{node.exporter.url}/api/v1/runs"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     created = requests.post(
-        base, json={"experiment": "tcp", "run_id": "tcp-job", "pid": node.root_sleeper.pid}, headers=auth, timeout=10
+        base, json={"experiment": "tcp", "run_id": "tcp-job", "pid": tcp_sleeper.pid}, headers=auth, timeout=10
     )
     assert created.status_code == 201, created.text
     routes = [
@@ -211,7 +220,7 @@ def test_tcp_refuses_every_api_route_without_the_right_token(node: Node) -> None
             assert response.headers["WWW-Authenticate"] == "Bearer"
             assert response.json() == {"error": "missing or wrong bearer token"}
     status, run = node.call("GET", "/api/v1/runs/tcp-job")
-    assert (status, run["status"], run["pids"]) == (200, "active", [node.root_sleeper.pid])
+    assert (status, run["status"], run["pids"]) == (200, "active", [tcp_sleeper.pid])
     status, listed = node.call("GET", "/api/v1/runs")
     assert "intruder" not in {run["experiment"] for run in listed["runs"]}
     assert requests.get(f"{node.exporter.url}/metrics", timeout=10).status_code == 200  # metrics stay public

@@ -49,6 +49,8 @@ from tests.servers import ExporterProcess, PrometheusServer, free_port, reported
 
 pytestmark = pytest.mark.integration
 
+OTHER_PID = 4343  # a process of the fake node beside the run's (PID)
+
 CPU_SHARE = 0.5  # tests/fakes/node.py: the run's process uses 5 of every 10 busy ticks
 OUTAGE_SECONDS = 30.0
 SCRAPED_SECONDS = 2.5  # before and after the outage: samples enough on each side that the scrape interval shows
@@ -356,6 +358,7 @@ def test_a_full_state_dir_keeps_metrics_refuses_new_runs_with_503_and_leaves_a_s
     tmp_path: Path, full_disk: TmpfsStateDir | FileSizeLimitStateDir, start_exporter: Callable[..., ExporterProcess]
 ) -> None:
     node = Node(tmp_path / "node")
+    node.proc.spawn(OTHER_PID, 1, start=6000, uid=0)  # for the later runs: a process counts in one run at a time
     exporter = start_exporter(*node.flags(f"--state-dir={full_disk.path}"))
     full_disk.watch(exporter.process.pid)
     client, run_id = node.client(), new_run_id("full")
@@ -367,7 +370,7 @@ def test_a_full_state_dir_keeps_metrics_refuses_new_runs_with_503_and_leaves_a_s
     full_disk.fill()
     node.drive(1.0, steps_of=COARSE)
     with pytest.raises(ExporterError) as refused:
-        client.start_run("faults", set="full", pid=PID)
+        client.start_run("faults", set="full", pid=OTHER_PID)
     assert refused.value.status == 503
     assert str(full_disk.path) in refused.value.message and "--state-dir" in refused.value.message
     with pytest.raises(ExporterError) as refused_stop:
@@ -382,7 +385,7 @@ def test_a_full_state_dir_keeps_metrics_refuses_new_runs_with_503_and_leaves_a_s
     assert exporter.log().count("cannot persist run totals") == 1, "said once, not at every sample"
 
     full_disk.free()
-    later = client.start_run("faults", set="full", pid=PID)
+    later = client.start_run("faults", set="full", pid=OTHER_PID)
     assert later["status"] == "active"
     caught_up = run_after(client, run_id, time.time())
     assert stored_runs(full_disk.path)[run_id]["energy_joules"] == caught_up["energy_joules"]

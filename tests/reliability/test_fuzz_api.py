@@ -69,19 +69,31 @@ class ModelRun:
     set: str
     labels: dict[str, str]
     stopped: bool = False
-    on_sleeper_only: bool = True  # every pid is the test's long-lived child: the run cannot end by itself
+    on_sleeper_only: bool = True  # every pid is one of the test's long-lived children: the run cannot end by itself
+    pids: set[int] = field(default_factory=set)
 
 
 @dataclass
 class Target:
-    """The one exporter under fuzzing, a live process to register, and the runs it must hold."""
+    """The one exporter under fuzzing, live processes to register (``sleeper`` for the ranks of a job, the others
+    for runs of their own: a process counts in one run at a time), and the runs it must hold."""
 
     exporter: ExporterProcess
     sleeper: subprocess.Popen[bytes]
+    sleepers: list[subprocess.Popen[bytes]]
     dead_pid: int
     state_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)
     statuses: Counter[int] = field(default_factory=Counter)  # answers so far, to show the fuzzing's reach
+
+    @property
+    def live_pids(self) -> list[int]:
+        """The ranks' process first, then the others."""
+        return [self.sleeper.pid, *(process.pid for process in self.sleepers)]
+
+    def holder(self, pid: int) -> str | None:
+        """The active run that holds ``pid`` (one of the live processes), if any."""
+        return next((run_id for run_id, run in self.runs.items() if not run.stopped and pid in run.pids), None)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +106,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     state_dir = workdir / "state"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    sleeper = subprocess.Popen(["sleep", "600"])
+    sleeper, *sleepers = (subprocess.Popen(["sleep", "600"]) for _ in range(6))
     exporter = ExporterProcess(
         workdir,
         [
@@ -105,10 +117,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             "--runs.retain-finished=1h",
         ],
     )
-    yield Target(exporter, sleeper, dead.pid, state_dir)
+    yield Target(exporter, sleeper, sleepers, dead.pid, state_dir)
     exporter.stop()
-    sleeper.kill()
-    sleeper.wait()
+    for process in (sleeper, *sleepers):
+        process.kill()
+        process.wait()
 
 
 # --- strategies ---------------------------------------------------------------------------------------------------
@@ -152,12 +165,12 @@ plain_labels = st.dictionaries(
 
 
 @st.composite
-def start_bodies(draw: st.DrawFn, live_pid: int, dead_pid: int) -> dict[str, Any]:
+def start_bodies(draw: st.DrawFn, live_pids: list[int], dead_pid: int) -> dict[str, Any]:
     """A POST /api/v1/runs body: one of the right shape (valid unless a text holds a lone surrogate), or one with a
-    field (or two) made wrong or left out."""
+    field (or two) made wrong or left out. The ranks of a job register ``live_pids[0]``, other runs the others."""
     body = draw(
         st.fixed_dictionaries(
-            {"experiment": plain_text, "pid": st.just(live_pid)},
+            {"experiment": plain_text, "pid": st.sampled_from(live_pids[1:])},
             optional={
                 "set": plain_text,
                 "labels": plain_labels,
@@ -166,13 +179,13 @@ def start_bodies(draw: st.DrawFn, live_pid: int, dead_pid: int) -> dict[str, Any
         )
     )
     if draw(st.integers(0, 5)) == 0:  # the ranks of a job: all but the first join its run
-        body = {"experiment": "ranks", "pid": live_pid, "run_id": draw(st.sampled_from(JOB_IDS))}
+        body = {"experiment": "ranks", "pid": live_pids[0], "run_id": draw(st.sampled_from(JOB_IDS))}
     wrong = {
         "experiment": st.one_of(text_values, json_values),
         "set": st.one_of(text_values, json_values),
         "labels": label_sets,
         "pid": st.one_of(  # not a real low pid: a run on PID 1 would make every sample walk the whole machine
-            st.sampled_from([live_pid, dead_pid]),
+            st.sampled_from([*live_pids, dead_pid]),
             st.integers(max_value=0),
             st.integers(min_value=2**22),
             json_values.filter(lambda value: value is not None),
@@ -267,13 +280,14 @@ def expected_start(target: Target, raw: bytes, caller_pid_known: bool) -> set[in
         return {400}
     if request.pid is None and not caller_pid_known:
         return {400}  # TCP: the pid is required
-    if request.pid not in (None, target.sleeper.pid):
+    if request.pid not in target.live_pids:
         return {200, 201, 400, 409}  # some other pid: running or not, by chance
+    holder = target.holder(request.pid)
     known = target.runs.get(request.run_id or "")
     if known is None:
-        return {201}
+        return {201} if holder is None else {409}  # a process counts in one run at a time
     same = (request.experiment, request.set, dict(request.labels)) == (known.experiment, known.set, known.labels)
-    if known.stopped or not same:
+    if known.stopped or not same or holder not in (None, request.run_id):
         return {409}
     return {200} if known.on_sleeper_only else {200, 409}
 
@@ -287,7 +301,8 @@ def record_start(target: Target, raw: bytes, answer: Answer) -> None:
     assert request.run_id in (None, run["run_id"])
     assert request.pid is None or request.pid in run["pids"]
     model = target.runs.setdefault(run["run_id"], ModelRun(run["experiment"], run["set"], run["labels"]))
-    model.on_sleeper_only &= set(run["pids"]) <= {target.sleeper.pid}
+    model.on_sleeper_only &= set(run["pids"]) <= set(target.live_pids)
+    model.pids |= set(run["pids"])
 
 
 def check_answer(answer: Answer, allowed: set[int], what: object) -> None:
@@ -384,7 +399,7 @@ def test_random_start_requests_get_their_status_and_store_only_valid_runs(
     @given(data=st.data())
     def fuzz(data: st.DataObject) -> None:
         if data.draw(st.integers(0, 3)):
-            raw = json.dumps(data.draw(start_bodies(target.sleeper.pid, target.dead_pid))).encode()
+            raw = json.dumps(data.draw(start_bodies(target.live_pids, target.dead_pid))).encode()
         else:
             raw = data.draw(raw_bodies)
         answer = send(target, "POST", "/api/v1/runs", raw)
@@ -424,7 +439,7 @@ def test_random_run_ids_in_paths_are_validated_and_stops_reach_only_their_run(ta
                 assert answer.body["status"] == "finished"
                 target.runs[run_id].stopped = True
 
-    body = json.dumps({"experiment": "paths", "pid": target.sleeper.pid, "run_id": RUN_ID_POOL[1]}).encode()
+    body = json.dumps({"experiment": "paths", "pid": target.sleepers[0].pid, "run_id": RUN_ID_POOL[1]}).encode()
     answer = send(target, "POST", "/api/v1/runs", body)
     if answer.status == 201:
         record_start(target, body, answer)
@@ -441,7 +456,7 @@ def test_tcp_requests_need_the_token_and_then_follow_the_same_rules(target: Targ
         ),
     )
     def fuzz(data: st.DataObject, auth: str | None) -> None:
-        raw = json.dumps(data.draw(start_bodies(target.sleeper.pid, target.dead_pid))).encode()
+        raw = json.dumps(data.draw(start_bodies(target.live_pids, target.dead_pid))).encode()
         answer = send(target, "POST", "/api/v1/runs", raw, tcp_auth=auth, over_tcp=True)
         authorized = (
             auth is not None and auth.split(None, 1)[0].lower() == "bearer" and auth.split(None, 1)[-1].strip() == TOKEN
@@ -457,11 +472,16 @@ def test_tcp_requests_need_the_token_and_then_follow_the_same_rules(target: Targ
 
 def test_a_run_id_with_a_colon_can_be_read_and_stopped_through_the_client(target: Target) -> None:
     client = ExporterClient(f"unix://{target.exporter.socket_path}")
-    run = client.start_run("colon", pid=target.sleeper.pid, run_id="job:7.rank-0")
-    target.runs[run["run_id"]] = ModelRun("colon", "", {})
-    assert client.get_run("job:7.rank-0")["status"] == "active"
-    stopped = client.stop_run("job:7.rank-0")
-    target.runs[run["run_id"]].stopped = True
+    sleeper = subprocess.Popen(["sleep", "600"])  # a process of its own: the target's may be in runs already
+    try:
+        run = client.start_run("colon", pid=sleeper.pid, run_id="job:7.rank-0")
+        target.runs[run["run_id"]] = ModelRun("colon", "", {}, on_sleeper_only=False)
+        assert client.get_run("job:7.rank-0")["status"] == "active"
+        stopped = client.stop_run("job:7.rank-0")
+        target.runs[run["run_id"]].stopped = True
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     assert (stopped["run_id"], stopped["status"]) == ("job:7.rank-0", "finished")
     assert_exporter_sound(target)
 
