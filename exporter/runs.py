@@ -28,6 +28,7 @@ from impact_exporter.run import (
     InvalidRequest,
     ProcessRef,
     Run,
+    RunKey,
     StartRequest,
     StoreUnavailable,
     UnknownRun,
@@ -75,7 +76,7 @@ class RunRegistry:
         self._ledger = ledger if ledger is not None else Ledger()
         self._groups = groups
         self._lock = threading.RLock()
-        self._runs: dict[str, Run] = {}
+        self._runs: dict[RunKey, Run] = {}
         self._exposed: tuple[Run, ...] = ()  # _runs as of its last change, for scrapes (see runs())
         if store is not None:
             self._resume(store.load())
@@ -95,7 +96,7 @@ class RunRegistry:
                 run = replace(run, processes=alive)  # a root that died meanwhile may have a new owner of its PID
                 log.info("run %s resumed with its totals", run.run_id)
             if run.active or now - (run.end_time or now) <= self._retain:
-                self._runs[run.run_id] = run
+                self._runs[run.key] = run
             if run.active:
                 self._track(run)
         if ended and self._store is not None:
@@ -108,7 +109,7 @@ class RunRegistry:
     def _track(self, run: Run) -> None:
         """Have the ledger track ``run``'s roots, from its totals if it is new there (energy by domain)."""
         self._ledger.track(
-            run.run_id,
+            run.key,
             run.pids,
             {COMPONENT_DOMAINS[c]: joules for c, joules in run.energy_joules.items() if c in COMPONENT_DOMAINS},
             run.cpu_seconds,
@@ -124,9 +125,10 @@ class RunRegistry:
         placement = self._placement(pid)
         with self._lock:
             self._require_store()
-            existing = self._runs.get(request.run_id) if request.run_id else None
+            existing = self._runs.get(RunKey(owner, request.run_id)) if request.run_id else None
             if existing is not None:
-                run = self._join(existing, request, process, caller_uid)
+                run = self._join(existing, request, process)
+                self._save([run])
                 created = False
             else:
                 run = Run(
@@ -140,14 +142,14 @@ class RunRegistry:
                     start_time=self._clock(),
                     placement=placement,
                 )
+                self._insert(run)
                 created = True
-            self._save([run])
-            self._runs[run.run_id] = run
+            self._runs[run.key] = run
             self._publish()
             self._track(run)
         if self._groups is not None:  # its CPU time counts from now, not from the next regular sample
             try:
-                self._groups.add_roots(run.run_id, run.pids)
+                self._groups.add_roots(run.key, run.pids)
             except SourceError as error:  # the next sample takes the baseline (and marks procfs down if need be)
                 log.debug("no baseline for run %s now: %s", run.run_id, error)
         return run, created
@@ -170,42 +172,48 @@ class RunRegistry:
             raise Forbidden(f"process {pid} belongs to another user; a run may only include your own processes")
         return ProcessRef(pid, stat.start_ticks), owner
 
-    def _join(self, run: Run, request: StartRequest, process: ProcessRef, caller_uid: int) -> Run:
+    def _join(self, run: Run, request: StartRequest, process: ProcessRef) -> Run:
+        """``run`` with ``process`` added: a run of the process's owner, so of the caller unless root calls."""
         if not run.active:
-            raise Conflict(f"run {run.run_id} already finished on this node; start a run with a new run_id")
-        if caller_uid != 0 and caller_uid != run.uid:
-            raise Forbidden(f"run {run.run_id} belongs to another user")
+            raise Conflict(already_finished(run.run_id))
         if (request.experiment, request.set, dict(request.labels)) != (run.experiment, run.set, dict(run.labels)):
             raise Conflict(f"run {run.run_id} exists with another experiment, set or labels")
         if process in run.processes:
             return run
         return replace(run, processes=(*run.processes, process))
 
-    def stop(self, run_id: str, caller_uid: int) -> Run:
+    def stop(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
         """End a run now with the totals of the last settled sample (a second stop returns the finished run
-        unchanged). RunSettler.stop takes a fresh sample first, so they include the run's last moments."""
-        run = self.get(run_id, caller_uid)
+        unchanged). RunSettler.stop takes a fresh sample first, so they include the run's last moments. ``user``
+        as for ``get``."""
+        run = self.get(run_id, caller_uid, user)
         if not run.active:
             return run
         with self._lock:
-            run = self._runs[run_id]
+            run = self._runs[run.key]
             if run.active:
                 run = replace(run, end_time=self._clock())
                 self._save([run])
-                self._runs[run_id] = run
+                self._runs[run.key] = run
                 self._publish()
-                self._ledger.untrack(run_id)
+                self._ledger.untrack(run.key)
             return run
 
-    def get(self, run_id: str, caller_uid: int) -> Run:
-        """A run the caller may see (its own, or any for root)."""
+    def get(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
+        """The caller's run ``run_id``. Root may read any user's: the one ``user`` names, or the only one of that
+        id. Another user's run is as unknown as a run that does not exist (UnknownRun), so ids cannot be probed."""
         with self._lock:
-            run = self._runs.get(run_id)
-        if run is None:
-            raise UnknownRun(f"no run {run_id!r} on this exporter")
-        if caller_uid != 0 and run.uid != caller_uid:
-            raise Forbidden(f"run {run_id} belongs to another user")
-        return run
+            if caller_uid == 0:
+                held = [run for key, run in self._runs.items() if key.run_id == run_id]
+            else:
+                held = [run] if (run := self._runs.get(RunKey(caller_uid, run_id))) is not None else []
+        held = [run for run in held if user is None or run.user == user]
+        if not held:
+            raise UnknownRun(f"no run {run_id!r} on this exporter" + (f" of user {user!r}" if user else ""))
+        if len(held) > 1:
+            users = ", ".join(sorted(run.user for run in held))
+            raise Conflict(f"run {run_id} is held by users {users}; name one with ?user=NAME")
+        return held[0]
 
     def list(self, caller_uid: int) -> list[Run]:
         """Active and recently finished runs the caller may see."""
@@ -234,11 +242,11 @@ class RunRegistry:
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()
-                changed.append(self._settle_run(run, totals.get(run.run_id), measured, timestamp))
+                changed.append(self._settle_run(run, totals.get(run.key), measured, timestamp))
             for run in changed:
-                self._runs[run.run_id] = run
+                self._runs[run.key] = run
                 if not run.active:
-                    self._ledger.untrack(run.run_id)
+                    self._ledger.untrack(run.key)
             self._expire(timestamp)
             self._publish()
             if self._store is not None and (changed or self._persist_failure):
@@ -287,8 +295,8 @@ class RunRegistry:
         )
 
     def _expire(self, now: float) -> None:
-        for run_id in [r.run_id for r in self._runs.values() if not r.active and now - r.end_time > self._retain]:
-            del self._runs[run_id]
+        for key in [key for key, r in self._runs.items() if not r.active and now - r.end_time > self._retain]:
+            del self._runs[key]
 
     def close(self) -> None:
         """Persist every run as it is now and close the store (on SIGTERM); if the store cannot be written, it
@@ -310,6 +318,24 @@ class RunRegistry:
         try:
             self._store.save(runs)
         except sqlite3.Error as error:
-            raise StoreUnavailable(
-                f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
-            ) from error
+            raise self._unavailable(error) from error
+
+    def _insert(self, run: Run) -> None:
+        """Store a new run: Conflict when the store holds its user's run of that id, though memory no longer does."""
+        self._require_store()
+        try:
+            self._store.insert(run)
+        except sqlite3.IntegrityError as error:
+            raise Conflict(already_finished(run.run_id)) from error
+        except sqlite3.Error as error:
+            raise self._unavailable(error) from error
+
+    def _unavailable(self, error: sqlite3.Error) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
+        )
+
+
+def already_finished(run_id: str) -> str:
+    """Why a run id cannot be used again: it names a run of the caller's that ended on this node."""
+    return f"run {run_id} already finished on this node; start a run with a new run_id"

@@ -13,7 +13,7 @@ import pytest
 from impact_exporter.api import status_of
 from impact_exporter.groups import GroupUsage
 from impact_exporter.ledger import Ledger
-from impact_exporter.run import StartRequest, StoreUnavailable
+from impact_exporter.run import RunKey, StartRequest, StoreUnavailable
 from impact_exporter.runs import RunRegistry
 from impact_exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
@@ -24,12 +24,13 @@ PID = 4242
 def sample(registry: RunRegistry, ledger: Ledger, run_id: str, package_joules: float, processes: int = 1) -> None:
     """Add an interval to the ledger after which the run's group has used ``package_joules`` of package energy
     (and as many CPU seconds) since it was tracked, and settle the runs; with no ``processes`` left the run ends."""
-    totals = ledger.totals().get(run_id)
+    key = RunKey(0, run_id)  # the runs are root's
+    totals = ledger.totals().get(key)
     used = package_joules - (totals.energy_joules.get("package", 0.0) if totals is not None else 0.0)
     ledger.measure(("package",))
     usage = GroupUsage(cpu_seconds=used, memory_bytes=0, processes=processes, root_alive=processes > 0)
-    ledger.add_usage({run_id: usage})
-    ledger.add_energy({run_id: {"package": used}})
+    ledger.add_usage({key: usage})
+    ledger.add_energy({key: {"package": used}})
     registry.settle(1000.0 + package_joules)
 
 
