@@ -135,7 +135,13 @@ def exposes_gpu(run: Run) -> bool:
 
 
 RUN_FAMILIES = (  # in the order they are exposed
-    RunFamily("impact_run_info", "Labels of a run; join on run_id and user. Always 1.", "gauge", "", lambda run: ((INFO, 1.0),)),
+    RunFamily(
+        "impact_run_info",
+        "Labels of a run; join on run_id and user. Always 1.",
+        "gauge",
+        "",
+        lambda run: ((INFO, 1.0),),
+    ),
     RunFamily(
         "impact_run_start_time_seconds",
         "Unix time the run started.",
@@ -222,9 +228,7 @@ class RunLabelText:
             source=run_label_source(run),
             info=label_text(run_info_labels(run)),
             run_id=label_text(identity),
-            components={
-                component: label_text({"component": component, **identity}) for component in COMPONENT_DOMAINS
-            },
+            components={component: label_text({"component": component, **identity}) for component in COMPONENT_DOMAINS},
         )
 
     def label(self, key: SeriesKey, run: Run) -> str:

@@ -83,8 +83,9 @@ class RunStore:
     def save(self, runs: Iterable[Run]) -> None:
         """Insert or update runs, all in one transaction: a run's row is only ever its own (same user, same id)."""
         self._write_many(
-            f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (uid, run_id) DO UPDATE "
-            "SET experiment = excluded.experiment, run_set = excluded.run_set, labels = excluded.labels, "
+            f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (uid, run_id) DO UPDATE SET experiment = excluded.experiment, run_set = excluded.run_set, "
+            "labels = excluded.labels, "
             "user = excluded.user, processes = excluded.processes, start_time = excluded.start_time, "
             "end_time = excluded.end_time, energy_joules = excluded.energy_joules, cpu_seconds = excluded.cpu_seconds, "
             "last_seen = excluded.last_seen, gpu_seconds = excluded.gpu_seconds, placement = excluded.placement",
@@ -145,9 +146,7 @@ class RunStore:
 
     def load(self) -> list[Run]:
         """Every stored run, oldest first."""
-        rows = self._db.execute(
-            f"SELECT {self.COLUMNS} FROM runs ORDER BY start_time"
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {self.COLUMNS} FROM runs ORDER BY start_time").fetchall()
         return [
             Run(
                 run_id=row[0],
