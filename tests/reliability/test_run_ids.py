@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 PACKAGE = "intel-rapl:0"
 ENERGY, CPU_TIME = "impact_run_energy_joules_total", "impact_run_cpu_seconds_total"
+BUSY = 'i=0; while [ "$i" -lt 100000000 ]; do i=$((i + 1)); done'  # builtins only: no child outlives the shell
 LAUNCHER = 40002  # a uid with no account, in the socket's group: the user whose launcher picks the run id
 
 
@@ -106,8 +107,8 @@ def test_a_squatted_run_id_does_not_stop_the_owners_launcher_and_each_run_keeps_
     exporter: ExporterProcess, powercap: FakePowercap, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     squatter = subprocess.Popen(["sleep", "600"], user=NOBODY, group=NOBODY, extra_groups=[])
-    launcher = subprocess.Popen(
-        ["timeout", "30", "sh", "-c", "while :; do :; done"], user=LAUNCHER, group=NOBODY, extra_groups=[]
+    launcher = subprocess.Popen(  # one busy process, so that killing it ends the load
+        ["sh", "-c", BUSY], user=LAUNCHER, group=NOBODY, extra_groups=[]
     )
     processes += [squatter, launcher]
     socket = exporter.socket_path
