@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from impact_exporter.limits import DEFAULT_LIMITS, Limits, flag, label_bytes
 from impact_exporter.run import (
@@ -151,6 +151,21 @@ def parse_start_request(body: object, limits: Limits = DEFAULT_LIMITS) -> StartR
     return request
 
 
+def user_of(query: str) -> str | None:
+    """The ``user`` a query names (``?user=alice``), or None: root's way to choose among users who hold the same
+    run id, since ids are scoped by user. Any other parameter is refused rather than ignored."""
+    try:
+        parameters = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=1)
+    except ValueError:
+        raise InvalidRequest("the only query parameter of the run API is user, once: ?user=NAME") from None
+    unknown = set(parameters) - {"user"}
+    if unknown or len(parameters.get("user", [])) > 1:
+        raise InvalidRequest("the only query parameter of the run API is user, once: ?user=NAME")
+    if "user" not in parameters:
+        return None
+    return validate_text("user", parameters["user"][0], required=True)
+
+
 def status_of(failure: RunError) -> int:
     """The HTTP status that answers ``failure``."""
     return HTTP_STATUS.get(type(failure), HTTPStatus.BAD_REQUEST)
@@ -166,14 +181,16 @@ class RunAPI:
         self._snapshot = snapshot
         self._limits = limits
 
-    def handle(self, method: str, path: str, body: bytes, caller: Caller) -> Reply:
-        """The reply to one request; every outcome, errors included, is a JSON object."""
+    def handle(self, method: str, target: str, body: bytes, caller: Caller) -> Reply:
+        """The reply to one request for ``target`` (a path, with its query if any); every outcome, errors
+        included, is a JSON object."""
+        path, _, query = target.partition("?")
         try:
-            return self._route(method, path.rstrip("/") or "/", body, caller)
+            return self._route(method, urlsplit(path).path.rstrip("/") or "/", body, caller, user_of(query))
         except RunError as failure:
             return error(status_of(failure), str(failure))
 
-    def _route(self, method: str, path: str, body: bytes, caller: Caller) -> Reply:
+    def _route(self, method: str, path: str, body: bytes, caller: Caller, user: str | None) -> Reply:
         if path == RUNS:
             if method == "POST":
                 return self._start(body, caller)
@@ -183,12 +200,12 @@ class RunAPI:
         if match := STOP.fullmatch(path):
             if method != "POST":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use POST to stop a run")
-            run = self._registry.stop(validate_run_id(unquote(match.group(1)), self._limits), caller.uid)
+            run = self._registry.stop(validate_run_id(unquote(match.group(1)), self._limits), caller.uid, user)
             return Reply(HTTPStatus.OK, self.render(run))
         if match := RUN.fullmatch(path):
             if method != "GET":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use GET to read a run")
-            run = self._registry.get(validate_run_id(unquote(match.group(1)), self._limits), caller.uid)
+            run = self._registry.get(validate_run_id(unquote(match.group(1)), self._limits), caller.uid, user)
             return Reply(HTTPStatus.OK, self.render(run))
         return error(HTTPStatus.NOT_FOUND, f"no such API route: {path}")
 

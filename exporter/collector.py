@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from impact_exporter.exposition import PrerenderedFamily, go_float, label_text
 from impact_exporter.host import HostInfo
-from impact_exporter.run import COMPONENT_DOMAINS, Run
+from impact_exporter.run import COMPONENT_DOMAINS, Run, RunKey
 from impact_exporter.sampler import Snapshot
 
 RAPL_DOMAIN_HELP = {
@@ -36,7 +36,7 @@ class ImpactCollector(Collector):
     Sample lines::
 
         impact_rapl_package_joules_total{package="0"} 240422.366267
-        impact_run_energy_joules_total{component="cpu",run_id="4f0c..."} 812.5
+        impact_run_energy_joules_total{component="cpu",run_id="4f0c...",user="alice"} 812.5
         impact_source_up{source="rapl"} 1.0
     """
 
@@ -101,7 +101,8 @@ def energy_families(snapshot: Snapshot) -> Iterator[Metric]:
 INFO = "info"
 """The series key of ``impact_run_info``: its labels are the run's own (run_info_labels)."""
 RUN_ID = None
-"""The series key of a series labelled by ``run_id`` alone. Any other key is an energy component."""
+"""The series key of a series labelled by the run's identity alone (``run_id`` and ``user``: run ids are scoped
+by user, see RunKey). Any other key is an energy component."""
 SeriesKey = str | None
 
 
@@ -134,7 +135,13 @@ def exposes_gpu(run: Run) -> bool:
 
 
 RUN_FAMILIES = (  # in the order they are exposed
-    RunFamily("impact_run_info", "Labels of a run; join on run_id. Always 1.", "gauge", "", lambda run: ((INFO, 1.0),)),
+    RunFamily(
+        "impact_run_info",
+        "Labels of a run; join on run_id and user. Always 1.",
+        "gauge",
+        "",
+        lambda run: ((INFO, 1.0),),
+    ),
     RunFamily(
         "impact_run_start_time_seconds",
         "Unix time the run started.",
@@ -182,8 +189,13 @@ RUN_FAMILIES = (  # in the order they are exposed
         gpu_only=True,
     ),
 )
-"""The per-run families. Their series are keyed by ``run_id`` alone; descriptive labels live only on
-``impact_run_info``."""
+"""The per-run families. Their series are keyed by ``run_id`` and ``user`` (run_identity); descriptive labels
+live only on ``impact_run_info``."""
+
+
+def run_identity(run: Run) -> dict[str, str]:
+    """The labels that tell a run's series from any other run's: two users may each hold a run id."""
+    return {"run_id": run.run_id, "user": run.user}
 
 
 def run_info_labels(run: Run) -> dict[str, str]:
@@ -205,34 +217,32 @@ class RunLabelText:
 
     source: tuple[object, ...]  # what the text was made from (run_label_source); made again if it differs
     info: str  # '{experiment="...",run_id="...",set="...",user="..."}'
-    run_id: str  # '{run_id="..."}'
-    components: Mapping[str, str]  # component -> '{component="cpu",run_id="..."}'
+    run_id: str  # '{run_id="...",user="..."}'
+    components: Mapping[str, str]  # component -> '{component="cpu",run_id="...",user="..."}'
 
     @classmethod
     def of(cls, run: Run) -> RunLabelText:
         """The escaped and formatted label sets of ``run``."""
-        run_id = label_text({"run_id": run.run_id})
+        identity = run_identity(run)
         return cls(
             source=run_label_source(run),
             info=label_text(run_info_labels(run)),
-            run_id=run_id,
-            components={
-                component: label_text({"component": component, "run_id": run.run_id}) for component in COMPONENT_DOMAINS
-            },
+            run_id=label_text(identity),
+            components={component: label_text({"component": component, **identity}) for component in COMPONENT_DOMAINS},
         )
 
-    def label(self, key: SeriesKey, run_id: str) -> str:
+    def label(self, key: SeriesKey, run: Run) -> str:
         """The label set of the series ``key`` of a family (see RunFamily)."""
         if key is RUN_ID:
             return self.run_id
         if key == INFO:
             return self.info
-        return self.component(key, run_id)
+        return self.component(key, run)
 
-    def component(self, component: str, run_id: str) -> str:
+    def component(self, component: str, run: Run) -> str:
         """The label set of one component's energy series."""
         text = self.components.get(component)
-        return text if text is not None else label_text({"component": component, "run_id": run_id})
+        return text if text is not None else label_text({"component": component, **run_identity(run)})
 
 
 def run_label_source(run: Run) -> tuple[object, ...]:
@@ -241,11 +251,11 @@ def run_label_source(run: Run) -> tuple[object, ...]:
 
 
 class RunLabelCache:
-    """Formatted label sets of the runs of the last scrape, by run_id (runs no longer exposed are dropped), and the
+    """Formatted label sets of the runs of the last scrape, by RunKey (runs no longer exposed are dropped), and the
     layout of their lines."""
 
     def __init__(self) -> None:
-        self._texts: dict[str, RunLabelText] = {}
+        self._texts: dict[RunKey, RunLabelText] = {}
         self._layout: RunLayout | None = None
 
     def __len__(self) -> int:
@@ -257,12 +267,12 @@ class RunLabelCache:
         texts = self._texts
         result = []
         for run in runs:
-            text = texts.get(run.run_id)
+            text = texts.get(run.key)
             if text is None or text.source != run_label_source(run):
-                text = texts[run.run_id] = RunLabelText.of(run)
+                text = texts[run.key] = RunLabelText.of(run)
             result.append(text)
         if len(texts) > len(runs):
-            self._texts = {run.run_id: texts[run.run_id] for run in runs}
+            self._texts = {run.key: texts[run.key] for run in runs}
         return result
 
     def layout(self, runs: Sequence[Run], texts: list[RunLabelText]) -> RunLayout:
@@ -307,13 +317,13 @@ class RunLayout:
             name = family.sample_name
             if family.per_sample:
                 series[family.name] = [
-                    f"{name}{text.label(key, run.run_id)} "
+                    f"{name}{text.label(key, run)} "
                     for run, text in zip(runs, texts, strict=True)
                     for key, _ in family.series(run)
                 ]
             else:
                 fixed[family.name] = "".join(
-                    f"{name}{text.label(key, run.run_id)} {go_float(value)}\n"
+                    f"{name}{text.label(key, run)} {go_float(value)}\n"
                     for run, text in zip(runs, texts, strict=True)
                     for key, value in family.series(run)
                 )
@@ -403,10 +413,10 @@ class RunScrape:
 def sample_labels(run: Run, key: SeriesKey) -> dict[str, str]:
     """The labels of the series ``key`` of a run (see RunFamily)."""
     if key is RUN_ID:
-        return {"run_id": run.run_id}
+        return run_identity(run)
     if key == INFO:
         return run_info_labels(run)
-    return {"run_id": run.run_id, "component": key}
+    return {**run_identity(run), "component": key}
 
 
 def unattributed_family(snapshot: Snapshot) -> Metric:

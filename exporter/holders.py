@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from impact_exporter.groups import ChildLookup, ProcKey
+from impact_exporter.run import RunKey
 from impact_exporter.sources import SourceError
 from impact_exporter.sources.procfs import ProcFS, ProcStat
 
@@ -26,10 +27,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Holder:
-    """The run that holds a process: its id, and its root ``root_pid``, an ancestor of the process (or the process
+    """The run that holds a process: its key, and its root ``root_pid``, an ancestor of the process (or the process
     itself) when ``above``, else a descendant."""
 
-    run_id: str
+    run: RunKey
     root_pid: int
     above: bool
 
@@ -42,8 +43,8 @@ class Holder:
         return f"process {pid} has a descendant, process {self.root_pid}, that is a root of"
 
 
-def holding_run(procfs: ProcFS, pid: int, roots: Mapping[ProcKey, str]) -> Holder | None:
-    """The run among ``roots`` (root process -> run id) that holds ``pid`` itself or one of its descendants, or
+def holding_run(procfs: ProcFS, pid: int, roots: Mapping[ProcKey, RunKey]) -> Holder | None:
+    """The run among ``roots`` (root process -> run key) that holds ``pid`` itself or one of its descendants, or
     None. A process that cannot be read ends that direction's look-up: the sampler could not read it into a run
     either."""
     try:
@@ -57,10 +58,10 @@ def holding_run(procfs: ProcFS, pid: int, roots: Mapping[ProcKey, str]) -> Holde
 
 
 def _readable(
-    look_up: Callable[[ProcFS, ProcStat, Mapping[ProcKey, str]], Holder | None],
+    look_up: Callable[[ProcFS, ProcStat, Mapping[ProcKey, RunKey]], Holder | None],
     procfs: ProcFS,
     stat: ProcStat,
-    roots: Mapping[ProcKey, str],
+    roots: Mapping[ProcKey, RunKey],
 ) -> Holder | None:
     """``look_up``'s answer, or None when a process on its way cannot be read."""
     try:
@@ -70,14 +71,14 @@ def _readable(
         return None
 
 
-def _run_above(procfs: ProcFS, stat: ProcStat, roots: Mapping[ProcKey, str]) -> Holder | None:
+def _run_above(procfs: ProcFS, stat: ProcStat, roots: Mapping[ProcKey, RunKey]) -> Holder | None:
     """The run whose root is ``stat``'s process or its nearest ancestor among ``roots``."""
     seen: set[int] = set()
     current: ProcStat | None = stat
     while current is not None and current.pid not in seen:
-        run_id = roots.get(current.key)
-        if run_id is not None:
-            return Holder(run_id, current.pid, above=True)
+        run = roots.get(current.key)
+        if run is not None:
+            return Holder(run, current.pid, above=True)
         if current.ppid <= 0:
             return None
         seen.add(current.pid)
@@ -85,7 +86,7 @@ def _run_above(procfs: ProcFS, stat: ProcStat, roots: Mapping[ProcKey, str]) -> 
     return None
 
 
-def _run_below(procfs: ProcFS, stat: ProcStat, roots: Mapping[ProcKey, str]) -> Holder | None:
+def _run_below(procfs: ProcFS, stat: ProcStat, roots: Mapping[ProcKey, RunKey]) -> Holder | None:
     """A run whose root descends from ``stat``'s process."""
     children = ChildLookup(procfs)
     seen = {stat.key}
@@ -96,9 +97,9 @@ def _run_below(procfs: ProcFS, stat: ProcStat, roots: Mapping[ProcKey, str]) -> 
             child = procfs.process(pid)
             if child is None or child.ppid != parent.pid or child.key in seen:
                 continue
-            run_id = roots.get(child.key)
-            if run_id is not None:
-                return Holder(run_id, child.pid, above=False)
+            run = roots.get(child.key)
+            if run is not None:
+                return Holder(run, child.pid, above=False)
             seen.add(child.key)
             stack.append(child)
     return None

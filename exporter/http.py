@@ -194,7 +194,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urlsplit(self.path).path
         if path.startswith("/api/"):
-            self._serve_api("GET", path)
+            self._serve_api("GET", self.path)  # with its query (?user=)
         elif path == "/metrics":
             self._send_metrics()
         elif path == "/-/healthy":
@@ -208,7 +208,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
         if path.startswith("/api/"):
-            self._serve_api("POST", path)
+            self._serve_api("POST", self.path)  # with its query (?user=)
         else:
             self.close_connection = True  # the body was not read
             self._send_json(error(HTTPStatus.METHOD_NOT_ALLOWED, f"POST is not allowed on {path}"))

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import re
 
-POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+POD_CGROUP = re.compile(
+    r"/(?:kubepods(?:\.slice)?/|(?:\.\./)+)"  # the kubelet's hierarchy at the root, or above our cgroup namespace
+    r"(?:kubepods-(?:besteffort|burstable)\.slice/|(?:besteffort|burstable)/)?"  # the QoS class, but for Guaranteed
+    r"(?:kubepods(?:-besteffort|-burstable)?-)?"  # the systemd driver's slice prefix
+    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?(?:/|$)"
+)
+"""A pod's cgroup, matched from the start of the path only: a user with a delegated cgroup subtree (systemd's
+``user@.service``) can name a cgroup ``kubepods-...-pod<uid>.slice`` below it, but not at the root."""
 CONTAINER = re.compile(r"^(?:(cri-containerd|docker|crio)-)?([0-9a-f]{64})(?:\.scope)?$")
 RUNTIME_PREFIX = {"cri-containerd": "containerd://", "docker": "docker://", "crio": "cri-o://", None: ""}
 
@@ -18,10 +25,10 @@ RUNTIME_PREFIX = {"cri-containerd": "containerd://", "docker": "docker://", "cri
 def kubernetes_labels(cgroup_text: str) -> dict[str, str]:
     """``pod_uid`` and ``container_id`` of the process whose ``/proc/<pid>/cgroup`` is ``cgroup_text``; empty
     outside Kubernetes. cgroup v1 and v2, systemd and cgroupfs drivers, and paths seen from another cgroup
-    namespace (``/../..``) all work."""
+    namespace (``/../..``) all work; a pod-like name anywhere but in the kubelet's hierarchy is not a pod."""
     for line in cgroup_text.splitlines():
         path = line.split(":", 2)[-1]
-        pod = POD_UID.search(path)
+        pod = POD_CGROUP.match(path)
         if pod is None:
             continue
         labels = {"pod_uid": pod.group(1).replace("_", "-")}

@@ -1,4 +1,4 @@
-"""The ledger: every running total of every tracked run, keyed by run id.
+"""The ledger: every running total of every tracked run, keyed by its RunKey (user and run id).
 
 The registry (exporter/runs.py) tells the ledger which runs are tracked, with the root PIDs to measure and the
 totals a resumed run starts from, and reads their totals back. The sampler (exporter/sampler.py) reads which
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from impact_exporter.groups import GroupUsage
+from impact_exporter.run import RunKey
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,17 @@ class _Entry:
 
 
 class Ledger:
-    """Run id -> running totals, for the runs the registry tracks. Safe to use from any thread."""
+    """RunKey -> running totals, for the runs the registry tracks. Safe to use from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
-        self._roots: Mapping[str, tuple[int, ...]] = MappingProxyType({})
+        self._entries: dict[RunKey, _Entry] = {}
+        self._roots: Mapping[RunKey, tuple[int, ...]] = MappingProxyType({})
         self._measured: frozenset[str] = frozenset()
 
     def track(
         self,
-        run_id: str,
+        run_id: RunKey,
         roots: Collection[int],
         energy_joules: Mapping[str, float] | None = None,
         cpu_seconds: float = 0.0,
@@ -68,22 +69,22 @@ class Ledger:
                 entry.roots = tuple(roots)
             self._publish_roots()
 
-    def untrack(self, run_id: str) -> None:
+    def untrack(self, run_id: RunKey) -> None:
         """Stop measuring ``run_id`` and forget its totals (the registry keeps a finished run's)."""
         with self._lock:
             if self._entries.pop(run_id, None) is not None:
                 self._publish_roots()
 
-    def roots(self) -> Mapping[str, tuple[int, ...]]:
+    def roots(self) -> Mapping[RunKey, tuple[int, ...]]:
         """Root PIDs of every tracked run: made when runs are tracked or untracked, not at each sample."""
         return self._roots
 
-    def owners(self) -> Mapping[str, str]:
-        """The owner of every tracked run, by run id."""
+    def owners(self) -> Mapping[RunKey, str]:
+        """The owner of every tracked run, by run key."""
         with self._lock:
-            return MappingProxyType({run_id: entry.owner for run_id, entry in self._entries.items()})
+            return MappingProxyType({key: entry.owner for key, entry in self._entries.items()})
 
-    def add_usage(self, usage: Mapping[str, GroupUsage]) -> None:
+    def add_usage(self, usage: Mapping[RunKey, GroupUsage]) -> None:
         """Add an interval's CPU time per run, and take what each run holds now; runs not tracked are ignored."""
         with self._lock:
             for run_id, run_usage in usage.items():
@@ -92,8 +93,8 @@ class Ledger:
                     entry.cpu_seconds += run_usage.cpu_seconds
                     entry.usage = run_usage
 
-    def add_energy(self, joules: Mapping[str, Mapping[str, float]]) -> None:
-        """Add an interval's attributed joules: run id -> energy domain -> joules."""
+    def add_energy(self, joules: Mapping[RunKey, Mapping[str, float]]) -> None:
+        """Add an interval's attributed joules: run key -> energy domain -> joules."""
         with self._lock:
             for run_id, by_domain in joules.items():
                 entry = self._entries.get(run_id)
@@ -101,7 +102,7 @@ class Ledger:
                     for domain, value in by_domain.items():
                         entry.energy_joules[domain] = entry.energy_joules.get(domain, 0.0) + value
 
-    def add_gpu_seconds(self, seconds: Mapping[str, float]) -> None:
+    def add_gpu_seconds(self, seconds: Mapping[RunKey, float]) -> None:
         """Add an interval's GPU time per run."""
         with self._lock:
             for run_id, value in seconds.items():
@@ -118,7 +119,7 @@ class Ledger:
         """The energy domains measured since start."""
         return self._measured
 
-    def totals(self) -> Mapping[str, RunTotals]:
+    def totals(self) -> Mapping[RunKey, RunTotals]:
         """Every tracked run's totals as of now."""
         with self._lock:
             return MappingProxyType({run_id: self._totals(entry) for run_id, entry in self._entries.items()})

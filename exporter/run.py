@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram", "gpu": "gpu"})
 """Per-run energy components and the RAPL domain each one is the attributed share of."""
@@ -28,7 +29,7 @@ class Forbidden(RunError):
 
 
 class UnknownRun(RunError):
-    """No run has this id on this exporter."""
+    """No run the caller may see has this id on this exporter."""
 
 
 class Conflict(RunError):
@@ -51,6 +52,15 @@ class ProcessRef:
     start_ticks: int
 
 
+class RunKey(NamedTuple):
+    """A run's identity on a node: run ids are scoped by user, so two users may each hold the same id and neither
+    can take an id the other's launcher will use. The registry, ledger and store key runs by it; the per-run
+    series carry ``user`` next to ``run_id`` for the same reason."""
+
+    uid: int
+    run_id: str
+
+
 @dataclass(frozen=True)
 class Run:
     """One experiment run on this node: what it is, whose it is, and what it used so far."""
@@ -69,6 +79,10 @@ class Run:
     last_seen: float | None = None
     gpu_seconds: float = 0.0
     placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.uid, self.run_id)
 
     @property
     def active(self) -> bool:

@@ -31,6 +31,7 @@ from impact_exporter.run import (
     InvalidRequest,
     ProcessRef,
     Run,
+    RunKey,
     StartRequest,
     StoreUnavailable,
     TooManyRequests,
@@ -88,7 +89,7 @@ class RunRegistry:
         self._rate = RegistrationRate(limits)
         self._pruned_at: float | None = None  # the sample time of the last pruning of the store
         self._lock = threading.RLock()
-        self._runs: dict[str, Run] = {}
+        self._runs: dict[RunKey, Run] = {}
         self._exposed: tuple[Run, ...] = ()  # _runs as of its last change, for scrapes (see runs())
         if store is not None:
             self._resume(store)
@@ -100,15 +101,15 @@ class RunRegistry:
         ended for a limit are logged per user and limit. Then finished runs within --runs.retain-finished come
         back to /metrics, latest first, as far as the limits allow. Runs are read one at a time, so a store written
         under other limits (or none) holds no more in memory than these limits allow."""
-        ends: list[tuple[str, float]] = []
+        ends: list[tuple[RunKey, float]] = []
         over_limit: Counter[tuple[str, str]] = Counter()  # (user, limit's flag) -> active runs ended for it
         active: Counter[int] = Counter()
-        roots: dict[ProcKey, str] = {}  # those of the active runs resumed so far
+        roots: dict[ProcKey, RunKey] = {}  # those of the active runs resumed so far
         for run in store.active():
-            alive = self._not_held(run.run_id, tuple(p for p in run.processes if self._is_alive(p)), roots)
+            alive = self._not_held(run, tuple(p for p in run.processes if self._is_alive(p)), roots)
             broken = self._resume_refusal(run, active[run.uid]) if alive else None
             if not alive or broken:
-                ends.append((run.run_id, run.last_seen or run.start_time))
+                ends.append((run.key, run.last_seen or run.start_time))
                 if broken:
                     over_limit[(run.user, broken)] += 1
                     log.debug("run %s ended at start-up: over %s", run.run_id, broken)
@@ -117,8 +118,8 @@ class RunRegistry:
                 continue
             run = replace(run, processes=alive)  # a root that died meanwhile may have a new owner of its PID
             active[run.uid] += 1
-            roots.update(((p.pid, p.start_ticks), run.run_id) for p in alive)
-            self._runs[run.run_id] = run
+            roots.update(((p.pid, p.start_ticks), run.key) for p in alive)
+            self._runs[run.key] = run
             self._track(run)
             log.info("run %s resumed with its totals", run.run_id)
         if ends:
@@ -148,10 +149,10 @@ class RunRegistry:
                 continue
             if broken_label_limit(run.experiment, run.set, run.labels, self._limits) is None:
                 retained[run.uid] += 1
-                self._runs[run.run_id] = run
+                self._runs[run.key] = run
 
     def _not_held(
-        self, run_id: str, processes: tuple[ProcessRef, ...], roots: Mapping[ProcKey, str]
+        self, run: Run, processes: tuple[ProcessRef, ...], roots: Mapping[ProcKey, RunKey]
     ) -> tuple[ProcessRef, ...]:
         """The ``processes`` of a resumed run that no run among ``roots``, resumed before it, holds: a store written
         before a process counted in one run at a time may hold a process in several runs; the earliest keeps it."""
@@ -162,7 +163,10 @@ class RunRegistry:
                 kept.append(process)
             else:
                 log.warning(
-                    "run %s: %s run %s, so it counts there only", run_id, holder.relation(process.pid), holder.run_id
+                    "run %s: %s run %s, so it counts there only",
+                    run.run_id,
+                    holder.relation(process.pid),
+                    holder.run.run_id,
                 )
         return tuple(kept)
 
@@ -173,7 +177,7 @@ class RunRegistry:
     def _track(self, run: Run) -> None:
         """Have the ledger track ``run``'s roots, from its totals if it is new there (energy by domain)."""
         self._ledger.track(
-            run.run_id,
+            run.key,
             run.pids,
             {COMPONENT_DOMAINS[c]: joules for c, joules in run.energy_joules.items() if c in COMPONENT_DOMAINS},
             run.cpu_seconds,
@@ -191,9 +195,9 @@ class RunRegistry:
         placement = self._placement(pid)
         with self._lock:
             self._require_store()
-            existing = self._runs.get(request.run_id) if request.run_id else None
+            existing = self._runs.get(RunKey(owner, request.run_id)) if request.run_id else None
             if existing is not None:
-                run = self._join(existing, request, process, caller_uid)
+                run = self._join(existing, request, process)
                 created = False
             else:
                 self._admit(caller_uid)
@@ -209,14 +213,17 @@ class RunRegistry:
                     placement=placement,
                 )
                 created = True
-            self._require_counted_once(pid, run.run_id, caller_uid)
-            self._save([run])
-            self._runs[run.run_id] = run
+            self._require_counted_once(pid, run.key, caller_uid)
+            if created:
+                self._insert(run)
+            else:
+                self._save([run])
+            self._runs[run.key] = run
             self._publish()
             self._track(run)
         if self._groups is not None:  # its CPU time counts from now, not from the next regular sample
             try:
-                self._groups.add_roots(run.run_id, run.pids)
+                self._groups.add_roots(run.key, run.pids)
             except SourceError as error:  # the next sample takes the baseline (and marks procfs down if need be)
                 log.debug("no baseline for run %s now: %s", run.run_id, error)
         return run, created
@@ -264,67 +271,73 @@ class RunRegistry:
             raise Forbidden(f"process {pid} belongs to another user; a run may only include your own processes")
         return ProcessRef(pid, stat.start_ticks), owner
 
-    def _require_counted_once(self, pid: int, run_id: str, caller_uid: int) -> None:
+    def _require_counted_once(self, pid: int, key: RunKey, caller_uid: int) -> None:
         """Refuse ``pid`` when another active run holds it or one of its descendants (exporter/holders.py): a
         process counts in one run at a time. Another user's run is not named to the caller."""
-        holder = holding_run(self._procfs, pid, self._active_roots(exclude=run_id))
+        holder = holding_run(self._procfs, pid, self._active_roots(exclude=key))
         if holder is None:
             return
-        if caller_uid != 0 and self._runs[holder.run_id].uid != caller_uid:
+        if caller_uid != 0 and holder.run.uid != caller_uid:
             raise Conflict(
                 f"{holder.relation(pid)} another user's active run; a process counts in one run at a time: "
                 "register a process outside that run"
             )
         raise Conflict(
-            f"{holder.relation(pid)} active run {holder.run_id}; a process counts in one run at a time: join "
-            f"that run (run_id {holder.run_id!r}), register a process outside it, or stop it first"
+            f"{holder.relation(pid)} active run {holder.run.run_id}; a process counts in one run at a time: join "
+            f"that run (run_id {holder.run.run_id!r}), register a process outside it, or stop it first"
         )
 
-    def _active_roots(self, exclude: str | None = None) -> dict[ProcKey, str]:
-        """The roots of every active run but ``exclude``: (pid, start_ticks) -> run id."""
+    def _active_roots(self, exclude: RunKey | None = None) -> dict[ProcKey, RunKey]:
+        """The roots of every active run but ``exclude``: (pid, start_ticks) -> run key."""
         return {
-            (process.pid, process.start_ticks): run.run_id
-            for run in self._runs.values()
-            if run.active and run.run_id != exclude
+            (process.pid, process.start_ticks): key
+            for key, run in self._runs.items()
+            if run.active and key != exclude
             for process in run.processes
         }
 
-    def _join(self, run: Run, request: StartRequest, process: ProcessRef, caller_uid: int) -> Run:
+    def _join(self, run: Run, request: StartRequest, process: ProcessRef) -> Run:
+        """``run`` with ``process`` added: a run of the process's owner, so of the caller unless root calls."""
         if not run.active:
-            raise Conflict(f"run {run.run_id} already finished on this node; start a run with a new run_id")
-        if caller_uid != 0 and caller_uid != run.uid:
-            raise Forbidden(f"run {run.run_id} belongs to another user")
+            raise Conflict(already_finished(run.run_id))
         if (request.experiment, request.set, dict(request.labels)) != (run.experiment, run.set, dict(run.labels)):
             raise Conflict(f"run {run.run_id} exists with another experiment, set or labels")
         if process in run.processes:
             return run
         return replace(run, processes=(*run.processes, process))
 
-    def stop(self, run_id: str, caller_uid: int) -> Run:
+    def stop(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
         """End a run now with the totals of the last settled sample (a second stop returns the finished run
-        unchanged). RunSettler.stop takes a fresh sample first, so they include the run's last moments."""
-        run = self.get(run_id, caller_uid)
+        unchanged). RunSettler.stop takes a fresh sample first, so they include the run's last moments. ``user``
+        as for ``get``."""
+        run = self.get(run_id, caller_uid, user)
         if not run.active:
             return run
         with self._lock:
-            run = self._runs[run_id]
+            run = self._runs[run.key]
             if run.active:
                 run = replace(run, end_time=self._clock())
                 self._save([run])
-                self._runs[run_id] = run
+                self._runs[run.key] = run
                 self._publish()
-                self._ledger.untrack(run_id)
+                self._ledger.untrack(run.key)
             return run
 
-    def get(self, run_id: str, caller_uid: int) -> Run:
-        """A run the caller may see (its own, or any for root)."""
+    def get(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
+        """The caller's run ``run_id``. Root may read any user's: the one ``user`` names, or the only one of that
+        id. Another user's run is as unknown as a run that does not exist (UnknownRun), so ids cannot be probed."""
         with self._lock:
-            run = self._runs.get(run_id)
-        if run is None:
-            raise UnknownRun(f"no run {run_id!r} on this exporter")
-        if caller_uid != 0 and run.uid != caller_uid:
-            raise Forbidden(f"run {run_id} belongs to another user")
-        return run
+            if caller_uid == 0:
+                held = [run for key, run in self._runs.items() if key.run_id == run_id]
+            else:
+                held = [run] if (run := self._runs.get(RunKey(caller_uid, run_id))) is not None else []
+        held = [run for run in held if user is None or run.user == user]
+        if not held:
+            raise UnknownRun(f"no run {run_id!r} on this exporter" + (f" of user {user!r}" if user else ""))
+        if len(held) > 1:
+            users = ", ".join(sorted(run.user for run in held))
+            raise Conflict(f"run {run_id} is held by users {users}; name one with ?user=NAME")
+        return held[0]
 
     def list(self, caller_uid: int) -> list[Run]:
         """Active and recently finished runs the caller may see."""
@@ -353,11 +366,11 @@ class RunRegistry:
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()
-                changed.append(self._settle_run(run, totals.get(run.run_id), measured, timestamp))
+                changed.append(self._settle_run(run, totals.get(run.key), measured, timestamp))
             for run in changed:
-                self._runs[run.run_id] = run
+                self._runs[run.key] = run
                 if not run.active:
-                    self._ledger.untrack(run.run_id)
+                    self._ledger.untrack(run.key)
             self._expire(timestamp)
             self._publish()
             if self._store is not None and (changed or self._persist_failure):
@@ -428,8 +441,8 @@ class RunRegistry:
     def _expire(self, now: float) -> None:
         """Drop finished runs past --runs.retain-finished, and each user's oldest beyond
         --limits.retained-runs-per-user (root's are kept)."""
-        for run_id in [r.run_id for r in self._runs.values() if not r.active and now - r.end_time > self._retain]:
-            del self._runs[run_id]
+        for key in [key for key, r in self._runs.items() if not r.active and now - r.end_time > self._retain]:
+            del self._runs[key]
         finished: defaultdict[int, list[Run]] = defaultdict(list)
         for run in self._runs.values():
             if not run.active and run.uid != 0:
@@ -437,7 +450,7 @@ class RunRegistry:
         for runs in finished.values():
             surplus = len(runs) - self._limits.retained_runs_per_user
             for run in sorted(runs, key=lambda run: run.end_time)[:surplus] if surplus > 0 else ():
-                del self._runs[run.run_id]
+                del self._runs[run.key]
 
     def close(self) -> None:
         """Persist every run as it is now and close the store (on SIGTERM); if the store cannot be written, it
@@ -459,6 +472,24 @@ class RunRegistry:
         try:
             self._store.save(runs)
         except sqlite3.Error as error:
-            raise StoreUnavailable(
-                f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
-            ) from error
+            raise self._unavailable(error) from error
+
+    def _insert(self, run: Run) -> None:
+        """Store a new run: Conflict when the store holds its user's run of that id, though memory no longer does."""
+        self._require_store()
+        try:
+            self._store.insert(run)
+        except sqlite3.IntegrityError as error:
+            raise Conflict(already_finished(run.run_id)) from error
+        except sqlite3.Error as error:
+            raise self._unavailable(error) from error
+
+    def _unavailable(self, error: sqlite3.Error) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
+        )
+
+
+def already_finished(run_id: str) -> str:
+    """Why a run id cannot be used again: it names a run of the caller's that ended on this node."""
+    return f"run {run_id} already finished on this node; start a run with a new run_id"

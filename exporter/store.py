@@ -11,15 +11,16 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from impact_exporter.run import ProcessRef, Run
+from impact_exporter.run import ProcessRef, Run, RunKey
 
 
 class RunStore:
-    """Runs in SQLite (WAL mode): one row per run, with its labels, processes and totals as JSON."""
+    """Runs in SQLite (WAL mode): one row per run, keyed by its user and run id (RunKey), with its labels,
+    processes and totals as JSON."""
 
     SCHEMA = """
         CREATE TABLE IF NOT EXISTS runs (
-            run_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
             experiment TEXT NOT NULL,
             run_set TEXT NOT NULL,
             labels TEXT NOT NULL,
@@ -32,7 +33,8 @@ class RunStore:
             cpu_seconds REAL NOT NULL,
             last_seen REAL,
             gpu_seconds REAL NOT NULL DEFAULT 0,
-            placement TEXT NOT NULL DEFAULT '{}'
+            placement TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (uid, run_id)
         )
     """
     INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_end_time ON runs (end_time)"
@@ -56,14 +58,40 @@ class RunStore:
         for column, definition in self.COLUMNS_ADDED.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
+        self._scope_run_ids_by_user()
         self._db.execute(self.INDEXES)
 
+    def _scope_run_ids_by_user(self) -> None:
+        """Key the table by (uid, run_id) where a store keyed it by run_id alone, when ids were one namespace for
+        all users: SQLite cannot change a primary key in place, so the rows move to a new table."""
+        key = [row[1] for row in sorted(self._db.execute("PRAGMA table_info(runs)"), key=lambda row: row[5]) if row[5]]
+        if key == ["uid", "run_id"]:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute("ALTER TABLE runs RENAME TO runs_keyed_by_run_id")
+            self._db.execute(self.SCHEMA)
+            self._db.execute(f"INSERT INTO runs ({self.COLUMNS}) SELECT {self.COLUMNS} FROM runs_keyed_by_run_id")
+            self._db.execute("DROP TABLE runs_keyed_by_run_id")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def insert(self, run: Run) -> None:
+        """Store a new run; sqlite3.IntegrityError when its user already has a run of that id here, active or
+        finished, even one the registry no longer keeps in memory."""
+        self._write_many(f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", self._rows([run]))
+
     def save(self, runs: Iterable[Run]) -> None:
-        """Insert or update runs, all in one transaction."""
+        """Insert or update runs, all in one transaction: a run's row is only ever its own (same user, same id)."""
         self._write_many(
-            "INSERT OR REPLACE INTO runs (run_id, experiment, run_set, labels, uid, user, processes, start_time, "
-            "end_time, energy_joules, cpu_seconds, last_seen, gpu_seconds, placement) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (uid, run_id) DO UPDATE SET experiment = excluded.experiment, run_set = excluded.run_set, "
+            "labels = excluded.labels, "
+            "user = excluded.user, processes = excluded.processes, start_time = excluded.start_time, "
+            "end_time = excluded.end_time, energy_joules = excluded.energy_joules, cpu_seconds = excluded.cpu_seconds, "
+            "last_seen = excluded.last_seen, gpu_seconds = excluded.gpu_seconds, placement = excluded.placement",
             self._rows(runs),
         )
 
@@ -72,7 +100,7 @@ class RunStore:
         exporter does this every second, so it writes no more than that."""
         self._write_many(
             "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, last_seen = ?, end_time = ? "
-            "WHERE run_id = ?",
+            "WHERE uid = ? AND run_id = ?",
             [
                 (
                     json.dumps(dict(run.energy_joules)),
@@ -80,6 +108,7 @@ class RunStore:
                     run.gpu_seconds,
                     run.last_seen,
                     run.end_time,
+                    run.uid,
                     run.run_id,
                 )
                 for run in runs
@@ -151,9 +180,11 @@ class RunStore:
                 placement=json.loads(row[13]),
             )
 
-    def end(self, ends: Iterable[tuple[str, float]]) -> None:
-        """Mark runs finished: (run_id, end time) pairs, all in one transaction."""
-        self._write_many("UPDATE runs SET end_time = ? WHERE run_id = ?", [(end, run_id) for run_id, end in ends])
+    def end(self, ends: Iterable[tuple[RunKey, float]]) -> None:
+        """Mark runs finished: (run key, end time) pairs, all in one transaction."""
+        self._write_many(
+            "UPDATE runs SET end_time = ? WHERE uid = ? AND run_id = ?", [(end, *key) for key, end in ends]
+        )
 
     def prune(self, finished_before: float, finished_per_user: int) -> int:
         """Delete runs that ended before ``finished_before``, and each user's finished runs beyond the latest
@@ -162,7 +193,7 @@ class RunStore:
         try:
             old = self._db.execute("DELETE FROM runs WHERE end_time < ?", (finished_before,)).rowcount
             surplus = self._db.execute(
-                "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER "
                 "(PARTITION BY uid ORDER BY end_time DESC) AS latest FROM runs "
                 "WHERE end_time IS NOT NULL AND uid != 0) WHERE latest > ?)",
                 (finished_per_user,),

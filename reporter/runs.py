@@ -34,6 +34,13 @@ END_MARGIN_SECONDS = 300.0
 """Samples read past a run's end: finished runs stay exported a while, and their last scrape may come late."""
 
 
+RunKey = tuple[str, str]
+"""A run as Prometheus tells runs apart: its run id and its user."""
+UNSCOPED = ""
+"""The user of series from exporters that labelled per-run series by run id alone: they are read with the run of
+that id whose ``impact_run_info`` names the user."""
+
+
 class RunDataError(Exception):
     """Runs cannot be read as asked: no run matched, a run has no samples, a run directory is unusable."""
 
@@ -108,9 +115,10 @@ def run_info_selectors(matchers: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class _Found:
-    """A run as discovery sees it before its samples are read."""
+    """A run as discovery sees it before its samples are read: one user's run id (exporters scope ids by user)."""
 
     run_id: str
+    user: str
     labels: Mapping[str, str]
     instances: tuple[str, ...]
 
@@ -136,9 +144,10 @@ class PrometheusRuns:
             raise RunDataError(f"no run matches {shown} between {_iso(start)} and {_iso(end)}")
         return self._load_found(found, start, end, progress)
 
-    def load_ids(self, run_ids: Sequence[str], start: float, end: float) -> list[Run]:
-        """The runs with these ids (say, from run directories), looked for in [start, end]."""
-        found = self._discover([f'impact_run_info{{run_id="{run_id}"}}' for run_id in run_ids], start, end)
+    def load_ids(self, run_ids: Sequence[str], start: float, end: float, user: str = "") -> list[Run]:
+        """The runs with these ids (say, from run directories), of ``user`` when given, looked for in [start, end]."""
+        of_user = f',user="{_quoted(user)}"' if user else ""
+        found = self._discover([f'impact_run_info{{run_id="{run_id}"{of_user}}}' for run_id in run_ids], start, end)
         missing = set(run_ids) - {run.run_id for run in found}
         if missing:
             raise RunDataError(
@@ -152,24 +161,25 @@ class PrometheusRuns:
         self, found: list[_Found], start: float, end: float, progress: Callable[[int, int, str], None] | None
     ) -> list[Run]:
         window = max(1, math.ceil(end - start))
-        starts, ends, active = self._times([run.run_id for run in found], end, window)
+        starts, ends, active = self._times(found, end, window)
         hosts = self._hosts(end, window)
         methods = self._methods(end, window)
         runs = []
         for number, run in enumerate(found, 1):
             if progress is not None:
                 progress(number, len(found), run.run_id)
-            run_start = starts.get(run.run_id, start)
-            run_end = None if active.get(run.run_id) else ends.get(run.run_id)
+            key = (run.run_id, run.user) if (run.run_id, run.user) in starts else (run.run_id, UNSCOPED)
+            run_start = starts.get(key, start)
+            run_end = None if active.get(key) else ends.get(key)
             read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
-            samples = self._samples(run.run_id, run_start - 1.0, max(read_until, run_start))
+            samples = self._samples(run, run_start - 1.0, max(read_until, run_start))
             runs.append(
                 Run(
                     run_id=run.run_id,
                     experiment=run.labels.get("experiment", ""),
                     set=run.labels.get("set", ""),
                     labels={k: v for k, v in run.labels.items() if k not in DESCRIPTIVE},
-                    user=run.labels.get("user", ""),
+                    user=run.user,
                     start_time=run_start,
                     end_time=run_end,
                     hosts=tuple(hosts.get(instance, Host(instance)) for instance in run.instances),
@@ -181,33 +191,38 @@ class PrometheusRuns:
         return sorted(runs, key=lambda run: (run.start_time, run.run_id))
 
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
-        by_run: dict[str, dict[str, Any]] = {}
+        """The runs the selectors find, one per run id and user; RunDataError for a run id of several users."""
+        by_run: dict[tuple[str, str], dict[str, Any]] = {}
         for labels in self._client.series(selectors, start, end):
             run_id = labels.get("run_id", "")
             if not run_id:
                 continue
-            entry = by_run.setdefault(run_id, {"labels": labels, "instances": []})
+            entry = by_run.setdefault((run_id, labels.get("user", "")), {"labels": labels, "instances": []})
             if labels.get("instance", "") not in entry["instances"]:
                 entry["instances"].append(labels.get("instance", ""))
-        return [
-            _Found(run_id, entry["labels"], tuple(sorted(entry["instances"])))
-            for run_id, entry in sorted(by_run.items(), key=lambda item: item[0])
+        found = [
+            _Found(run_id, user, entry["labels"], tuple(sorted(entry["instances"])))
+            for (run_id, user), entry in sorted(by_run.items(), key=lambda item: item[0])
         ]
+        _refuse_shared_run_ids(found)
+        return found
 
     def _times(
-        self, run_ids: list[str], at: float, window: int
-    ) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
-        """Start (earliest over nodes), end (latest) and whether any node still has the run active."""
-        ids = _id_regex(run_ids)
-        selector = f'{{run_id=~"{ids}"}}[{window}s]'
-        starts = self._by_run(f"min by (run_id) (min_over_time(impact_run_start_time_seconds{selector}))", at)
-        ends = self._by_run(f"max by (run_id) (max_over_time(impact_run_end_time_seconds{selector}))", at)
-        active = self._by_run(f"max by (run_id) (last_over_time(impact_run_active{selector}))", at)
-        return starts, ends, {run_id: value == 1.0 for run_id, value in active.items()}
+        self, found: list[_Found], at: float, window: int
+    ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
+        """Per (run id, user): start (earliest over nodes), end (latest) and whether any node still has the run
+        active."""
+        ids = _id_regex(run.run_id for run in found)
+        users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in found} | {UNSCOPED})
+        selector = f'{{run_id=~"{ids}",user=~"{users}"}}[{window}s]'
+        starts = self._by_run(f"min by (run_id, user) (min_over_time(impact_run_start_time_seconds{selector}))", at)
+        ends = self._by_run(f"max by (run_id, user) (max_over_time(impact_run_end_time_seconds{selector}))", at)
+        active = self._by_run(f"max by (run_id, user) (last_over_time(impact_run_active{selector}))", at)
+        return starts, ends, {key: value == 1.0 for key, value in active.items()}
 
-    def _by_run(self, expr: str, at: float) -> dict[str, float]:
+    def _by_run(self, expr: str, at: float) -> dict[RunKey, float]:
         return {
-            item.labels.get("run_id", ""): item.value
+            (item.labels.get("run_id", ""), item.labels.get("user", "")): item.value
             for item in self._client.query(expr, at)
             if isinstance(item, InstantSample)
         }
@@ -246,9 +261,10 @@ class PrometheusRuns:
             methods[item.labels.get("instance", "")][item.labels.get("component", "")] = item.labels.get("method", "")
         return methods
 
-    def _samples(self, run_id: str, start: float, end: float) -> pd.DataFrame:
+    def _samples(self, run: _Found, start: float, end: float) -> pd.DataFrame:
         names = "|".join(RUN_COUNTERS)
-        series = self._client.raw_samples(f'{{__name__=~"{names}",run_id="{run_id}"}}', start, end)
+        selector = f'{{__name__=~"{names}",run_id="{run.run_id}",user=~"{_quoted(re.escape(run.user))}|"}}'
+        series = self._client.raw_samples(selector, start, end)
         frames = [
             pd.DataFrame(
                 {
@@ -275,6 +291,33 @@ def _merge_methods(methods: Mapping[str, Mapping[str, str]], instances: Iterable
         component: ", ".join(sorted(m)) if len(m) == 1 else "mixed: " + ", ".join(sorted(m))
         for component, m in seen.items()
     }
+
+
+def _refuse_shared_run_ids(found: Sequence[_Found]) -> None:
+    """RunDataError when a run id belongs to more than one user: exporters keep such runs apart (ids are scoped by
+    user), and reading them as one run would add one user's energy to another's."""
+    users: dict[str, list[_Found]] = defaultdict(list)
+    for run in found:
+        users[run.run_id].append(run)
+    shared = {run_id: runs for run_id, runs in users.items() if len(runs) > 1}
+    if not shared:
+        return
+    run_id, runs = next(iter(shared.items()))
+    held = " and ".join(f"{run.user or '(no user)'} ({', '.join(run.instances)})" for run in runs)
+    raise RunDataError(
+        f"run id {run_id} belongs to several users: {held}; they are different runs, so the report would mix "
+        f'them: choose one user\'s with --match \'{{run_id="{run_id}",user="{runs[0].user}"}}\''
+        + (
+            f' ({len(shared) - 1} more run ids are shared too: add user="..." to every --match)'
+            if len(shared) > 1
+            else ""
+        )
+    )
+
+
+def _quoted(text: str) -> str:
+    """``text`` escaped for a double-quoted PromQL string."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _id_regex(run_ids: Iterable[str]) -> str:
@@ -312,7 +355,8 @@ def load_run_dirs(
             raise RunDataError(f"{directory}: the run was not tracked by an exporter, so it has no measurements")
         start = float(record["start_time"]) - 60.0
         end = min(clock(), float(record.get("end_time") or clock()) + END_MARGIN_SECONDS)
-        runs.extend(prometheus(record.get("prometheus_url")).load_ids([record["run_id"]], start, end))
+        reader = prometheus(record.get("prometheus_url"))
+        runs.extend(reader.load_ids([record["run_id"]], start, end, record.get("user") or ""))
     return runs
 
 

@@ -79,6 +79,26 @@ def test_a_percent_encoded_run_id_in_the_path_is_decoded_before_it_is_validated(
         assert (reply.status, reply.body["error"].startswith("run_id must be")) == (400, True), segment
 
 
+@pytest.mark.parametrize(
+    ("query", "status", "error"),
+    [
+        ("?user=root", 200, None),
+        ("?user=alice", 404, "no run 'job-7' on this exporter of user 'alice'"),
+        ("?user=", 400, "user must not be empty"),
+        ("?user=root&user=alice", 400, "the only query parameter of the run API is user, once: ?user=NAME"),
+        ("?users=root", 400, "the only query parameter of the run API is user, once: ?user=NAME"),
+        ("?user=root&x=1", 400, "the only query parameter of the run API is user, once: ?user=NAME"),
+    ],
+)
+def test_the_user_query_parameter_names_whose_run_and_nothing_else_is_accepted(
+    api: RunAPI, query: str, status: int, error: str | None
+) -> None:
+    assert start(api, {"experiment": "x", "run_id": "job-7"})[0] == 201
+    for method, path in (("GET", f"/api/v1/runs/job-7{query}"), ("POST", f"/api/v1/runs/job-7/stop{query}")):
+        reply = api.handle(method, path, b"", ROOT)
+        assert (reply.status, reply.body.get("error")) == (status, error), (method, path)
+
+
 @pytest.fixture
 def server(api: RunAPI) -> Iterator[UnixExporterServer]:
     server = UnixExporterServer(short_socket_path(), CollectorRegistry(), "test", api)

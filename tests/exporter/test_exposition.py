@@ -185,16 +185,16 @@ def test_a_run_whose_labels_change_is_written_with_its_new_labels() -> None:
 def test_a_scrape_after_a_sample_shows_the_new_figures() -> None:
     runs = [run("r1", cpu_seconds=1.0), run("r2", cpu_seconds=2.0)]
     registry = registry_with(runs)
-    assert 'impact_run_cpu_seconds_total{run_id="r1"} 1.0\n' in encode(registry, openmetrics=True).decode()
+    assert 'impact_run_cpu_seconds_total{run_id="r1",user="alice"} 1.0\n' in encode(registry, openmetrics=True).decode()
     runs[0] = replace(runs[0], cpu_seconds=3.5, energy_joules={"cpu": 900.0, "dram": 41.0})
     body = encode(registry, openmetrics=True).decode()
-    assert 'impact_run_cpu_seconds_total{run_id="r1"} 3.5\n' in body
-    assert 'impact_run_energy_joules_total{component="cpu",run_id="r1"} 900.0\n' in body
-    assert 'impact_run_cpu_seconds_total{run_id="r2"} 2.0\n' in body
+    assert 'impact_run_cpu_seconds_total{run_id="r1",user="alice"} 3.5\n' in body
+    assert 'impact_run_energy_joules_total{component="cpu",run_id="r1",user="alice"} 900.0\n' in body
+    assert 'impact_run_cpu_seconds_total{run_id="r2",user="alice"} 2.0\n' in body
     runs[1] = replace(runs[1], end_time=1700000900.0)
     body = encode(registry, openmetrics=True).decode()
-    assert 'impact_run_active{run_id="r2"} 0.0\n' in body
-    assert 'impact_run_end_time_seconds{run_id="r2"} 1.7000009e+09\n' in body
+    assert 'impact_run_active{run_id="r2",user="alice"} 0.0\n' in body
+    assert 'impact_run_end_time_seconds{run_id="r2",user="alice"} 1.7000009e+09\n' in body
     runs.pop()
     body = encode(registry, openmetrics=True).decode()
     assert 'run_id="r2"' not in body and body == openmetrics_encoder(registry).decode()
@@ -207,7 +207,7 @@ def test_the_label_cache_drops_runs_that_left() -> None:
     assert len(cache) == 5
     kept = cache.texts(runs[3:])
     assert len(cache) == 2
-    assert [text.run_id for text in kept] == ['{run_id="r3"}', '{run_id="r4"}']
+    assert [text.run_id for text in kept] == ['{run_id="r3",user="alice"}', '{run_id="r4",user="alice"}']
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from impact_exporter.api import status_of
 from impact_exporter.ledger import Ledger
-from impact_exporter.run import Conflict, StartRequest
+from impact_exporter.run import Conflict, RunKey, StartRequest
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sources.procfs import ProcFS
 from impact_exporter.store import RunStore
@@ -121,7 +121,7 @@ def test_a_tree_of_250_children_can_be_the_root_of_one_run_only(
             start(registry, f"run-{number}", pid, caller=0)
         refused.append(str(conflict.value))
     assert len(refused) == 299 and all("active run run-0" in message for message in refused)
-    assert dict(ledger.roots()) == {"run-0": (shell,)}
+    assert dict(ledger.roots()) == {RunKey(0, "run-0"): (shell,)}
 
 
 def test_a_store_with_one_process_in_several_runs_resumes_it_in_the_earliest_only(
@@ -141,7 +141,7 @@ def test_a_store_with_one_process_in_several_runs_resumes_it_in_the_earliest_onl
     resumed = RunRegistry(proc.procfs(), merged, ledger=ledger)
     active = {run.run_id: run.pids for run in resumed.list(0) if run.active}
     assert active == {"early": (ROOT,), "stranger": (STRANGER,)}
-    assert dict(ledger.roots()) == {"early": (ROOT,), "stranger": (STRANGER,)}
+    assert dict(ledger.roots()) == {RunKey(USER, "early"): (ROOT,), RunKey(USER, "stranger"): (STRANGER,)}
     assert (
         "run late: process 201 descends from process 200, a root of run early, so it counts there only" in caplog.text
     )

@@ -51,6 +51,13 @@ CGROUP_V2_CONTAINERD = (
             {"pod_uid": POD_UID},
         ),
         ("0::/user.slice/user-1000.slice/session-3.scope\n", {}),
+        (  # a user's delegated cgroup named like a pod's: not in the kubelet's hierarchy, so no pod
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods.slice/"
+            f"kubepods-burstable-pod{POD_UID.replace('-', '_')}.slice/cri-containerd-{CONTAINER}.scope\n",
+            {},
+        ),
+        (f"12:pids:/user.slice/kubepods/besteffort/pod{POD_UID}/{CONTAINER}\n", {}),
+        (f"0::/../../user.slice/kubepods-besteffort-pod{POD_UID.replace('-', '_')}.slice\n", {}),
         (f"0::/system.slice/docker-{CONTAINER}.scope\n", {}),  # plain Docker: not Kubernetes
         ("", {}),
     ],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,20 @@ def proc(tmp_path: Path) -> FakeProc:
     return proc
 
 
-def start(registry: RunRegistry, uid: int, run_id: str) -> Run:
-    return registry.start(StartRequest("e", run_id=run_id, pid=PIDS[uid]), uid, PIDS[uid])[0]
+@dataclass
+class Starter:
+    """Starts (or joins) runs, each new run on a process of its own: a process counts in one run at a time."""
+
+    proc: FakeProc
+    registry: RunRegistry
+    pids: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    def __call__(self, uid: int, run_id: str) -> Run:
+        pid = self.pids.get((uid, run_id))
+        if pid is None:
+            pid = self.pids[(uid, run_id)] = 5000 + len(self.pids)
+            self.proc.spawn(pid, 1, start=100, uid=uid)
+        return self.registry.start(StartRequest("e", run_id=run_id, pid=pid), uid, pid)[0]
 
 
 def test_the_registry_refuses_a_users_run_over_the_limit_with_429_root_only_over_the_total(
@@ -88,29 +101,31 @@ def test_the_registry_refuses_a_users_run_over_the_limit_with_429_root_only_over
 ) -> None:
     limits = Limits(active_runs_per_user=2, runs=5)
     registry = RunRegistry(proc.procfs(), RunStore(tmp_path / "runs.sqlite"), limits=limits)
-    start(registry, ALICE, "a1")
-    start(registry, ALICE, "a2")
-    start(registry, ALICE, "a2")  # joining a run is not a new run
+    start = Starter(proc, registry)
+    start(ALICE, "a1")
+    start(ALICE, "a2")
+    start(ALICE, "a2")  # joining a run is not a new run
     with pytest.raises(TooManyRequests, match=r"user 40001 has 2 active runs, .*--limits.active-runs-per-user=2") as e:
-        start(registry, ALICE, "a3")
+        start(ALICE, "a3")
     assert status_of(e.value) == 429
-    start(registry, BOB, "b1")  # another user is not held back
-    start(registry, 0, "r1")
-    start(registry, 0, "r2")  # root is over the per-user limit
+    start(BOB, "b1")  # another user is not held back
+    start(0, "r1")
+    start(0, "r2")  # root is over the per-user limit
     with pytest.raises(TooManyRequests, match=r"holds 5 runs, its limit \(--limits.runs=5\)"):
-        start(registry, 0, "r3")
+        start(0, "r3")
     registry.stop("a1", ALICE)
     with pytest.raises(TooManyRequests, match=r"--limits.runs=5"):  # a finished run is held until it leaves
-        start(registry, ALICE, "a3")
+        start(ALICE, "a3")
 
 
 def test_a_users_finished_runs_beyond_the_retained_limit_leave_oldest_first(proc: FakeProc, tmp_path: Path) -> None:
     clock = Clock()
     limits = Limits(retained_runs_per_user=2)
     registry = RunRegistry(proc.procfs(), RunStore(tmp_path / "runs.sqlite"), clock=clock, limits=limits)
+    start = Starter(proc, registry)
     for uid, name in ((ALICE, "a"), (0, "r")):
         for i in range(4):
-            start(registry, uid, f"{name}{i}")
+            start(uid, f"{name}{i}")
             clock.now += 1
             registry.stop(f"{name}{i}", uid)
     registry.settle(clock.now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from impact_exporter.api import status_of
 from impact_exporter.groups import GroupUsage
 from impact_exporter.ledger import Ledger
-from impact_exporter.run import StartRequest, StoreUnavailable
+from impact_exporter.run import RunKey, StartRequest, StoreUnavailable
 from impact_exporter.runs import RunRegistry
 from impact_exporter.store import RunStore
 from tests.fakes.procfs import FakeProc
@@ -25,12 +26,13 @@ OTHER_PID = 4343  # a process outside PID's tree: a process counts in one run at
 def sample(registry: RunRegistry, ledger: Ledger, run_id: str, package_joules: float, processes: int = 1) -> None:
     """Add an interval to the ledger after which the run's group has used ``package_joules`` of package energy
     (and as many CPU seconds) since it was tracked, and settle the runs; with no ``processes`` left the run ends."""
-    totals = ledger.totals().get(run_id)
+    key = RunKey(0, run_id)  # the runs are root's
+    totals = ledger.totals().get(key)
     used = package_joules - (totals.energy_joules.get("package", 0.0) if totals is not None else 0.0)
     ledger.measure(("package",))
     usage = GroupUsage(cpu_seconds=used, memory_bytes=0, processes=processes, root_alive=processes > 0)
-    ledger.add_usage({run_id: usage})
-    ledger.add_energy({run_id: {"package": used}})
+    ledger.add_usage({key: usage})
+    ledger.add_energy({key: {"package": used}})
     registry.settle(1000.0 + package_joules)
 
 
@@ -137,3 +139,37 @@ def test_a_failed_save_leaves_the_store_as_it_was(registry: RunRegistry, store: 
     assert not store._db.in_transaction
     refuse_writes(store, False)
     assert RunStore(store.path).load() == before
+
+
+OLD_SCHEMA = """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, experiment TEXT NOT NULL, run_set TEXT NOT NULL, labels TEXT NOT NULL,
+        uid INTEGER NOT NULL, user TEXT NOT NULL, processes TEXT NOT NULL, start_time REAL NOT NULL, end_time REAL,
+        energy_joules TEXT NOT NULL, cpu_seconds REAL NOT NULL, last_seen REAL
+    )
+"""
+
+
+def test_a_store_keyed_by_run_id_alone_is_migrated_to_user_scoped_ids_keeping_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute(OLD_SCHEMA)
+        old.execute(
+            "INSERT INTO runs VALUES ('job-1', 'train', '', '{}', 1000, 'alice', '[[4242, 100]]', 10.0, 20.0, "
+            "'{\"cpu\": 12.5}', 3.0, 20.0)"
+        )
+    store = RunStore(path)
+    [kept] = store.load()
+    assert (kept.key, kept.user, kept.energy_joules, kept.end_time) == (
+        RunKey(1000, "job-1"),
+        "alice",
+        {"cpu": 12.5},
+        20.0,
+    )
+    store.insert(replace(kept, uid=1001, user="bob", end_time=None))  # another user's job-1
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert(replace(kept, end_time=None))  # alice's job-1 again: refused, the finished row stays
+    assert sorted((run.key, run.end_time) for run in RunStore(path).load()) == [
+        (RunKey(1000, "job-1"), 20.0),
+        (RunKey(1001, "job-1"), None),
+    ]

@@ -109,3 +109,53 @@ def test_one_run_id_on_two_nodes_is_summed_across_them(
     assert sorted(host["hostname"] for host in run["hosts"]) == ["node-a", "node-b"]
     page = (out / "DDP" / "0.tex").read_text()
     assert "Host node-a" in page and "Host node-b" in page
+
+
+NOBODY = 65534  # uid of nobody on Debian and Ubuntu
+
+
+def test_one_run_id_of_two_users_on_two_nodes_is_refused_until_the_match_names_the_user(
+    tmp_path: Path, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    node_a, node_b = Node(tmp_path / "node-a"), Node(tmp_path / "node-b")
+    node_b.proc.update(PID, uid=NOBODY)  # root's process on node A, nobody's on node B
+    exporters = [start_exporter(*node.flags()) for node in (node_a, node_b)]
+    for exporter in exporters:
+        prometheus.add_target(exporter.address)
+    run_id = f"dist-{uuid.uuid4().hex[:8]}"
+    for node in (node_a, node_b):  # root registers both: each run belongs to its process's owner
+        node.client().start_run("dist", pid=PID, run_id=run_id)
+    drives = [threading.Thread(target=node.drive, args=(1.0,)) for node in (node_a, node_b)]
+    for drive in drives:
+        drive.start()
+    for drive in drives:
+        drive.join()
+    finals = [node.client().stop_run(run_id)["energy_joules"]["cpu"] for node in (node_a, node_b)]
+    wait_for(
+        lambda: len(prometheus.query(f'impact_run_end_time_seconds{{run_id="{run_id}"}}')) == 2,
+        20,
+        "prometheus to scrape both runs' ends",
+    )
+
+    def report(match: str) -> subprocess.CompletedProcess[str]:
+        command = ["runs", f"--prometheus={prometheus.url}", "--since=10m", "--format=json", f"--match={match}"]
+        return subprocess.run(
+            [sys.executable, "-m", "impact_reporter", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+
+    refused = report(f'{{run_id="{run_id}"}}')
+    assert refused.returncode == 1, refused.stdout
+    a, b = (exporter.address for exporter in exporters)
+    assert refused.stderr == (
+        f"impact-report: run id {run_id} belongs to several users: nobody ({b}) and root ({a}); they are different "
+        f'runs, so the report would mix them: choose one user\'s with --match \'{{run_id="{run_id}",user="nobody"}}\'\n'
+    )
+    chosen = report(f'{{run_id="{run_id}",user="nobody"}}')
+    assert chosen.returncode == 0, chosen.stderr
+    [run] = json.loads(chosen.stdout)["runs"]
+    assert (run["user"], [host["instance"] for host in run["hosts"]]) == ("nobody", [b])
+    assert run["energy_joules"]["cpu"] == pytest.approx(finals[1], rel=1e-9)

@@ -55,7 +55,7 @@ def value(scrape: dict, name: str, **labels: str) -> float:
 
 
 def run_energy(scrape: dict, run_id: str, component: str) -> float:
-    return value(scrape, "impact_run_energy_joules_total", run_id=run_id, component=component)
+    return value(scrape, "impact_run_energy_joules_total", run_id=run_id, user="root", component=component)
 
 
 def spawn(code: str) -> subprocess.Popen[str]:
@@ -140,7 +140,8 @@ def test_two_concurrent_runs_split_energy_by_cpu_and_conserve_it(
 
     energy = [run_energy(after, r, "cpu") - run_energy(before, r, "cpu") for r in ids]
     cpu = [
-        value(after, "impact_run_cpu_seconds_total", run_id=r) - value(before, "impact_run_cpu_seconds_total", run_id=r)
+        value(after, "impact_run_cpu_seconds_total", run_id=r, user="root")
+        - value(before, "impact_run_cpu_seconds_total", run_id=r, user="root")
         for r in ids
     ]
     # 2:1 by design on an idle machine; a busy machine starves the sleeping child more, so only require that
@@ -343,8 +344,8 @@ def test_stop_returns_totals_and_a_second_stop_is_harmless(
     status, again = api(exporter.socket_path, "POST", f"/api/v1/runs/{run['run_id']}/stop")
     assert (status, again["end_time"], again["cpu_seconds"]) == (200, stopped["end_time"], stopped["cpu_seconds"])
     scrape = samples(exporter)
-    assert value(scrape, "impact_run_active", run_id=run["run_id"]) == 0.0
-    assert value(scrape, "impact_run_end_time_seconds", run_id=run["run_id"]) == stopped["end_time"]
+    assert value(scrape, "impact_run_active", run_id=run["run_id"], user="root") == 0.0
+    assert value(scrape, "impact_run_end_time_seconds", run_id=run["run_id"], user="root") == stopped["end_time"]
 
 
 def test_a_run_ends_by_itself_when_its_process_exits(

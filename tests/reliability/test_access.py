@@ -118,8 +118,18 @@ def nobody_sleeper() -> Iterator[subprocess.Popen[bytes]]:
     process.wait()
 
 
+@pytest.fixture
+def second() -> Iterator[subprocess.Popen[bytes]]:
+    """Another process of nobody's (a process counts in one active run only)."""
+    needs_root()
+    process = subprocess.Popen(["sleep", "600"], user=NOBODY, group=NOBODY, extra_groups=[])
+    yield process
+    process.kill()
+    process.wait()
+
+
 def test_users_can_neither_read_stop_join_nor_list_each_others_runs(
-    node: Node, nobody_sleeper: subprocess.Popen[bytes]
+    node: Node, nobody_sleeper: subprocess.Popen[bytes], second: subprocess.Popen[bytes]
 ) -> None:
     status, root_run = node.call(
         "POST", "/api/v1/runs", {"experiment": "root-exp", "run_id": "root-job", "pid": node.root_sleeper.pid}
@@ -133,15 +143,21 @@ def test_users_can_neither_read_stop_join_nor_list_each_others_runs(
             ("POST", "/api/v1/runs", {"experiment": "mine", "run_id": "nobody-job", "pid": nobody_sleeper.pid}),
             ("GET", "/api/v1/runs/root-job", None),
             ("POST", "/api/v1/runs/root-job/stop", None),
-            ("POST", "/api/v1/runs", {"experiment": "root-exp", "run_id": "root-job", "pid": nobody_sleeper.pid}),
+            ("GET", "/api/v1/runs/root-job?user=root", None),
+            ("GET", "/api/v1/runs/no-such-job", None),
+            ("POST", "/api/v1/runs", {"experiment": "root-exp", "run_id": "root-job", "pid": second.pid}),
             ("GET", "/api/v1/runs", None),
         ],
     )
-    created, read, stop, join, listed = nobody
+    created, read, stop, read_named, unknown, join, listed = nobody
     assert created[0] == 201 and created[1]["user"] == "nobody"
-    assert [read[0], stop[0], join[0]] == [403, 403, 403], nobody
-    assert all("another user" in answer[1]["error"] for answer in (read, stop, join))
-    assert [run["run_id"] for run in listed[1]["runs"]] == ["nobody-job"]
+    # another user's run answers exactly as a run that does not exist: its id cannot be probed
+    assert [read[0], stop[0], read_named[0], unknown[0]] == [404, 404, 404, 404], nobody
+    assert read[1]["error"] == unknown[1]["error"].replace("no-such-job", "root-job")
+    # run ids are scoped by user: the same id is nobody's own new run, and root's run does not get the process
+    assert (join[0], join[1]["user"], join[1]["pids"]) == (201, "nobody", [second.pid]), join
+    assert sorted(run["run_id"] for run in listed[1]["runs"]) == ["nobody-job", "root-job"]
+    assert {run["user"] for run in listed[1]["runs"]} == {"nobody"}
 
     # an unprivileged user of the socket's group who is not nobody: nobody's run is as closed to them
     other = as_user(
@@ -154,13 +170,19 @@ def test_users_can_neither_read_stop_join_nor_list_each_others_runs(
             ("GET", "/api/v1/runs", None),
         ],
     )
-    assert [answer[0] for answer in other] == [403, 403, 200], other
+    assert [answer[0] for answer in other] == [404, 404, 200], other
     assert other[2][1] == {"runs": []}
 
-    status, root_after = node.call("GET", "/api/v1/runs/root-job")
+    status, root_after = node.call("GET", "/api/v1/runs/root-job?user=root")
     assert (status, root_after["status"], root_after["pids"]) == (200, "active", root_run["pids"])
     status, nobody_after = node.call("GET", "/api/v1/runs/nobody-job")  # root may read anyone's run
     assert (status, nobody_after["status"], nobody_after["pids"]) == (200, "active", [nobody_sleeper.pid])
+    status, both = node.call("GET", "/api/v1/runs/root-job")  # held by root and nobody: root must name one
+    assert (status, both["error"]) == (409, "run root-job is held by users nobody, root; name one with ?user=NAME")
+    status, stopped = node.call("POST", "/api/v1/runs/root-job/stop?user=nobody")
+    assert (status, stopped["user"], stopped["status"]) == (200, "nobody", "finished")
+    status, root_after = node.call("GET", "/api/v1/runs/root-job?user=root")
+    assert (status, root_after["status"]) == (200, "active")
 
 
 def test_the_socket_is_mode_0660_in_its_group_and_refuses_users_outside_it(node: Node) -> None:

@@ -378,7 +378,9 @@ def test_a_full_state_dir_keeps_metrics_refuses_new_runs_with_503_and_leaves_a_s
     assert refused_stop.value.status == 503, "an end that cannot be stored is refused, not forgotten"
     during = run_after(client, run_id, time.time())
     assert during["status"] == "active"
-    in_metrics = value(metrics(exporter.address), "impact_run_energy_joules_total", run_id=run_id, component="cpu")
+    in_metrics = value(
+        metrics(exporter.address), "impact_run_energy_joules_total", run_id=run_id, user="root", component="cpu"
+    )
     assert in_metrics == during["energy_joules"]["cpu"], "runs are measured on, in memory"
     assert_near_truth(during["energy_joules"], driven_since(node, start), drive_ends=2, steps_of=COARSE)
     assert stored_runs(full_disk.path)[run_id]["energy_joules"] == stored["energy_joules"], "the last good totals"

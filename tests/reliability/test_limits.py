@@ -76,26 +76,41 @@ def stored(state_dir: Path, query: str) -> list[tuple[Any, ...]]:
         connection.close()
 
 
-def starts(prefix: str, pid: int, count: int, labels: dict[str, str]) -> list[tuple[str, str, Any]]:
+def starts(prefix: str, pids: list[int], count: int, labels: dict[str, str]) -> list[tuple[str, str, Any]]:
+    """``count`` starts of new runs, the i-th on ``pids[i % len(pids)]``: a process counts in one run at a time,
+    so the starts that may succeed need a process each; later ones meet a limit before that rule."""
     return [
-        ("POST", "/api/v1/runs", {"experiment": "flood", "labels": labels, "pid": pid, "run_id": f"{prefix}-{i:03d}"})
+        (
+            "POST",
+            "/api/v1/runs",
+            {"experiment": "flood", "labels": labels, "pid": pids[i % len(pids)], "run_id": f"{prefix}-{i:03d}"},
+        )
         for i in range(count)
     ]
 
 
+SLEEPERS_PER_USER = 30
+"""Processes of each user: one per run that may succeed."""
+
+
 @pytest.fixture
-def sleepers() -> Iterator[dict[int, subprocess.Popen[bytes]]]:
-    """A long-lived process of root, of nobody and of uid 40001: each the root of all its user's runs."""
+def sleepers() -> Iterator[dict[int, list[int]]]:
+    """Long-lived processes of root, of nobody and of uid 40001, by uid: each the root of one of its user's runs."""
     needs_root()
-    processes = {
-        0: subprocess.Popen(["sleep", "600"]),
-        NOBODY: subprocess.Popen(["sleep", "600"], user=NOBODY, group=NOBODY, extra_groups=[]),
-        OUTSIDER: subprocess.Popen(["sleep", "600"], user=OUTSIDER, group=NOBODY, extra_groups=[]),
+    accounts: dict[int, dict[str, int]] = {
+        0: {},
+        NOBODY: {"user": NOBODY, "group": NOBODY},
+        OUTSIDER: {"user": OUTSIDER, "group": NOBODY},
     }
-    yield processes
-    for process in processes.values():
-        process.kill()
-        process.wait()
+    processes = {
+        uid: [subprocess.Popen(["sleep", "600"], extra_groups=[], **account) for _ in range(SLEEPERS_PER_USER)]
+        for uid, account in accounts.items()
+    }
+    yield {uid: [process.pid for process in started] for uid, started in processes.items()}
+    for started in processes.values():
+        for process in started:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
@@ -123,7 +138,7 @@ def exporter_with(
 
 def test_a_flood_meets_each_limit_by_its_flag_and_metrics_memory_and_store_stay_bounded(
     exporter_with: Callable[..., tuple[ExporterProcess, Path]],
-    sleepers: dict[int, subprocess.Popen[bytes]],
+    sleepers: dict[int, list[int]],
     record_property: Callable[[str, object], None],
 ) -> None:
     exporter, state_dir = exporter_with("--runs.retain-finished=1h", *limit_flags(LIMITS))
@@ -131,7 +146,7 @@ def test_a_flood_meets_each_limit_by_its_flag_and_metrics_memory_and_store_stay_
     exporter.metrics_text()
     metrics_before, rss_before = len(exporter.metrics_text()), rss_bytes(exporter.process.pid)
 
-    pid = sleepers[NOBODY].pid
+    pid = sleepers[NOBODY][0]
     oversized = [
         ({"labels": {f"l{i}": "v" for i in range(33)}}, flag("labels", LIMITS)),
         ({"labels": {"n" * 65: "v"}}, flag("label_name_length", LIMITS)),
@@ -149,7 +164,7 @@ def test_a_flood_meets_each_limit_by_its_flag_and_metrics_memory_and_store_stay_
 
     refused_by_rate = []
     for uid, name in ((NOBODY, "nobody"), (OUTSIDER, "outsider")):
-        answers = as_user(uid, NOBODY, socket, starts(name, sleepers[uid].pid, FLOOD, FLOOD_LABELS))
+        answers = as_user(uid, NOBODY, socket, starts(name, sleepers[uid], FLOOD, FLOOD_LABELS))
         statuses = [status for status, _ in answers]
         assert statuses[:20] == [201] * 20 and set(statuses[20:]) == {429}, statuses
         refusals = [body["error"] for _, body in answers[20:]]
@@ -159,7 +174,7 @@ def test_a_flood_meets_each_limit_by_its_flag_and_metrics_memory_and_store_stay_
         assert len(by_active) >= 5 and len(by_rate) >= 200, (len(by_active), len(by_rate))
         refused_by_rate.append(by_rate)
 
-    root = [unix_call(socket, *call) for call in starts("root", sleepers[0].pid, 30, FLOOD_LABELS)]
+    root = [unix_call(socket, *call) for call in starts("root", sleepers[0], 30, FLOOD_LABELS)]
     assert [status for status, _ in root] == [201] * 20 + [429] * 10  # 60 runs in all: 40 users' and 20 root's
     assert all(flag("runs", LIMITS) in body["error"] for _, body in root[20:])
 
@@ -203,14 +218,15 @@ def test_a_flood_meets_each_limit_by_its_flag_and_metrics_memory_and_store_stay_
 
 
 def test_a_restart_over_more_live_runs_than_the_limits_allow_resumes_the_oldest_within_them(
-    exporter_with: Callable[..., tuple[ExporterProcess, Path]], sleepers: dict[int, subprocess.Popen[bytes]]
+    exporter_with: Callable[..., tuple[ExporterProcess, Path]], sleepers: dict[int, list[int]]
 ) -> None:
     first, state_dir = exporter_with()  # the default limits
-    pid = sleepers[NOBODY].pid
     big_labels = {f"l{i:02d}": "v" * 100 for i in range(5)}  # 515 bytes with the experiment
-    calls = starts("big", pid, 5, big_labels) + starts("plain", pid, 25, {"seed": "0"})
+    calls = starts("big", sleepers[NOBODY][:5], 5, big_labels) + starts(
+        "plain", sleepers[NOBODY][5:], 25, {"seed": "0"}
+    )
     assert [status for status, _ in as_user(NOBODY, NOBODY, first.socket_path, calls)] == [201] * 30
-    assert [unix_call(first.socket_path, *call)[0] for call in starts("root", sleepers[0].pid, 3, {})] == [201] * 3
+    assert [unix_call(first.socket_path, *call)[0] for call in starts("root", sleepers[0], 3, {})] == [201] * 3
     assert first.stop() == 0
 
     restarted, _ = exporter_with("--limits.active-runs-per-user=10", "--limits.label-bytes=512")
@@ -227,5 +243,7 @@ def test_a_restart_over_more_live_runs_than_the_limits_allow_resumes_the_oldest_
     resumed = [f"plain-{i:03d}" for i in range(10)] + [f"root-{i:03d}" for i in range(3)]  # root has no per-user limit
     status, as_root = unix_call(restarted.socket_path, "GET", "/api/v1/runs")
     assert sorted(run["run_id"] for run in as_root["runs"] if run["status"] == "active") == resumed
-    active_series = re.findall(r'^impact_run_active\{run_id="([^"]+)"\} 1(?:\.0)?$', restarted.metrics_text(), re.M)
+    active_series = re.findall(
+        r'^impact_run_active\{[^}]*\brun_id="([^"]+)"[^}]*\} 1(?:\.0)?$', restarted.metrics_text(), re.M
+    )
     assert sorted(active_series) == resumed
