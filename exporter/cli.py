@@ -35,7 +35,7 @@ from impact_exporter.sources import HardwareNotFound, SourceError
 from impact_exporter.sources.energy import CpuEnergySource
 from impact_exporter.sources.estimate import EstimateSource
 from impact_exporter.sources.nvml import NvmlSource
-from impact_exporter.sources.procfs import MEMORY_PSS, MEMORY_RSS, ProcFS
+from impact_exporter.sources.procfs import MEMORY_PSS, MEMORY_RSS, ProcFS, parse_status_effective_capabilities
 from impact_exporter.sources.rapl import RaplSource
 from impact_exporter.store import open_store
 from impact_exporter.webconfig import WebConfig, load_web_config
@@ -44,6 +44,7 @@ log = logging.getLogger("impact_exporter")
 
 DEFAULT_PORT = 9877
 EXIT_OK, EXIT_FAILURE = 0, 1
+CAP_SYS_PTRACE = 19  # its bit in the capability sets (linux/capability.h)
 GC_FIRST_GENERATION_THRESHOLD = 10_000
 """Net allocations of container objects between two collections of CPython's youngest generation (default 700)."""
 
@@ -394,6 +395,24 @@ def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI, sc
         return server_on("0.0.0.0")
 
 
+def warn_if_pss_is_unreadable(memory: str) -> None:
+    """Warn when --collector.memory=pss cannot read other users' PSS: without CAP_SYS_PTRACE the kernel lets this
+    process read the smaps_rollup of its own user's processes only, and the others then count their RSS, so a
+    run's share would mix the two silently."""
+    if memory != MEMORY_PSS:
+        return
+    try:
+        capabilities = parse_status_effective_capabilities(Path("/proc/self/status").read_text())
+    except (OSError, ValueError):
+        return
+    if not capabilities >> CAP_SYS_PTRACE & 1:
+        log.warning(
+            "--collector.memory=pss: without CAP_SYS_PTRACE the PSS of other users' processes cannot be read, and "
+            "they count their RSS; give the exporter CAP_SYS_PTRACE (docs/deployment.md) or use "
+            "--collector.memory=rss"
+        )
+
+
 def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlSource | None:
     """The NVML source ``--gpu.source`` asks for; ``nvml`` replaces the pynvml module (tests inject a fake)."""
     if settings.gpu_source == "none":
@@ -422,6 +441,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     in a thread with a fake NVML."""
     try:
         procfs = ProcFS(settings.procfs, memory=settings.memory)
+        warn_if_pss_is_unreadable(settings.memory)
         energy = open_energy_source(settings, procfs)
         gpu = open_gpu_source(settings, nvml)
     except (SourceError, ValueError) as error:

@@ -181,6 +181,14 @@ def parse_status_uid(text: str) -> int:
     raise ValueError("/proc/<pid>/status has no Uid: line")
 
 
+def parse_status_effective_capabilities(text: str) -> int:
+    """Read the effective capability set, a bit mask, from the ``CapEff:`` line of ``/proc/<pid>/status``."""
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise ValueError("/proc/<pid>/status has no CapEff: line")
+
+
 # --- memory --------------------------------------------------------------------------------------------------------
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.exporter.test_webconfig import PASSWORD, basic, bcrypt_hash, make_certificate
 from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, wait_for
+from tests.tls import PASSWORD, basic, bcrypt_hash, make_certificate
 
 TOKEN = "api-token-of-the-launcher"
 
