@@ -39,8 +39,15 @@ import yaml
 
 TOP_LEVEL_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
 TLS_KEYS = frozenset(
-    {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version"}
-    | {"prefer_server_cipher_suites"}
+    {
+        "cert_file",
+        "key_file",
+        "client_auth_type",
+        "client_ca_file",
+        "min_version",
+        "max_version",
+        "prefer_server_cipher_suites",
+    }
 )
 HTTP_KEYS = frozenset({"http2"})
 UNSUPPORTED = {
@@ -104,7 +111,10 @@ class BasicAuth:
         with self._lock:
             if digest in self._verified:
                 return True
-        hashed = self._users.get(user.decode("utf-8", errors="replace"))
+        try:
+            hashed = self._users.get(user.decode())
+        except UnicodeDecodeError:
+            hashed = None
         try:
             matches = bcrypt.checkpw(password, hashed or UNKNOWN_USER_HASH)
         except ValueError:  # a password over bcrypt's 72 bytes
@@ -147,6 +157,8 @@ def load_web_config(path: Path) -> WebConfig:
         document = yaml.safe_load(path.read_text())
     except OSError as error:
         raise WebConfigError(f"--web.config.file={path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise WebConfigError(f"--web.config.file={path}: not UTF-8 text: {error}") from error
     except yaml.YAMLError as error:
         raise WebConfigError(f"--web.config.file={path}: not valid YAML: {error}") from error
     where = _Where(path)

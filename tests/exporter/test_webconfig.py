@@ -3,6 +3,7 @@ in it refused at start-up with the file and the key named."""
 
 from __future__ import annotations
 
+import base64
 import ssl
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_basic_auth_allows_only_the_right_user_and_password(tmp_path: Path) -> N
     assert not checker.allows(None)
     assert not checker.allows("Bearer " + PASSWORD)
     assert not checker.allows("Basic not-base64!")
+    assert not checker.allows("Basic " + base64.b64encode(b"\xffprometheus:" + PASSWORD.encode()).decode())
 
 
 def test_an_empty_file_asks_for_nothing(tmp_path: Path) -> None:
