@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import grp
+import ipaddress
 import logging
 import math
 import signal
@@ -35,14 +36,16 @@ from impact_exporter.sources import HardwareNotFound, SourceError
 from impact_exporter.sources.energy import CpuEnergySource
 from impact_exporter.sources.estimate import EstimateSource
 from impact_exporter.sources.nvml import NvmlSource
-from impact_exporter.sources.procfs import ProcFS
+from impact_exporter.sources.procfs import MEMORY_PSS, MEMORY_RSS, ProcFS, parse_status_effective_capabilities
 from impact_exporter.sources.rapl import RaplSource
 from impact_exporter.store import open_store
+from impact_exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("impact_exporter")
 
 DEFAULT_PORT = 9877
 EXIT_OK, EXIT_FAILURE = 0, 1
+CAP_SYS_PTRACE = 19  # its bit in the capability sets (linux/capability.h)
 GC_FIRST_GENERATION_THRESHOLD = 10_000
 """Net allocations of container objects between two collections of CPython's youngest generation (default 700)."""
 
@@ -71,6 +74,8 @@ class Settings:
     state_dir: Path
     retain_finished_seconds: float
     limits: Limits
+    web_config: WebConfig | None = None
+    memory: str = MEMORY_RSS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=f":{DEFAULT_PORT}",
         metavar="[HOST]:PORT",
         help="address to serve /metrics on; an empty host means every interface (default: %(default)s)",
+    )
+    web.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth for that address, in the Prometheus exporter-toolkit's web config format "
+        "(tls_server_config, basic_auth_users; docs/deployment.md) (default: none: plain HTTP, no credentials)",
     )
     paths = parser.add_argument_group("paths")
     paths.add_argument(
@@ -173,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="also serve the run API over TCP on the metrics port, to requests with 'Authorization: Bearer "
-        "<the file's content>'; without this flag the TCP run API is off",
+        "<the file's content>'; on an address other than loopback only with TLS (--web.config.file); "
+        "without this flag the TCP run API is off",
     )
     api.add_argument(
         "--state-dir",
@@ -232,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between two reads of every source; scrapes only read the latest sample (default: %(default)s)",
     )
+    sampling.add_argument(
+        "--collector.memory",
+        dest="memory",
+        choices=[MEMORY_RSS, MEMORY_PSS],
+        default=MEMORY_RSS,
+        help="the memory of a run's processes, by which DRAM energy is split: rss, the resident set size from "
+        "/proc/<pid>/statm, readable without privileges, counts pages shared between processes once per process; "
+        "pss, the proportional set size from /proc/<pid>/smaps_rollup, counts them once in all, but needs "
+        "ptrace-read access to every tracked process: CAP_SYS_PTRACE for other users' processes, and in a "
+        "container an AppArmor profile that allows it (a process it cannot read counts its RSS) "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--log.level",
         dest="log_level",
@@ -281,8 +307,15 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         token = read_token(args.api_token_file) if args.api_token_file else None
         gid = group_id(args.api_socket_group) if args.api_socket_group else None
         limits = limits_from_args(args)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except ValueError as error:
         parser.error(str(error))
+    if token is not None and not is_loopback(host) and (web_config is None or web_config.tls is None):
+        parser.error(
+            f"--api.token-file: the run API's bearer token would cross the network in clear text on "
+            f"{args.listen_address}; serve TLS with --web.config.file (tls_server_config), or listen on loopback "
+            f"only, e.g. --web.listen-address=127.0.0.1:{port}"
+        )
     if args.gpu_idle_watts is not None and not (math.isfinite(args.gpu_idle_watts) and args.gpu_idle_watts >= 0):
         parser.error(f"--gpu.idle-watts={args.gpu_idle_watts}: must be a number of watts >= 0")
     if not (math.isfinite(args.sample_interval) and 0 < args.sample_interval <= 3600):
@@ -308,7 +341,19 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         state_dir=args.state_dir,
         retain_finished_seconds=retain,
         limits=limits,
+        web_config=web_config,
+        memory=args.memory,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host reaches only this machine: ``localhost`` or a loopback IP address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def open_energy_source(settings: Settings, procfs: ProcFS) -> CpuEnergySource | None:
@@ -345,6 +390,7 @@ def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI, sc
         api=api,
         token=settings.api_token,
         scrapes=scrapes,
+        web_config=settings.web_config,
     )
     try:
         return server_on(settings.listen_host)
@@ -352,6 +398,24 @@ def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI, sc
         if settings.listen_host != "::":
             raise
         return server_on("0.0.0.0")
+
+
+def warn_if_pss_is_unreadable(memory: str) -> None:
+    """Warn when --collector.memory=pss cannot read other users' PSS: without CAP_SYS_PTRACE the kernel lets this
+    process read the smaps_rollup of its own user's processes only, and the others then count their RSS, so a
+    run's share would mix the two silently."""
+    if memory != MEMORY_PSS:
+        return
+    try:
+        capabilities = parse_status_effective_capabilities(Path("/proc/self/status").read_text())
+    except (OSError, ValueError):
+        return
+    if not capabilities >> CAP_SYS_PTRACE & 1:
+        log.warning(
+            "--collector.memory=pss: without CAP_SYS_PTRACE the PSS of other users' processes cannot be read, and "
+            "they count their RSS; give the exporter CAP_SYS_PTRACE (docs/deployment.md) or use "
+            "--collector.memory=rss"
+        )
 
 
 def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlSource | None:
@@ -381,7 +445,8 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     worked. ``nvml`` replaces the pynvml module, ``stop`` the signal handlers: both let tests run an exporter
     in a thread with a fake NVML."""
     try:
-        procfs = ProcFS(settings.procfs)
+        procfs = ProcFS(settings.procfs, memory=settings.memory)
+        warn_if_pss_is_unreadable(settings.memory)
         energy = open_energy_source(settings, procfs)
         gpu = open_gpu_source(settings, nvml)
     except (SourceError, ValueError) as error:

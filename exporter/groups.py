@@ -35,7 +35,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from impact_exporter.sources import HardwareUnreadable, SourceError
-from impact_exporter.sources.procfs import ProcFS, ProcStat
+from impact_exporter.sources.procfs import MEMORY_PSS, ProcFS, ProcStat
 from impact_exporter.sources.procfs_files import OpenFiles
 
 MEMORY_MAX_AGE_SECONDS = 30.0
@@ -101,11 +101,13 @@ class ProcessGroups:
         old and the member's RSS (in the stat line each sample reads anyway) has changed since, or when the reading
         is MEMORY_UNCHANGED_MAX_AGE_SECONDS old. PSS comes from ``smaps_rollup``, which walks the process's page
         tables (the dearest read of a sample), while memory changes slowly and only weighs DRAM energy; a process
-        whose RSS stays the same changes its PSS only when a process it shares pages with starts or exits.
+        whose RSS stays the same changes its PSS only when a process it shares pages with starts or exits. When
+        ``procfs`` reads RSS (its default), the reading is taken again whenever the stat line's RSS changed: statm
+        shows the same counter, so the memory is always current and costs a read only when it moved.
         """
         self._procfs = procfs
         self._groups: dict[str, _Group] = {}
-        self._memory_max_age = memory_max_age_seconds
+        self._memory_max_age = memory_max_age_seconds if procfs.memory_basis == MEMORY_PSS else 0.0
         self._clock = clock
         self._memory: dict[ProcKey, _Memory] = {}  # the readings of the members at the last sample
         self._files = procfs.open_files()  # members' stat and children files stay open between samples

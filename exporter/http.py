@@ -17,6 +17,7 @@ import os
 import selectors
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -31,6 +32,7 @@ from prometheus_client.registry import CollectorRegistry
 from impact_exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
 from impact_exporter.exposition import negotiate
 from impact_exporter.scheduling import ScrapesFirst
+from impact_exporter.webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,12 @@ LANDING_PAGE = """<!doctype html>
 
 class RequestErrorsLogged:
     """Both listeners' request errors go to the log, where socketserver would print a traceback to stderr: a client
-    that leaves mid-response (Prometheus at its scrape timeout) or vanishes at debug level, anything else as an
-    error."""
+    that leaves mid-response (Prometheus at its scrape timeout), vanishes or fails the TLS handshake (plain HTTP to
+    a TLS listener) at debug level, anything else as an error."""
 
     def handle_error(self, request: object, client_address: object) -> None:
         caller, failure = client_address or "unix", sys.exc_info()[1]
-        if isinstance(failure, (ConnectionError, TimeoutError)):
+        if isinstance(failure, (ConnectionError, TimeoutError, ssl.SSLError)):
             log.debug("client %s went away: %s", caller, failure)
         else:
             log.exception("error while serving a request of %s", caller)
@@ -83,14 +85,21 @@ class ExporterServer(RequestErrorsLogged, ThreadingHTTPServer):
         api: RunAPI | None = None,
         token: str | None = None,
         scrapes: ScrapesFirst | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
+        """``web_config`` (--web.config.file) adds TLS and basic auth."""
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
         self.scrapes = scrapes if scrapes is not None else ScrapesFirst()
         self.version = version
         self.api = api
         self.token = token
+        self.basic_auth = web_config.basic_auth if web_config is not None else None
         super().__init__((host, port), ExporterHandler)
+        if web_config is not None and web_config.tls is not None:
+            # No handshake in accept(): the one listener thread must never wait on a client. It happens at the
+            # handler's first read, in the connection's own thread.
+            self.socket = web_config.tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def get_request(self) -> tuple[socket.socket, object]:
         """Accept a connection with Nagle's algorithm off and TCP keepalive on, as Go's servers do.
@@ -148,6 +157,7 @@ class UnixExporterServer(RequestErrorsLogged, socketserver.ThreadingMixIn, socke
     daemon_threads = True
     request_queue_size = socket.SOMAXCONN  # with socketserver's 5, the 6th of a burst of connects fails (EAGAIN)
     listen_address: str
+    basic_auth: BasicAuth | None = None  # the kernel tells who calls
 
     def __init__(
         self,
@@ -193,6 +203,8 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urlsplit(self.path).path
+        if self._refused_without_credentials(path):
+            return
         if path.startswith("/api/"):
             self._serve_api("GET", self.path)  # with its query (?user=)
         elif path == "/metrics":
@@ -207,11 +219,27 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
+        if self._refused_without_credentials(path):
+            return
         if path.startswith("/api/"):
             self._serve_api("POST", self.path)  # with its query (?user=)
         else:
             self.close_connection = True  # the body was not read
             self._send_json(error(HTTPStatus.METHOD_NOT_ALLOWED, f"POST is not allowed on {path}"))
+
+    def _refused_without_credentials(self, path: str) -> bool:
+        """Whether basic auth (--web.config.file) refuses this request; it has then been answered 401. The run API
+        has its own bearer token in the same header, and /-/healthy, which tells only that the process answers, is
+        left open for liveness probes."""
+        auth = self.server.basic_auth
+        if auth is None or path == "/-/healthy" or path.startswith("/api/"):
+            return False
+        if auth.allows(self.headers.get("Authorization")):
+            return False
+        self.close_connection = True  # a body, if any, was not read
+        challenge = {"WWW-Authenticate": 'Basic realm="impact-exporter", charset="UTF-8"'}
+        self._send(HTTPStatus.UNAUTHORIZED, b"Unauthorized\n", "text/plain; charset=utf-8", challenge)
+        return True
 
     def _refuse_method(self) -> None:
         self.close_connection = True  # a body, if any, was not read

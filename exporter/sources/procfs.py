@@ -53,6 +53,10 @@ _ARM_PARTS = {
     (0xC0, 0xAC3): "AmpereOne",
 }
 UNKNOWN = "unknown"
+MEMORY_RSS, MEMORY_PSS = "rss", "pss"
+"""What a process's memory is (``ProcFS(memory=...)``, ``--collector.memory``): its resident set size from
+``statm``, which anyone may read, or its proportional set size from ``smaps_rollup``, which counts pages shared
+with other processes once but needs ptrace-read access to the process."""
 
 _T = TypeVar("_T")
 
@@ -161,7 +165,8 @@ def parse_loadavg_last_pid(text: str) -> int:
 
 
 def parse_statm_rss_bytes(text: str, page_size: int) -> int:
-    """Read the resident set size from ``/proc/<pid>/statm`` (second column, in pages), for when PSS is unreadable."""
+    """Read the resident set size from ``/proc/<pid>/statm`` (second column, in pages): the same counter as the
+    rss field of ``stat``, readable by anyone."""
     fields = text.split()
     if len(fields) < 2:
         raise ValueError(f"/proc/<pid>/statm has too few fields: {text!r}")
@@ -174,6 +179,14 @@ def parse_status_uid(text: str) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[1])
     raise ValueError("/proc/<pid>/status has no Uid: line")
+
+
+def parse_status_effective_capabilities(text: str) -> int:
+    """Read the effective capability set, a bit mask, from the ``CapEff:`` line of ``/proc/<pid>/status``."""
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise ValueError("/proc/<pid>/status has no CapEff: line")
 
 
 # --- memory --------------------------------------------------------------------------------------------------------
@@ -309,8 +322,19 @@ class ProcFS:
     readers return None when the process is gone, because processes exit between any two reads.
     """
 
-    def __init__(self, root: Path, *, ticks_per_second: int | None = None, page_size: int | None = None) -> None:
-        """Check that ``root`` looks like procfs. Tick and page size default to this host's (sysconf, not /proc)."""
+    def __init__(
+        self,
+        root: Path,
+        *,
+        ticks_per_second: int | None = None,
+        page_size: int | None = None,
+        memory: str = MEMORY_RSS,
+    ) -> None:
+        """Check that ``root`` looks like procfs. Tick and page size default to this host's (sysconf, not /proc);
+        ``memory`` is what ``memory_bytes`` reads (MEMORY_RSS or MEMORY_PSS)."""
+        if memory not in (MEMORY_RSS, MEMORY_PSS):
+            raise ValueError(f"memory must be {MEMORY_RSS!r} or {MEMORY_PSS!r}, not {memory!r}")
+        self._memory = memory
         self._root = Path(root)
         self._prefix = str(self._root)  # per-process paths are built as strings: pathlib's joins are slow
         if not (self._root / "stat").is_file():
@@ -330,6 +354,11 @@ class ProcFS:
     def root(self) -> Path:
         """The procfs mount this reads."""
         return self._root
+
+    @property
+    def memory_basis(self) -> str:
+        """What ``memory_bytes`` reads: MEMORY_RSS or MEMORY_PSS."""
+        return self._memory
 
     @property
     def children_files_supported(self) -> bool | None:
@@ -388,15 +417,18 @@ class ProcFS:
             raise SourceError(f"{self._root / str(pid) / 'stat'}: {error}") from error
 
     def memory_bytes(self, pid: int) -> int | None:
-        """PSS from smaps_rollup when this process may read it, else RSS from statm. None when the process is gone.
+        """RSS from statm; with MEMORY_PSS, PSS from smaps_rollup where this process may read it, else RSS. None when
+        the process is gone.
 
-        smaps_rollup needs ptrace access to the process and kernel 4.14 or later. statm needs neither. Zombies and
-        kernel threads have an empty smaps_rollup and fall through to statm, which shows 0 for them.
+        smaps_rollup needs ptrace-read access to the process (CAP_SYS_PTRACE for another user's) and kernel 4.14 or
+        later. statm needs neither. Zombies and kernel threads have an empty smaps_rollup and fall through to statm,
+        which shows 0 for them.
         """
-        try:
-            return parse_smaps_rollup_pss_bytes(read_text(f"{self._prefix}/{pid}/smaps_rollup"))
-        except (OSError, ValueError):
-            pass  # absent on this kernel, not permitted, empty, or gone: statm decides which
+        if self._memory == MEMORY_PSS:
+            try:
+                return parse_smaps_rollup_pss_bytes(read_text(f"{self._prefix}/{pid}/smaps_rollup"))
+            except (OSError, ValueError):
+                pass  # absent on this kernel, not permitted, empty, or gone: statm decides which
         text = self._read_pid_file(pid, "statm")
         if not text:
             return None

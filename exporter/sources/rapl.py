@@ -33,6 +33,8 @@ _TOP_LEVEL_DOMAINS = frozenset({"package", "psys"})
 _SUBZONE_DOMAINS = frozenset({"dram", "core", "uncore"})
 
 SYSTEMD_UNIT = "deploy/systemd/impact-exporter.service"
+RAPL_TMPFILES = "deploy/systemd/impact-exporter-rapl.conf"
+RAPL_UDEV_RULE = "deploy/systemd/90-impact-exporter-rapl.rules"
 
 
 @dataclass(frozen=True)
@@ -322,15 +324,15 @@ class RaplSource:
 
 
 def _permission_advice(powercap: Path, unreadable: list[RaplZone]) -> str:
-    """Return the start-up error for root-only counters: what is wrong, why, and three ways to fix it."""
+    """Return the start-up error for root-only counters: what is wrong, why, and the ways to fix it."""
     names = ", ".join(zone.name for zone in unreadable)
     return (
         f"cannot read energy_uj of RAPL zones {names} under {powercap}: permission denied. "
         "Since the PLATYPUS power side channel (CVE-2020-8694) kernels let only root read energy_uj. "
-        "Fix it in one of three ways: run impact-exporter as root; "
-        f"use the shipped systemd unit ({SYSTEMD_UNIT}); "
+        "Fix it in one of three ways: make the counters readable by a group that only the exporter is in, with "
+        f"the shipped systemd-tmpfiles rule {RAPL_TMPFILES} (group impact-rapl; the udev rule {RAPL_UDEV_RULE} "
+        f"applies it again when the powercap driver loads) and the shipped systemd unit ({SYSTEMD_UNIT}), "
+        "which runs the exporter in that group; run impact-exporter as root; "
         f"or make the counters readable to every local user, which reopens that side channel: "
-        f"`sudo chmod a+r {powercap}/intel-rapl:*/energy_uj` (until reboot), "
-        "or for every boot a udev rule such as /etc/udev/rules.d/99-rapl.rules containing "
-        '`ACTION=="add", SUBSYSTEM=="powercap", KERNEL=="intel-rapl:*", RUN+="/bin/chmod a+r /sys%p/energy_uj"`.'
+        f"`sudo chmod a+r {powercap}/intel-rapl:*/energy_uj` (until reboot)."
     )

@@ -125,12 +125,30 @@ def test_compose_gives_the_exporter_the_hosts_processes_read_only_and_shares_the
     assert flags.socket_group == "impact"
 
 
-def test_compose_keeps_only_the_capabilities_the_exporter_needs() -> None:
+def test_compose_runs_the_exporter_as_the_images_user_without_capabilities_under_the_default_profiles() -> None:
     service = exporter_service()
+    assert "user" not in service, "the image's unprivileged user"
     assert service["cap_drop"] == ["ALL"]
-    assert set(service["cap_add"]) == {"CHOWN", "SYS_PTRACE"}
+    assert "cap_add" not in service, "no SYS_PTRACE, no CHOWN"
     assert service["read_only"] is True
-    assert "no-new-privileges:true" in service["security_opt"]
+    assert service["security_opt"] == ["no-new-privileges:true"], "AppArmor and seccomp stay Docker's defaults"
+    assert exporter_flags(service["command"]).settings.memory == "rss", "PSS would need SYS_PTRACE"
+    rapl_gid = dockerfile_arg_default("IMPACT_RAPL_GID")
+    assert service["build"]["args"]["IMPACT_RAPL_GID"] == f"${{IMPACT_RAPL_GID:-{rapl_gid}}}"
+
+
+def test_the_image_runs_as_an_unprivileged_user_in_the_socket_and_rapl_groups() -> None:
+    (user,) = [i.arguments for i in dockerfile_instructions() if i.keyword == "USER"]
+    assert user == "impact-exporter:impact"
+    (useradd,) = [i.arguments for i in dockerfile_instructions() if "useradd" in i.arguments]
+    words = useradd.split()
+    assert words[words.index("--uid") + 1] == '"${IMPACT_UID}"' and int(dockerfile_arg_default("IMPACT_UID")) != 0
+    assert words[words.index("--gid") + 1] == "impact"
+    assert words[words.index("--groups") + 1] == "impact-rapl"
+    assert "install -d -o impact-exporter -g impact" in useradd, "the state and socket directories are its own"
+    instructions = dockerfile_instructions()
+    user_at = next(n for n, i in enumerate(instructions) if i.keyword == "USER")
+    assert all(i.keyword != "RUN" for i in instructions[user_at:]), "nothing after USER needs root"
 
 
 def test_compose_prometheus_loads_the_project_rules_and_scrapes_the_exporter_service() -> None:

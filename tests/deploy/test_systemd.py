@@ -1,8 +1,10 @@
-"""deploy/systemd/impact-exporter.service: systemd accepts it, and it starts the exporter with flags the exporter
-accepts, as an unprivileged user with only the capabilities it needs and a run socket its group may use."""
+"""deploy/systemd: systemd accepts the unit, and it starts the exporter with flags the exporter accepts, as an
+unprivileged user without capabilities and with a run socket its group may use; the tmpfiles rule makes RAPL
+readable by the unit's RAPL group and no one else, and the udev rule applies it again when the driver loads."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -11,11 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.manifests import DEPLOY, exporter_flags
+from tests.deploy.manifests import DEPLOY, dockerfile_arg_default, exporter_flags
+from tests.deploy.rapl_access import counters, rapl_check_as
 from tests.servers import require_binary
 
 UNIT = DEPLOY / "systemd" / "impact-exporter.service"
+RAPL_TMPFILES = DEPLOY / "systemd" / "impact-exporter-rapl.conf"
+RAPL_UDEV_RULE = DEPLOY / "systemd" / "90-impact-exporter-rapl.rules"
 INSTALLED_BINARY = "/usr/local/bin/impact-exporter"
+RAPL_GROUP = "impact-rapl"
+EXPORTER_UID = 61877  # any unprivileged uid: the unit's is dynamic
 
 
 def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
@@ -65,17 +72,66 @@ def test_the_socket_lies_in_its_runtime_directory_and_belongs_to_the_group_of_us
     assert flags.settings.api_socket == Path("/run") / SERVICE["RuntimeDirectory"][0] / "api.sock"
     assert SERVICE["RuntimeDirectoryMode"] == ["0755"], "users must reach the socket in it"
     assert flags.socket_group is not None
-    assert SERVICE["SupplementaryGroups"] == [flags.socket_group], "it may give the socket only to its own group"
+    assert SERVICE["SupplementaryGroups"][0].split() == [flags.socket_group, RAPL_GROUP], (
+        "it may give the socket only to its own group, and reads RAPL through the other"
+    )
     assert flags.settings.state_dir == Path("/var/lib") / SERVICE["StateDirectory"][0]
 
 
-def test_it_runs_unprivileged_with_the_two_capabilities_it_needs() -> None:
+def test_it_runs_unprivileged_without_any_capability() -> None:
+    """No CAP_DAC_READ_SEARCH (it reads every file, /etc/shadow included) and no CAP_SYS_PTRACE (it opens a root
+    process's memory): RAPL comes through a group, a run's memory is RSS, which anyone may read."""
     assert SERVICE["DynamicUser"] == ["yes"]
     assert "User" not in SERVICE
-    needed = {"CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"}
-    assert set(SERVICE["CapabilityBoundingSet"][0].split()) == needed
-    assert set(SERVICE["AmbientCapabilities"][0].split()) == needed
+    assert SERVICE["CapabilityBoundingSet"] == [""], "an empty bounding set: no capability, ever"
+    assert "AmbientCapabilities" not in SERVICE
     assert SERVICE["NoNewPrivileges"] == ["yes"]
+    assert exporter_flags(exec_start()[1:]).settings.memory == "rss"
+
+
+def tmpfiles_lines() -> list[list[str]]:
+    return [line.split() for line in RAPL_TMPFILES.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_the_tmpfiles_rule_gives_rapl_to_the_units_group_read_only() -> None:
+    lines = tmpfiles_lines()
+    assert [line[1] for line in lines] == [
+        "/sys/class/powercap/intel-rapl:*/energy_uj",
+        "/sys/class/powercap/intel-rapl:*:*/energy_uj",
+    ]
+    rules = {(kind, mode, user, group) for kind, _, mode, user, group, *_ in lines}
+    assert rules == {("z", "0440", "root", RAPL_GROUP)}
+    assert RAPL_GROUP in SERVICE["SupplementaryGroups"][0].split()
+
+
+def test_the_tmpfiles_rule_makes_root_only_counters_readable_by_the_group_alone(node_root: Path) -> None:
+    """systemd-tmpfiles applies the shipped file to a machine root whose RAPL counters are 0400 root: the
+    exporter's reader, as a user without capabilities, fails before and succeeds after only if in the group."""
+    tmpfiles = require_binary("systemd-tmpfiles", "apt-get install systemd")
+    gid = int(dockerfile_arg_default("IMPACT_RAPL_GID"))
+    (node_root / "etc").mkdir()
+    (node_root / "etc" / "group").write_text(f"root:x:0:\n{RAPL_GROUP}:x:{gid}:\n")
+    (node_root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    sysfs = node_root / "sys"
+    assert "permission denied" in rapl_check_as(sysfs, EXPORTER_UID, EXPORTER_UID, [gid])
+
+    result = subprocess.run(
+        [tmpfiles, f"--root={node_root}", "--create", str(RAPL_TMPFILES)], capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+    for counter in counters(sysfs):
+        assert (oct(counter.stat().st_mode & 0o777), counter.stat().st_uid, counter.stat().st_gid) == ("0o440", 0, gid)
+    assert rapl_check_as(sysfs, EXPORTER_UID, EXPORTER_UID, [gid]) == "readable"
+    assert "permission denied" in rapl_check_as(sysfs, EXPORTER_UID, EXPORTER_UID, [])
+
+
+def test_the_udev_rule_applies_the_installed_tmpfiles_rule_when_a_rapl_zone_appears() -> None:
+    (rule,) = [line for line in RAPL_UDEV_RULE.read_text().splitlines() if line and not line.startswith("#")]
+    keys = dict(re.findall(r'(\w+(?:\+)?)(?:==|\+?=)"([^"]*)"', rule))
+    assert keys["ACTION"] == "add" and keys["SUBSYSTEM"] == "powercap" and keys["KERNEL"] == "intel-rapl:*"
+    assert keys["RUN+"] == f"/usr/bin/systemd-tmpfiles --create /etc/tmpfiles.d/{RAPL_TMPFILES.name}"
+    assert RAPL_UDEV_RULE.name in UNIT.read_text() and RAPL_TMPFILES.name in UNIT.read_text(), "install steps"
 
 
 @pytest.mark.parametrize(

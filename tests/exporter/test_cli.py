@@ -20,7 +20,7 @@ from impact_exporter.cli import GC_FIRST_GENERATION_THRESHOLD, main, parse_liste
 from impact_exporter.sources import HardwareNotFound
 from impact_exporter.sources.nvml import NvmlSource
 from tests.fakes.powercap import FakePowercap
-from tests.servers import REPO_ROOT, ExporterProcess
+from tests.servers import REPO_ROOT, ExporterProcess, require_binary, wait_for
 
 
 def run_exporter(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -47,6 +47,8 @@ def test_help_explains_every_flag() -> None:
         "--gpu.idle-watts",
         "--gpu.idle-attribution",
         "--log.level",
+        "--web.config.file",
+        "--collector.memory",
     ]:
         assert flag in result.stdout
 
@@ -232,3 +234,29 @@ def test_the_exporter_process_freezes_its_start_up_objects_and_collects_young_ob
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert result.stdout.split() == [str(GC_FIRST_GENERATION_THRESHOLD), "True"]
+
+
+@pytest.mark.parametrize("capabilities, warned", [("", False), ("--bounding-set=-sys_ptrace", True)])
+def test_pss_without_cap_sys_ptrace_is_a_warning_that_names_the_fixes(
+    tmp_path: Path, capabilities: str, warned: bool
+) -> None:
+    """The exporter as root, with and without CAP_SYS_PTRACE in its capability sets (setpriv drops it)."""
+    setpriv = require_binary("setpriv", "apt-get install util-linux")
+    prefix = [setpriv, "--inh-caps=-sys_ptrace", capabilities, "--"] if capabilities else []
+    log = tmp_path / "exporter.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "impact_exporter", "--collector.memory=pss", "--cpu.source=none"]
+            + ["--web.listen-address=127.0.0.1:0", "--no-api.socket", f"--state-dir={tmp_path / 'state'}"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    try:
+        wait_for(lambda: "listening on" in log.read_text(), 30, "the exporter to listen")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert ("without CAP_SYS_PTRACE" in log.read_text()) is warned
+    if warned:
+        assert "--collector.memory=rss" in log.read_text()

@@ -20,6 +20,7 @@ from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Sampler, Snapshot, SourceStatus
 from impact_exporter.sources.estimate import EstimateSource
 from impact_exporter.sources.nvml import NvmlSource
+from impact_exporter.sources.procfs import MEMORY_PSS
 from impact_exporter.sources.rapl import RaplSource
 from impact_exporter.store import RunStore
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
@@ -132,7 +133,7 @@ def render_gpu(tmp_path: Path) -> CollectorRegistry:
         slices=[{EVAL: 50}],
     )
     nvml = FakeNvml([fast, old])
-    procfs = proc.procfs()
+    procfs = proc.procfs(MEMORY_PSS)  # the golden file splits DRAM by the processes' PSS (pss_kib above)
     clock = nvml.clock
     ledger = Ledger()
     registry = RunRegistry(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from impact_exporter.groups import MEMORY_MAX_AGE_SECONDS, MEMORY_UNCHANGED_MAX_AGE_SECONDS, GroupUsage, ProcessGroups
+from impact_exporter.sources.procfs import MEMORY_PSS
 from tests.fakes.procfs import PAGE, FakeProc
 
 
@@ -355,10 +356,29 @@ def test_stale_child_list_entry_with_another_parent_is_not_a_member(fake: FakePr
     assert usage.processes == 1
 
 
-def test_memory_is_pss_when_readable_else_rss(fake: FakeProc):
+def test_memory_is_rss_by_default(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, pss_kib=2048, rss_pages=5000)
+    fake.spawn(101, ROOT, start=1010, rss_pages=300)
+    procfs = fake.procfs()
+
+    assert procfs.memory_bytes(ROOT) == 5000 * PAGE
+    assert procfs.memory_bytes(999) is None
+    assert ProcessGroups(procfs).sample({"run": (ROOT,)})["run"].memory_bytes == (5000 + 300) * PAGE
+
+
+def test_rss_is_read_again_as_soon_as_it_changes(fake: FakeProc):
+    fake.spawn(ROOT, 1, start=1000, rss_pages=1000)
+    groups = ProcessGroups(fake.procfs(), clock=lambda: 0.0)
+    assert groups.sample({"run": (ROOT,)})["run"].memory_bytes == 1000 * PAGE
+
+    fake.update(ROOT, rss_pages=1250)  # it allocated: no waiting for an age, the reading is as cheap as stat's
+    assert groups.sample({"run": (ROOT,)})["run"].memory_bytes == 1250 * PAGE
+
+
+def test_memory_with_pss_is_pss_when_readable_else_rss(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, pss_kib=2048, rss_pages=5000)
     fake.spawn(101, ROOT, start=1010, rss_pages=300)  # no smaps_rollup: old kernel or not permitted
-    procfs = fake.procfs()
+    procfs = fake.procfs(MEMORY_PSS)
 
     assert procfs.memory_bytes(ROOT) == 2048 * 1024
     assert procfs.memory_bytes(101) == 300 * PAGE
@@ -369,7 +389,7 @@ def test_memory_is_pss_when_readable_else_rss(fake: FakeProc):
 def test_pss_of_a_member_whose_rss_stays_the_same_is_read_again_only_after_the_long_age(fake: FakeProc):
     fake.spawn(ROOT, 1, start=1000, pss_kib=2048, rss_pages=1000)
     now = [0.0]
-    groups = ProcessGroups(fake.procfs(), clock=lambda: now[0])
+    groups = ProcessGroups(fake.procfs(MEMORY_PSS), clock=lambda: now[0])
     assert groups.sample({"run": (ROOT,)})["run"].memory_bytes == 2048 * 1024
 
     fake.update(ROOT, pss_kib=1024)  # another process maps its pages now: its PSS shrinks, its RSS does not
@@ -388,7 +408,7 @@ def test_pss_of_a_member_whose_rss_changed_is_read_again_after_the_max_age(fake:
     fake.spawn(ROOT, 1, start=1000, pss_kib=2048, rss_pages=1000)
     fake.spawn(101, ROOT, start=1010, pss_kib=512, rss_pages=200)
     now = [0.0]
-    groups = ProcessGroups(fake.procfs(), clock=lambda: now[0])
+    groups = ProcessGroups(fake.procfs(MEMORY_PSS), clock=lambda: now[0])
     assert groups.sample({"run": (ROOT,)})["run"].memory_bytes == (2048 + 512) * 1024
 
     fake.update(ROOT, pss_kib=3072, rss_pages=1250)  # it allocated

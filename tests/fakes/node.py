@@ -12,7 +12,7 @@ from pathlib import Path
 
 from experiment_impact_tracker import ExporterClient
 from tests.fakes.powercap import FakePowercap
-from tests.fakes.procfs import FakeProc
+from tests.fakes.procfs import PAGE, FakeProc
 from tests.servers import short_socket_path
 
 PID = 4242
@@ -40,7 +40,8 @@ class Node:
         self.powercap.add_zone(PACKAGE, "package-0", energy_uj=3_000_000)
         self.powercap.add_zone(DRAM, "dram", energy_uj=4_000_000)
         self.proc = FakeProc(self.root / "proc", hostname=self.root.name)
-        self.proc.spawn(PID, 1, start=5000, uid=0, pss_kib=int(16318480 * MEMORY_SHARE))
+        memory_kib = int(16318480 * MEMORY_SHARE)  # of MemTotal; RSS by default, PSS with --collector.memory=pss
+        self.proc.spawn(PID, 1, start=5000, uid=0, pss_kib=memory_kib, rss_pages=memory_kib * 1024 // PAGE)
 
     def flags(self, *extra: str) -> tuple[str, ...]:
         return (

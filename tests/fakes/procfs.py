@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from impact_exporter.sources.procfs import ProcFS
+from impact_exporter.sources.procfs import MEMORY_RSS, ProcFS
 
 TICKS = 100
 PAGE = 4096
@@ -86,8 +86,9 @@ class FakeProc:
         self._write_stat()
         self._write_loadavg()
 
-    def procfs(self) -> ProcFS:
-        return ProcFS(self.root, ticks_per_second=TICKS, page_size=PAGE)
+    def procfs(self, memory: str = MEMORY_RSS) -> ProcFS:
+        """A reader of this tree; ``memory`` as ``--collector.memory`` sets it."""
+        return ProcFS(self.root, ticks_per_second=TICKS, page_size=PAGE, memory=memory)
 
     def spawn(self, pid: int, ppid: int, start: int, **fields: object) -> None:
         self.processes[pid] = FakeProcess(pid, ppid, start, **fields)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from impact_exporter.sources.procfs import (
     parse_smaps_rollup_pss_bytes,
     parse_stat,
     parse_statm_rss_bytes,
+    parse_status_effective_capabilities,
     parse_status_uid,
 )
 from impact_exporter.sources.procfs_files import OpenFiles
@@ -112,6 +113,13 @@ def test_parse_loadavg_last_pid_is_the_last_field():
 
 def test_parse_statm_rss():
     assert parse_statm_rss_bytes("765 405 377 5 0 123 0\n", PAGE) == 405 * PAGE
+
+
+def test_parse_status_effective_capabilities_is_the_capeff_mask():
+    status = "CapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t0000000000080000\n"
+    assert parse_status_effective_capabilities(status) == 1 << 19  # CAP_SYS_PTRACE alone
+    with pytest.raises(ValueError):
+        parse_status_effective_capabilities("Uid:\t0\t0\t0\t0\n")
 
 
 def test_parse_status_uid_is_the_real_uid():
