@@ -1,0 +1,229 @@
+"""Bounds on the exporter's connections: how many, from whom, for how long, and what they may hold.
+
+Every accepted connection is admitted here first. A listener holds at most ``per_listener`` connections and one
+client (a uid on the Unix socket, an address on TCP) at most ``per_client`` of them; all listeners together hold
+no more than the descriptors left once a reserve is set aside, so that the sampler, which opens procfs and sysfs
+files on every sample, never fails for lack of one. A listener at its cap is not selected until a connection
+closes, so the accept loop sleeps instead of spinning; a client over its own cap is answered 503 and closed.
+
+A connection has a deadline in each phase of a request: waiting for the next request (``idle_timeout``), reading
+its line, headers and body (``read_timeout``), and sending the response (``write_timeout``). None runs while the
+exporter renders the response. Deadlines are not socket timeouts, with which Python polls before each read and
+write (docs/performance.md): the accept thread checks them when it wakes, at least once a second while any
+connection is open, and shuts a late connection down, which wakes its thread from the read or write it is
+blocked in.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import socket
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DESCRIPTOR_RESERVE = 64
+"""Descriptors no connection may take: the sampler's procfs and sysfs reads, SQLite's files, the log."""
+
+CHECK_INTERVAL_SECONDS = 1.0
+"""How often, at most, the accept thread looks for late connections while any is open."""
+
+ACCEPT_PAUSE_SECONDS = 1.0
+"""How long a listener is not selected after the kernel refused to accept for lack of descriptors or memory."""
+
+EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The caps and timeouts of ``--web.max-connections``, ``--web.max-connections-per-client`` and the three
+    ``--web.*-timeout`` flags; the defaults are theirs."""
+
+    per_listener: int = 256
+    per_client: int = 32
+    idle_timeout_seconds: float = 120.0
+    read_timeout_seconds: float = 10.0
+    write_timeout_seconds: float = 60.0
+
+
+def descriptor_budget(reserve: int = DESCRIPTOR_RESERVE, fd_dir: Path = Path("/proc/self/fd")) -> int:
+    """How many connections the process can hold with ``reserve`` descriptors to spare: the soft RLIMIT_NOFILE,
+    raised to the hard limit first as Go programs do, less the descriptors open now and the reserve."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(0, soft - len(os.listdir(fd_dir)) - reserve)
+
+
+@dataclass
+class Tracked:
+    """An admitted connection: where it came from and when it is late."""
+
+    listener: object
+    client: Hashable
+    deadline: float | None
+
+
+class Connections:
+    """Admission and deadlines of every listener's connections (one instance shared by all of them)."""
+
+    def __init__(self, limits: ConnectionLimits | None = None, budget: int | None = None) -> None:
+        """``budget``: the connections all listeners may hold together (see :func:`descriptor_budget`); None for
+        no bound beyond the per-listener caps."""
+        self.limits = limits or ConnectionLimits()
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, Tracked] = {}
+        self._per_listener: dict[object, int] = {}
+        self._per_client: dict[tuple[object, Hashable], int] = {}
+        self._paused_until: dict[object, float] = {}
+        self._on_free: Callable[[], None] = lambda: None
+
+    def notify_on_free(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a listener that was not accepting may accept again (the accept thread's wake)."""
+        self._on_free = callback
+
+    def admit(self, listener: object, client: Hashable, connection: socket.socket, capped: bool = True) -> str | None:
+        """Track a new connection and return None, or return why it is refused (its client is at its cap).
+        ``capped``: whether the per-client cap applies (not to root on the Unix socket)."""
+        with self._lock:
+            if capped and self._per_client.get((listener, client), 0) >= self.limits.per_client:
+                return f"{self.limits.per_client} connections"
+            self._open[connection] = Tracked(listener, client, time.monotonic() + self.limits.idle_timeout_seconds)
+            self._per_listener[listener] = self._per_listener.get(listener, 0) + 1
+            self._per_client[listener, client] = self._per_client.get((listener, client), 0) + 1
+        return None
+
+    def release(self, connection: socket.socket) -> None:
+        """Forget a connection about to be closed (no-op for one never admitted)."""
+        with self._lock:
+            tracked = self._open.pop(connection, None)
+            if tracked is None:
+                return
+            was_full = not self._has_room(tracked.listener)
+            self._per_listener[tracked.listener] -= 1
+            key = (tracked.listener, tracked.client)
+            self._per_client[key] -= 1
+            if not self._per_client[key]:
+                del self._per_client[key]
+        if was_full:
+            self._on_free()
+
+    def accepting(self, listener: object) -> bool:
+        """Whether the listener may accept now: below its cap and the budget, and not paused."""
+        with self._lock:
+            return self._has_room(listener) and self._paused_until.get(listener, 0.0) <= time.monotonic()
+
+    def _has_room(self, listener: object) -> bool:
+        return self._per_listener.get(listener, 0) < self.limits.per_listener and (
+            self.budget is None or len(self._open) < self.budget
+        )
+
+    def accept_failed(self, listener: object, error: OSError) -> None:
+        """After accept failed for lack of descriptors or memory, leave the listener alone for a while: it stays
+        readable, and selecting it again at once would spin."""
+        if error.errno in EXHAUSTION_ERRNOS:
+            with self._lock:
+                self._paused_until[listener] = time.monotonic() + ACCEPT_PAUSE_SECONDS
+
+    def waiting(self, connection: socket.socket) -> None:
+        """The connection waits for its next request: it may idle for ``idle_timeout``."""
+        self._set_deadline(connection, self.limits.idle_timeout_seconds)
+
+    def reading(self, connection: socket.socket) -> None:
+        """A request has begun: its line, headers and body must arrive within ``read_timeout``."""
+        self._set_deadline(connection, self.limits.read_timeout_seconds)
+
+    def working(self, connection: socket.socket) -> None:
+        """The request is read and its response is being made: no deadline."""
+        self._set_deadline(connection, None)
+
+    def writing(self, connection: socket.socket) -> None:
+        """The response is being sent: the client must take it within ``write_timeout``."""
+        self._set_deadline(connection, self.limits.write_timeout_seconds)
+
+    def _set_deadline(self, connection: socket.socket, seconds: float | None) -> None:
+        tracked = self._open.get(connection)
+        if tracked is not None:
+            tracked.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def seconds_to_next_check(self) -> float | None:
+        """How long the accept thread may sleep: None (until a connection arrives) while none is open, else until
+        the earliest deadline or a paused listener's end, and never more than CHECK_INTERVAL_SECONDS, since a
+        handler may set an earlier deadline meanwhile."""
+        now = time.monotonic()
+        with self._lock:
+            wakes = [t.deadline for t in self._open.values() if t.deadline is not None]
+            wakes += [until for until in self._paused_until.values() if until > now]
+            if not wakes and not self._open:
+                return None
+        return max(0.0, min([*wakes, now + CHECK_INTERVAL_SECONDS]) - now)
+
+    def shut_late(self) -> int:
+        """Shut down every connection past its deadline, which ends the read or write its thread is blocked in;
+        return how many. The lock keeps a connection from being closed (and its descriptor reused) meanwhile."""
+        now = time.monotonic()
+        late = 0
+        with self._lock:
+            for connection, tracked in self._open.items():
+                if tracked.deadline is not None and tracked.deadline <= now:
+                    tracked.deadline = None
+                    late += 1
+                    try:
+                        connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # the peer is already gone
+        return late
+
+
+def refusal(message: str) -> bytes:
+    """A complete HTTP 503 response whose JSON body says why, sent to a connection that is then closed."""
+    body = json.dumps({"error": message}).encode()
+    head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"Connection: close\r\nRetry-After: 1\r\n\r\n" + body
+
+
+class BoundedListener:
+    """A socketserver mixin that admits each accepted connection through ``self.connections`` and tells it when
+    the connection closes. A subclass says who the client is (:meth:`client_of`)."""
+
+    connections: Connections
+
+    def client_of(self, request: socket.socket, client_address: Any) -> tuple[Hashable, str, bool]:
+        """The client's key, how to name it in a refusal, and whether the per-client cap applies to it."""
+        raise NotImplementedError
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()  # type: ignore[misc]
+        except OSError as error:
+            self.connections.accept_failed(self, error)
+            raise
+
+    def verify_request(self, request: socket.socket, client_address: Any) -> bool:  # type: ignore[override]
+        client, name, capped = self.client_of(request, client_address)
+        refused = self.connections.admit(self, client, request, capped)
+        if refused is None:
+            return True
+        message = f"too many connections from {name}: at most {refused} per client (--web.max-connections-per-client)"
+        try:
+            request.send(refusal(message), socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # the client is gone or not reading; it is closed all the same
+        return False
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        self.connections.release(request)
+        super().shutdown_request(request)  # type: ignore[misc]
