@@ -3,8 +3,11 @@
 Every accepted connection is admitted here first. A listener holds at most ``per_listener`` connections and one
 client (a uid on the Unix socket, an address on TCP) at most ``per_client`` of them; all listeners together hold
 no more than the descriptors left once a reserve is set aside, so that the sampler, which opens procfs and sysfs
-files on every sample, never fails for lack of one. A listener at its cap is not selected until a connection
-closes, so the accept loop sleeps instead of spinning; a client over its own cap is answered 503 and closed.
+files on every sample, never fails for lack of one. A client over its own cap is answered 503 and closed. A full
+listener makes room by shutting down the connection that has waited longest for a request (or for the rest of
+one), so idle and slow clients cannot keep a prompt one out; when every connection is busy it is not selected
+until one closes, so the accept loop sleeps instead of spinning (and after the kernel refuses an accept for lack
+of descriptors, it waits a second).
 
 A connection has a deadline in each phase of a request: waiting for the next request (``idle_timeout``), reading
 its line, headers and body (``read_timeout``), and sending the response (``write_timeout``). None runs while the
@@ -69,11 +72,15 @@ def descriptor_budget(reserve: int = DESCRIPTOR_RESERVE, fd_dir: Path = Path("/p
 
 @dataclass
 class Tracked:
-    """An admitted connection: where it came from and when it is late."""
+    """An admitted connection: where it came from, when it is late, and since when it waits for a request."""
 
     listener: object
     client: Hashable
     deadline: float | None
+    waiting_since: float | None
+    """When it began to wait for a request or read one; None while its response is made or sent."""
+    evicted: bool = False
+    """Shut down to make room for a newer connection: it no longer counts, though its thread may not be done."""
 
 
 class Connections:
@@ -86,6 +93,7 @@ class Connections:
         self.budget = budget
         self._lock = threading.Lock()
         self._open: dict[socket.socket, Tracked] = {}
+        self._counted = 0
         self._per_listener: dict[object, int] = {}
         self._per_client: dict[tuple[object, Hashable], int] = {}
         self._paused_until: dict[object, float] = {}
@@ -95,41 +103,80 @@ class Connections:
         """Call ``callback`` when a listener that was not accepting may accept again (the accept thread's wake)."""
         self._on_free = callback
 
-    def admit(self, listener: object, client: Hashable, connection: socket.socket, capped: bool = True) -> str | None:
-        """Track a new connection and return None, or return why it is refused (its client is at its cap).
-        ``capped``: whether the per-client cap applies (not to root on the Unix socket)."""
+    def admit(
+        self, listener: object, client: Hashable, name: str, connection: socket.socket, capped: bool = True
+    ) -> str | None:
+        """Track a new connection and return None, or return why it is refused. A client at its cap is refused
+        (``capped``: whether the cap applies to it; not to root on the Unix socket). A full listener, or a full
+        budget, makes room by shutting down the connection that has waited longest for a request or for the rest
+        of one: idle and slow connections cannot keep a prompt client out."""
         with self._lock:
             if capped and self._per_client.get((listener, client), 0) >= self.limits.per_client:
-                return f"{self.limits.per_client} connections"
-            self._open[connection] = Tracked(listener, client, time.monotonic() + self.limits.idle_timeout_seconds)
-            self._per_listener[listener] = self._per_listener.get(listener, 0) + 1
-            self._per_client[listener, client] = self._per_client.get((listener, client), 0) + 1
+                return (
+                    f"too many connections from {name}: at most {self.limits.per_client} per client "
+                    "(--web.max-connections-per-client)"
+                )
+            if not self._has_room(listener) and not self._evict_longest_waiting(listener):
+                return (
+                    f"every connection is busy: at most {self.limits.per_listener} per listener "
+                    "(--web.max-connections) and as many as the open files limit allows"
+                )
+            now = time.monotonic()
+            self._open[connection] = Tracked(listener, client, now + self.limits.idle_timeout_seconds, now)
+            self._count(self._open[connection], +1)
         return None
 
     def release(self, connection: socket.socket) -> None:
         """Forget a connection about to be closed (no-op for one never admitted)."""
         with self._lock:
             tracked = self._open.pop(connection, None)
-            if tracked is None:
+            if tracked is None or tracked.evicted:
                 return
             was_full = not self._has_room(tracked.listener)
-            self._per_listener[tracked.listener] -= 1
-            key = (tracked.listener, tracked.client)
-            self._per_client[key] -= 1
-            if not self._per_client[key]:
-                del self._per_client[key]
+            self._count(tracked, -1)
         if was_full:
             self._on_free()
 
+    def _count(self, tracked: Tracked, change: int) -> None:
+        self._counted += change
+        self._per_listener[tracked.listener] = self._per_listener.get(tracked.listener, 0) + change
+        key = (tracked.listener, tracked.client)
+        self._per_client[key] = self._per_client.get(key, 0) + change
+        if not self._per_client[key]:
+            del self._per_client[key]
+
     def accepting(self, listener: object) -> bool:
-        """Whether the listener may accept now: below its cap and the budget, and not paused."""
+        """Whether the listener may accept now: not paused, and below its cap and the budget or able to make room."""
         with self._lock:
-            return self._has_room(listener) and self._paused_until.get(listener, 0.0) <= time.monotonic()
+            if self._paused_until.get(listener, 0.0) > time.monotonic():
+                return False
+            return self._has_room(listener) or self._longest_waiting(listener) is not None
 
     def _has_room(self, listener: object) -> bool:
         return self._per_listener.get(listener, 0) < self.limits.per_listener and (
-            self.budget is None or len(self._open) < self.budget
+            self.budget is None or self._counted < self.budget
         )
+
+    def _longest_waiting(self, listener: object) -> socket.socket | None:
+        """The connection to shut down for a new one on ``listener``: of that listener when it is full, else (the
+        budget is full) of any, the one waiting longest for a request; None when all are busy."""
+        own = self._per_listener.get(listener, 0) >= self.limits.per_listener
+        candidates = [
+            (tracked.waiting_since, connection)
+            for connection, tracked in self._open.items()
+            if tracked.waiting_since is not None and not tracked.evicted and (tracked.listener is listener or not own)
+        ]
+        return min(candidates, key=lambda candidate: candidate[0])[1] if candidates else None
+
+    def _evict_longest_waiting(self, listener: object) -> bool:
+        connection = self._longest_waiting(listener)
+        if connection is None:
+            return False
+        tracked = self._open[connection]
+        tracked.evicted, tracked.deadline = True, None
+        self._count(tracked, -1)
+        shut_down(connection)
+        return True
 
     def accept_failed(self, listener: object, error: OSError) -> None:
         """After accept failed for lack of descriptors or memory, leave the listener alone for a while: it stays
@@ -140,24 +187,31 @@ class Connections:
 
     def waiting(self, connection: socket.socket) -> None:
         """The connection waits for its next request: it may idle for ``idle_timeout``."""
-        self._set_deadline(connection, self.limits.idle_timeout_seconds)
+        self._set_phase(connection, self.limits.idle_timeout_seconds, waiting=True)
 
     def reading(self, connection: socket.socket) -> None:
         """A request has begun: its line, headers and body must arrive within ``read_timeout``."""
-        self._set_deadline(connection, self.limits.read_timeout_seconds)
+        self._set_phase(connection, self.limits.read_timeout_seconds, waiting=True)
 
     def working(self, connection: socket.socket) -> None:
         """The request is read and its response is being made: no deadline."""
-        self._set_deadline(connection, None)
+        self._set_phase(connection, None, waiting=False)
 
     def writing(self, connection: socket.socket) -> None:
         """The response is being sent: the client must take it within ``write_timeout``."""
-        self._set_deadline(connection, self.limits.write_timeout_seconds)
+        self._set_phase(connection, self.limits.write_timeout_seconds, waiting=False)
 
-    def _set_deadline(self, connection: socket.socket, seconds: float | None) -> None:
-        tracked = self._open.get(connection)
-        if tracked is not None:
-            tracked.deadline = None if seconds is None else time.monotonic() + seconds
+    def _set_phase(self, connection: socket.socket, seconds: float | None, waiting: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            tracked = self._open.get(connection)
+            if tracked is None or tracked.evicted:
+                return
+            tracked.deadline = None if seconds is None else now + seconds
+            if not waiting:
+                tracked.waiting_since = None
+            elif tracked.waiting_since is None:
+                tracked.waiting_since = now
 
     def seconds_to_next_check(self) -> float | None:
         """How long the accept thread may sleep: None (until a connection arrives) while none is open, else until
@@ -181,11 +235,16 @@ class Connections:
                 if tracked.deadline is not None and tracked.deadline <= now:
                     tracked.deadline = None
                     late += 1
-                    try:
-                        connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # the peer is already gone
+                    shut_down(connection)
         return late
+
+
+def shut_down(connection: socket.socket) -> None:
+    """End both directions of a connection, which wakes a thread blocked reading or writing it."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the peer is already gone
 
 
 def refusal(message: str) -> bytes:
@@ -214,12 +273,11 @@ class BoundedListener:
 
     def verify_request(self, request: socket.socket, client_address: Any) -> bool:  # type: ignore[override]
         client, name, capped = self.client_of(request, client_address)
-        refused = self.connections.admit(self, client, request, capped)
+        refused = self.connections.admit(self, client, name, request, capped)
         if refused is None:
             return True
-        message = f"too many connections from {name}: at most {refused} per client (--web.max-connections-per-client)"
         try:
-            request.send(refusal(message), socket.MSG_DONTWAIT)
+            request.send(refusal(refused), socket.MSG_DONTWAIT)
         except OSError:
             pass  # the client is gone or not reading; it is closed all the same
         return False
