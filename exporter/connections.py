@@ -99,6 +99,10 @@ class Connections:
         self._paused_until: dict[object, float] = {}
         self._on_free: Callable[[], None] = lambda: None
 
+    def __len__(self) -> int:
+        """How many connections count against the caps now."""
+        return self._counted
+
     def notify_on_free(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when a listener that was not accepting may accept again (the accept thread's wake)."""
         self._on_free = callback
