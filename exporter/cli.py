@@ -256,7 +256,8 @@ def add_connection_flags(web: argparse._ArgumentGroup) -> None:
         type=int,
         default=default.per_listener,
         metavar="N",
-        help="open connections each listener (TCP, Unix socket) holds at most; more wait in the kernel's queue "
+        help="open connections each listener (TCP, Unix socket) holds at most: a new one closes the connection "
+        "that has waited longest for a request, or waits in the kernel's queue while every one is busy "
         "(default: %(default)s)",
     )
     web.add_argument(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from impact_exporter.connections import DESCRIPTOR_RESERVE
 from tests.deploy.manifests import DEPLOY, exporter_flags
 from tests.servers import require_binary
 
@@ -89,3 +90,11 @@ def test_hardening_keeps_the_gpus_and_every_process_in_sight(key: str, forbidden
 def test_nvml_may_open_the_gpus_behind_a_closed_device_policy() -> None:
     assert SERVICE["DevicePolicy"] == ["closed"]
     assert "char-nvidia-frontend rw" in SERVICE["DeviceAllow"]
+
+
+def test_its_open_files_limit_holds_both_listeners_full_and_the_samplers_reserve() -> None:
+    """Without LimitNOFILE, systemd's soft limit of 1,024 descriptors would bind before the connection caps."""
+    flags = exporter_flags(exec_start()[1:])
+    limits = flags.settings.connection_limits
+    needed = 2 * limits.per_listener + DESCRIPTOR_RESERVE
+    assert int(SERVICE["LimitNOFILE"][0]) >= 4 * needed
