@@ -36,7 +36,7 @@ def owner_name(uid: int) -> str:
 
 
 def check_directory(directory: Path, flag: str) -> None:
-    """Create ``directory`` if it is missing (mode 0755), then raise UnsafePath unless it and every directory
+    """Create ``directory`` if it is missing (mode 0755) and can be, then raise UnsafePath unless it and every directory
     above it belong to root or this process's user, it is writable by no one else, and a directory above it is
     writable by others only with the sticky bit; a symbolic link on the way must belong to root or this user too."""
     directory = Path(os.path.abspath(directory))
@@ -47,7 +47,10 @@ def check_directory(directory: Path, flag: str) -> None:
                 f"{flag}: {link} is a symbolic link owned by {owner_name(owner)}, who could point it elsewhere; "
                 f"use a path without it in {flag}"
             )
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError:
+        return  # nothing can be put there: the store and the socket report their own error, naming their flag
     real = Path(os.path.realpath(directory))
     for path in (real, *real.parents):
         status = os.stat(path)
