@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from impact_exporter.sources.procfs_files import kept_open_limit
+
 DESCRIPTOR_RESERVE = 64
-"""Descriptors no connection may take: the sampler's procfs and sysfs reads, SQLite's files, the log."""
+"""Descriptors no connection may take, beyond the procfs reader's cache: the sampler's other procfs and sysfs reads,
+SQLite's files, the log."""
 
 CHECK_INTERVAL_SECONDS = 1.0
 """How often, at most, the accept thread looks for late connections while any is open."""
@@ -57,17 +60,18 @@ class ConnectionLimits:
 
 def descriptor_budget(reserve: int = DESCRIPTOR_RESERVE, fd_dir: Path = Path("/proc/self/fd")) -> int:
     """How many connections the process can hold with ``reserve`` descriptors to spare: the soft RLIMIT_NOFILE,
-    raised to the hard limit first as Go programs do, less the descriptors open now and the reserve."""
+    raised to the hard limit first as Go programs do, less the half the procfs reader may keep open between
+    samples (exporter/sources/procfs_files.py), the descriptors open now and the reserve."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
         except (ValueError, OSError):
             pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(0, soft - len(os.listdir(fd_dir)) - reserve)
+    return max(0, soft - kept_open_limit() - len(os.listdir(fd_dir)) - reserve)
 
 
 @dataclass

@@ -12,7 +12,9 @@ import http.client
 import json
 import os
 import select
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,10 +25,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from experiment_impact_tracker.client import UnixHTTPConnection
+from experiment_impact_tracker.client import ExporterClient, UnixHTTPConnection
 from impact_exporter.connections import DESCRIPTOR_RESERVE, ConnectionLimits
 from tests.fakes.powercap import FakePowercap
-from tests.servers import ExporterProcess, require_binary
+from tests.servers import ExporterProcess, require_binary, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,7 @@ NOFILE = 1024
 NOGROUP = NOBODY = 65534
 SOCKET_USER, TCP_USER = 40061, 40062  # uids without accounts
 PER_CLIENT = ConnectionLimits().per_client
-MAX_CONNECTIONS = 600  # per listener: both together need more than 1,024 descriptors allow
+TREE_SIZE = 300  # processes of a tracked run: the procfs reader keeps two files of each open, up to its half
 UNFINISHED_API_CALL = b"POST /api/v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"  # the body never comes
 UNFINISHED_HEADERS = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # the blank line never comes
 SCRAPER_ADDRESS = "127.0.2.1"  # Prometheus, on an address no flood uses
@@ -169,24 +171,32 @@ def limited_exporter(tmp_path: Path) -> Iterator[ExporterProcess]:
     prlimit = require_binary("prlimit", "apt-get install util-linux")
     powercap = FakePowercap(tmp_path / "sys")
     powercap.add_zone("intel-rapl:0", "package-0", energy_uj=1_000_000)
-    flags = [
-        f"--path.sysfs={powercap.sysfs}",
-        "--api.socket-group=nogroup",
-        "--sample-interval=0.25",
-        f"--web.max-connections={MAX_CONNECTIONS}",
-    ]
+    flags = [f"--path.sysfs={powercap.sysfs}", "--api.socket-group=nogroup", "--sample-interval=0.25"]
     exporter = ExporterProcess(tmp_path, flags, wrapper=[prlimit, f"--nofile={NOFILE}:{NOFILE}"])
     yield exporter
     exporter.stop()
 
 
+@pytest.fixture
+def process_tree() -> Iterator[subprocess.Popen[bytes]]:
+    """A shell with TREE_SIZE sleeping children, in a session of its own."""
+    tree = subprocess.Popen(
+        ["sh", "-c", f"for i in $(seq {TREE_SIZE}); do sleep 600 & done; wait"], start_new_session=True
+    )
+    wait_for(lambda: len(psutil.Process(tree.pid).children()) == TREE_SIZE, 30, "the tree's children")
+    yield tree
+    os.killpg(tree.pid, signal.SIGKILL)
+    tree.wait()
+
+
 def test_floods_under_1024_descriptors_leave_metrics_samples_and_another_users_calls_answering(
-    limited_exporter: ExporterProcess,
+    limited_exporter: ExporterProcess, process_tree: subprocess.Popen[bytes]
 ) -> None:
     exporter = limited_exporter
     process = psutil.Process(exporter.process.pid)
     assert process.rlimit(psutil.RLIMIT_NOFILE) == (NOFILE, NOFILE)
-    assert "descriptors are left for connections" in exporter.log()  # 2 x 600 connections do not fit: the budget binds
+    assert "descriptors are left for connections" in exporter.log()  # 2 x 256 connections do not fit: the budget binds
+    ExporterClient(f"unix://{exporter.socket_path}").start_run("flood", pid=process_tree.pid)
     host, port = exporter.address.rsplit(":", 1)
     tcp_address = (host, int(port))
     unix: Target = (socket.AF_UNIX, str(exporter.socket_path), None)
@@ -209,11 +219,13 @@ def test_floods_under_1024_descriptors_leave_metrics_samples_and_another_users_c
             f"too many connections from 127.0.0.1: at most {PER_CLIENT} per client (--web.max-connections-per-client)"
         ]
 
-        # More than the descriptors allow: 1,200 from 40 addresses, and root (not capped per client) on the socket.
+        # More than the descriptors allow: 1,200 from 40 addresses, and root (not capped per client) on the socket,
+        # while the procfs reader keeps its half of the descriptors open for the tracked tree.
         many_addresses = [(socket.AF_INET, tcp_address, f"127.0.1.{i}") for i in range(1, 41) for _ in range(30)]
         floods.append(flood(TCP_USER, TCP_USER, many_addresses, UNFINISHED_HEADERS))
         floods.append(flood(0, 0, [unix] * 700, UNFINISHED_API_CALL))
-        assert process.num_fds() <= NOFILE - DESCRIPTOR_RESERVE // 2
+        open_descriptors = process.num_fds()
+        assert open_descriptors <= NOFILE - DESCRIPTOR_RESERVE // 2
 
         cpu_before = sum(process.cpu_times()[:2])
         time.sleep(3.0)  # the floods hold their connections: the exporter should sleep but for its samples
@@ -229,3 +241,4 @@ def test_floods_under_1024_descriptors_leave_metrics_samples_and_another_users_c
     assert set(metrics["impact_source_errors_total"].values()) == {0.0}
     assert cpu_seconds < 0.6, f"{cpu_seconds:.2f} s of CPU in 3 s while the floods were held"
     assert "Too many open files" not in exporter.log()
+    assert open_descriptors > NOFILE - 3 * DESCRIPTOR_RESERVE  # near the limit: the reserve is what the sampler had
