@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from impact_exporter.sources.procfs_files import kept_open_limit
@@ -58,10 +57,10 @@ class ConnectionLimits:
     write_timeout_seconds: float = 60.0
 
 
-def descriptor_budget(reserve: int = DESCRIPTOR_RESERVE, fd_dir: Path = Path("/proc/self/fd")) -> int:
-    """How many connections the process can hold with ``reserve`` descriptors to spare: the soft RLIMIT_NOFILE,
-    raised to the hard limit first as Go programs do, less the half the procfs reader may keep open between
-    samples (exporter/sources/procfs_files.py), the descriptors open now and the reserve."""
+def descriptor_budget() -> int:
+    """How many connections the process can hold with DESCRIPTOR_RESERVE descriptors to spare: the soft
+    RLIMIT_NOFILE, raised to the hard limit first as Go programs do, less the half the procfs reader may keep open
+    between samples (exporter/sources/procfs_files.py), the descriptors open now and the reserve."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
@@ -71,7 +70,7 @@ def descriptor_budget(reserve: int = DESCRIPTOR_RESERVE, fd_dir: Path = Path("/p
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(0, soft - kept_open_limit() - len(os.listdir(fd_dir)) - reserve)
+    return max(0, soft - kept_open_limit() - len(os.listdir("/proc/self/fd")) - DESCRIPTOR_RESERVE)
 
 
 @dataclass
