@@ -12,6 +12,7 @@ following links and kept at mode 0600.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import socket
@@ -99,7 +100,8 @@ def protect_store_files(database: Path) -> None:
     """Make sure the store's files are this user's regular files of mode 0600 before SQLite opens them: create the
     database that way if it is missing, tighten the mode of files left by an earlier start, and raise UnsafePath
     for a symbolic link or a file of another user. SQLite gives the files it creates next to the database (the
-    write-ahead log, the shared-memory index) the database's mode."""
+    write-ahead log, the shared-memory index) the database's mode. Other errors (an unwritable directory) are
+    raised as they are."""
     for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
         create = os.O_CREAT if path == database else 0
         try:
@@ -107,13 +109,16 @@ def protect_store_files(database: Path) -> None:
         except FileNotFoundError:
             continue
         except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise  # an unwritable directory, say: the store reports it, and new runs are refused
             raise UnsafePath(
-                f"--state-dir: {path} is a symbolic link or not a regular file ({error.strerror}); the store's files "
-                f"must be the exporter's own: remove it"
+                f"--state-dir: {path} is a symbolic link; the store's files must be the exporter's own: remove it"
             ) from None
         try:
             status = os.fstat(descriptor)
-            if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
+            if not stat.S_ISREG(status.st_mode):
+                raise UnsafePath(f"--state-dir: {path} is not a regular file; remove it")
+            if status.st_uid != os.geteuid():
                 raise UnsafePath(
                     f"--state-dir: {path} belongs to {owner_name(status.st_uid)}, not the exporter's user "
                     f"({owner_name(os.geteuid())}): it may be forged; remove it"
