@@ -2,7 +2,7 @@
 refused at start-up (exit 78, the flag named), the store never follows a link nor opens another user's file, its
 files are 0600 under any umask, and the socket appears at its path already with its final mode and group.
 
-Other users are uids without accounts: a directory or file is theirs by ``chown``, as an attacker's would be.
+Other users are uids without accounts: the attacker makes her socket directory in /tmp herself (a process of hers), and other directories and files are hers by ``chown``.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def test_a_socket_directory_others_could_change_is_refused(
     sysfs: Path, tmp_path: Path, root_only: None, danger: str
 ) -> None:
     directory = short_socket_path().parent
-    if danger == "owned by the attacker":
-        os.chown(directory, ATTACKER, ATTACKER)
+    if danger == "owned by the attacker":  # she made it first, in /tmp where anyone may
+        directory.rmdir()
+        subprocess.run(["mkdir", "-m", "0755", str(directory)], user=ATTACKER, group=ATTACKER, check=True)
         expected = (f"{directory} is owned by uid {ATTACKER}", "--api.socket")
     else:
         directory.chmod(0o777)
