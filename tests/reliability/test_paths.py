@@ -2,7 +2,8 @@
 refused at start-up (exit 78, the flag named), the store never follows a link nor opens another user's file, its
 files are 0600 under any umask, and the socket appears at its path already with its final mode and group.
 
-Other users are uids without accounts: the attacker makes her socket directory in /tmp herself (a process of hers), and other directories and files are hers by ``chown``.
+Other users are uids without accounts: the attacker makes her socket directory in /tmp herself (a process of
+hers); other directories and files are hers by ``chown``.
 """
 
 from __future__ import annotations
