@@ -22,12 +22,15 @@ from prometheus_client.registry import CollectorRegistry
 from experiment_impact_tracker.durations import parse_duration
 from impact_exporter import __version__
 from impact_exporter.api import RunAPI
+from impact_exporter.bodies import SharedBodies
 from impact_exporter.collector import ImpactCollector
+from impact_exporter.connections import ConnectionLimits, Connections, descriptor_budget
 from impact_exporter.groups import ProcessGroups
 from impact_exporter.host import read_host_info
 from impact_exporter.http import ExporterServer, Listeners, UnixExporterServer
 from impact_exporter.ledger import Ledger
 from impact_exporter.limits import Limits, add_limit_flags, limits_from_args
+from impact_exporter.paths import UnsafePath, check_directory
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Sampler
 from impact_exporter.scheduling import ScrapesFirst
@@ -46,6 +49,8 @@ log = logging.getLogger("impact_exporter")
 DEFAULT_PORT = 9877
 EXIT_OK, EXIT_FAILURE = 0, 1
 CAP_SYS_PTRACE = 19  # its bit in the capability sets (linux/capability.h)
+EXIT_UNSAFE_PATH = 78
+"""A socket or state directory other users could change (EX_CONFIG of sysexits.h: a configuration to fix)."""
 GC_FIRST_GENERATION_THRESHOLD = 10_000
 """Net allocations of container objects between two collections of CPython's youngest generation (default 700)."""
 
@@ -76,6 +81,7 @@ class Settings:
     limits: Limits
     web_config: WebConfig | None = None
     memory: str = MEMORY_RSS
+    connection_limits: ConnectionLimits = ConnectionLimits()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TLS and basic auth for that address, in the Prometheus exporter-toolkit's web config format "
         "(tls_server_config, basic_auth_users; docs/deployment.md) (default: none: plain HTTP, no credentials)",
     )
+    add_connection_flags(web)
     paths = parser.add_argument_group("paths")
     paths.add_argument(
         "--path.sysfs",
@@ -269,6 +276,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_connection_flags(web: argparse._ArgumentGroup) -> None:
+    """The bounds on connections (exporter/connections.py), on both listeners."""
+    default = ConnectionLimits()
+    web.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        default=default.per_listener,
+        metavar="N",
+        help="open connections each listener (TCP, Unix socket) holds at most: a new one closes the connection "
+        "that has waited longest for a request, or waits in the kernel's queue while every one is busy "
+        "(default: %(default)s)",
+    )
+    web.add_argument(
+        "--web.max-connections-per-client",
+        dest="max_connections_per_client",
+        type=int,
+        default=default.per_client,
+        metavar="N",
+        help="open connections one client holds at most on a listener: one address on TCP, one user on the Unix "
+        "socket (root is not capped); more are answered 503 (default: %(default)s)",
+    )
+    for name, help_text, seconds in (
+        ("idle", "a kept-alive connection may wait for its next request", default.idle_timeout_seconds),
+        ("read", "a request's line, headers and body may take to arrive", default.read_timeout_seconds),
+        ("write", "a client may take to read a response", default.write_timeout_seconds),
+    ):
+        web.add_argument(
+            f"--web.{name}-timeout",
+            dest=f"{name}_timeout",
+            default=f"{seconds:g}s",
+            metavar="DURATION",
+            help=f"how long {help_text} before the connection is closed (default: %(default)s)",
+        )
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    """The connection flags, validated; ValueError names the flag."""
+    for flag, value in (
+        ("--web.max-connections", args.max_connections),
+        ("--web.max-connections-per-client", args.max_connections_per_client),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag}={value}: must be at least 1")
+    timeouts = {}
+    for name in ("idle", "read", "write"):
+        seconds = parse_duration(getattr(args, f"{name}_timeout"))
+        if not seconds > 0:
+            raise ValueError(f"--web.{name}-timeout={getattr(args, f'{name}_timeout')}: must be more than 0")
+        timeouts[name] = seconds
+    return ConnectionLimits(
+        per_listener=args.max_connections,
+        per_client=args.max_connections_per_client,
+        idle_timeout_seconds=timeouts["idle"],
+        read_timeout_seconds=timeouts["read"],
+        write_timeout_seconds=timeouts["write"],
+    )
+
+
 def parse_listen_address(value: str) -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` or ``[IPv6]:PORT`` as (host, port); an empty host binds every interface."""
     host, sep, port_text = value.rpartition(":")
@@ -308,6 +374,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         gid = group_id(args.api_socket_group) if args.api_socket_group else None
         limits = limits_from_args(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        connection_caps = connection_limits(args)
     except ValueError as error:
         parser.error(str(error))
     if token is not None and not is_loopback(host) and (web_config is None or web_config.tls is None):
@@ -343,6 +410,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         limits=limits,
         web_config=web_config,
         memory=args.memory,
+        connection_limits=connection_caps,
     )
 
 
@@ -380,7 +448,14 @@ def open_energy_source(settings: Settings, procfs: ProcFS) -> CpuEnergySource | 
     return estimate
 
 
-def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI, scrapes: ScrapesFirst) -> ExporterServer:
+def open_server(
+    settings: Settings,
+    registry: CollectorRegistry,
+    api: RunAPI,
+    scrapes: ScrapesFirst,
+    connections: Connections | None = None,
+    bodies: SharedBodies | None = None,
+) -> ExporterServer:
     """The HTTP server bound to the listen address; every interface falls back to IPv4 without IPv6."""
     server_on = partial(
         ExporterServer,
@@ -391,6 +466,8 @@ def open_server(settings: Settings, registry: CollectorRegistry, api: RunAPI, sc
         token=settings.api_token,
         scrapes=scrapes,
         web_config=settings.web_config,
+        connections=connections,
+        bodies=bodies,
     )
     try:
         return server_on(settings.listen_host)
@@ -440,6 +517,27 @@ def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlS
     return source
 
 
+def check_paths(settings: Settings) -> None:
+    """Raise UnsafePath for a state or socket directory that other users could change (exporter/paths.py)."""
+    check_directory(settings.state_dir, "--state-dir")
+    if settings.api_socket is not None:
+        check_directory(settings.api_socket.parent, "--api.socket")
+
+
+def open_connections(limits: ConnectionLimits) -> Connections:
+    """The bounds on both listeners' connections, within the descriptors this process may open less a reserve for
+    the sampler; a warning when that allows fewer than the per-listener caps."""
+    budget = descriptor_budget()
+    if budget < 2 * limits.per_listener:
+        log.warning(
+            "only %d descriptors are left for connections, fewer than 2 x --web.max-connections=%d: raise the "
+            "open files limit (LimitNOFILE= in the systemd unit, ulimit -n) or lower --web.max-connections",
+            budget,
+            limits.per_listener,
+        )
+    return Connections(limits, budget)
+
+
 def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Event | None = None) -> int:
     """Run the exporter until SIGTERM or SIGINT (or until ``stop`` is set); the exit code says whether start-up
     worked. ``nvml`` replaces the pynvml module, ``stop`` the signal handlers: both let tests run an exporter
@@ -452,7 +550,12 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     except (SourceError, ValueError) as error:
         log.error("%s", error)
         return EXIT_FAILURE
-    store, store_error = open_store(settings.state_dir)
+    try:
+        check_paths(settings)
+        store, store_error = open_store(settings.state_dir)
+    except UnsafePath as error:
+        log.error("%s", error)
+        return EXIT_UNSAFE_PATH
     if store_error:
         log.error("%s; /metrics works, but new runs are refused until then", store_error)
     scrapes = ScrapesFirst()
@@ -488,8 +591,10 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         ImpactCollector(lambda: sampler.snapshot, read_host_info(settings.procfs), __version__, runs=runs.runs)
     )
     api = RunAPI(settler, lambda: sampler.snapshot, settings.limits)
+    connections = open_connections(settings.connection_limits)
+    bodies = SharedBodies(lambda: (sampler.snapshot, *runs.runs()))
     try:
-        servers = [open_server(settings, registry, api, scrapes)]
+        servers = [open_server(settings, registry, api, scrapes, connections, bodies)]
     except OSError as error:
         log.error(
             "cannot listen on %s:%s: %s; choose another address with --web.listen-address",
@@ -501,7 +606,16 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     if settings.api_socket is not None:
         try:
             servers.append(
-                UnixExporterServer(settings.api_socket, registry, __version__, api, settings.api_socket_gid, scrapes)
+                UnixExporterServer(
+                    settings.api_socket,
+                    registry,
+                    __version__,
+                    api,
+                    settings.api_socket_gid,
+                    scrapes,
+                    connections,
+                    bodies,
+                )
             )
         except OSError as error:
             log.error(

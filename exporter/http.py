@@ -13,7 +13,6 @@ import hmac
 import html
 import json
 import logging
-import os
 import selectors
 import socket
 import socketserver
@@ -30,7 +29,10 @@ from urllib.parse import urlsplit
 from prometheus_client.registry import CollectorRegistry
 
 from impact_exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
+from impact_exporter.bodies import SharedBodies
+from impact_exporter.connections import BoundedListener, Connections
 from impact_exporter.exposition import negotiate
+from impact_exporter.paths import bind_socket
 from impact_exporter.scheduling import ScrapesFirst
 from impact_exporter.webconfig import BasicAuth, WebConfig
 
@@ -70,7 +72,7 @@ class RequestErrorsLogged:
             log.exception("error while serving a request of %s", caller)
 
 
-class ExporterServer(RequestErrorsLogged, ThreadingHTTPServer):
+class ExporterServer(RequestErrorsLogged, BoundedListener, ThreadingHTTPServer):
     """The TCP listener: metrics for Prometheus, and the run API when a token is configured."""
 
     daemon_threads = True
@@ -86,8 +88,12 @@ class ExporterServer(RequestErrorsLogged, ThreadingHTTPServer):
         token: str | None = None,
         scrapes: ScrapesFirst | None = None,
         web_config: WebConfig | None = None,
+        connections: Connections | None = None,
+        bodies: SharedBodies | None = None,
     ) -> None:
         """``web_config`` (--web.config.file) adds TLS and basic auth."""
+        self.connections = connections if connections is not None else Connections()
+        self.bodies = bodies if bodies is not None else SharedBodies()
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
         self.scrapes = scrapes if scrapes is not None else ScrapesFirst()
@@ -115,6 +121,10 @@ class ExporterServer(RequestErrorsLogged, ThreadingHTTPServer):
         for option, value in TCP_KEEPALIVE.items():
             connection.setsockopt(socket.IPPROTO_TCP, option, value)
         return connection, address
+
+    def client_of(self, request: socket.socket, client_address: tuple[str, int]) -> tuple[str, str, bool]:
+        """A TCP client is its address."""
+        return client_address[0], client_address[0], True
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -151,7 +161,17 @@ def socket_in_use(path: Path) -> bool:
     return True
 
 
-class UnixExporterServer(RequestErrorsLogged, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+def peer_credentials(connection: socket.socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end of a Unix socket connection, as the kernel tells them."""
+    pid, uid, _ = struct.unpack(
+        "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    )
+    return pid, uid
+
+
+class UnixExporterServer(
+    RequestErrorsLogged, BoundedListener, socketserver.ThreadingMixIn, socketserver.UnixStreamServer
+):
     """The Unix socket listener of the run API; callers are identified by the kernel."""
 
     daemon_threads = True
@@ -167,27 +187,36 @@ class UnixExporterServer(RequestErrorsLogged, socketserver.ThreadingMixIn, socke
         api: RunAPI,
         group: int | None = None,
         scrapes: ScrapesFirst | None = None,
+        connections: Connections | None = None,
+        bodies: SharedBodies | None = None,
     ) -> None:
+        self.connections = connections if connections is not None else Connections()
+        self.bodies = bodies if bodies is not None else SharedBodies()
         self.registry = registry
         self.scrapes = scrapes if scrapes is not None else ScrapesFirst()
         self.version = version
         self.api = api
         self.path = path
+        self.group = group
         path.parent.mkdir(parents=True, exist_ok=True)
         if socket_in_use(path):
             raise OSError(errno.EADDRINUSE, "another process is serving on this socket")
-        path.unlink(missing_ok=True)
         super().__init__(str(path), ExporterHandler)
-        if group is not None:
-            os.chown(path, -1, group)
-        path.chmod(0o660)
         self.listen_address = f"unix://{path}"
 
+    def server_bind(self) -> None:
+        """Bind so that the socket appears at its path with its final mode (0660) and group (see bind_socket)."""
+        bind_socket(self.socket, self.path, self.group)
+        self.server_address = str(self.path)
+
     def api_caller(self, handler: ExporterHandler) -> Caller | Reply:
-        pid, uid, _ = struct.unpack(
-            "3i", handler.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        )
+        pid, uid = peer_credentials(handler.connection)
         return Caller(uid=uid, pid=pid)
+
+    def client_of(self, request: socket.socket, client_address: object) -> tuple[int, str, bool]:
+        """A Unix socket client is its uid; root's connections are not capped per client."""
+        _, uid = peer_credentials(request)
+        return uid, f"uid {uid}", uid != 0
 
     def server_close(self) -> None:
         super().server_close()
@@ -200,6 +229,17 @@ class ExporterHandler(BaseHTTPRequestHandler):
     server: ExporterServer | UnixExporterServer
     server_version = "impact-exporter"
     protocol_version = "HTTP/1.1"
+
+    def handle_one_request(self) -> None:
+        """Serve one request under the deadlines of its phases (exporter/connections.py): idle until its first
+        byte, then reading, then none while the response is made (see _serve_api, _send_metrics and _send)."""
+        connections = self.server.connections
+        connections.waiting(self.connection)
+        if not self.rfile.peek(1):  # the client closed, or was shut down after idling too long
+            self.close_connection = True
+            return
+        connections.reading(self.connection)
+        super().handle_one_request()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urlsplit(self.path).path
@@ -252,6 +292,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
         if isinstance(body, Reply):
             self._send_json(body)
             return
+        self.server.connections.working(self.connection)
         caller = self.server.api_caller(self)
         if isinstance(caller, Reply):
             self._send_json(caller)
@@ -288,16 +329,20 @@ class ExporterHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus(reply.status), body, "application/json", headers)
 
     def _send_metrics(self) -> None:
+        self.server.connections.working(self.connection)
         encoder, content_type = negotiate(self.headers.get("Accept", ""))
+        compressed = "gzip" in self.headers.get("Accept-Encoding", "")
+        headers = {"Content-Encoding": "gzip"} if compressed else {}
+
+        def render() -> bytes:
+            body = encoder(self.server.registry)
+            return gzip.compress(body, compresslevel=1) if compressed else body
+
         # The sampler waits while the body is made and compressed, not while it is sent: a client that reads slowly
         # would otherwise hold every pause point of a sample for its longest wait.
         with self.server.scrapes.scrape():
-            body = encoder(self.server.registry)
-            headers = {}
-            if "gzip" in self.headers.get("Accept-Encoding", ""):
-                body = gzip.compress(body, compresslevel=1)
-                headers["Content-Encoding"] = "gzip"
-        self._send(HTTPStatus.OK, body, content_type, headers)
+            body = self.server.bodies.get((content_type, compressed), render)
+        self._send(HTTPStatus.OK, body.data, content_type, headers)
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -305,6 +350,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        self.server.connections.writing(self.connection)
         self.end_headers()
         self.wfile.write(body)
 
@@ -321,13 +367,20 @@ class Listeners:
     ``socketserver``'s ``serve_forever`` wakes every half second per listener to look for a shutdown request: on an
     idle exporter those wake-ups cost more CPU than a sample (docs/performance.md). Here ``close`` wakes the thread
     through a socket pair instead. Each connection is still handled in a thread of its own (``ThreadingMixIn``).
+    The same thread enforces the connections' deadlines and does not select a listener that may not accept now
+    (exporter/connections.py); a connection that closes on a full listener wakes it through the same pair.
     """
 
-    def __init__(self, servers: Sequence[socketserver.BaseServer]) -> None:
+    def __init__(self, servers: Sequence[ExporterServer | UnixExporterServer]) -> None:
         self._servers = tuple(servers)
         for server in self._servers:
             server.timeout = 0  # handle_request returns at once should a ready connection be gone by then
+        self._connections = list({id(server.connections): server.connections for server in self._servers}.values())
         self._wake, self._waker = socket.socketpair()
+        self._waker.setblocking(False)
+        for connections in self._connections:
+            connections.notify_on_free(self._wake_up)
+        self._closing = False
         self._thread = threading.Thread(target=self._serve, name="impact-http", daemon=True)
 
     def start(self) -> None:
@@ -336,20 +389,45 @@ class Listeners:
 
     def close(self) -> None:
         """Stop accepting connections, and close every listener and the wake-up pair."""
-        self._waker.send(b"\0")
+        self._closing = True
+        self._wake_up()
         self._thread.join()
         for server in self._servers:
             server.server_close()
         self._wake.close()
         self._waker.close()
 
+    def _wake_up(self) -> None:
+        try:
+            self._waker.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is pending already, or the pair is closed
+
     def _serve(self) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake, selectors.EVENT_READ)
-            for server in self._servers:
-                selector.register(server, selectors.EVENT_READ)
             while True:
-                for key, _ in selector.select():
+                self._select_accepting(selector)
+                for key, _ in selector.select(self._seconds_to_next_check()):
                     if key.fileobj is self._wake:
-                        return
-                    key.fileobj.handle_request()  # ready: it accepts at once and hands the connection to a thread
+                        self._wake.recv(4096)
+                        if self._closing:
+                            return
+                    else:
+                        key.fileobj.handle_request()  # ready: it accepts at once and hands the connection to a thread
+                for connections in self._connections:
+                    connections.shut_late()
+
+    def _select_accepting(self, selector: selectors.BaseSelector) -> None:
+        """Select exactly the listeners that may accept now."""
+        selected = selector.get_map()
+        for server in self._servers:
+            if server.connections.accepting(server):
+                if server not in selected:
+                    selector.register(server, selectors.EVENT_READ)
+            elif server in selected:
+                selector.unregister(server)
+
+    def _seconds_to_next_check(self) -> float | None:
+        waits = [wait for c in self._connections if (wait := c.seconds_to_next_check()) is not None]
+        return min(waits, default=None)

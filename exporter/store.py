@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from impact_exporter.paths import protect_store_files
 from impact_exporter.run import ProcessRef, Run, RunKey
 
 
@@ -49,6 +50,7 @@ class RunStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        protect_store_files(path)  # raises UnsafePath for a link or another user's file
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -169,8 +169,9 @@ class ExporterProcess:
 
     LISTENING = re.compile(r"listening on (\S+),")
 
-    def __init__(self, workdir: Path, args: Sequence[str]) -> None:
-        """Start it; without ``--api.socket``/``--state-dir`` in ``args`` both get private paths."""
+    def __init__(self, workdir: Path, args: Sequence[str], wrapper: Sequence[str] = ()) -> None:
+        """Start it; without ``--api.socket``/``--state-dir`` in ``args`` both get private paths. ``wrapper``: a
+        command that runs it, e.g. ``prlimit --nofile=1024:1024``."""
         name = f"exporter-{time.monotonic_ns()}"
         self.log_file = workdir / f"{name}.log"
         defaults = []
@@ -182,7 +183,7 @@ class ExporterProcess:
         self.args = ["--web.listen-address=127.0.0.1:0", *defaults, *args]
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "impact_exporter", *self.args],
+                [*wrapper, sys.executable, "-m", "impact_exporter", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,

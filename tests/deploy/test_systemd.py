@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from impact_exporter.connections import DESCRIPTOR_RESERVE
 from tests.deploy.manifests import DEPLOY, dockerfile_arg_default, exporter_flags
 from tests.deploy.rapl_access import counters, rapl_check_as
 from tests.servers import require_binary
@@ -145,3 +146,12 @@ def test_hardening_keeps_the_gpus_and_every_process_in_sight(key: str, forbidden
 def test_nvml_may_open_the_gpus_behind_a_closed_device_policy() -> None:
     assert SERVICE["DevicePolicy"] == ["closed"]
     assert "char-nvidia-frontend rw" in SERVICE["DeviceAllow"]
+
+
+def test_its_open_files_limit_holds_both_listeners_full_beside_the_samplers_descriptors() -> None:
+    """Without LimitNOFILE, systemd's soft limit of 1,024 descriptors would bind before the connection caps. Half
+    the limit is the procfs reader's, DESCRIPTOR_RESERVE the sampler's; what is left must hold both listeners
+    full, twice over for the descriptors open at start-up."""
+    limits = exporter_flags(exec_start()[1:]).settings.connection_limits
+    limit = int(SERVICE["LimitNOFILE"][0])
+    assert limit - limit // 2 - DESCRIPTOR_RESERVE >= 2 * (2 * limits.per_listener)

@@ -49,6 +49,11 @@ def test_help_explains_every_flag() -> None:
         "--log.level",
         "--web.config.file",
         "--collector.memory",
+        "--web.max-connections",
+        "--web.max-connections-per-client",
+        "--web.idle-timeout",
+        "--web.read-timeout",
+        "--web.write-timeout",
     ]:
         assert flag in result.stdout
 
@@ -63,6 +68,10 @@ def test_help_explains_every_flag() -> None:
         ("--web.listen-address=localhost", "expected [HOST]:PORT"),
         ("--web.listen-address=:99999", "expected [HOST]:PORT"),
         ("--log.level=loud", "invalid choice"),
+        ("--web.max-connections=0", "--web.max-connections=0: must be at least 1"),
+        ("--web.max-connections-per-client=-1", "--web.max-connections-per-client=-1: must be at least 1"),
+        ("--web.read-timeout=0s", "--web.read-timeout=0s: must be more than 0"),
+        ("--web.write-timeout=soon", "invalid duration 'soon'"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message_and_no_traceback(flag: str, message: str) -> None:

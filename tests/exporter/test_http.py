@@ -11,14 +11,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from experiment_impact_tracker.client import UnixHTTPConnection
+from impact_exporter.bodies import SharedBodies
+from impact_exporter.connections import ConnectionLimits, Connections
 from impact_exporter.http import ExporterServer, Listeners, UnixExporterServer
-from tests.servers import short_socket_path
+from tests.servers import short_socket_path, wait_for
 
 
 @contextmanager
@@ -111,9 +114,12 @@ def serving() -> Iterator[tuple[str, int]]:
     listeners.close()
 
 
+HUGE_BODY_BYTES = 16 * 1024 * 1024
+
+
 class HugeHelp(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily("huge", "x" * 16 * 1024 * 1024, value=1)
+        yield GaugeMetricFamily("huge", "x" * HUGE_BODY_BYTES, value=1)
 
 
 def test_a_scraper_that_leaves_mid_response_is_logged_at_debug_level_not_printed(
@@ -134,3 +140,84 @@ def test_a_scraper_that_leaves_mid_response_is_logged_at_debug_level_not_printed
     (record,) = [record for record in caplog.records if "went away" in record.getMessage()]
     assert record.levelno == logging.DEBUG
     assert capsys.readouterr().err == ""
+
+
+# --- bounded connections (exporter/connections.py, exporter/bodies.py) -----------------------------------------
+
+SHORT = ConnectionLimits(idle_timeout_seconds=0.5, read_timeout_seconds=0.5, write_timeout_seconds=0.5)
+
+
+class SlowToRender(Collector):
+    """A collector that takes longer than every deadline of SHORT to collect."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        time.sleep(1.5)
+        yield GaugeMetricFamily("slow", "made slowly", value=1)
+
+
+@contextmanager
+def listening(registry: CollectorRegistry, **options: object) -> Iterator[tuple[str, int]]:
+    server = ExporterServer("127.0.0.1", 0, registry, "test", **options)  # type: ignore[arg-type]
+    listeners = Listeners([server])
+    listeners.start()
+    try:
+        yield server.server_address[:2]
+    finally:
+        listeners.close()
+
+
+def received_until_closed(client: socket.socket) -> bytes:
+    """Everything the server sent before it closed the connection (a reset counts as closed)."""
+    client.settimeout(20)
+    data = b""
+    try:
+        while chunk := client.recv(1 << 20):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_idle_and_slow_clients_are_closed_at_their_deadlines_but_a_slow_render_is_not_cut() -> None:
+    registry = CollectorRegistry()
+    registry.register(SlowToRender())
+    with listening(registry, connections=Connections(SHORT)) as address:
+        idle = socket.create_connection(address)
+        slow = socket.create_connection(address)
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: test\r\n")  # the headers never end
+        patient = socket.create_connection(address)
+        patient.sendall(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        with idle, slow, patient:
+            assert received_until_closed(idle) == b""
+            assert received_until_closed(slow) == b""
+            response = received_until_closed(patient)  # made in 1.5 s, three times each deadline
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.endswith(b"slow 1.0\n")
+
+
+def test_clients_that_never_read_share_one_body_and_are_dropped_at_the_write_timeout() -> None:
+    """Twelve scrapes of a 16 MiB body by clients that never read hold one body, not twelve. Rendering it takes
+    about four bodies' worth for a moment (the help text, the joined text, its encoding), hence the bound."""
+    registry = CollectorRegistry()
+    registry.register(HugeHelp())
+    state = (object(),)  # what the body is made from does not change during the test
+    connections = Connections(ConnectionLimits(write_timeout_seconds=1))
+    with listening(registry, connections=connections, bodies=SharedBodies(lambda: state)) as address:
+        requests.get(f"http://{address[0]}:{address[1]}/metrics", timeout=20).raise_for_status()
+        before = psutil.Process().memory_info().rss
+        clients = []
+        for _ in range(12):
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(address)
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            client.settimeout(20)
+            assert client.recv(16) == b"HTTP/1.1 200 OK\r"  # its body is being sent, and blocks
+            clients.append(client)
+        grown = psutil.Process().memory_info().rss - before
+        wait_for(lambda: len(connections) == 0, 30, "the server to drop the clients at the write timeout")
+        received = [len(received_until_closed(client)) for client in clients]
+        for client in clients:
+            client.close()
+    assert grown < 6 * HUGE_BODY_BYTES, f"{grown / 2**20:.0f} MiB for 12 clients of a 16 MiB body"
+    assert max(received) < HUGE_BODY_BYTES / 2  # each was dropped long before its body was sent

@@ -283,7 +283,9 @@ class TmpfsStateDir:
         path.mkdir()
         if os.geteuid() != 0:
             pytest.skip("mounting a tmpfs needs root; the file size limit variant fills the state directory without")
-        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(path)], capture_output=True
+        )
         if mount.returncode != 0:
             pytest.skip(
                 f"cannot mount a tmpfs here ({mount.stderr.decode().strip()}); the file size limit variant "
