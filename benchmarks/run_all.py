@@ -8,13 +8,14 @@ from __future__ import annotations
 import sys
 import time
 
-from benchmarks import accuracy, nvml_sample, overhead, reporter, scrape
+from benchmarks import accuracy, nvml_sample, overhead, render, reporter, scrape
 
 
 def main() -> int:
     benchmarks = (
         ("overhead", overhead),
         ("scrape", scrape),
+        ("render", render),
         ("accuracy", accuracy),
         ("reporter", reporter),
         ("nvml_sample", nvml_sample),  # real NVIDIA GPUs only: says so and returns elsewhere

@@ -113,7 +113,10 @@ class RunFamily:
 
     ``series`` gives a run's series in the family as (key, value) pairs. A ``per_sample`` family's values change
     at every sample and are written by one ``%`` format per scrape; the lines of the others change only when a run
-    starts, ends or is relabelled (its label text, end time or energy components: RunLayout.fits).
+    starts, ends or is relabelled (its label text, end time or energy components: RunLayout.fits). A
+    ``per_sample`` family also gives ``values``: every run's values at once, in the order of ``series`` (what each
+    scrape of a new sample computes for 1,000s of runs, without a call per run; tests/exporter/test_collector.py
+    checks that it agrees with ``series``).
     """
 
     name: str
@@ -123,6 +126,7 @@ class RunFamily:
     series: Callable[[Run], Sequence[tuple[SeriesKey, float]]]
     per_sample: bool = False
     gpu_only: bool = False  # exposed only when some run has GPU series
+    values: Callable[[Sequence[Run]], list[float]] | None = None  # per_sample families only
 
     @property
     def sample_name(self) -> str:
@@ -170,6 +174,7 @@ RUN_FAMILIES = (  # in the order they are exposed
         "joules",
         lambda run: tuple(run.energy_joules.items()),
         per_sample=True,
+        values=lambda runs: [joules for run in runs for joules in run.energy_joules.values()],
     ),
     RunFamily(
         "impact_run_cpu_seconds",
@@ -178,6 +183,7 @@ RUN_FAMILIES = (  # in the order they are exposed
         "seconds",
         lambda run: ((RUN_ID, run.cpu_seconds),),
         per_sample=True,
+        values=lambda runs: [run.cpu_seconds for run in runs],
     ),
     RunFamily(
         "impact_run_gpu_seconds",
@@ -187,6 +193,7 @@ RUN_FAMILIES = (  # in the order they are exposed
         lambda run: ((RUN_ID, run.gpu_seconds),) if exposes_gpu(run) else (),
         per_sample=True,
         gpu_only=True,
+        values=lambda runs: [run.gpu_seconds for run in runs if "gpu" in run.energy_joules],  # exposes_gpu, inlined
     ),
 )
 """The per-run families. Their series are keyed by ``run_id`` and ``user`` (run_identity); descriptive labels
@@ -394,9 +401,8 @@ class RunScrape:
         layout = self._cache.layout(runs, self._cache.texts(runs))
         lines = dict(layout.fixed)
         for family in RUN_FAMILIES:
-            if family.per_sample:
-                values = [value for run in runs for _, value in family.series(run)]
-                lines[family.name] = layout.lines(family.name, values)
+            if family.values is not None:
+                lines[family.name] = layout.lines(family.name, family.values(runs))
         return lines
 
     def _build_samples(self) -> dict[str, list[Sample]]:

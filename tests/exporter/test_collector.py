@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from impact_exporter.collector import ImpactCollector
+from impact_exporter.collector import RUN_FAMILIES, ImpactCollector
 from impact_exporter.exposition import encode
 from impact_exporter.host import HostInfo
 from impact_exporter.ledger import Ledger
@@ -181,3 +181,17 @@ def test_gpu_golden_file_passes_promtool() -> None:
     promtool = require_binary("promtool", "apt-get install prometheus")
     lint = subprocess.run([promtool, "check", "metrics"], input=GPU_GOLDEN.read_text(), capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_each_per_sample_familys_values_are_its_series_values_in_order() -> None:
+    """The scrape writes per-sample values from ``values`` and their labels from ``series``: they must agree."""
+    runs = [
+        Run("cpu", "e", "", {}, 0, "root", (ProcessRef(1, 1),), 1.0, energy_joules={"cpu": 2.5, "dram": 0.5}),
+        Run("gpu", "e", "", {}, 0, "root", (), 2.0, 9.0, {"cpu": 1.0, "gpu": 7.0}, cpu_seconds=3.0, gpu_seconds=4.0),
+        Run("none", "e", "", {}, 0, "root", (), 3.0, energy_joules={}, cpu_seconds=float("nan")),
+    ]
+    per_sample = [family for family in RUN_FAMILIES if family.per_sample]
+    assert [family.name for family in RUN_FAMILIES if family.values is not None] == [f.name for f in per_sample]
+    for family in per_sample:
+        expected = [value for run in runs for _, value in family.series(run)]
+        assert repr(family.values(runs)) == repr(expected), family.name
