@@ -24,6 +24,7 @@ import json
 import os
 import resource
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -283,10 +284,11 @@ class BoundedListener:
         refused = self.connections.admit(self, client, name, request, capped)
         if refused is None:
             return True
-        try:
-            request.send(refusal(refused), socket.MSG_DONTWAIT)
-        except OSError:
-            pass  # the client is gone or not reading; it is closed all the same
+        if not isinstance(request, ssl.SSLSocket):  # over TLS the handshake has not happened: no words to send
+            try:
+                request.send(refusal(refused), socket.MSG_DONTWAIT)
+            except OSError:
+                pass  # the client is gone or not reading; it is closed all the same
         return False
 
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]

@@ -215,6 +215,14 @@ class ExporterProcess:
             return self.process.wait()
 
 
+def refused_start(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m impact_exporter`` with ``args``, run to its exit: a start that is expected to be refused (one that
+    is not runs until ``timeout`` and fails the test)."""
+    return subprocess.run(
+        [sys.executable, "-m", "impact_exporter", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+    )
+
+
 def reported_run(prometheus: PrometheusServer, run_id: str) -> dict[str, Any]:
     """The run's figures as ``impact-report runs --format=json`` prints them from ``prometheus`` (last 10 minutes,
     100 gCO2eq/kWh)."""

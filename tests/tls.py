@@ -36,3 +36,12 @@ def make_certificate(directory: Path, name: str = "server") -> tuple[Path, Path]
         timeout=30,
     )
     return cert, key
+
+
+def tls_web_config(directory: Path, tls_extra: str = "", rest: str = "") -> tuple[Path, Path]:
+    """A web config file serving TLS with a new certificate (``tls_extra``: more lines of tls_server_config,
+    ``rest``: more top-level keys), and that certificate: (config file, cert_file)."""
+    cert, key = make_certificate(directory)
+    config = directory / "web.yml"
+    config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n{tls_extra}{rest}")
+    return config, cert

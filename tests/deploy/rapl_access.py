@@ -4,14 +4,13 @@ read them."""
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from impact_exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
+from tests.users import as_uid
 
 ZONES = {"intel-rapl:0": "package-0", "intel-rapl:0:0": "dram"}
 
@@ -36,24 +35,12 @@ def counters(sysfs: Path) -> list[Path]:
 def rapl_check_as(sysfs: Path, uid: int, gid: int, groups: Sequence[int]) -> str:
     """ "readable", or the error of RaplSource's start-up check, in a child running as ``uid``/``gid`` with only
     ``groups`` as supplementary groups and no capability."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def check() -> str:
         try:
-            os.close(read)
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            try:
-                RaplSource(sysfs).check_readable()
-                answer = "readable"
-            except Exception as error:  # noqa: BLE001 (the answer is the message, whatever the error)
-                answer = f"{type(error).__name__}: {error}"
-            os.write(write, json.dumps(answer).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        answer = json.loads(pipe.read() or '"the child wrote nothing"')
-    os.waitpid(pid, 0)
-    return answer
+            RaplSource(sysfs).check_readable()
+        except Exception as error:  # noqa: BLE001 (the answer is the message, whatever the error)
+            return f"{type(error).__name__}: {error}"
+        return "readable"
+
+    return as_uid(uid, gid, check, groups)

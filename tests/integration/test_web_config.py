@@ -8,15 +8,14 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, wait_for
-from tests.tls import PASSWORD, basic, bcrypt_hash, make_certificate
+from tests.servers import ExporterProcess, PrometheusServer, refused_start, wait_for
+from tests.tls import PASSWORD, basic, bcrypt_hash, make_certificate, tls_web_config
 
 TOKEN = "api-token-of-the-launcher"
 
@@ -26,12 +25,7 @@ def tls_exporter(
     tmp_path: Path, start_exporter: Callable[..., ExporterProcess], node_exporter_powercap: Path
 ) -> tuple[ExporterProcess, Path]:
     """An exporter serving TLS with one basic-auth user (``prometheus``/PASSWORD), and its certificate."""
-    cert, key = make_certificate(tmp_path)
-    config = tmp_path / "web.yml"
-    config.write_text(
-        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
-        f"basic_auth_users:\n  prometheus: {bcrypt_hash(PASSWORD)}\n"
-    )
+    config, cert = tls_web_config(tmp_path, rest=f"basic_auth_users:\n  prometheus: {bcrypt_hash(PASSWORD)}\n")
     exporter = start_exporter(f"--path.sysfs={node_exporter_powercap}", f"--web.config.file={config}")
     return exporter, cert
 
@@ -88,13 +82,7 @@ def test_a_required_client_certificate_is_verified(
 def start_with_token(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    return subprocess.run(
-        [sys.executable, "-m", "impact_exporter", f"--api.token-file={token_file}", "--no-api.socket", *flags],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-    )
+    return refused_start(f"--api.token-file={token_file}", "--no-api.socket", *flags)
 
 
 @pytest.mark.parametrize("address", [":9877", "0.0.0.0:9877", "[::]:9877", "node1.example:9877"])
@@ -109,9 +97,7 @@ def test_the_tcp_run_api_is_refused_on_a_non_loopback_address_without_tls(tmp_pa
 def test_the_tcp_run_api_is_served_on_every_interface_with_tls(
     tmp_path: Path, start_exporter: Callable[..., ExporterProcess], node_exporter_powercap: Path
 ) -> None:
-    cert, key = make_certificate(tmp_path)
-    config = tmp_path / "web.yml"
-    config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    config, cert = tls_web_config(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     exporter = start_exporter(
@@ -159,9 +145,7 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(
 def test_min_version_refuses_older_clients(
     tmp_path: Path, start_exporter: Callable[..., ExporterProcess], node_exporter_powercap: Path
 ) -> None:
-    cert, key = make_certificate(tmp_path)
-    config = tmp_path / "web.yml"
-    config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  min_version: TLS13\n")
+    config, cert = tls_web_config(tmp_path, tls_extra="  min_version: TLS13\n")
     exporter = start_exporter(f"--path.sysfs={node_exporter_powercap}", f"--web.config.file={config}")
     host, port = exporter.address.rsplit(":", 1)
 

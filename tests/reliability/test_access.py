@@ -12,7 +12,6 @@ import json
 import os
 import stat
 import subprocess
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import requests
 from experiment_impact_tracker.client import UnixHTTPConnection
 from tests.fakes.powercap import FakePowercap
 from tests.servers import ExporterProcess
+from tests.users import as_uid
 
 pytestmark = pytest.mark.integration
 
@@ -63,33 +63,19 @@ def unix_call(socket_path: Path, method: str, path: str, body: Any = None) -> tu
 
 
 def as_user(uid: int, gid: int, socket_path: Path, calls: list[Call]) -> list[Any]:
-    """Make ``calls`` from a child that switched to ``uid``/``gid`` (no supplementary groups): each result is
-    [status, body], or [errno, strerror] when the socket refuses the connection."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            results: list[Any] = []
-            for method, path, body in calls:
-                try:
-                    results.append(list(unix_call(socket_path, method, path, body)))
-                except OSError as error:
-                    results.append([error.errno, error.strerror])
-            os.write(write, json.dumps(results).encode())
-        except BaseException:
-            os.write(write, json.dumps({"child failed": traceback.format_exc()}).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        answer = json.loads(pipe.read())
-    os.waitpid(pid, 0)
-    assert isinstance(answer, list), answer
-    return answer
+    """Make ``calls`` as ``uid``/``gid`` (tests/users.py): each result is [status, body], or [errno, strerror] when
+    the socket refuses the connection."""
+
+    def call_all() -> list[Any]:
+        results: list[Any] = []
+        for method, path, body in calls:
+            try:
+                results.append(list(unix_call(socket_path, method, path, body)))
+            except OSError as error:
+                results.append([error.errno, error.strerror])
+        return results
+
+    return as_uid(uid, gid, call_all)
 
 
 @pytest.fixture(scope="module")

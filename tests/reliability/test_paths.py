@@ -16,7 +16,6 @@ import sqlite3
 import stat
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 from experiment_impact_tracker.client import ExporterClient
 from impact_exporter.cli import EXIT_UNSAFE_PATH
 from tests.fakes.powercap import FakePowercap
-from tests.servers import REPO_ROOT, ExporterProcess, short_socket_path
+from tests.servers import ExporterProcess, refused_start, short_socket_path
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +48,7 @@ def root_only() -> None:
 
 def start_up(sysfs: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """An exporter start that is expected to be refused (it would otherwise run until the timeout)."""
-    return subprocess.run(
-        [sys.executable, "-m", "impact_exporter", f"--path.sysfs={sysfs}", "--web.listen-address=127.0.0.1:0", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO_ROOT,
-    )
+    return refused_start(f"--path.sysfs={sysfs}", "--web.listen-address=127.0.0.1:0", *args, timeout=30)
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> None:

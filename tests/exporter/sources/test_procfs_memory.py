@@ -3,7 +3,6 @@ PSS of another user's process unreadable without ptrace access (it then counts i
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 
 from impact_exporter.groups import ProcessGroups
 from impact_exporter.sources.procfs import MEMORY_PSS, ProcFS, parse_smaps_rollup_pss_bytes
+from tests.users import as_uid
 
 PROC = Path("/proc")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -23,14 +23,18 @@ SHARED_MIB = 32
 NOBODY = 65534
 
 # A parent that touches SHARED_MIB MiB, then forks: parent and child share those pages until either writes them.
+# The parent names the child once the child is about to sleep, so that neither copies pages while they are read.
 PARENT_AND_CHILD = textwrap.dedent(
     f"""
     import os, sys, time
     block = bytearray(b"x" * ({SHARED_MIB} << 20))
+    ready, tell = os.pipe()
     child = os.fork()
     if child == 0:
+        os.write(tell, b"x")
         time.sleep(60)
         os._exit(0)
+    os.read(ready, 1)
     print(child, flush=True)
     time.sleep(60)
     """
@@ -76,27 +80,16 @@ def test_pss_of_another_users_process_needs_ptrace_access_and_falls_back_to_rss(
     """Root's process, read by an exporter running as nobody without CAP_SYS_PTRACE: what --collector.memory=pss
     documents that it needs."""
     parent, _ = sharing
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def read_as_nobody() -> list[object]:
         try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            try:
-                Path(f"/proc/{parent}/smaps_rollup").read_text()
-                smaps = "readable"
-            except PermissionError:
-                smaps = "permission denied"
-            memory = ProcFS(PROC, memory=MEMORY_PSS).memory_bytes(parent)
-            os.write(write, json.dumps([smaps, memory]).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        smaps, memory = json.loads(pipe.read() or "[null, null]")
-    os.waitpid(pid, 0)
+            Path(f"/proc/{parent}/smaps_rollup").read_text()
+            smaps = "readable"
+        except PermissionError:
+            smaps = "permission denied"
+        return [smaps, ProcFS(PROC, memory=MEMORY_PSS).memory_bytes(parent)]
+
+    smaps, memory = as_uid(NOBODY, NOBODY, read_as_nobody)
     assert smaps == "permission denied"
     assert memory == pytest.approx(statm_rss(parent), rel=0.02)
     assert memory > 1.5 * smaps_pss(parent), "its RSS, not its PSS: the pages it shares count whole"
