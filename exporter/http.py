@@ -264,7 +264,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
         if path.startswith("/api/"):
             self._serve_api("POST", self.path)  # with its query (?user=)
         else:
-            self.close_connection = True  # the body was not read
+            self._read_body()  # so that a client still sending it reads the answer (an oversize one closes)
             self._send_json(error(HTTPStatus.METHOD_NOT_ALLOWED, f"POST is not allowed on {path}"))
 
     def _refused_without_credentials(self, path: str) -> bool:
@@ -282,7 +282,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
         return True
 
     def _refuse_method(self) -> None:
-        self.close_connection = True  # a body, if any, was not read
+        self._read_body()  # so that a client still sending it reads the answer (an oversize one closes)
         self._send_json(error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed; use GET or POST"))
 
     do_PUT = do_DELETE = do_PATCH = _refuse_method  # noqa: N815
