@@ -191,11 +191,16 @@ class PrometheusRuns:
         return sorted(runs, key=lambda run: (run.start_time, run.run_id))
 
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
-        """The runs the selectors find, one per run id and user; RunDataError for a run id of several users."""
+        """The runs the selectors find, one per run id and user; RunDataError for a run id of several users.
+
+        A run counts only where its ``impact_run_info`` has a sample inside the window: ``/api/v1/series`` may
+        answer for more (VictoriaMetrics answers it from a per-day index).
+        """
+        inside = self._info_in_window(start, end)
         by_run: dict[tuple[str, str], dict[str, Any]] = {}
         for labels in self._client.series(selectors, start, end):
             run_id = labels.get("run_id", "")
-            if not run_id:
+            if not run_id or _info_key(labels) not in inside:
                 continue
             entry = by_run.setdefault((run_id, labels.get("user", "")), {"labels": labels, "instances": []})
             if labels.get("instance", "") not in entry["instances"]:
@@ -206,6 +211,13 @@ class PrometheusRuns:
         ]
         _refuse_shared_run_ids(found)
         return found
+
+    def _info_in_window(self, start: float, end: float) -> set[tuple[str, str, str]]:
+        """(run id, user, instance) of every ``impact_run_info`` series with a sample in the window."""
+        window = max(1, math.ceil(end - start))
+        return {
+            _info_key(item.labels) for item in self._client.query(f"last_over_time(impact_run_info[{window}s])", end)
+        }
 
     def _times(
         self, found: list[_Found], at: float, window: int
@@ -313,6 +325,10 @@ def _refuse_shared_run_ids(found: Sequence[_Found]) -> None:
             else ""
         )
     )
+
+
+def _info_key(labels: Mapping[str, str]) -> tuple[str, str, str]:
+    return labels.get("run_id", ""), labels.get("user", ""), labels.get("instance", "")
 
 
 def _quoted(text: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from impact_reporter.prometheus import PrometheusClient
 from tests.reporter.fake_prometheus import FakePrometheus, FakeSeries
 from tests.servers import REPO_ROOT
 
@@ -67,3 +68,21 @@ def test_the_fake_api_serves_a_whole_report(two_runs: list[FakeSeries]) -> None:
     assert code == 0, stderr
     assert joules_of(listed) == {"early": JOULES, "late": JOULES}
     assert [run["duration_seconds"] for run in listed["runs"]] == [SECONDS, SECONDS]
+
+
+def test_discovery_keeps_only_runs_with_samples_inside_the_window(two_runs: list[FakeSeries]) -> None:
+    """A /api/v1/series that answers for the whole day names run "early" too; the report of 04:00-06:00 has
+    only run "late", and exits 0."""
+    with FakePrometheus(two_runs, series_whole_day=True) as server:
+        named = PrometheusClient(server.url).series(["impact_run_info"], DAY + 4 * 3600, DAY + 6 * 3600)
+        code, listed, stderr = report(server, start=DAY + 4 * 3600, end=DAY + 6 * 3600)
+    assert sorted(labels["run_id"] for labels in named) == ["early", "late"]
+    assert code == 0, stderr
+    assert joules_of(listed) == {"late": JOULES}
+
+
+def test_a_window_with_no_run_inside_says_so(two_runs: list[FakeSeries]) -> None:
+    with FakePrometheus(two_runs, series_whole_day=True) as server:
+        code, _, stderr = report(server, start=DAY + 7 * 3600, end=DAY + 8 * 3600)
+    assert code == 1
+    assert "no run matches any run between" in stderr
