@@ -9,14 +9,17 @@ Each run is a node's series written by the test: 10 W on the CPU for 60 s, scrap
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from impact_reporter.prometheus import PrometheusClient
+from impact_reporter.runs import ID_BUDGET_BYTES, MAX_QUERY_BYTES, _Found, _id_regex, run_batches
 from tests.reporter.fake_prometheus import FakePrometheus, FakeSeries
 from tests.servers import REPO_ROOT
 
@@ -86,3 +89,28 @@ def test_a_window_with_no_run_inside_says_so(two_runs: list[FakeSeries]) -> None
         code, _, stderr = report(server, start=DAY + 7 * 3600, end=DAY + 8 * 3600)
     assert code == 1
     assert "no run matches any run between" in stderr
+
+
+def test_seven_hundred_runs_are_read_in_queries_under_8_kb(two_runs: list[FakeSeries]) -> None:
+    """One regex of 700 32-character run ids is 23 KB, over VictoriaMetrics' default 16 KB."""
+    run_ids = [uuid.UUID(int=number).hex for number in range(700)]
+    series = [s for number, run_id in enumerate(run_ids) for s in run_series(run_id, DAY + 3600 + 70 * number)]
+    with FakePrometheus(series, max_query_length=16384) as server:
+        code, listed, stderr = report(server)
+        longest = max(len(query.encode()) for query in server.queries())
+    assert code == 0, stderr
+    assert joules_of(listed) == dict.fromkeys(run_ids, JOULES)
+    assert longest < MAX_QUERY_BYTES
+
+
+def test_ten_thousand_run_ids_are_split_into_batches_under_the_budget() -> None:
+    """Every run in exactly one batch, in order, each batch's regexes within the budget, batches as full as fit."""
+    runs = [_Found(f"run-{number:05d}." + "x" * (number % 50), f"user{number % 7}", {}, ()) for number in range(10_000)]
+    batches = run_batches(runs)
+    assert [run for batch in batches for run in batch] == runs
+    sizes = [
+        len(_id_regex(run.run_id for run in batch)) + len("|".join(re.escape(u) for u in {r.user for r in batch}))
+        for batch in batches
+    ]
+    assert max(sizes) <= ID_BUDGET_BYTES
+    assert min(sizes[:-1]) > ID_BUDGET_BYTES - 100
