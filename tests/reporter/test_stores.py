@@ -114,3 +114,56 @@ def test_ten_thousand_run_ids_are_split_into_batches_under_the_budget() -> None:
     ]
     assert max(sizes) <= ID_BUDGET_BYTES
     assert min(sizes[:-1]) > ID_BUDGET_BYTES - 100
+
+
+def test_a_warning_fails_the_report_unless_partial_data_is_allowed(two_runs: list[FakeSeries]) -> None:
+    warning = "store 10.0.0.7:10901 did not answer: context deadline exceeded"
+    with FakePrometheus(two_runs, warnings=[warning]) as server:
+        code, _, stderr = report(server)
+        allowed, listed, allowed_stderr = report(server, "--allow-partial")
+    assert code == 1
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert warning in stderr and "--allow-partial" in stderr
+    assert allowed == 0, allowed_stderr
+    assert warning in allowed_stderr
+    assert joules_of(listed) == {"early": JOULES, "late": JOULES}
+
+
+def test_a_partial_response_is_refused_and_when_allowed_the_missing_node_is_loud() -> None:
+    """Run "wide" ran on two nodes; the store of node2 does not answer. partial_response=false makes Thanos fail
+    the query; with --allow-partial the report has node1's half and prints the warning."""
+    series = run_series("wide", DAY + 3600) + run_series("wide", DAY + 3600, instance="node2:9100")
+    with FakePrometheus(series) as server:
+        whole, listed_whole, _ = report(server)
+    with FakePrometheus(series, partial_instance="node2:9100") as server:
+        code, _, stderr = report(server)
+        refused_forms = [request.form for request in server.requests]
+        allowed, listed, allowed_stderr = report(server, "--allow-partial")
+    assert whole == 0 and joules_of(listed_whole) == {"wide": 2 * JOULES}
+    assert code != 0 and "did not answer" in stderr and "Traceback" not in stderr
+    assert all(form["partial_response"] == ["false"] for form in refused_forms)
+    assert allowed == 0, allowed_stderr
+    assert joules_of(listed) == {"wide": JOULES}
+    assert "store of node2:9100 did not answer" in allowed_stderr
+
+
+def test_headers_reach_the_server_and_dedup_is_asked_for(two_runs: list[FakeSeries]) -> None:
+    with FakePrometheus(two_runs, org_id="lab-a") as server:
+        refused, _, refused_stderr = report(server)
+        server.requests.clear()
+        code, listed, stderr = report(server, "--header", "X-Scope-OrgID=lab-a", "--header=X-Extra=1", "--dedup")
+        requests = list(server.requests)
+    assert refused == 2
+    assert "refused access (HTTP 401)" in refused_stderr and "--header X-Scope-OrgID" in refused_stderr
+    assert code == 0, stderr
+    assert joules_of(listed) == {"early": JOULES, "late": JOULES}
+    assert requests and all(r.headers["X-Scope-OrgID"] == "lab-a" and r.headers["X-Extra"] == "1" for r in requests)
+    assert all(r.form["dedup"] == ["true"] and r.form["partial_response"] == ["false"] for r in requests)
+
+
+def test_a_malformed_header_is_a_usage_error(two_runs: list[FakeSeries]) -> None:
+    with FakePrometheus(two_runs) as server:
+        code, _, stderr = report(server, "--header", "X-Scope-OrgID: lab")
+        assert server.requests == []
+    assert code == 2
+    assert "expected NAME=VALUE" in stderr and "Traceback" not in stderr
