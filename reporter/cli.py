@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from impact_reporter import carbon
 from impact_reporter.appendix import FailedRun, comparison_report, set_report
 from impact_reporter.energy import run_figures
 from impact_reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
-from impact_reporter.prometheus import PrometheusClient, PrometheusError, Series, parse_time
+from impact_reporter.prometheus import PartialResponse, PrometheusClient, PrometheusError, Series, parse_time
 from impact_reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, run_info_selectors, write_archive
 from impact_reporter.table import Listed, csv_frame, run_json, runs_table
 
@@ -47,6 +48,26 @@ def prometheus_parser() -> argparse.ArgumentParser:
     source.add_argument("--ca-bundle", metavar="FILE", help="CA certificates to verify the server with")
     source.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
     source.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="per request (default: 30)")
+    source.add_argument(
+        "--header",
+        action="append",
+        type=http_header,
+        default=[],
+        metavar="NAME=VALUE",
+        help="send this HTTP header with every request, e.g. Mimir's X-Scope-OrgID=<tenant>; repeatable "
+        "(default: none)",
+    )
+    source.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="accept answers with warnings (Thanos, Mimir: a store did not answer), print the warnings and send "
+        "partial_response=true; by default warnings are errors and partial_response=false is sent (default: off)",
+    )
+    source.add_argument(
+        "--dedup",
+        action="store_true",
+        help="ask Thanos Query to deduplicate HA replicas (sends dedup=true) (default: off)",
+    )
     window = parent.add_argument_group("time window")
     window.add_argument("--since", default="30d", metavar="DURATION", help="look back this far (default: %(default)s)")
     window.add_argument("--start", metavar="TIME", help="window start: RFC 3339 or unix seconds (overrides --since)")
@@ -216,7 +237,20 @@ def prometheus_client(args: argparse.Namespace, url: str | None) -> PrometheusCl
         ca_bundle=args.ca_bundle,
         insecure=args.insecure,
         timeout=args.timeout,
+        headers=dict(args.header),
+        allow_partial=args.allow_partial,
+        dedup=args.dedup,
     )
+
+
+def http_header(text: str) -> tuple[str, str]:
+    """--header NAME=VALUE as (name, value); argparse turns the error into a usage message."""
+    name, equals, value = text.partition("=")
+    if not equals or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE with an HTTP header name, e.g. X-Scope-OrgID=lab, not {text!r}"
+        )
+    return name.strip(), value.strip()
 
 
 def time_window(args: argparse.Namespace) -> tuple[float, float]:
@@ -397,6 +431,9 @@ def run_command(run: Callable[[], None]) -> int:
     """Run a command's body, turning every user-facing failure into one line on stderr and an exit code."""
     try:
         run()
+    except PartialResponse as error:
+        print(f"impact-report: {error}", file=sys.stderr)
+        return EXIT_DATA
     except (PrometheusError, OSError) as error:
         print(f"impact-report: {error}", file=sys.stderr)
         return EXIT_USAGE

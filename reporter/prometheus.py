@@ -11,6 +11,11 @@ Every failure becomes one of the one-line exceptions below, which the CLI prints
 - ``PrometheusQueryError``: Prometheus answered 4xx; carries its ``errorType`` and ``error`` text.
 - ``PrometheusServerError``: it kept answering 5xx until the retries ran out.
 - ``BadPrometheusURL``: the URL is not http(s), or what answers is not a Prometheus HTTP API.
+- ``PartialResponse``: the answer carries warnings (Thanos, Mimir: some store or querier did not answer), so
+  its data may be incomplete; unless ``allow_partial``, when the warnings are logged instead.
+
+Every request asks Thanos for no partial responses (``partial_response=false``; other servers ignore it), so a
+store that does not answer is an error rather than silently low numbers.
 
 Times are unix seconds (floats). Prometheus works in whole milliseconds, so the client does its time
 arithmetic in integer milliseconds: chunk seams and window edges then fall exactly where Prometheus puts them.
@@ -22,7 +27,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -54,6 +59,10 @@ class PrometheusServerError(PrometheusError):
 
 class BadPrometheusURL(PrometheusError):
     """The URL is not http(s), or the server that answers there is not a Prometheus HTTP API."""
+
+
+class PartialResponse(PrometheusError):
+    """The answer carried warnings, so its data may lack what a store or querier did not answer."""
 
 
 class PrometheusQueryError(PrometheusError):
@@ -98,6 +107,8 @@ class PrometheusClient:
     ``ca_bundle`` is a PEM file to verify the server with; ``insecure`` turns verification off. Connection
     errors, timeouts and 5xx answers are retried ``retries`` times, waiting ``backoff_seconds`` and then twice
     as long each time; 4xx answers are final. ``timeout`` (seconds) bounds connecting and each read.
+    ``headers`` go with every request (Mimir's tenant: ``X-Scope-OrgID``). ``allow_partial`` accepts answers
+    with warnings (logged) and lets Thanos answer partially; ``dedup`` asks Thanos to merge HA replicas.
     """
 
     def __init__(
@@ -111,6 +122,9 @@ class PrometheusClient:
         timeout: float = 30.0,
         retries: int = 3,
         backoff_seconds: float = 0.5,
+        headers: Mapping[str, str] | None = None,
+        allow_partial: bool = False,
+        dedup: bool = False,
     ) -> None:
         self.url = _base_url(url)
         if token is not None and basic_auth is not None:
@@ -126,7 +140,12 @@ class PrometheusClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.allow_partial = allow_partial
+        self._warned: set[str] = set()
+        self._always = [("partial_response", "true" if allow_partial else "false")]
+        self._always += [("dedup", "true")] if dedup else []
         self._session = requests.Session()
+        self._session.headers.update(headers or {})
         if token is not None:
             self._session.headers["Authorization"] = f"Bearer {token}"
         if basic_auth is not None:
@@ -262,7 +281,7 @@ class PrometheusClient:
             if attempt:
                 time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
             try:
-                response = self._session.post(url, data=form, timeout=self.timeout)
+                response = self._session.post(url, data=form + self._always, timeout=self.timeout)
             except requests.exceptions.SSLError as error:
                 raise PrometheusUnreachable(
                     f"cannot reach Prometheus at {self.url}: TLS failed ({_reason(error, self.timeout)}); "
@@ -306,7 +325,7 @@ class PrometheusClient:
         if status in (401, 403):
             raise PrometheusQueryError(
                 f"Prometheus at {self.url} refused access (HTTP {status}): pass a bearer token or basic auth "
-                "that it accepts",
+                "that it accepts, or the header it needs (Mimir's tenant: --header X-Scope-OrgID=<tenant>)",
                 status=status,
                 error_type="unauthorized" if status == 401 else "forbidden",
                 error=_snippet(response.text),
@@ -317,8 +336,17 @@ class PrometheusClient:
                 f"{self.url} answered /api/v1/{endpoint} with HTTP {status} ({what}), which is not the Prometheus "
                 "HTTP API; pass the base URL that serves /api/v1 (e.g. http://prometheus:9090), not a UI page"
             )
-        for warning in body.get("warnings") or []:
-            logger.warning("Prometheus warns about %s: %s", _short(context), warning)
+        warnings = [_one_line(str(warning)) for warning in body.get("warnings") or []]
+        if warnings and not self.allow_partial:
+            raise PartialResponse(
+                f"Prometheus at {self.url} warned about {_short(context)}: {'; '.join(warnings)}; the answer may "
+                "be partial, so no figures were made: fix the store or querier it names, or pass --allow-partial "
+                "to accept partial data"
+            )
+        for warning in warnings:
+            if warning not in self._warned:
+                self._warned.add(warning)
+                logger.warning("Prometheus at %s warns (partial data accepted): %s", self.url, warning)
         return body["data"]
 
 

@@ -32,6 +32,11 @@ DESCRIPTIVE = frozenset(
 MATCHER = re.compile(r"\{.*\}", re.DOTALL)
 END_MARGIN_SECONDS = 300.0
 """Samples read past a run's end: finished runs stay exported a while, and their last scrape may come late."""
+MAX_QUERY_BYTES = 8192
+"""Longest PromQL the reporter sends: VictoriaMetrics refuses queries over 16 KB by default
+(``-search.maxQueryLen``), so queries that name runs are split into batches below this."""
+ID_BUDGET_BYTES = MAX_QUERY_BYTES - 512
+"""What the run-id and user regexes of one batch may take; the rest of the query is well under 512 bytes."""
 
 
 RunKey = tuple[str, str]
@@ -191,11 +196,16 @@ class PrometheusRuns:
         return sorted(runs, key=lambda run: (run.start_time, run.run_id))
 
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
-        """The runs the selectors find, one per run id and user; RunDataError for a run id of several users."""
+        """The runs the selectors find, one per run id and user; RunDataError for a run id of several users.
+
+        A run counts only where its ``impact_run_info`` has a sample inside the window: ``/api/v1/series`` may
+        answer for more (VictoriaMetrics answers it from a per-day index).
+        """
+        inside = self._info_in_window(start, end)
         by_run: dict[tuple[str, str], dict[str, Any]] = {}
         for labels in self._client.series(selectors, start, end):
             run_id = labels.get("run_id", "")
-            if not run_id:
+            if not run_id or _info_key(labels) not in inside:
                 continue
             entry = by_run.setdefault((run_id, labels.get("user", "")), {"labels": labels, "instances": []})
             if labels.get("instance", "") not in entry["instances"]:
@@ -207,11 +217,31 @@ class PrometheusRuns:
         _refuse_shared_run_ids(found)
         return found
 
+    def _info_in_window(self, start: float, end: float) -> set[tuple[str, str, str]]:
+        """(run id, user, instance) of every ``impact_run_info`` series with a sample in the window."""
+        window = max(1, math.ceil(end - start))
+        return {
+            _info_key(item.labels) for item in self._client.query(f"last_over_time(impact_run_info[{window}s])", end)
+        }
+
     def _times(
         self, found: list[_Found], at: float, window: int
     ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
         """Per (run id, user): start (earliest over nodes), end (latest) and whether any node still has the run
-        active."""
+        active; asked in batches of runs whose queries stay under MAX_QUERY_BYTES."""
+        starts: dict[RunKey, float] = {}
+        ends: dict[RunKey, float] = {}
+        active: dict[RunKey, bool] = {}
+        for batch in run_batches(found):
+            batch_starts, batch_ends, batch_active = self._batch_times(batch, at, window)
+            starts.update(batch_starts)
+            ends.update(batch_ends)
+            active.update(batch_active)
+        return starts, ends, active
+
+    def _batch_times(
+        self, found: list[_Found], at: float, window: int
+    ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
         ids = _id_regex(run.run_id for run in found)
         users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in found} | {UNSCOPED})
         selector = f'{{run_id=~"{ids}",user=~"{users}"}}[{window}s]'
@@ -313,6 +343,31 @@ def _refuse_shared_run_ids(found: Sequence[_Found]) -> None:
             else ""
         )
     )
+
+
+def run_batches(found: Sequence[_Found], budget: int = ID_BUDGET_BYTES) -> list[list[_Found]]:
+    """``found`` in consecutive batches whose run-id and user regexes together take at most ``budget`` bytes
+    (a single run longer than that is a batch of its own)."""
+    batches: list[list[_Found]] = []
+    batch: list[_Found] = []
+    users: set[str] = set()
+    size = 0
+    for run in found:
+        cost = len(_id_regex([run.run_id]).encode()) + 1
+        if run.user not in users:
+            cost += len(_quoted(re.escape(run.user)).encode()) + 1
+        if batch and size + cost > budget:
+            batches.append(batch)
+            batch, users, size = [], set(), 0
+            cost = len(_id_regex([run.run_id]).encode()) + len(_quoted(re.escape(run.user)).encode()) + 2
+        batch.append(run)
+        users.add(run.user)
+        size += cost
+    return batches + [batch] if batch else batches
+
+
+def _info_key(labels: Mapping[str, str]) -> tuple[str, str, str]:
+    return labels.get("run_id", ""), labels.get("user", ""), labels.get("instance", "")
 
 
 def _quoted(text: str) -> str:

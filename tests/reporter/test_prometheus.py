@@ -562,12 +562,17 @@ def test_requests_are_form_posts_with_credentials_under_a_path_prefix(
     assert (query["method"], query["path"]) == ("POST", "/prometheus/api/v1/query")
     assert query["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
     assert query["headers"]["Authorization"] == "Bearer s3cret"
-    assert parse_qs(query["body"]) == {"query": [long_expr], "time": ["1700000000.123"]}
+    assert parse_qs(query["body"]) == {
+        "query": [long_expr],
+        "time": ["1700000000.123"],
+        "partial_response": ["false"],
+    }
     assert (series["method"], series["path"]) == ("POST", "/prometheus/api/v1/series")
     assert parse_qs(series["body"]) == {
         "match[]": ['up{job="a"}', "node_load1"],
         "start": ["1700000000.000"],
         "end": ["1700000060.500"],
+        "partial_response": ["false"],
     }
 
 

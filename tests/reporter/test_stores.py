@@ -1,0 +1,169 @@
+"""impact-report against a fake Prometheus API that behaves as Thanos, Mimir and VictoriaMetrics do where a real
+Prometheus here cannot: answer warnings and partial responses, a per-day series index, a query-length limit and
+a required tenant header.
+
+Each run is a node's series written by the test: 10 W on the CPU for 60 s, scraped every 5 s, so its energy is
+600 J exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from impact_reporter.prometheus import PrometheusClient
+from impact_reporter.runs import ID_BUDGET_BYTES, MAX_QUERY_BYTES, _Found, _id_regex, run_batches
+from tests.reporter.fake_prometheus import FakePrometheus, FakeSeries
+from tests.servers import REPO_ROOT
+
+DAY = 1_795_996_800  # 2026-11-30T00:00:00Z
+WATTS, SECONDS, SCRAPE = 10.0, 60, 5
+JOULES = WATTS * SECONDS
+
+
+def run_series(run_id: str, start: float, *, instance: str = "node1:9100", user: str = "alice") -> list[FakeSeries]:
+    """The series an exporter exports for one run, as scraped every SCRAPE s until 30 s after it ended."""
+    end = start + SECONDS
+    times = [start + k * SCRAPE for k in range((SECONDS + 30) // SCRAPE + 1)]
+    identity = {"run_id": run_id, "user": user, "instance": instance, "job": "impact"}
+
+    def series(name: str, value: Any, **labels: str) -> FakeSeries:
+        return FakeSeries({"__name__": name, **identity, **labels}, [(t, float(value(t))) for t in times])
+
+    return [
+        series("impact_run_info", lambda t: 1, experiment="exp", set="a"),
+        series("impact_run_start_time_seconds", lambda t: start),
+        series("impact_run_end_time_seconds", lambda t: end),
+        series("impact_run_active", lambda t: t <= end),
+        series("impact_run_energy_joules_total", lambda t: WATTS * (min(t, end) - start), component="cpu"),
+        series("impact_run_cpu_seconds_total", lambda t: min(t, end) - start),
+    ]
+
+
+def report(server: FakePrometheus, *args: str, start: float = DAY, end: float = DAY + 86399) -> tuple[int, Any, str]:
+    """Run ``impact-report runs --format=json`` in a child process: exit code, parsed stdout, stderr."""
+    command = [sys.executable, "-m", "impact_reporter", "runs", "--format=json", f"--prometheus={server.url}"]
+    command += [f"--start={start}", f"--end={end}", "--carbon-intensity=100", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    return result.returncode, json.loads(result.stdout) if result.returncode == 0 else None, result.stderr
+
+
+@pytest.fixture
+def two_runs() -> Iterator[list[FakeSeries]]:
+    """Run "early" at 01:00 and run "late" at 05:00 of the same day."""
+    yield run_series("early", DAY + 3600) + run_series("late", DAY + 5 * 3600)
+
+
+def joules_of(listed: Any) -> dict[str, float]:
+    return {run["run_id"]: run["total_joules"] for run in listed["runs"]}
+
+
+def test_the_fake_api_serves_a_whole_report(two_runs: list[FakeSeries]) -> None:
+    with FakePrometheus(two_runs) as server:
+        code, listed, stderr = report(server)
+    assert code == 0, stderr
+    assert joules_of(listed) == {"early": JOULES, "late": JOULES}
+    assert [run["duration_seconds"] for run in listed["runs"]] == [SECONDS, SECONDS]
+
+
+def test_discovery_keeps_only_runs_with_samples_inside_the_window(two_runs: list[FakeSeries]) -> None:
+    """A /api/v1/series that answers for the whole day names run "early" too; the report of 04:00-06:00 has
+    only run "late", and exits 0."""
+    with FakePrometheus(two_runs, series_whole_day=True) as server:
+        named = PrometheusClient(server.url).series(["impact_run_info"], DAY + 4 * 3600, DAY + 6 * 3600)
+        code, listed, stderr = report(server, start=DAY + 4 * 3600, end=DAY + 6 * 3600)
+    assert sorted(labels["run_id"] for labels in named) == ["early", "late"]
+    assert code == 0, stderr
+    assert joules_of(listed) == {"late": JOULES}
+
+
+def test_a_window_with_no_run_inside_says_so(two_runs: list[FakeSeries]) -> None:
+    with FakePrometheus(two_runs, series_whole_day=True) as server:
+        code, _, stderr = report(server, start=DAY + 7 * 3600, end=DAY + 8 * 3600)
+    assert code == 1
+    assert "no run matches any run between" in stderr
+
+
+def test_seven_hundred_runs_are_read_in_queries_under_8_kb(two_runs: list[FakeSeries]) -> None:
+    """One regex of 700 32-character run ids is 23 KB, over VictoriaMetrics' default 16 KB."""
+    run_ids = [uuid.UUID(int=number).hex for number in range(700)]
+    series = [s for number, run_id in enumerate(run_ids) for s in run_series(run_id, DAY + 3600 + 70 * number)]
+    with FakePrometheus(series, max_query_length=16384) as server:
+        code, listed, stderr = report(server)
+        longest = max(len(query.encode()) for query in server.queries())
+    assert code == 0, stderr
+    assert joules_of(listed) == dict.fromkeys(run_ids, JOULES)
+    assert longest < MAX_QUERY_BYTES
+
+
+def test_ten_thousand_run_ids_are_split_into_batches_under_the_budget() -> None:
+    """Every run in exactly one batch, in order, each batch's regexes within the budget, batches as full as fit."""
+    runs = [_Found(f"run-{number:05d}." + "x" * (number % 50), f"user{number % 7}", {}, ()) for number in range(10_000)]
+    batches = run_batches(runs)
+    assert [run for batch in batches for run in batch] == runs
+    sizes = [
+        len(_id_regex(run.run_id for run in batch)) + len("|".join(re.escape(u) for u in {r.user for r in batch}))
+        for batch in batches
+    ]
+    assert max(sizes) <= ID_BUDGET_BYTES
+    assert min(sizes[:-1]) > ID_BUDGET_BYTES - 100
+
+
+def test_a_warning_fails_the_report_unless_partial_data_is_allowed(two_runs: list[FakeSeries]) -> None:
+    warning = "store 10.0.0.7:10901 did not answer: context deadline exceeded"
+    with FakePrometheus(two_runs, warnings=[warning]) as server:
+        code, _, stderr = report(server)
+        allowed, listed, allowed_stderr = report(server, "--allow-partial")
+    assert code == 1
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert warning in stderr and "--allow-partial" in stderr
+    assert allowed == 0, allowed_stderr
+    assert warning in allowed_stderr
+    assert joules_of(listed) == {"early": JOULES, "late": JOULES}
+
+
+def test_a_partial_response_is_refused_and_when_allowed_the_missing_node_is_loud() -> None:
+    """Run "wide" ran on two nodes; the store of node2 does not answer. partial_response=false makes Thanos fail
+    the query; with --allow-partial the report has node1's half and prints the warning."""
+    series = run_series("wide", DAY + 3600) + run_series("wide", DAY + 3600, instance="node2:9100")
+    with FakePrometheus(series) as server:
+        whole, listed_whole, _ = report(server)
+    with FakePrometheus(series, partial_instance="node2:9100") as server:
+        code, _, stderr = report(server)
+        refused_forms = [request.form for request in server.requests]
+        allowed, listed, allowed_stderr = report(server, "--allow-partial")
+    assert whole == 0 and joules_of(listed_whole) == {"wide": 2 * JOULES}
+    assert code == 2 and "did not answer" in stderr and "Traceback" not in stderr
+    assert all(form["partial_response"] == ["false"] for form in refused_forms)
+    assert allowed == 0, allowed_stderr
+    assert joules_of(listed) == {"wide": JOULES}
+    assert "store of node2:9100 did not answer" in allowed_stderr
+
+
+def test_headers_reach_the_server_and_dedup_is_asked_for(two_runs: list[FakeSeries]) -> None:
+    with FakePrometheus(two_runs, org_id="lab-a") as server:
+        refused, _, refused_stderr = report(server)
+        server.requests.clear()
+        code, listed, stderr = report(server, "--header", "X-Scope-OrgID=lab-a", "--header=X-Extra=1", "--dedup")
+        requests = list(server.requests)
+    assert refused == 2
+    assert "refused access (HTTP 401)" in refused_stderr and "--header X-Scope-OrgID" in refused_stderr
+    assert code == 0, stderr
+    assert joules_of(listed) == {"early": JOULES, "late": JOULES}
+    assert requests and all(r.headers["X-Scope-OrgID"] == "lab-a" and r.headers["X-Extra"] == "1" for r in requests)
+    assert all(r.form["dedup"] == ["true"] and r.form["partial_response"] == ["false"] for r in requests)
+
+
+def test_a_malformed_header_is_a_usage_error(two_runs: list[FakeSeries]) -> None:
+    with FakePrometheus(two_runs) as server:
+        code, _, stderr = report(server, "--header", "X-Scope-OrgID: lab")
+        assert server.requests == []
+    assert code == 2
+    assert "expected NAME=VALUE" in stderr and "Traceback" not in stderr
