@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from experiment_impact_tracker.errors import RunDirError
 from experiment_impact_tracker.rundir import read_run_dir, write_run_dir
-from impact_reporter.prometheus import InstantSample, PrometheusClient
+from impact_reporter.prometheus import PrometheusClient
 
+RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
 RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
 SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
 DESCRIPTIVE = frozenset(
@@ -161,7 +163,7 @@ class PrometheusRuns:
         self, found: list[_Found], start: float, end: float, progress: Callable[[int, int, str], None] | None
     ) -> list[Run]:
         window = max(1, math.ceil(end - start))
-        starts, ends, active = self._times(found, end, window)
+        starts, ends, active = self._times(found, start, end)
         hosts = self._hosts(end, window)
         methods = self._methods(end, window)
         runs = []
@@ -208,24 +210,35 @@ class PrometheusRuns:
         return found
 
     def _times(
-        self, found: list[_Found], at: float, window: int
+        self, found: list[_Found], start: float, end: float
     ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
-        """Per (run id, user): start (earliest over nodes), end (latest) and whether any node still has the run
-        active."""
+        """Per (run id, user): start (earliest over nodes), end (latest) and whether any node's newest sample says
+        the run is still active, all read from the raw samples in (start, end].
+
+        Read from the samples rather than evaluated at the window's end, these do not depend on when the store
+        considers its newest data complete (VictoriaMetrics answers queries near now as of 30 s earlier) nor on
+        how late remote_write delivers; stale markers (non-finite) are gaps.
+        """
         ids = _id_regex(run.run_id for run in found)
         users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in found} | {UNSCOPED})
-        selector = f'{{run_id=~"{ids}",user=~"{users}"}}[{window}s]'
-        starts = self._by_run(f"min by (run_id, user) (min_over_time(impact_run_start_time_seconds{selector}))", at)
-        ends = self._by_run(f"max by (run_id, user) (max_over_time(impact_run_end_time_seconds{selector}))", at)
-        active = self._by_run(f"max by (run_id, user) (last_over_time(impact_run_active{selector}))", at)
-        return starts, ends, {key: value == 1.0 for key, value in active.items()}
-
-    def _by_run(self, expr: str, at: float) -> dict[RunKey, float]:
-        return {
-            (item.labels.get("run_id", ""), item.labels.get("user", "")): item.value
-            for item in self._client.query(expr, at)
-            if isinstance(item, InstantSample)
-        }
+        names = "|".join(RUN_TIMES)
+        selector = f'{{__name__=~"{names}",run_id=~"{ids}",user=~"{users}"}}'
+        starts: dict[RunKey, float] = {}
+        ends: dict[RunKey, float] = {}
+        active: dict[RunKey, bool] = {}
+        for series in self._client.raw_samples(selector, start, end):
+            values = series.values[np.isfinite(series.values)]
+            if not len(values):
+                continue
+            key = (series.labels.get("run_id", ""), series.labels.get("user", ""))
+            name = series.labels.get("__name__", "")
+            if name == "impact_run_start_time_seconds":
+                starts[key] = min(starts.get(key, math.inf), float(values.min()))
+            elif name == "impact_run_end_time_seconds":
+                ends[key] = max(ends.get(key, -math.inf), float(values.max()))
+            else:
+                active[key] = active.get(key, False) or float(values[-1]) == 1.0
+        return starts, ends, active
 
     def _hosts(self, at: float, window: int) -> dict[str, Host]:
         gpus = self._gpus(at, window)
@@ -278,7 +291,18 @@ class PrometheusRuns:
             for s in series
             if len(s)
         ]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
+        return finite_samples(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
+
+
+def finite_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``samples`` whose value is a finite number.
+
+    A store returns Prometheus' staleness markers (a target that stopped being scraped: an exporter restart, a
+    node gone after its run) as NaN samples, as VictoriaMetrics does; they mark a gap, not a value, so every
+    figure is computed over the finite samples alone, as Prometheus' own range selectors do.
+    """
+    finite = np.isfinite(pd.to_numeric(samples["value"], errors="coerce").to_numpy(dtype=float))
+    return samples if finite.all() else samples[finite].reset_index(drop=True)
 
 
 def _merge_methods(methods: Mapping[str, Mapping[str, str]], instances: Iterable[str]) -> dict[str, str]:
@@ -378,7 +402,7 @@ def read_archive(directory: Path, record: Mapping[str, Any]) -> Run:
         end_time=None if record.get("end_time") is None else float(record["end_time"]),
         hosts=tuple(Host(**{**host, "gpus": tuple(host.get("gpus", ()))}) for host in record.get("hosts", [])),
         methods=dict(record.get("methods") or {}),
-        samples=samples[SAMPLE_COLUMNS],
+        samples=finite_samples(samples[SAMPLE_COLUMNS]),
         source=f"archive {directory}",
     )
 
