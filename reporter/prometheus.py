@@ -37,10 +37,6 @@ logger = logging.getLogger(__name__)
 # stay well below that.
 MAX_POINTS_PER_CHUNK = 10_000
 
-NO_CACHE = ("nocache", "1")
-"""Sent with every request: VictoriaMetrics then answers from its data, not from a cached answer that predates the
-newest samples; Prometheus and others ignore it."""
-
 URL_HINT = "start it or pass --prometheus / PROMETHEUS_URL"
 
 
@@ -266,7 +262,7 @@ class PrometheusClient:
             if attempt:
                 time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
             try:
-                response = self._session.post(url, data=[*form, NO_CACHE], timeout=self.timeout)
+                response = self._session.post(url, data=form, timeout=self.timeout)
             except requests.exceptions.SSLError as error:
                 raise PrometheusUnreachable(
                     f"cannot reach Prometheus at {self.url}: TLS failed ({_reason(error, self.timeout)}); "
