@@ -32,6 +32,9 @@ DESCRIPTIVE = frozenset(
     {"__name__", "instance", "job", "run_id", "experiment", "set", "user", "pod_uid", "container_id"}
 )
 MATCHER = re.compile(r"\{.*\}", re.DOTALL)
+DEFAULT_SETTLE_SECONDS = 60.0
+"""How long after a run's end its final samples may still be on their way to the store (scrape interval,
+remote_write batching, VictoriaMetrics' 30 s ``-search.latencyOffset``): a report within it waits for them."""
 END_MARGIN_SECONDS = 300.0
 """Samples read past a run's end: finished runs stay exported a while, and their last scrape may come late."""
 
@@ -68,6 +71,9 @@ class Run:
     ``instance``, ``component`` ("" for counters without one), ``timestamp`` (unix seconds) and ``value``.
     ``end_time`` is None for a run still active when it was read. ``methods`` says per component how its
     energy was obtained (``rapl``, ``nvml``, ``estimate``), ``source`` where the run was read from.
+    ``not_measured`` is why the run has no figures although it was found ("" when it may have them): no start
+    time among its samples (``start_time`` is then its first sample's, or the window's start, only to list it),
+    or a run that ended too recently for its final samples to have reached the store.
     """
 
     run_id: str
@@ -81,6 +87,7 @@ class Run:
     methods: Mapping[str, str]
     samples: pd.DataFrame = field(repr=False, compare=False)
     source: str = ""
+    not_measured: str = ""
 
     @property
     def instances(self) -> tuple[str, ...]:
@@ -128,9 +135,17 @@ class _Found:
 class PrometheusRuns:
     """Reads runs from a Prometheus (or anything that speaks its HTTP API)."""
 
-    def __init__(self, client: PrometheusClient, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: PrometheusClient,
+        clock: Callable[[], float] = time.time,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    ) -> None:
+        """``settle_seconds``: a run that ended less long ago whose final samples (at or after its end, from every
+        node) are not all in the store yet is listed as not measured, still settling; 0 reports it as it is."""
         self._client = client
         self._clock = clock
+        self._settle_seconds = settle_seconds
 
     def load(
         self,
@@ -162,19 +177,29 @@ class PrometheusRuns:
     def _load_found(
         self, found: list[_Found], start: float, end: float, progress: Callable[[int, int, str], None] | None
     ) -> list[Run]:
-        window = max(1, math.ceil(end - start))
         starts, ends, active = self._times(found, start, end)
-        hosts = self._hosts(end, window)
-        methods = self._methods(end, window)
+        hosts = self._hosts(start, end)
+        methods = self._methods(start, end)
         runs = []
         for number, run in enumerate(found, 1):
             if progress is not None:
                 progress(number, len(found), run.run_id)
             key = (run.run_id, run.user) if (run.run_id, run.user) in starts else (run.run_id, UNSCOPED)
-            run_start = starts.get(key, start)
+            known_start = starts.get(key)
+            run_start = start if known_start is None else known_start
             run_end = None if active.get(key) else ends.get(key)
             read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
             samples = self._samples(run, run_start - 1.0, max(read_until, run_start))
+            if known_start is None:
+                not_measured = (
+                    f"run {run.run_id} has no impact_run_start_time_seconds sample between {_iso(start)} and "
+                    f"{_iso(end)}: its start is unknown, so no figure would be right; widen the window (--since, "
+                    "--start) to include its start"
+                )
+                if len(samples):
+                    run_start = float(samples["timestamp"].min())
+            else:
+                not_measured = self._settling(run, run_end, samples)
             runs.append(
                 Run(
                     run_id=run.run_id,
@@ -188,9 +213,28 @@ class PrometheusRuns:
                     methods=_merge_methods(methods, run.instances),
                     samples=samples,
                     source=self._client.url,
+                    not_measured=not_measured,
                 )
             )
         return sorted(runs, key=lambda run: (run.start_time, run.run_id))
+
+    def _settling(self, run: _Found, run_end: float | None, samples: pd.DataFrame) -> str:
+        """Why the run must wait ("" when it need not): it ended less than the settle time ago, and some node's
+        energy samples do not reach its end yet."""
+        if run_end is None:
+            return ""
+        ago = self._clock() - run_end
+        if ago >= self._settle_seconds:
+            return ""
+        energy = samples[samples["metric"] == "impact_run_energy_joules_total"]
+        newest = energy.groupby("instance")["timestamp"].max()
+        if all(newest.get(instance, -math.inf) >= run_end for instance in run.instances):
+            return ""
+        return (
+            f"run {run.run_id} is still settling: it ended {ago:.0f} s ago and the store does not hold its final "
+            f"samples from every node yet; report again in {self._settle_seconds - ago:.0f} s, or pass --settle=0 "
+            "to report it as it is"
+        )
 
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
         """The runs the selectors find, one per run id and user; RunDataError for a run id of several users."""
@@ -240,11 +284,15 @@ class PrometheusRuns:
                 active[key] = active.get(key, False) or float(values[-1]) == 1.0
         return starts, ends, active
 
-    def _hosts(self, at: float, window: int) -> dict[str, Host]:
-        gpus = self._gpus(at, window)
+    def _info(self, metric: str, start: float, end: float) -> list[dict[str, str]]:
+        """The label sets of an info metric's series in [start, end]: its labels are its data, and reading them
+        from the series index does not depend on how recent data a store answers queries with."""
+        return self._client.series([metric], start, end)
+
+    def _hosts(self, start: float, end: float) -> dict[str, Host]:
+        gpus = self._gpus(start, end)
         hosts = {}
-        for item in self._client.query(f"last_over_time(impact_host_info[{window}s])", at):
-            labels = item.labels
+        for labels in self._info("impact_host_info", start, end):
             instance = labels.get("instance", "")
             hosts[instance] = Host(
                 instance=instance,
@@ -257,21 +305,20 @@ class PrometheusRuns:
             )
         return hosts
 
-    def _gpus(self, at: float, window: int) -> dict[str, tuple[str, ...]]:
+    def _gpus(self, start: float, end: float) -> dict[str, tuple[str, ...]]:
         """Each instance's GPUs with their driver, in index order."""
         found: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for item in self._client.query(f"last_over_time(impact_gpu_info[{window}s])", at):
-            labels = item.labels
+        for labels in self._info("impact_gpu_info", start, end):
             index = int(labels.get("gpu", "0") or 0)
             found[labels.get("instance", "")].append(
                 (index, f"{labels.get('name', '')} (driver {labels.get('driver_version', '') or 'unknown'})")
             )
         return {instance: tuple(text for _, text in sorted(gpus)) for instance, gpus in found.items()}
 
-    def _methods(self, at: float, window: int) -> dict[str, dict[str, str]]:
+    def _methods(self, start: float, end: float) -> dict[str, dict[str, str]]:
         methods: dict[str, dict[str, str]] = defaultdict(dict)
-        for item in self._client.query(f"last_over_time(impact_energy_source_info[{window}s])", at):
-            methods[item.labels.get("instance", "")][item.labels.get("component", "")] = item.labels.get("method", "")
+        for labels in self._info("impact_energy_source_info", start, end):
+            methods[labels.get("instance", "")][labels.get("component", "")] = labels.get("method", "")
         return methods
 
     def _samples(self, run: _Found, start: float, end: float) -> pd.DataFrame:

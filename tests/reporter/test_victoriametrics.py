@@ -163,3 +163,42 @@ def assert_same_document(left: Any, right: Any, where: str) -> None:
         assert left == pytest.approx(right, **tolerance), where
     else:
         assert left == right, where
+
+
+def test_a_report_right_after_a_run_is_right_or_says_the_run_is_settling(
+    tmp_path: Path,
+    writer: PrometheusServer,
+    victoria_metrics: VictoriaMetricsServer,
+    start_exporter: Callable[..., ExporterProcess],
+) -> None:
+    node = Node(tmp_path / "node1")
+    exporter = start_exporter(*node.flags())
+    writer.add_target(exporter.address)
+    run_id = f"vm-soon-{uuid.uuid4().hex[:8]}"
+    node.client().start_run("soon", pid=PID, run_id=run_id)
+    node.drive(3.0)
+    final = node.client().stop_run(run_id)
+    selection = ("--since=10m", f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100", "--format=json")
+
+    soon = report("runs", f"--prometheus={victoria_metrics.url}", *selection)
+    assert_no_nan(soon.stdout, "the report right after the run")
+    [right_after] = json.loads(soon.stdout)["runs"]
+    if soon.returncode != 0:
+        assert "still settling" in right_after["not_measured"] and "--settle=0" in right_after["not_measured"]
+    wait_for(
+        lambda: final_counter(victoria_metrics.query, run_id) == pytest.approx(final["energy_joules"]["cpu"]),
+        30,
+        "VictoriaMetrics to hold the final counter",
+    )
+    [later] = report_json(f"--prometheus={victoria_metrics.url}", *selection[:-1])["runs"]
+    [prom] = report_json(f"--prometheus={writer.url}", *selection[:-1])["runs"]
+    assert later["duration_seconds"] == pytest.approx(final["end_time"] - final["start_time"], abs=1e-3)
+    assert later["duration_seconds"] == pytest.approx(prom["duration_seconds"], abs=1e-3)
+    assert later["total_joules"] == pytest.approx(prom["total_joules"], rel=1e-9)
+    if soon.returncode == 0:
+        assert right_after["duration_seconds"] == pytest.approx(later["duration_seconds"], abs=1e-3)
+        assert right_after["total_joules"] == pytest.approx(later["total_joules"], rel=1e-9)
+
+    unsettled = report("runs", f"--prometheus={victoria_metrics.url}", *selection, "--settle=0")
+    assert unsettled.returncode == 0, unsettled.stderr
+    assert json.loads(unsettled.stdout)["runs"][0]["duration_seconds"] == pytest.approx(later["duration_seconds"])
