@@ -18,7 +18,15 @@ from impact_reporter.appendix import FailedRun, comparison_report, set_report
 from impact_reporter.energy import run_figures
 from impact_reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
 from impact_reporter.prometheus import PartialResponse, PrometheusClient, PrometheusError, Series, parse_time
-from impact_reporter.runs import PrometheusRuns, Run, RunDataError, load_run_dirs, run_info_selectors, write_archive
+from impact_reporter.runs import (
+    DEFAULT_SETTLE_SECONDS,
+    PrometheusRuns,
+    Run,
+    RunDataError,
+    load_run_dirs,
+    run_info_selectors,
+    write_archive,
+)
 from impact_reporter.table import Listed, csv_frame, run_json, runs_table
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
@@ -72,7 +80,23 @@ def prometheus_parser() -> argparse.ArgumentParser:
     window.add_argument("--since", default="30d", metavar="DURATION", help="look back this far (default: %(default)s)")
     window.add_argument("--start", metavar="TIME", help="window start: RFC 3339 or unix seconds (overrides --since)")
     window.add_argument("--end", metavar="TIME", help="window end: RFC 3339, unix seconds or 'now' (default: now)")
+    window.add_argument(
+        "--settle",
+        type=settle_duration,
+        default=DEFAULT_SETTLE_SECONDS,
+        metavar="DURATION",
+        help="a run that ended less long ago, whose final samples are not all in the store yet, is listed as "
+        "still settling (not measured); 0 reports it as it is (default: 1m)",
+    )
     return parent
+
+
+def settle_duration(text: str) -> float:
+    """``--settle``'s seconds, in the duration grammar of ``--since``; a usage error otherwise."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 MATCH_HELP = 'label matchers on impact_run_info, e.g. \'{experiment="mobilenet",set="conv32"}\''
@@ -253,6 +277,11 @@ def http_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def run_reader(args: argparse.Namespace, url: str | None) -> PrometheusRuns:
+    """Reads runs from ``url`` (as ``prometheus_client`` picks it) with the command line's ``--settle``."""
+    return PrometheusRuns(prometheus_client(args, url), settle_seconds=getattr(args, "settle", DEFAULT_SETTLE_SECONDS))
+
+
 def time_window(args: argparse.Namespace) -> tuple[float, float]:
     now = time.time()
     end = parse_time(args.end, now=now) if args.end else now
@@ -279,10 +308,10 @@ def select_runs(args: argparse.Namespace) -> list[Run]:
     """The runs named by --run-dir, plus those --match finds (every run when neither is given)."""
     runs: list[Run] = []
     if args.run_dir:
-        runs += load_run_dirs(args.run_dir, lambda url: PrometheusRuns(prometheus_client(args, url)))
+        runs += load_run_dirs(args.run_dir, lambda url: run_reader(args, url))
     if args.match or not args.run_dir:
         start, end = args.window
-        runs += PrometheusRuns(prometheus_client(args, None)).load(args.match, start, end, progress_printer())
+        runs += run_reader(args, None).load(args.match, start, end, progress_printer())
     return runs
 
 
@@ -364,9 +393,15 @@ def list_runs(args: argparse.Namespace) -> None:
 
 
 def archive_runs(args: argparse.Namespace, runs: list[Run]) -> None:
+    """Archive every run that has figures; RunDataError afterwards naming those that were not (settling, no
+    start): an archive is read for good, so it must not keep a run's samples before they are complete."""
+    skipped = [run for run in runs if run.not_measured]
     for run in runs:
-        path = write_archive(run, args.out / run.run_id)
-        print(f"archived {run.run_id} ({len(run.samples)} samples) to {path.parent}")
+        if not run.not_measured:
+            path = write_archive(run, args.out / run.run_id)
+            print(f"archived {run.run_id} ({len(run.samples)} samples) to {path.parent}")
+    if skipped:
+        raise RunDataError(f"{len(skipped)} runs not archived: " + "; ".join(run.not_measured for run in skipped))
 
 
 def appendix_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[str, list[Run]]]:
@@ -385,11 +420,11 @@ def appendix_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 parser.error(f"--compare {name!r}: not one of the set names {names}")
     if args.run_dirs:
         return [
-            (name, load_run_dirs(dirs, lambda url: PrometheusRuns(prometheus_client(args, url))))
+            (name, load_run_dirs(dirs, lambda url: run_reader(args, url)))
             for name, dirs in zip(names, args.run_dirs, strict=True)
         ]
     start, end = args.window
-    reader = PrometheusRuns(prometheus_client(args, None))
+    reader = run_reader(args, None)
     return [
         (name, reader.load([match], start, end, progress_printer()))
         for name, match in zip(names, args.match, strict=True)
@@ -501,7 +536,7 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> None:
         def reader(url: str | None) -> PrometheusRuns:
-            return PrometheusRuns(prometheus_client(args, url))
+            return run_reader(args, url)
 
         sets = [(names[0], load_run_dirs(args.logdirs, reader))]
         if args.compare_dirs:

@@ -158,10 +158,12 @@ def run_figures(
 ) -> RunFigures:
     """Totals, power, hours, coverage and carbon of one run.
 
-    RunDataError when the run has no energy samples, or when its energy counters never moved: a run whose
-    counters stayed at 0 was not measured (its processes' CPU time was lost, or the hardware counters did not
-    move), and a zero would enter means and tests as a real figure.
+    RunDataError when the run was found without figures (``Run.not_measured``), has no energy samples, or when
+    its energy counters never moved: a run whose counters stayed at 0 was not measured (its processes' CPU time
+    was lost, or the hardware counters did not move), and a zero would enter means and tests as a real figure.
     """
+    if run.not_measured:
+        raise RunDataError(run.not_measured)
     samples = run.samples
     energy_rows = samples[samples["metric"] == "impact_run_energy_joules_total"]
     if energy_rows.empty:

@@ -18,18 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from experiment_impact_tracker.errors import RunDirError
 from experiment_impact_tracker.rundir import read_run_dir, write_run_dir
-from impact_reporter.prometheus import InstantSample, PrometheusClient
+from impact_reporter.prometheus import PrometheusClient
 
+RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
 RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
 SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
 DESCRIPTIVE = frozenset(
     {"__name__", "instance", "job", "run_id", "experiment", "set", "user", "pod_uid", "container_id"}
 )
 MATCHER = re.compile(r"\{.*\}", re.DOTALL)
+DEFAULT_SETTLE_SECONDS = 60.0
+"""How long after a run's end its final samples may still be on their way to the store (scrape interval,
+remote_write batching, VictoriaMetrics' 30 s ``-search.latencyOffset``): a report within it waits for them."""
 END_MARGIN_SECONDS = 300.0
 """Samples read past a run's end: finished runs stay exported a while, and their last scrape may come late."""
 MAX_QUERY_BYTES = 8192
@@ -71,6 +76,9 @@ class Run:
     ``instance``, ``component`` ("" for counters without one), ``timestamp`` (unix seconds) and ``value``.
     ``end_time`` is None for a run still active when it was read. ``methods`` says per component how its
     energy was obtained (``rapl``, ``nvml``, ``estimate``), ``source`` where the run was read from.
+    ``not_measured`` is why the run has no figures although it was found ("" when it may have them): no start
+    time among its samples (``start_time`` is then its first sample's, or the window's start, only to list it),
+    or a run that ended too recently for its final samples to have reached the store.
     """
 
     run_id: str
@@ -84,6 +92,7 @@ class Run:
     methods: Mapping[str, str]
     samples: pd.DataFrame = field(repr=False, compare=False)
     source: str = ""
+    not_measured: str = ""
 
     @property
     def instances(self) -> tuple[str, ...]:
@@ -131,9 +140,17 @@ class _Found:
 class PrometheusRuns:
     """Reads runs from a Prometheus (or anything that speaks its HTTP API)."""
 
-    def __init__(self, client: PrometheusClient, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: PrometheusClient,
+        clock: Callable[[], float] = time.time,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    ) -> None:
+        """``settle_seconds``: a run that ended less long ago whose final samples (at or after its end, from every
+        node) are not all in the store yet is listed as not measured, still settling; 0 reports it as it is."""
         self._client = client
         self._clock = clock
+        self._settle_seconds = settle_seconds
 
     def load(
         self,
@@ -165,19 +182,29 @@ class PrometheusRuns:
     def _load_found(
         self, found: list[_Found], start: float, end: float, progress: Callable[[int, int, str], None] | None
     ) -> list[Run]:
-        window = max(1, math.ceil(end - start))
-        starts, ends, active = self._times(found, end, window)
-        hosts = self._hosts(end, window)
-        methods = self._methods(end, window)
+        starts, ends, active = self._times(found, start, end)
+        hosts = self._hosts(start, end)
+        methods = self._methods(start, end)
         runs = []
         for number, run in enumerate(found, 1):
             if progress is not None:
                 progress(number, len(found), run.run_id)
             key = (run.run_id, run.user) if (run.run_id, run.user) in starts else (run.run_id, UNSCOPED)
-            run_start = starts.get(key, start)
+            known_start = starts.get(key)
+            run_start = start if known_start is None else known_start
             run_end = None if active.get(key) else ends.get(key)
             read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
             samples = self._samples(run, run_start - 1.0, max(read_until, run_start))
+            if known_start is None:
+                not_measured = (
+                    f"run {run.run_id} has no impact_run_start_time_seconds sample between {_iso(start)} and "
+                    f"{_iso(end)}: its start is unknown, so no figure would be right; widen the window (--since, "
+                    "--start) to include its start"
+                )
+                if len(samples):
+                    run_start = float(samples["timestamp"].min())
+            else:
+                not_measured = self._settling(run, run_end, samples)
             runs.append(
                 Run(
                     run_id=run.run_id,
@@ -191,21 +218,42 @@ class PrometheusRuns:
                     methods=_merge_methods(methods, run.instances),
                     samples=samples,
                     source=self._client.url,
+                    not_measured=not_measured,
                 )
             )
         return sorted(runs, key=lambda run: (run.start_time, run.run_id))
 
+    def _settling(self, run: _Found, run_end: float | None, samples: pd.DataFrame) -> str:
+        """Why the run must wait ("" when it need not): it ended less than the settle time ago, and some node's
+        energy samples do not reach its end yet."""
+        if run_end is None:
+            return ""
+        ago = self._clock() - run_end
+        if ago >= self._settle_seconds:
+            return ""
+        energy = samples[samples["metric"] == "impact_run_energy_joules_total"]
+        newest = energy.groupby("instance")["timestamp"].max()
+        if all(newest.get(instance, -math.inf) >= run_end for instance in run.instances):
+            return ""
+        return (
+            f"run {run.run_id} is still settling: it ended {ago:.0f} s ago and the store does not hold its final "
+            f"samples from every node yet; report again in {self._settle_seconds - ago:.0f} s, or pass --settle=0 "
+            "to report it as it is"
+        )
+
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
         """The runs the selectors find, one per run id and user; RunDataError for a run id of several users.
 
-        A run counts only where its ``impact_run_info`` has a sample inside the window: ``/api/v1/series`` may
-        answer for more (VictoriaMetrics answers it from a per-day index).
+        A run counts only where its ``impact_run_info`` has a finite sample inside the window, read from the samples
+        themselves: ``/api/v1/series`` may answer for more (VictoriaMetrics answers it from a per-day index), and a
+        query evaluated at the window's end misses a series whose last sample there is a staleness marker
+        (VictoriaMetrics drops it).
         """
-        inside = self._info_in_window(start, end)
         by_run: dict[tuple[str, str], dict[str, Any]] = {}
-        for labels in self._client.series(selectors, start, end):
+        for series in (found for selector in selectors for found in self._client.raw_samples(selector, start, end)):
+            labels = {name: value for name, value in series.labels.items() if name != "__name__"}
             run_id = labels.get("run_id", "")
-            if not run_id or _info_key(labels) not in inside:
+            if not run_id or not np.isfinite(series.values).any():
                 continue
             entry = by_run.setdefault((run_id, labels.get("user", "")), {"labels": labels, "instances": []})
             if labels.get("instance", "") not in entry["instances"]:
@@ -217,51 +265,61 @@ class PrometheusRuns:
         _refuse_shared_run_ids(found)
         return found
 
-    def _info_in_window(self, start: float, end: float) -> set[tuple[str, str, str]]:
-        """(run id, user, instance) of every ``impact_run_info`` series with a sample in the window."""
-        window = max(1, math.ceil(end - start))
-        return {
-            _info_key(item.labels) for item in self._client.query(f"last_over_time(impact_run_info[{window}s])", end)
-        }
-
     def _times(
-        self, found: list[_Found], at: float, window: int
+        self, found: list[_Found], start: float, end: float
     ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
         """Per (run id, user): start (earliest over nodes), end (latest) and whether any node still has the run
-        active; asked in batches of runs whose queries stay under MAX_QUERY_BYTES."""
+        active (see _batch_times); asked in batches of runs whose queries stay under MAX_QUERY_BYTES."""
         starts: dict[RunKey, float] = {}
         ends: dict[RunKey, float] = {}
         active: dict[RunKey, bool] = {}
         for batch in run_batches(found):
-            batch_starts, batch_ends, batch_active = self._batch_times(batch, at, window)
+            batch_starts, batch_ends, batch_active = self._batch_times(batch, start, end)
             starts.update(batch_starts)
             ends.update(batch_ends)
             active.update(batch_active)
         return starts, ends, active
 
     def _batch_times(
-        self, found: list[_Found], at: float, window: int
+        self, found: list[_Found], start: float, end: float
     ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
+        """Per (run id, user): start (earliest over nodes), end (latest) and whether any node's newest sample says
+        the run is still active, all read from the raw samples in (start, end].
+
+        Read from the samples rather than evaluated at the window's end, these do not depend on when the store
+        considers its newest data complete (VictoriaMetrics answers queries near now as of 30 s earlier) nor on
+        how late remote_write delivers; stale markers (non-finite) are gaps.
+        """
         ids = _id_regex(run.run_id for run in found)
         users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in found} | {UNSCOPED})
-        selector = f'{{run_id=~"{ids}",user=~"{users}"}}[{window}s]'
-        starts = self._by_run(f"min by (run_id, user) (min_over_time(impact_run_start_time_seconds{selector}))", at)
-        ends = self._by_run(f"max by (run_id, user) (max_over_time(impact_run_end_time_seconds{selector}))", at)
-        active = self._by_run(f"max by (run_id, user) (last_over_time(impact_run_active{selector}))", at)
-        return starts, ends, {key: value == 1.0 for key, value in active.items()}
+        names = "|".join(RUN_TIMES)
+        selector = f'{{__name__=~"{names}",run_id=~"{ids}",user=~"{users}"}}'
+        starts: dict[RunKey, float] = {}
+        ends: dict[RunKey, float] = {}
+        active: dict[RunKey, bool] = {}
+        for series in self._client.raw_samples(selector, start, end):
+            values = series.values[np.isfinite(series.values)]
+            if not len(values):
+                continue
+            key = (series.labels.get("run_id", ""), series.labels.get("user", ""))
+            name = series.labels.get("__name__", "")
+            if name == "impact_run_start_time_seconds":
+                starts[key] = min(starts.get(key, math.inf), float(values.min()))
+            elif name == "impact_run_end_time_seconds":
+                ends[key] = max(ends.get(key, -math.inf), float(values.max()))
+            else:
+                active[key] = active.get(key, False) or float(values[-1]) == 1.0
+        return starts, ends, active
 
-    def _by_run(self, expr: str, at: float) -> dict[RunKey, float]:
-        return {
-            (item.labels.get("run_id", ""), item.labels.get("user", "")): item.value
-            for item in self._client.query(expr, at)
-            if isinstance(item, InstantSample)
-        }
+    def _info(self, metric: str, start: float, end: float) -> list[dict[str, str]]:
+        """The label sets of an info metric's series in [start, end]: its labels are its data, and reading them
+        from the series index does not depend on how recent data a store answers queries with."""
+        return self._client.series([metric], start, end)
 
-    def _hosts(self, at: float, window: int) -> dict[str, Host]:
-        gpus = self._gpus(at, window)
+    def _hosts(self, start: float, end: float) -> dict[str, Host]:
+        gpus = self._gpus(start, end)
         hosts = {}
-        for item in self._client.query(f"last_over_time(impact_host_info[{window}s])", at):
-            labels = item.labels
+        for labels in self._info("impact_host_info", start, end):
             instance = labels.get("instance", "")
             hosts[instance] = Host(
                 instance=instance,
@@ -274,21 +332,20 @@ class PrometheusRuns:
             )
         return hosts
 
-    def _gpus(self, at: float, window: int) -> dict[str, tuple[str, ...]]:
+    def _gpus(self, start: float, end: float) -> dict[str, tuple[str, ...]]:
         """Each instance's GPUs with their driver, in index order."""
         found: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for item in self._client.query(f"last_over_time(impact_gpu_info[{window}s])", at):
-            labels = item.labels
+        for labels in self._info("impact_gpu_info", start, end):
             index = int(labels.get("gpu", "0") or 0)
             found[labels.get("instance", "")].append(
                 (index, f"{labels.get('name', '')} (driver {labels.get('driver_version', '') or 'unknown'})")
             )
         return {instance: tuple(text for _, text in sorted(gpus)) for instance, gpus in found.items()}
 
-    def _methods(self, at: float, window: int) -> dict[str, dict[str, str]]:
+    def _methods(self, start: float, end: float) -> dict[str, dict[str, str]]:
         methods: dict[str, dict[str, str]] = defaultdict(dict)
-        for item in self._client.query(f"last_over_time(impact_energy_source_info[{window}s])", at):
-            methods[item.labels.get("instance", "")][item.labels.get("component", "")] = item.labels.get("method", "")
+        for labels in self._info("impact_energy_source_info", start, end):
+            methods[labels.get("instance", "")][labels.get("component", "")] = labels.get("method", "")
         return methods
 
     def _samples(self, run: _Found, start: float, end: float) -> pd.DataFrame:
@@ -308,7 +365,18 @@ class PrometheusRuns:
             for s in series
             if len(s)
         ]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
+        return finite_samples(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
+
+
+def finite_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``samples`` whose value is a finite number.
+
+    A store returns Prometheus' staleness markers (a target that stopped being scraped: an exporter restart, a
+    node gone after its run) as NaN samples, as VictoriaMetrics does; they mark a gap, not a value, so every
+    figure is computed over the finite samples alone, as Prometheus' own range selectors do.
+    """
+    finite = np.isfinite(pd.to_numeric(samples["value"], errors="coerce").to_numpy(dtype=float))
+    return samples if finite.all() else samples[finite].reset_index(drop=True)
 
 
 def _merge_methods(methods: Mapping[str, Mapping[str, str]], instances: Iterable[str]) -> dict[str, str]:
@@ -364,10 +432,6 @@ def run_batches(found: Sequence[_Found], budget: int = ID_BUDGET_BYTES) -> list[
         users.add(run.user)
         size += cost
     return batches + [batch] if batch else batches
-
-
-def _info_key(labels: Mapping[str, str]) -> tuple[str, str, str]:
-    return labels.get("run_id", ""), labels.get("user", ""), labels.get("instance", "")
 
 
 def _quoted(text: str) -> str:
@@ -433,7 +497,7 @@ def read_archive(directory: Path, record: Mapping[str, Any]) -> Run:
         end_time=None if record.get("end_time") is None else float(record["end_time"]),
         hosts=tuple(Host(**{**host, "gpus": tuple(host.get("gpus", ()))}) for host in record.get("hosts", [])),
         methods=dict(record.get("methods") or {}),
-        samples=samples[SAMPLE_COLUMNS],
+        samples=finite_samples(samples[SAMPLE_COLUMNS]),
         source=f"archive {directory}",
     )
 

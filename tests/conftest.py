@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.monitored import MonitoredNode, start_runs, wait_scraped
-from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer
+from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, VictoriaMetricsServer
 
 NODE_EXPORTER_POWERCAP = REPO_ROOT / "tests" / "fixtures" / "powercap-node_exporter"
 
@@ -19,6 +19,14 @@ NODE_EXPORTER_POWERCAP = REPO_ROOT / "tests" / "fixtures" / "powercap-node_expor
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A real Prometheus on a loopback port, shared by every integration test."""
     server = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetricsServer]:
+    """A real VictoriaMetrics on a loopback port, started once for the tests that compare stores."""
+    server = VictoriaMetricsServer(tmp_path_factory.mktemp("victoria-metrics"))
     yield server
     server.stop()
 

@@ -67,9 +67,16 @@ class PrometheusServer:
     """A private Prometheus that scrapes every second the targets tests add through file-based discovery, and
     evaluates the project's recording and alerting rules (deploy/prometheus/rules) every second."""
 
-    def __init__(self, workdir: Path, data_dir: Path | None = None, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        data_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+        remote_write_url: str | None = None,
+    ) -> None:
         """``data_dir`` holds the TSDB (default: ``workdir/data``), e.g. blocks backfilled with promtool;
-        ``extra_args`` are further Prometheus flags."""
+        ``extra_args`` are further Prometheus flags; ``remote_write_url`` is a store every sample is also written
+        to, within about a second."""
         self.binary = require_binary("prometheus", "apt-get install prometheus")
         self.workdir = workdir
         self.data_dir = data_dir or workdir / "data"
@@ -85,7 +92,7 @@ class PrometheusServer:
             "  - job_name: impact\n"
             "    file_sd_configs:\n"
             f"      - files: ['{self.targets_file}']\n"
-            "        refresh_interval: 1s\n"
+            "        refresh_interval: 1s\n" + remote_write_config(remote_write_url)
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -154,6 +161,61 @@ class PrometheusServer:
         result = self.query(f"{selector}[{window}]")
         assert len(result) == 1, f"expected one series for {selector}, got {result}"
         return [(float(t), float(v)) for t, v in result[0]["values"]]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def remote_write_config(url: str | None) -> str:
+    """Prometheus' ``remote_write`` section sending to ``url`` in batches at most 200 ms old ("" for None)."""
+    if url is None:
+        return ""
+    return f"remote_write:\n  - url: {url}\n    queue_config:\n      batch_send_deadline: 200ms\n"
+
+
+class VictoriaMetricsServer:
+    """A private single-node VictoriaMetrics (Debian's ``victoria-metrics``) on a loopback port, with its own
+    data directory; Prometheus remote-writes into it at ``write_url``, the reporter reads it at ``url``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = require_binary("victoria-metrics", "apt-get install victoria-metrics")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.write_url = f"{self.url}/api/v1/write"
+        self.log_file = workdir / "victoria-metrics.log"
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    f"-httpListenAddr=127.0.0.1:{self.port}",
+                    f"-storageDataPath={workdir / 'data'}",
+                    "-retentionPeriod=1d",
+                    "-loggerLevel=WARN",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._ready, 30, f"victoria-metrics to become ready (log: {self.log_file})")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"victoria-metrics exited with {self.process.returncode}: {self.log_file.read_text()[-2000:]}")
+        try:
+            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query result at the server's now, bypassing its response cache."""
+        response = requests.get(f"{self.url}/api/v1/query", params={"query": expr, "nocache": "1"}, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", body
+        return body["data"]["result"]
 
     def stop(self) -> None:
         self.process.terminate()

@@ -1,0 +1,213 @@
+"""impact-report against VictoriaMetrics, fed by a real Prometheus's remote_write, equals the same against Prometheus.
+
+VictoriaMetrics returns Prometheus' staleness markers as NaN samples: they appear wherever a target stopped being
+scraped (an exporter restarted mid-run; a finished run's node that went away). The reporter must read them as
+gaps, so that every figure, every output format and every archive is the same as from Prometheus, and finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.fakes.node import PID, Node
+from tests.reporter.test_report_runs import report, report_json
+from tests.servers import ExporterProcess, PrometheusServer, VictoriaMetricsServer, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+ENERGY = ("total_joules", "total_kwh", "kg_co2eq", "cpu_hours")
+TIMES = ("duration_seconds", "start_time", "end_time", "largest_gap_seconds")
+SHAPE = ("average_power_watts", "peak_power_watts", "coverage")
+"""Times are stored by VictoriaMetrics to about 12 significant digits: unix times in seconds to 1 ms, so times
+match to 1 ms and what divides by a duration of seconds to 1e-6 relative; energy counters match to 1e-9."""
+
+
+@pytest.fixture(scope="module")
+def writer(
+    victoria_metrics: VictoriaMetricsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """A Prometheus of its own that remote-writes everything it scrapes into the session VictoriaMetrics."""
+    server = PrometheusServer(tmp_path_factory.mktemp("remote-writer"), remote_write_url=victoria_metrics.write_url)
+    yield server
+    server.stop()
+
+
+def final_counter(store: Callable[[str], list[dict[str, Any]]], run_id: str) -> float | None:
+    """The run's cpu energy counter as ``store`` has it now (None when it has none)."""
+    result = store(f'sum(last_over_time(impact_run_energy_joules_total{{run_id="{run_id}",component="cpu"}}[10m]))')
+    return float(result[0]["value"][1]) if result else None
+
+
+def strict_json(text: str, what: str) -> Any:
+    """``text`` parsed as JSON that holds no NaN or Infinity (which Python's json would otherwise accept)."""
+
+    def refuse(constant: str) -> None:
+        pytest.fail(f"{what} holds {constant}: {text[:2000]}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def assert_finite_samples(path: Path) -> pd.DataFrame:
+    """An archive's samples.csv, whose every value is a finite number (pandas writes NaN as an empty field)."""
+    samples = pd.read_csv(path)
+    values = pd.to_numeric(samples["value"], errors="coerce").to_numpy(dtype=float)
+    assert len(samples) and np.isfinite(values).all(), f"{path} holds non-finite values"
+    return samples
+
+
+def test_stale_markers_from_a_restart_and_a_gone_node_are_gaps_and_every_output_equals_prometheus(
+    tmp_path: Path,
+    writer: PrometheusServer,
+    victoria_metrics: VictoriaMetricsServer,
+    start_exporter: Callable[..., ExporterProcess],
+) -> None:
+    node = Node(tmp_path / "node1")
+    port = free_port()
+    run_id = f"vm-{uuid.uuid4().hex[:8]}"
+    first = start_exporter(*node.flags(f"--web.listen-address=127.0.0.1:{port}", f"--state-dir={tmp_path / 's1'}"))
+    writer.add_target(first.address)
+    node.client().start_run("stores", set="a", pid=PID, run_id=run_id)
+    node.drive(2.0)
+    before = node.client().stop_run(run_id)["energy_joules"]["cpu"]
+    wait_for(lambda: final_counter(writer.query, run_id) == pytest.approx(before, rel=1e-12), 15, "the first part")
+    first.stop()
+    wait_for(lambda: not writer.query(f'up{{instance="{first.address}"}} == 1'), 15, "the restart to be seen")
+
+    second = start_exporter(*node.flags(f"--web.listen-address=127.0.0.1:{port}", f"--state-dir={tmp_path / 's2'}"))
+    writer.add_target(second.address)
+    node.client().start_run("stores", set="a", pid=PID, run_id=run_id)
+    node.drive(2.0)
+    after = node.client().stop_run(run_id)["energy_joules"]["cpu"]
+    wait_for(lambda: final_counter(writer.query, run_id) == pytest.approx(after, rel=1e-12), 15, "the second part")
+    writer.remove_target(second.address)  # the node goes away: every series of the finished run goes stale
+    second.stop()
+    stale = f'impact_run_energy_joules_total{{run_id="{run_id}",component="cpu"}}[10m]'
+    wait_for(
+        lambda: any(math.isnan(float(v)) for s in victoria_metrics.query(stale) for _, v in s["values"][-3:]),
+        30,
+        "VictoriaMetrics to hold the stale markers of the gone node",
+    )
+    wait_for(
+        lambda: final_counter(victoria_metrics.query, run_id) == pytest.approx(after, rel=1e-12),
+        30,
+        "VictoriaMetrics to hold the final counter",
+    )
+
+    selection = ("--since=10m", f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100")
+    figures = {}
+    for name, url in (("prometheus", writer.url), ("victoria-metrics", victoria_metrics.url)):
+        result = report("runs", "--format=json", f"--prometheus={url}", *selection)
+        assert result.returncode == 0, result.stderr
+        [figures[name]] = strict_json(result.stdout, f"runs --format=json from {name}")["runs"]
+    prom, vm = figures["prometheus"], figures["victoria-metrics"]
+    assert vm["energy_joules"]["cpu"] == pytest.approx(before + after, rel=1e-9)
+    assert vm["counter_resets"] == prom["counter_resets"] == 1
+    for component, joules in prom["energy_joules"].items():
+        assert vm["energy_joules"][component] == pytest.approx(joules, rel=1e-9)
+    for key in ENERGY:
+        assert vm[key] == pytest.approx(prom[key], rel=1e-9), key
+    for key in TIMES:
+        assert vm[key] == pytest.approx(prom[key], abs=1e-3), key
+    for key in SHAPE:
+        assert vm[key] == pytest.approx(prom[key], rel=1e-6), key
+    assert vm["duration_seconds"] > 3.0 and vm["coverage"] > 0.5
+
+    for name, url in (("prometheus", writer.url), ("victoria-metrics", victoria_metrics.url)):
+        out = tmp_path / f"archive-{name}"
+        archived = report(
+            "archive", f"--prometheus={url}", "--since=10m", f'--match={{run_id="{run_id}"}}', f"--out={out}"
+        )
+        assert archived.returncode == 0, archived.stderr
+    from_prom = assert_finite_samples(tmp_path / "archive-prometheus" / run_id / "samples.csv")
+    from_vm = assert_finite_samples(tmp_path / "archive-victoria-metrics" / run_id / "samples.csv")
+    assert len(from_vm) == len(from_prom)
+    assert from_vm["value"].sum() == pytest.approx(from_prom["value"].sum(), rel=1e-9)
+    [from_archive] = report_json(
+        f"--run-dir={tmp_path / 'archive-victoria-metrics' / run_id}",
+        "--carbon-intensity=100",
+        "--prometheus=http://127.0.0.1:9",
+    )["runs"]
+    assert from_archive["total_joules"] == pytest.approx(prom["total_joules"], rel=1e-9)
+
+    appendix = {}
+    for name, url in (("prometheus", writer.url), ("victoria-metrics", victoria_metrics.url)):
+        out = tmp_path / f"appendix-{name}"
+        result = report(
+            "appendix",
+            f"--prometheus={url}",
+            "--experiment-set-names",
+            "a",
+            f'--match={{run_id="{run_id}"}}',
+            "--carbon-intensity=100",
+            "--no-pdf",
+            f"--out={out}",
+        )
+        assert result.returncode == 0, result.stderr
+        appendix[name] = strict_json((out / "appendix.json").read_text(), f"appendix.json from {name}")
+    assert_same_document(appendix["victoria-metrics"], appendix["prometheus"], "appendix.json")
+
+
+def assert_same_document(left: Any, right: Any, where: str) -> None:
+    """Two JSON documents are equal but for the source URL and the store's precision: unix times to 1 ms, other
+    numbers to 1e-6 relative."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        assert set(left) - {"source"} == set(right) - {"source"}, where
+        for key in set(left) - {"source"}:
+            assert_same_document(left[key], right[key], f"{where}.{key}")
+    elif isinstance(left, list) and isinstance(right, list):
+        assert len(left) == len(right), where
+        for index, (a, b) in enumerate(zip(left, right, strict=True)):
+            assert_same_document(a, b, f"{where}[{index}]")
+    elif isinstance(left, float) or isinstance(right, float):
+        tolerance = {"abs": 1e-3} if abs(right) > 1e6 else {"rel": 1e-6}
+        assert left == pytest.approx(right, **tolerance), where
+    else:
+        assert left == right, where
+
+
+def test_a_report_right_after_a_run_is_right_or_says_the_run_is_settling(
+    tmp_path: Path,
+    writer: PrometheusServer,
+    victoria_metrics: VictoriaMetricsServer,
+    start_exporter: Callable[..., ExporterProcess],
+) -> None:
+    node = Node(tmp_path / "node1")
+    exporter = start_exporter(*node.flags())
+    writer.add_target(exporter.address)
+    run_id = f"vm-soon-{uuid.uuid4().hex[:8]}"
+    node.client().start_run("soon", pid=PID, run_id=run_id)
+    node.drive(3.0)
+    final = node.client().stop_run(run_id)
+    selection = ("--since=10m", f'--match={{run_id="{run_id}"}}', "--carbon-intensity=100", "--format=json")
+
+    soon = report("runs", f"--prometheus={victoria_metrics.url}", *selection)
+    [right_after] = strict_json(soon.stdout, "the report right after the run")["runs"]
+    if soon.returncode != 0:
+        assert "still settling" in right_after["not_measured"] and "--settle=0" in right_after["not_measured"]
+    end_time = f'impact_run_end_time_seconds{{run_id="{run_id}"}}'
+    wait_for(lambda: victoria_metrics.query(end_time), 30, "VictoriaMetrics to hold the run's end")
+    [later] = report_json(f"--prometheus={victoria_metrics.url}", *selection[:-1])["runs"]
+    [prom] = report_json(f"--prometheus={writer.url}", *selection[:-1])["runs"]
+    assert later["duration_seconds"] == pytest.approx(final["end_time"] - final["start_time"], abs=1e-3)
+    assert later["duration_seconds"] == pytest.approx(prom["duration_seconds"], abs=1e-3)
+    assert later["total_joules"] == pytest.approx(prom["total_joules"], rel=1e-9)
+    if soon.returncode == 0 and right_after["end_time"] is None:
+        # The store's newest samples still showed the run active: it is listed as running, up to them.
+        assert 0 < right_after["duration_seconds"] <= later["duration_seconds"] + 1e-3
+        assert 0 < right_after["total_joules"] <= later["total_joules"] * (1 + 1e-9)
+    elif soon.returncode == 0:
+        assert right_after["duration_seconds"] == pytest.approx(later["duration_seconds"], abs=1e-3)
+        assert right_after["total_joules"] == pytest.approx(later["total_joules"], rel=1e-9)
+
+    unsettled = report("runs", f"--prometheus={victoria_metrics.url}", *selection, "--settle=0")
+    assert unsettled.returncode == 0, unsettled.stderr
+    assert json.loads(unsettled.stdout)["runs"][0]["duration_seconds"] == pytest.approx(later["duration_seconds"])
