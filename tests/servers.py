@@ -63,9 +63,44 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
-class PrometheusServer:
+class LoopbackServer:
+    """A server program on a loopback port, its output in a log file; subclasses say how it starts and is probed."""
+
+    name: str
+    ready_path: str
+    url: str
+    log_file: Path
+    process: subprocess.Popen[bytes]
+
+    def launch(self, argv: Sequence[str]) -> None:
+        """Start ``argv`` with its output appended to the log, and wait until ``ready_path`` answers 200."""
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, 30, f"{self.name} to become ready (log: {self.log_file})")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"{self.name} exited with {self.process.returncode}: {self.log_file.read_text()[-2000:]}")
+        try:
+            return requests.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class PrometheusServer(LoopbackServer):
     """A private Prometheus that scrapes every second the targets tests add through file-based discovery, and
     evaluates the project's recording and alerting rules (deploy/prometheus/rules) every second."""
+
+    name = "prometheus"
+    ready_path = "/-/ready"
 
     def __init__(
         self,
@@ -102,28 +137,16 @@ class PrometheusServer:
     def start(self) -> None:
         """Start Prometheus on its port and data directory, and wait until it is ready; after ``stop()`` this
         restarts it with the samples it had stored (a test of an outage must never stop the session one)."""
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={self.config_file}",
-                    f"--storage.tsdb.path={self.data_dir}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                    *self.extra_args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._ready, 30, f"prometheus to become ready (log: {self.log_file})")
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            pytest.fail(f"prometheus exited with {self.process.returncode}: {self.log_file.read_text()[-2000:]}")
-        try:
-            return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        self.launch(
+            [
+                self.binary,
+                f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self.data_dir}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+                *self.extra_args,
+            ]
+        )
 
     def _write_targets(self) -> None:
         tmp = self.targets_file.with_suffix(".tmp")
@@ -162,14 +185,6 @@ class PrometheusServer:
         assert len(result) == 1, f"expected one series for {selector}, got {result}"
         return [(float(t), float(v)) for t, v in result[0]["values"]]
 
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 def remote_write_config(url: str | None) -> str:
     """Prometheus' ``remote_write`` section sending to ``url`` in batches at most 200 ms old ("" for None)."""
@@ -178,9 +193,12 @@ def remote_write_config(url: str | None) -> str:
     return f"remote_write:\n  - url: {url}\n    queue_config:\n      batch_send_deadline: 200ms\n"
 
 
-class VictoriaMetricsServer:
+class VictoriaMetricsServer(LoopbackServer):
     """A private single-node VictoriaMetrics (Debian's ``victoria-metrics``) on a loopback port, with its own
     data directory; Prometheus remote-writes into it at ``write_url``, the reporter reads it at ``url``."""
+
+    name = "victoria-metrics"
+    ready_path = "/health"
 
     def __init__(self, workdir: Path) -> None:
         self.binary = require_binary("victoria-metrics", "apt-get install victoria-metrics")
@@ -188,27 +206,15 @@ class VictoriaMetricsServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.write_url = f"{self.url}/api/v1/write"
         self.log_file = workdir / "victoria-metrics.log"
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"-httpListenAddr=127.0.0.1:{self.port}",
-                    f"-storageDataPath={workdir / 'data'}",
-                    "-retentionPeriod=1d",
-                    "-loggerLevel=WARN",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._ready, 30, f"victoria-metrics to become ready (log: {self.log_file})")
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            pytest.fail(f"victoria-metrics exited with {self.process.returncode}: {self.log_file.read_text()[-2000:]}")
-        try:
-            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        self.launch(
+            [
+                self.binary,
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                f"-storageDataPath={workdir / 'data'}",
+                "-retentionPeriod=1d",
+                "-loggerLevel=WARN",
+            ]
+        )
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query result at the server's now, bypassing its response cache."""
@@ -216,14 +222,6 @@ class VictoriaMetricsServer:
         body = response.json()
         assert body["status"] == "success", body
         return body["data"]["result"]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 class ExporterProcess:
