@@ -33,7 +33,6 @@ class RunTotals:
 @dataclass
 class _Entry:
     roots: tuple[int, ...]
-    owner: str = ""
     energy_joules: dict[str, float] = field(default_factory=dict)
     cpu_seconds: float = 0.0
     gpu_seconds: float = 0.0
@@ -56,15 +55,13 @@ class Ledger:
         energy_joules: Mapping[str, float] | None = None,
         cpu_seconds: float = 0.0,
         gpu_seconds: float = 0.0,
-        owner: str = "",
     ) -> None:
         """Measure ``roots`` and their descendants for ``run_id``, starting from the given totals (by energy
-        domain); a run tracked already keeps its totals and only gets these roots. ``owner`` names whose run it
-        is: attribution keeps one owner's excess claims from shrinking another's share."""
+        domain); a run tracked already keeps its totals and only gets these roots."""
         with self._lock:
             entry = self._entries.get(run_id)
             if entry is None:
-                self._entries[run_id] = _Entry(tuple(roots), owner, dict(energy_joules or {}), cpu_seconds, gpu_seconds)
+                self._entries[run_id] = _Entry(tuple(roots), dict(energy_joules or {}), cpu_seconds, gpu_seconds)
             else:
                 entry.roots = tuple(roots)
             self._publish_roots()
@@ -78,11 +75,6 @@ class Ledger:
     def roots(self) -> Mapping[RunKey, tuple[int, ...]]:
         """Root PIDs of every tracked run: made when runs are tracked or untracked, not at each sample."""
         return self._roots
-
-    def owners(self) -> Mapping[RunKey, str]:
-        """The owner of every tracked run, by run key."""
-        with self._lock:
-            return MappingProxyType({key: entry.owner for key, entry in self._entries.items()})
 
     def add_usage(self, usage: Mapping[RunKey, GroupUsage]) -> None:
         """Add an interval's CPU time per run, and take what each run holds now; runs not tracked are ignored."""

@@ -182,7 +182,6 @@ class RunRegistry:
             {COMPONENT_DOMAINS[c]: joules for c, joules in run.energy_joules.items() if c in COMPONENT_DOMAINS},
             run.cpu_seconds,
             run.gpu_seconds,
-            owner=str(run.uid),
         )
 
     def start(self, request: StartRequest, caller_uid: int, caller_pid: int | None) -> tuple[Run, bool]:

@@ -278,10 +278,9 @@ class Sampler:
         self._pending = _Pending()
         if not pending.energy_joules:
             return
-        owners = self._ledger.owners()
         bases = {
             group: GroupShareBasis(
-                cpu_seconds=cpu, memory_bytes=float(self._usage[group].memory_bytes), owner=owners.get(group, "")
+                cpu_seconds=cpu, memory_bytes=float(self._usage[group].memory_bytes), owner=str(group.uid)
             )
             for group, cpu in pending.group_cpu_seconds.items()
             if group in self._usage

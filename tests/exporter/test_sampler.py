@@ -11,12 +11,15 @@ import pytest
 
 from impact_exporter.groups import ProcessGroups
 from impact_exporter.ledger import Ledger
+from impact_exporter.run import RunKey
 from impact_exporter.sampler import PROCFS, Sampler
 from impact_exporter.scheduling import ScrapesFirst
 from impact_exporter.sources.procfs import ProcFS
 from impact_exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
 from tests.fakes.procfs import FakeProc
+
+RUN = RunKey(0, "run")
 
 PACKAGE, DRAM = "intel-rapl:0", "intel-rapl:0:0"
 
@@ -101,13 +104,13 @@ def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
     child = subprocess.Popen([sys.executable, "-c", busy_loop])
     try:
         ledger = Ledger()
-        ledger.track("run", (child.pid,))
+        ledger.track(RUN, (child.pid,))
         sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), ledger=ledger)
         sampler.sample_once()
         threading.Event().wait(0.5)
         powercap.advance(PACKAGE, 20.0)
         sampler.sample_once()
-        totals = ledger.totals()["run"]
+        totals = ledger.totals()[RUN]
         assert totals.processes == 1 and totals.root_alive
         assert 0.2 < totals.cpu_seconds < 0.7
         assert 0.0 < totals.energy_joules["package"] <= 20.0
@@ -139,14 +142,14 @@ def test_a_baseline_taken_at_a_runs_start_counts_it_from_then_not_from_the_next_
     sampler = Sampler(proc.procfs(), ledger=ledger, groups=groups)
     sampler.sample_once()
 
-    ledger.track("run", (4242,))
-    groups.add_roots("run", (4242,))  # as a run's start does (RunRegistry.start)
+    ledger.track(RUN, (4242,))
+    groups.add_roots(RUN, (4242,))  # as a run's start does (RunRegistry.start)
     proc.run(4242, 30)  # right after registration, before any sample
     sampler.sample_once()
     proc.run(4242, 20)
     sampler.sample_once()
 
-    assert ledger.totals()["run"].cpu_seconds == pytest.approx(0.5)
+    assert ledger.totals()[RUN].cpu_seconds == pytest.approx(0.5)
 
 
 def test_a_sample_waits_at_its_next_pause_while_a_scrape_renders_and_then_completes(powercap: FakePowercap) -> None:

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from impact_exporter.ledger import Ledger
+from impact_exporter.run import RunKey
 from impact_exporter.sampler import Sampler
 from impact_exporter.sources.nvml import NvmlSource
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.fakes.procfs import FakeProc
+
+TRAIN_RUN, EVAL_RUN = RunKey(0, "train"), RunKey(0, "eval")
 
 TRAIN, EVAL, STRANGER = 4242, 4343, 5000
 IDLE_WATTS = 50.0
@@ -49,8 +52,8 @@ def nvml() -> FakeNvml:
 
 def sampler_for(proc: FakeProc, nvml: FakeNvml) -> tuple[Sampler, Ledger]:
     ledger = Ledger()
-    ledger.track("train", (TRAIN,))
-    ledger.track("eval", (EVAL,))
+    ledger.track(TRAIN_RUN, (TRAIN,))
+    ledger.track(EVAL_RUN, (EVAL,))
     return Sampler(
         proc.procfs(),
         ledger=ledger,
@@ -67,11 +70,11 @@ def test_gpu_energy_goes_to_the_runs_by_sm_share_and_idle_is_shared(proc: FakePr
     runs = ledger.totals()
 
     # GPU 0: 500 J, of which 100 J idle shared by its 2 processes; 400 J active, 60% to the run.
-    assert runs["train"].energy_joules["gpu"] == pytest.approx(0.6 * 400 + 100 / 2)
-    assert runs["train"].gpu_seconds == pytest.approx(0.6 * 2.0)
+    assert runs[TRAIN_RUN].energy_joules["gpu"] == pytest.approx(0.6 * 400 + 100 / 2)
+    assert runs[TRAIN_RUN].gpu_seconds == pytest.approx(0.6 * 2.0)
     # GPU 1 (power integrated at a constant 150 W): 300 J, 100 J idle all to the one process, 50% of 200 J active.
-    assert runs["eval"].energy_joules["gpu"] == pytest.approx(0.5 * 200 + 100)
-    assert runs["eval"].gpu_seconds == pytest.approx(1.0)
+    assert runs[EVAL_RUN].energy_joules["gpu"] == pytest.approx(0.5 * 200 + 100)
+    assert runs[EVAL_RUN].gpu_seconds == pytest.approx(1.0)
     attributed = sum(run.energy_joules["gpu"] for run in runs.values())
     assert attributed + snapshot.unattributed_joules["gpu"] == pytest.approx(500 + 300, rel=1e-9)
     assert snapshot.gpu_process_watts[(0, TRAIN)] == pytest.approx((0.6 * 400 + 50) / 2.0)
@@ -91,5 +94,5 @@ def test_a_lost_gpu_is_down_and_the_other_goes_on(proc: FakeProc, nvml: FakeNvml
     runs_after = ledger.totals()
     assert [gpu.up for gpu in after.gpus] == [True, False]
     assert after.gpus[1].energy_joules_total == before.gpus[1].energy_joules_total
-    assert runs_after["train"].energy_joules["gpu"] > runs_before["train"].energy_joules["gpu"]
-    assert runs_after["eval"].energy_joules["gpu"] == runs_before["eval"].energy_joules["gpu"]
+    assert runs_after[TRAIN_RUN].energy_joules["gpu"] > runs_before[TRAIN_RUN].energy_joules["gpu"]
+    assert runs_after[EVAL_RUN].energy_joules["gpu"] == runs_before[EVAL_RUN].energy_joules["gpu"]

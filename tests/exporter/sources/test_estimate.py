@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from impact_exporter.ledger import Ledger
+from impact_exporter.run import RunKey
 from impact_exporter.sampler import Sampler
 from impact_exporter.sources import HardwareNotFound, SourceError
 from impact_exporter.sources.energy import DomainEnergy, EnergyDomain, EnergyReading
@@ -30,6 +31,8 @@ from impact_exporter.sources.estimate import (
 )
 from impact_exporter.sources.procfs import CpuTimes
 from tests.fakes.procfs import FakeProc
+
+RUN = RunKey(0, "run")
 
 GOLD_6248 = "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
 
@@ -374,11 +377,11 @@ def test_the_sampler_attributes_estimated_energy_like_rapl(proc: FakeProc, clock
     proc.spawn(4242, ppid=1, start=1000)
     source = EstimateSource(proc.procfs(), tdp_watts=100, idle_fraction=0.1, clock=clock)
     ledger = Ledger()
-    ledger.track("run", (4242,))
+    ledger.track(RUN, (4242,))
     sampler = Sampler(proc.procfs(), energy=source, ledger=ledger)  # type: ignore[arg-type]
     sampler.sample_once()
     proc.advance(busy_ticks=100, idle_ticks=100, running={4242: 100})  # the run is all the busy time
     clock.now += 2.0
     snapshot = sampler.sample_once()
-    assert ledger.totals()["run"].energy_joules["package"] == pytest.approx(110.0)
+    assert ledger.totals()[RUN].energy_joules["package"] == pytest.approx(110.0)
     assert [z.name for z in snapshot.energy_domains] == ["estimate:package"]
