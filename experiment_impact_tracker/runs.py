@@ -488,9 +488,9 @@ def _standalone(
         reason = f"{unavailable}; and {_one_line(str(error))}"
         warn(f"not tracking {experiment!r}: {reason}")
         return None, reason
-    where = f"into {logdir}" if logdir is not None else "(pass a logdir to keep its samples)"
+    where = f"into {logdir}" if logdir is not None else "(give it a logdir to keep its samples)"
     notes = "".join(f"; {_one_line(note)}" for note in monitor.notes)
-    warn(f"{unavailable}; so {experiment!r} is measured by a {monitor.measured_by} {where}{notes}")
+    warn(f"{unavailable}; so {experiment!r} is measured without it, {monitor.measured_by}, {where}{notes}")
     return monitor, None
 
 

@@ -83,8 +83,9 @@ class MonitorSettings:
 
 
 def measured_by(sources: Sequence[str]) -> str:
-    """How reports name this mode: "standalone monitor (rapl, nvml)", the sources that measured energy."""
-    return f"standalone monitor ({', '.join(sources) or 'CPU time only'})"
+    """How run.json and every report name this mode: "standalone (rapl, nvml)", with the sources that measured the
+    run's energy (short: the appendix prints it in a column of a third of a paper column)."""
+    return f"standalone ({', '.join(sources) or 'CPU time only'})"
 
 
 def sample_rows(run: Run, instance: str, timestamp: float) -> str:
@@ -176,9 +177,7 @@ class Monitor:
 
     def ready(self) -> dict[str, Any]:
         """The ready line: what measures, on which host, and what the experiment should be told."""
-        gpus = (
-            [f"{gpu.name} (driver {self.gpu.driver_version or 'unknown'})" for gpu in self.gpu.gpus] if self.gpu else []
-        )
+        gpus = [f"{gpu.name} (driver {gpu.driver_version or 'unknown'})" for gpu in self.gpu.gpus] if self.gpu else []
         return {
             "event": "ready",
             "run": self.run_object(),
@@ -354,6 +353,9 @@ def main(argv: Sequence[str] | None = None, nvml: ModuleType | None = None) -> i
     except (SourceError, ValueError, OSError) as error:
         say({"event": "error", "error": str(error)}, out)
         return EXIT_FAILED
+    except Exception as error:  # a bug: the experiment must still hear why, not only "it exited"
+        say({"event": "error", "error": f"{type(error).__name__}: {error}"}, out)
+        raise
     say(monitor.ready(), out)
     os.set_blocking(out.fileno(), False)
     reason = monitor_loop(monitor, Commands(sys.stdin.fileno()), out, time.monotonic)
