@@ -6,7 +6,8 @@ One busy process (a numpy loop) is measured over the same window by the standalo
 exporter, 1 s samples, real /proc and sysfs: RAPL where readable, else the estimate) and by one CodeCarbon
 ``OfflineEmissionsTracker`` (measure_power_secs=1) in its own process; both processes' CPU seconds are scaled to an
 hour. Then the ported myapp script (tests/experiment_impact_tracker/test_standalone.py MYAPP) runs ``--repeats``
-times tracked and untracked (IMPACT_STANDALONE=0), alternately, and the ratio of the total wall times is printed.
+times tracked and untracked (without the tracker's calls), alternately, and the ratio of the total wall times is
+printed.
 
     python -m benchmarks.standalone [--seconds 60] [--steps 20000] [--repeats 3]
 """
@@ -66,10 +67,14 @@ def monitor_cpu_per_hour(seconds: float, workdir: Path, with_codecarbon: bool) -
 
 def script_seconds(workdir: Path, steps: int, tracked: bool) -> float:
     """Wall time of one run of the ported myapp script."""
-    env = {**os.environ, "IMPACT_EXPORTER": f"unix://{workdir}/none.sock", "IMPACT_STANDALONE": "1" if tracked else "0"}
+    env = {**os.environ, "IMPACT_EXPORTER": f"unix://{workdir}/none.sock"}
+    code = textwrap.dedent(MYAPP)
+    if not tracked:  # the original's untracked run: the same script without the tracker's calls
+        code = code.replace("tracker.launch_impact_monitor()", "None")
+        code = code.replace("tracker.get_latest_info_and_check_for_errors()", "None")
     started = time.monotonic()
     subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(MYAPP), str(workdir / f"exp-{tracked}"), str(steps)],
+        [sys.executable, "-c", code, str(workdir / f"exp-{tracked}"), str(steps)],
         check=True,
         capture_output=True,
         env=env,
