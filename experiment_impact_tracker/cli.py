@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import shutil
 import signal
@@ -24,7 +25,9 @@ from pathlib import Path
 
 from experiment_impact_tracker.client import ExporterClient, parse_address
 from experiment_impact_tracker.errors import ImpactTrackerError
+from experiment_impact_tracker.extras import require_extra
 from experiment_impact_tracker.runs import RUN_ID_ENV, Run
+from experiment_impact_tracker.standalone import StandaloneOptions
 
 log = logging.getLogger("experiment_impact_tracker")
 
@@ -55,8 +58,9 @@ environment:
   IMPACT_RUN_ID          default for --run-id; impact-run sets it for the command
   PROMETHEUS_URL         recorded in --logdir's run.json for the reporter (default http://localhost:9090)
 
-Without --strict, an exporter that cannot be reached (or refuses the run) is one warning line, and the command
-runs untracked.
+Without --strict, an exporter that cannot be reached is one warning line, and a standalone monitor measures the
+command (into --logdir, which impact-report and create-compute-appendix then read with no Prometheus); an
+exporter that refuses the run is one warning line, and the command runs untracked.
 """
 
 
@@ -118,7 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument(
         "--strict",
         action="store_true",
-        help=f"do not run CMD untracked: exit {EXIT_TRACKING_FAILED} when the run cannot be registered",
+        help=f"only an exporter may measure CMD: exit {EXIT_TRACKING_FAILED} when the run cannot be registered, "
+        "rather than measure it standalone or run it untracked",
+    )
+    standalone = parser.add_argument_group(
+        "without an exporter",
+        "when no exporter answers, a standalone monitor measures CMD with the exporter's own sources (RAPL, else "
+        "an estimate; NVIDIA GPUs through NVML) and writes its samples into --logdir",
+    )
+    standalone.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="[HOST]:PORT",
+        help="serve the run's /metrics here while it runs, for a Prometheus to scrape (needs the [exporter] extra)",
+    )
+    standalone.add_argument(
+        "--sample-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between two samples (default: %(default)s)",
+    )
+    standalone.add_argument(
+        "--path.sysfs", dest="sysfs", default="/sys", metavar="DIR", help="sysfs mount point (default: %(default)s)"
+    )
+    standalone.add_argument(
+        "--path.procfs", dest="procfs", default="/proc", metavar="DIR", help="procfs mount point (default: %(default)s)"
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]", help="the command to run")
     return parser
@@ -140,6 +169,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parse_address(args.exporter)
         except ImpactTrackerError as error:
             parser.error(f"--exporter: {error}")
+    if not (math.isfinite(args.sample_interval) and 0 < args.sample_interval <= 3600):
+        parser.error(f"--sample-interval={args.sample_interval}: must be more than 0 and at most 3600 seconds")
+    if args.listen_address is not None:
+        host, sep, port = args.listen_address.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            parser.error(f"--web.listen-address={args.listen_address!r}: expected [HOST]:PORT, for example :9878")
+        require_extra("impact-run --web.listen-address", "exporter", ["prometheus_client"])
     args.command = command
     return args
 
@@ -283,6 +319,12 @@ def run_command(
             strict=args.strict,
             client=client,
             command=args.command,
+            standalone=StandaloneOptions(
+                sample_interval_seconds=args.sample_interval,
+                sysfs=args.sysfs,
+                procfs=args.procfs,
+                listen_address=args.listen_address,
+            ),
         )
     except ImpactTrackerError as error:
         child.abandon()

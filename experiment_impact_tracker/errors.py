@@ -74,3 +74,7 @@ class RunUnhealthy(ImpactTrackerError):
 
 class RunDirError(ImpactTrackerError):
     """A run directory has no readable ``run.json``."""
+
+
+class MeasurementFailed(ImpactTrackerError):
+    """The standalone monitor (measuring a run without an exporter) cannot measure, or stopped measuring."""

@@ -27,6 +27,9 @@ from experiment_impact_tracker.errors import RunDirError
 from experiment_impact_tracker.gpu.nvidia import gpus_or_none
 
 RUN_JSON = "run.json"
+SAMPLES_CSV = "samples.csv"
+"""The samples of a run measured without an exporter (exporter/standalone.py), in ``impact-report archive``'s format."""
+PREVIOUS = "previous"
 FORMAT_VERSION = 1
 PROMETHEUS_URL_ENV = "PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://localhost:9090"
@@ -60,6 +63,25 @@ def write_run_dir(logdir: str | os.PathLike[str], record: dict[str, Any]) -> Pat
     path = Path(logdir) / RUN_JSON
     write_json_atomic(path, {"format": FORMAT_VERSION, **record})
     return path
+
+
+def set_aside_previous_run(logdir: Path) -> Path | None:
+    """Move the run that ``logdir`` holds (its run.json and samples.csv) into ``logdir/previous/<run id or time>``,
+    so a new run in the same directory overwrites nothing measured; where it went, or None when there was none."""
+    held = [logdir / name for name in (RUN_JSON, SAMPLES_CSV) if (logdir / name).exists()]
+    if not held:
+        return None
+    try:
+        name = str(json.loads((logdir / RUN_JSON).read_text()).get("run_id") or "")
+    except (OSError, ValueError, AttributeError):
+        name = ""
+    target = logdir / PREVIOUS / (name.replace("/", "_") or f"run-{int(os.path.getmtime(held[0]))}")
+    while target.exists():
+        target = target.with_name(target.name + "+")
+    target.mkdir(parents=True)
+    for path in held:
+        os.replace(path, target / path.name)
+    return target
 
 
 def read_run_dir(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -26,9 +26,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,17 +39,29 @@ from typing import Any, TypeVar
 from experiment_impact_tracker.client import ADDRESS_ENV, DEFAULT_ADDRESS, ExporterClient, Registration
 from experiment_impact_tracker.errors import (
     ExporterError,
+    ExporterUnavailable,
     ImpactTrackerError,
     RunNotTracked,
     RunUnhealthy,
     UnknownRun,
 )
 from experiment_impact_tracker.grafana import GrafanaAnnotator, GrafanaError, run_annotation
-from experiment_impact_tracker.rundir import describe_hardware, prometheus_url, write_run_dir
+from experiment_impact_tracker.rundir import (
+    SAMPLES_CSV,
+    describe_hardware,
+    prometheus_url,
+    set_aside_previous_run,
+    write_run_dir,
+)
+from experiment_impact_tracker.standalone import StandaloneMonitor, StandaloneOptions
 
 log = logging.getLogger("experiment_impact_tracker")
 
 RUN_ID_ENV = "IMPACT_RUN_ID"
+MEASURED_BY_EXPORTER = "impact-exporter"
+STANDALONE_ENV = "IMPACT_STANDALONE"
+"""``0``, ``no`` or ``off``: where no exporter answers, run untracked (as before standalone measurement) rather
+than measure the run with a standalone monitor."""
 STALE_AFTER_SECONDS = 10.0
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,6 +89,8 @@ class Run:
         hardware: dict[str, Any] | None,
         command: list[str] | None,
         environ: Mapping[str, str],
+        monitor: StandaloneMonitor | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.experiment = experiment
         self.set = set
@@ -84,10 +101,14 @@ class Run:
         self.logdir = logdir
         self.command = command
         self.final: dict[str, Any] | None = None
-        self.start_time: float = (registration.run.get("start_time") if registration else None) or time.time()
+        known = registration.run if registration else monitor.ready["run"] if monitor else {}
+        self.start_time: float = known.get("start_time") or time.time()
         self.end_time: float | None = None
         self._client = client
         self._registration = registration
+        self._monitor = monitor
+        self._standalone_run_id = run_id
+        self._temporary_dir: Path | None = None
         self._strict = strict
         self._hardware = hardware
         self._prometheus_url = prometheus_url(environ)
@@ -109,26 +130,45 @@ class Run:
         client: ExporterClient | None = None,
         command: list[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        standalone: StandaloneOptions | None = None,
     ) -> Run:
         """Register ``pid`` (default: this process) and its descendants as a run, and write ``logdir/run.json``.
 
-        Label values are converted with ``str``. ``run_id`` defaults to ``$IMPACT_RUN_ID``. A tracking failure
-        raises (an ImpactTrackerError) with ``strict``, else logs one warning line and returns an untracked run.
-        A ``logdir`` that cannot be written raises OSError either way: the caller asked for it.
+        Label values are converted with ``str``. ``run_id`` defaults to ``$IMPACT_RUN_ID``. When no exporter
+        answers, the run is measured by a standalone monitor (experiment_impact_tracker/standalone.py, configured
+        by ``standalone``) into ``logdir``, after one warning line; with ``strict``, that is an error instead.
+        Other tracking failures (the exporter refused the run, the monitor cannot measure) raise an
+        ImpactTrackerError with ``strict``, else log one warning line and return an untracked run. A ``logdir``
+        that cannot be written raises OSError either way: the caller asked for it. A run already in ``logdir``
+        is moved into ``logdir/previous/`` with a warning, so nothing measured is overwritten.
         """
         env = os.environ if environ is None else environ
         if logdir is not None:
             Path(logdir).mkdir(parents=True, exist_ok=True)  # fail before registering, not after
+            moved = set_aside_previous_run(Path(logdir))
+            if moved is not None:
+                warn(f"{logdir} held a run already; it is moved to {moved}")
         text_labels = {str(name): str(value) for name, value in (labels or {}).items()}
         run_id = run_id or env.get(RUN_ID_ENV) or None
         # Described before registering, so that py-cpuinfo's second of work is not billed to the run.
         hardware = describe_hardware() if logdir is not None else None
         address = str(client.address) if client else env.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-        registration, reason = None, None
+        registration, reason, monitor = None, None, None
         try:
             client = client or ExporterClient(environ=env)
             address = str(client.address)
             registration = _register(client, experiment, set, text_labels, pid, run_id)
+        except ExporterUnavailable as error:
+            if strict:
+                raise
+            if not standalone_allowed(env):
+                reason = _one_line(str(error))
+                warn(f"not tracking {experiment!r}: {reason}")
+            else:
+                run_id = run_id or uuid.uuid4().hex
+                monitor, reason = _standalone(
+                    experiment, set, text_labels, pid, run_id, logdir, standalone, _one_line(str(error))
+                )
         except ImpactTrackerError as error:
             if strict:
                 raise
@@ -148,7 +188,11 @@ class Run:
             hardware=hardware,
             command=command,
             environ=env,
+            monitor=monitor,
+            run_id=run_id if monitor else None,
         )
+        if monitor is not None and logdir is None:
+            run._temporary_dir = monitor.run_dir
         if run.logdir is not None:
             try:
                 run.write()
@@ -159,25 +203,37 @@ class Run:
 
     @property
     def tracked(self) -> bool:
-        """Whether the exporter measures this run (False when registering it failed)."""
-        return self._registration is not None
+        """Whether the run is measured: by the exporter, or by a standalone monitor when no exporter answered."""
+        return self._registration is not None or self._monitor is not None
 
     @property
     def run_id(self) -> str | None:
-        """The exporter's id of the run; None when untracked."""
-        return self._registration.run["run_id"] if self._registration else None
+        """The run's id (the exporter's, or the standalone run's); None when untracked."""
+        if self._registration:
+            return self._registration.run["run_id"]
+        return self._standalone_run_id
 
     @property
     def created(self) -> bool:
         """Whether this process started the run (and so stops it), rather than joining one."""
-        return self._registration is not None and self._registration.created
+        return self._monitor is not None or (self._registration is not None and self._registration.created)
+
+    @property
+    def measured_by(self) -> str | None:
+        """What measures the run: "impact-exporter", or the standalone monitor and its sources; None untracked."""
+        if self._monitor is not None:
+            return self._monitor.measured_by
+        return MEASURED_BY_EXPORTER if self._registration is not None else None
 
     def info(self) -> dict[str, Any]:
         """The exporter's latest figures for the run (energy_joules, cpu_seconds, status, ...).
 
         Raises RunNotTracked for an untracked run, UnknownRun when the exporter no longer knows it,
-        ExporterUnavailable when the exporter cannot be reached.
+        ExporterUnavailable when the exporter cannot be reached, MeasurementFailed when the standalone monitor
+        stopped measuring.
         """
+        if self._monitor is not None:
+            return self._monitor.latest()
         if self._client is None or self.run_id is None:
             raise RunNotTracked(self.experiment, self.untracked_reason or "it was never registered")
         try:
@@ -198,7 +254,13 @@ class Run:
             return self.final
         self._stopped = True
         failure: ImpactTrackerError | None = None
-        if self._client is not None and self.run_id is not None:
+        if self._monitor is not None:
+            try:
+                self.final = self._monitor.stop()
+            except ImpactTrackerError as error:
+                failure = error
+                warn(f"cannot stop the standalone measurement of {self.experiment!r}: {_one_line(str(error))}")
+        elif self._client is not None and self.run_id is not None:
             try:
                 if self.created:
                     self.final = self._client.stop_run(self.run_id)
@@ -210,6 +272,8 @@ class Run:
         self.end_time = (self.final or {}).get("end_time") or time.time()
         if self.logdir is not None:
             self.write()
+        if self._temporary_dir is not None:
+            shutil.rmtree(self._temporary_dir, ignore_errors=True)
         if self._grafana is not None:
             self._annotate_in_grafana(self._grafana)
         if failure is not None and self._strict and raise_errors:
@@ -226,7 +290,12 @@ class Run:
     def _abandon(self) -> None:
         """Stop a run that was registered but cannot be handed out (its run.json failed), best effort."""
         self._stopped = True
-        if self._client is not None and self.run_id is not None and self.created:
+        if self._monitor is not None:
+            try:
+                self._monitor.stop()
+            except ImpactTrackerError:
+                pass
+        elif self._client is not None and self.run_id is not None and self.created:
             try:
                 self._client.stop_run(self.run_id)
             except ImpactTrackerError:
@@ -235,6 +304,9 @@ class Run:
     def record(self) -> dict[str, Any]:
         """What run.json holds (see experiment_impact_tracker.rundir)."""
         known = self.final or (self._registration.run if self._registration else {})
+        standalone = {}
+        if self._monitor is not None:  # what the reporter reads a run directory with samples.csv by (reporter/runs.py)
+            standalone = {"hosts": self._monitor.hosts, "methods": self._monitor.methods, "source": "standalone"}
         return {
             "run_id": self.run_id,
             "tracked": self.tracked,
@@ -253,6 +325,8 @@ class Run:
             "user": known.get("user") or _user_name(),
             "command": self.command,
             "final": self.final,
+            "measured_by": self.measured_by,
+            **standalone,
         }
 
     def write(self) -> Path | None:
@@ -304,11 +378,21 @@ def track_run(
     run_id: str | None = None,
     pid: int | None = None,
     client: ExporterClient | None = None,
+    standalone: StandaloneOptions | None = None,
 ) -> RunTracker:
     """Measure a block or function as one run of ``experiment``: ``with track_run(...) as run`` or
-    ``@track_run(...)``. See the module docstring for what happens when the exporter is away."""
+    ``@track_run(...)``. See the module docstring for what happens when the exporter is away; ``standalone``
+    configures the measurement then."""
     return RunTracker(
-        experiment, set=set, labels=labels, logdir=logdir, strict=strict, run_id=run_id, pid=pid, client=client
+        experiment,
+        set=set,
+        labels=labels,
+        logdir=logdir,
+        strict=strict,
+        run_id=run_id,
+        pid=pid,
+        client=client,
+        standalone=standalone,
     )
 
 
@@ -372,6 +456,42 @@ def _register(
             existing.get("experiment"),
         )
         return Registration(run=existing, created=False)
+
+
+def standalone_allowed(environ: Mapping[str, str]) -> bool:
+    """Whether a run no exporter answered for may be measured standalone (``$IMPACT_STANDALONE`` is not off)."""
+    return environ.get(STANDALONE_ENV, "").strip().lower() not in ("0", "no", "off", "false")
+
+
+def _standalone(
+    experiment: str,
+    set: str | None,  # noqa: A002
+    labels: Mapping[str, str],
+    pid: int | None,
+    run_id: str,
+    logdir: str | os.PathLike[str] | None,
+    options: StandaloneOptions | None,
+    unavailable: str,
+) -> tuple[StandaloneMonitor | None, str | None]:
+    """The standalone monitor of a run no exporter answered for, after one warning line saying so, how it is
+    measured and what the monitor noted (RAPL unreadable: estimated); (None, why) with a warning when it cannot
+    measure."""
+    run_dir = Path(logdir) if logdir is not None else Path(tempfile.mkdtemp(prefix="impact-run-"))
+    (run_dir / SAMPLES_CSV).write_text("metric,instance,component,timestamp,value\n")  # OSError here, not later
+    description = {"run_id": run_id, "experiment": experiment, "set": set or "", "labels": dict(labels)}
+    try:
+        monitor = StandaloneMonitor.start(
+            pid if pid is not None else os.getpid(), run_dir, {**description, "user": _user_name()}, options
+        )
+    except ImpactTrackerError as error:
+        (run_dir / SAMPLES_CSV).unlink(missing_ok=True)
+        reason = f"{unavailable}; and {_one_line(str(error))}"
+        warn(f"not tracking {experiment!r}: {reason}")
+        return None, reason
+    where = f"into {logdir}" if logdir is not None else "(give it a logdir to keep its samples)"
+    notes = "".join(f"; {_one_line(note)}" for note in monitor.notes)
+    warn(f"{unavailable}; so {experiment!r} is measured without it, {monitor.measured_by}, {where}{notes}")
+    return monitor, None
 
 
 def _grafana_annotator(environ: Mapping[str, str]) -> GrafanaAnnotator | None:

@@ -35,12 +35,11 @@ from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Sampler
 from impact_exporter.scheduling import ScrapesFirst
 from impact_exporter.settling import RunSettler
-from impact_exporter.sources import HardwareNotFound, SourceError
+from impact_exporter.sources import SourceError
 from impact_exporter.sources.energy import CpuEnergySource
-from impact_exporter.sources.estimate import EstimateSource
 from impact_exporter.sources.nvml import NvmlSource
+from impact_exporter.sources.opening import open_cpu_energy, open_gpus
 from impact_exporter.sources.procfs import MEMORY_PSS, MEMORY_RSS, ProcFS, parse_status_effective_capabilities
-from impact_exporter.sources.rapl import RaplSource
 from impact_exporter.store import open_store
 from impact_exporter.webconfig import WebConfig, load_web_config
 
@@ -426,26 +425,14 @@ def is_loopback(host: str) -> bool:
 
 def open_energy_source(settings: Settings, procfs: ProcFS) -> CpuEnergySource | None:
     """The CPU energy source ``--cpu.source`` asks for; SourceError when it cannot work on this machine."""
-    if settings.cpu_source == "none":
-        return None
-    if settings.cpu_source in ("auto", "rapl"):
-        rapl = RaplSource(settings.sysfs)
-        try:
-            rapl.check_readable()
-            return rapl
-        except SourceError as error:
-            if settings.cpu_source == "rapl":
-                raise
-            log.warning("RAPL cannot be used: %s", error)
-    estimate = EstimateSource(procfs, settings.cpu_tdp_watts, settings.cpu_idle_fraction, settings.dram_watts_per_gib)
-    estimate.check_readable()
-    log.warning(
-        "CPU energy is ESTIMATED from utilisation and a TDP of %.0f W (%s), not measured: expect errors of "
-        "30%% or more; reports mark it as estimated",
-        estimate.tdp_watts,
-        estimate.tdp_source,
+    return open_cpu_energy(
+        settings.cpu_source,
+        settings.sysfs,
+        procfs,
+        settings.cpu_tdp_watts,
+        settings.cpu_idle_fraction,
+        settings.dram_watts_per_gib,
     )
-    return estimate
 
 
 def open_server(
@@ -497,24 +484,7 @@ def warn_if_pss_is_unreadable(memory: str) -> None:
 
 def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlSource | None:
     """The NVML source ``--gpu.source`` asks for; ``nvml`` replaces the pynvml module (tests inject a fake)."""
-    if settings.gpu_source == "none":
-        return None
-    try:
-        source = NvmlSource(nvml=nvml, devices=settings.gpu_devices)
-    except HardwareNotFound as error:
-        if settings.gpu_source == "nvml":
-            raise
-        log.info("%s; no GPU metrics (--gpu.source=none silences this)", error)
-        return None
-    for gpu in source.gpus:
-        if gpu.mig_enabled:
-            log.warning(
-                "GPU %s (%s) is in MIG mode: NVML reports no per-process figures for it, so its energy is measured "
-                "but not attributed to runs",
-                gpu.index,
-                gpu.uuid,
-            )
-    return source
+    return open_gpus(settings.gpu_source, settings.gpu_devices, nvml)
 
 
 def check_paths(settings: Settings) -> None:

@@ -365,7 +365,7 @@ class RunRegistry:
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()
-                changed.append(self._settle_run(run, totals.get(run.key), measured, timestamp))
+                changed.append(settled_run(run, totals.get(run.key), measured, timestamp))
             for run in changed:
                 self._runs[run.key] = run
                 if not run.active:
@@ -415,27 +415,6 @@ class RunRegistry:
             log.info("run totals are persisted again")
             self._persist_failure = None
         return True
-
-    def _settle_run(self, run: Run, totals: RunTotals | None, measured: frozenset[str], timestamp: float) -> Run:
-        """The run with the ledger's totals; ``measured``: the energy domains the node measures."""
-        if totals is None or not totals.sampled:
-            return run
-        energy = {
-            component: totals.energy_joules.get(domain, 0.0)
-            for component, domain in COMPONENT_DOMAINS.items()
-            if domain in measured or domain in totals.energy_joules
-        }
-        ended = totals.processes == 0
-        if ended:
-            log.info("run %s ended: its processes are gone", run.run_id)
-        return replace(
-            run,
-            energy_joules=energy,
-            cpu_seconds=totals.cpu_seconds,
-            gpu_seconds=totals.gpu_seconds,
-            last_seen=run.last_seen if ended else timestamp,
-            end_time=(run.last_seen or timestamp) if ended else None,
-        )
 
     def _expire(self, now: float) -> None:
         """Drop finished runs past --runs.retain-finished, and each user's oldest beyond
@@ -487,6 +466,30 @@ class RunRegistry:
         return StoreUnavailable(
             f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
         )
+
+
+def settled_run(run: Run, totals: RunTotals | None, measured: frozenset[str], timestamp: float) -> Run:
+    """The run with the ledger's totals as of the sample at ``timestamp``, ended when its processes are all gone;
+    ``measured``: the energy domains the node measures. The registry and the standalone monitor
+    (exporter/standalone.py) both settle their runs with it."""
+    if totals is None or not totals.sampled:
+        return run
+    energy = {
+        component: totals.energy_joules.get(domain, 0.0)
+        for component, domain in COMPONENT_DOMAINS.items()
+        if domain in measured or domain in totals.energy_joules
+    }
+    ended = totals.processes == 0
+    if ended:
+        log.info("run %s ended: its processes are gone", run.run_id)
+    return replace(
+        run,
+        energy_joules=energy,
+        cpu_seconds=totals.cpu_seconds,
+        gpu_seconds=totals.gpu_seconds,
+        last_seen=run.last_seen if ended else timestamp,
+        end_time=(run.last_seen or timestamp) if ended else None,
+    )
 
 
 def already_finished(run_id: str) -> str:

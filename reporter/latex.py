@@ -197,7 +197,8 @@ def comparison_table(c: ComparisonReport) -> tuple[Table, list[str]]:
 
 
 def run_energy_table(figures: RunFigures) -> tuple[Unit, Table]:
-    """The run's energy per component and in total, all in one unit chosen for them."""
+    """The run's energy per component and in total, all in one unit chosen for them; the total says what measured
+    the run (the exporter, or a standalone monitor)."""
     by_component = {component: joules / 3.6e6 for component, joules in figures.energy_joules.items()}
     unit = unit_for("kWh", [*by_component.values(), figures.total_kwh_pue])
     rows = [
@@ -205,7 +206,7 @@ def run_energy_table(figures: RunFigures) -> tuple[Unit, Table]:
         for c, kwh in sorted(by_component.items())
     ]
     rows += [
-        Row("Total", (decimal(figures.total_kwh, factor=unit.factor),), "", 1),
+        Row("Total", (decimal(figures.total_kwh, factor=unit.factor),), f"by {escape(figures.run.measured_by)}", 1),
         Row(rf"Total with PUE {decimal(figures.pue)}", (decimal(figures.total_kwh_pue, factor=unit.factor),), "", 1),
     ]
     return unit, Table.of(rows, 1)

@@ -28,6 +28,8 @@ from impact_reporter.prometheus import PrometheusClient
 RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
 RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
 SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
+MEASURED_BY_EXPORTER = "impact-exporter"
+"""``Run.measured_by`` of runs an exporter measured (read from Prometheus, or archives of them)."""
 DESCRIPTIVE = frozenset(
     {"__name__", "instance", "job", "run_id", "experiment", "set", "user", "pod_uid", "container_id"}
 )
@@ -78,7 +80,9 @@ class Run:
     energy was obtained (``rapl``, ``nvml``, ``estimate``), ``source`` where the run was read from.
     ``not_measured`` is why the run has no figures although it was found ("" when it may have them): no start
     time among its samples (``start_time`` is then its first sample's, or the window's start, only to list it),
-    or a run that ended too recently for its final samples to have reached the store.
+    or a run that ended too recently for its final samples to have reached the store. ``measured_by`` is what
+    measured it: "impact-exporter", or the standalone monitor with its sources (exporter/standalone.py), as the
+    run directory's run.json says.
     """
 
     run_id: str
@@ -93,6 +97,7 @@ class Run:
     samples: pd.DataFrame = field(repr=False, compare=False)
     source: str = ""
     not_measured: str = ""
+    measured_by: str = MEASURED_BY_EXPORTER
 
     @property
     def instances(self) -> tuple[str, ...]:
@@ -111,6 +116,7 @@ class Run:
             "hosts": [{**host.__dict__, "gpus": list(host.gpus)} for host in self.hosts],
             "methods": dict(self.methods),
             "source": self.source,
+            "measured_by": self.measured_by,
         }
 
 
@@ -480,7 +486,7 @@ def load_run_dirs(
 
 
 def read_archive(directory: Path, record: Mapping[str, Any]) -> Run:
-    """A run saved by ``write_archive``: its run.json and its samples.csv."""
+    """A run saved by ``write_archive``, or measured by a standalone monitor: its run.json and its samples.csv."""
     try:
         samples = pd.read_csv(directory / ARCHIVE_SAMPLES, dtype={"component": str, "instance": str}).fillna(
             {"component": ""}
@@ -499,6 +505,7 @@ def read_archive(directory: Path, record: Mapping[str, Any]) -> Run:
         methods=dict(record.get("methods") or {}),
         samples=finite_samples(samples[SAMPLE_COLUMNS]),
         source=f"archive {directory}",
+        measured_by=str(record.get("measured_by") or MEASURED_BY_EXPORTER),
     )
 
 

@@ -160,7 +160,7 @@ def figure(item: Listed, value: Callable[[RunFigures], float | None]) -> float |
 
 def table_columns(listed: Sequence[Listed], wide: bool) -> list[Column]:
     """The columns of the table: the run's identity, when, how long, energy, carbon and coverage; with ``wide``
-    also energy per component, how each was obtained, and why a run was not measured."""
+    also energy per component, how each was obtained, what measured the run, and why a run was not measured."""
     runs = [item.run for item in listed]
     ids = [run.run_id for run in runs] if wide else short_ids([run.run_id for run in runs])
     columns = [
@@ -190,6 +190,7 @@ def table_columns(listed: Sequence[Listed], wide: bool) -> list[Column]:
             Column(f"{c} method", tuple(printable(item.run.methods.get(c, "")) for item in listed))
             for c in components(listed)
         ]
+        columns.append(Column("measured by", tuple(printable(item.run.measured_by) for item in listed)))
         if any(isinstance(item, FailedRun) for item in listed):
             columns.append(
                 Column(
@@ -244,7 +245,8 @@ def runs_table(
 
 def csv_frame(listed: Sequence[Listed]) -> pd.DataFrame:
     """One row per run with every figure at full precision: the same fixed columns on every machine (energy
-    and method of cpu, dram and gpu, empty where a run has none), then one ``label.<name>`` column per label
+    and method of cpu, dram and gpu, empty where a run has none, and what measured the run), then one
+    ``label.<name>`` column per label
     any run has. A run that was not measured has empty figures and its reason under ``not_measured``."""
     names = components(listed)
     label_names = sorted({name for item in listed for name in item.run.labels})
@@ -266,6 +268,7 @@ def csv_frame(listed: Sequence[Listed]) -> pd.DataFrame:
             "coverage": figures.coverage.fraction if figures else None,
         }
         row |= {f"{c}_method": run.methods.get(c) for c in names}
+        row["measured_by"] = run.measured_by
         row["not_measured"] = item.reason if isinstance(item, FailedRun) else None
         row |= {f"label.{name}": run.labels.get(name) for name in label_names}
         rows.append(row)
@@ -286,6 +289,7 @@ def csv_columns(component_names: Sequence[str], label_names: Sequence[str]) -> l
         "kgCO2eq",
         "coverage",
         *(f"{c}_method" for c in component_names),
+        "measured_by",
         "not_measured",
         *(f"label.{name}" for name in label_names),
     ]

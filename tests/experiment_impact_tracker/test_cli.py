@@ -23,9 +23,10 @@ IMPACT_RUN = [sys.executable, "-m", "experiment_impact_tracker"]
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """No exporter: every run here is untracked (and says so in one warning line)."""
+    """No exporter, and standalone measurement off (IMPACT_STANDALONE=0): every run here is untracked (and says so
+    in one warning line). tests/experiment_impact_tracker/test_standalone.py measures without an exporter."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("IMPACT_")}
-    return {**environment, "IMPACT_EXPORTER": f"unix://{tmp_path}/no-exporter.sock"}
+    return {**environment, "IMPACT_EXPORTER": f"unix://{tmp_path}/no-exporter.sock", "IMPACT_STANDALONE": "0"}
 
 
 def impact_run(

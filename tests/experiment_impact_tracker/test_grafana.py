@@ -166,6 +166,7 @@ def test_an_untracked_run_is_not_posted(
     tmp_path: Path, grafana: FakeGrafana, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/missing.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
     monkeypatch.setenv(URL_ENV, grafana.url)
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     with track_run("mobilenet") as run:

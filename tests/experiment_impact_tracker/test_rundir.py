@@ -64,6 +64,7 @@ def test_an_untracked_run_still_records_what_the_reporter_needs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/none.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
     monkeypatch.setenv("PROMETHEUS_URL", "http://prometheus.lab:9090")
     monkeypatch.delenv("IMPACT_RUN_ID", raising=False)
     logdir = tmp_path / "runs" / "seed0"
@@ -118,6 +119,7 @@ def test_an_unwritable_logdir_fails_before_the_experiment_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/none.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
     (tmp_path / "file").write_text("")
     entered = False
     with pytest.raises(OSError):

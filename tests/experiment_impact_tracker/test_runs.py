@@ -41,7 +41,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("kind", ["missing socket", "closed port"])
 def test_without_an_exporter_the_experiment_runs_after_one_warning_line(tmp_path: Path, kind: str) -> None:
     address = f"unix://{tmp_path}/api.sock" if kind == "missing socket" else f"http://127.0.0.1:{free_port()}"
-    result = run_python(EXPERIMENT, IMPACT_EXPORTER=address)
+    result = run_python(EXPERIMENT, IMPACT_EXPORTER=address, IMPACT_STANDALONE="0")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "epoch 1 done, tracked: False\nfinished\n"
     reason = "No such file or directory" if kind == "missing socket" else "Connection refused"
@@ -54,6 +54,7 @@ def test_without_an_exporter_the_experiment_runs_after_one_warning_line(tmp_path
 
 def test_strict_raises_before_the_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/api.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
     entered = False
     with pytest.raises(ExporterUnavailable, match="start impact-exporter"):
         with track_run("mobilenet", strict=True):
@@ -89,6 +90,7 @@ def test_the_decorator_returns_the_result_and_lets_exceptions_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/api.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
 
     @track_run("mobilenet", labels={"seed": "0"})
     def train(epochs: int) -> int:
@@ -107,6 +109,7 @@ def test_an_exception_in_the_block_propagates_and_the_run_still_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/api.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
     with pytest.raises(KeyError):
         with track_run("mobilenet", logdir=tmp_path / "run") as run:
             raise KeyError("boom")
@@ -116,6 +119,7 @@ def test_an_exception_in_the_block_propagates_and_the_run_still_ends(
 
 def test_info_of_an_untracked_run_says_why_it_is_untracked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/api.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
     with track_run("mobilenet") as run:
         assert run.run_id is None and not run.tracked
         with pytest.raises(RunNotTracked) as raised:
@@ -139,6 +143,7 @@ def test_the_seed_tracker_without_an_exporter_warns_at_launch_and_raises_when_ch
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMPACT_EXPORTER", f"unix://{tmp_path}/api.sock")
+    monkeypatch.setenv("IMPACT_STANDALONE", "0")
     tracker = ImpactTracker(tmp_path / "logs")
     with pytest.raises(ImpactTrackerError, match=r"call launch_impact_monitor\(\) first"):
         tracker.get_latest_info_and_check_for_errors()
