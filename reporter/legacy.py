@@ -108,14 +108,22 @@ class Placeholder:
         return f"<{type(self).__module__}.{type(self).__qualname__} placeholder>"
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What protocols 0-2 call to rebuild bytes (``_codecs.encode(text, "latin1")``), for that encoding only."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}, not latin1")
+    return text.encode("latin1")
+
+
 ALLOWED_CLASSES = {
+    ("_codecs", "encode"): _latin1_bytes,
     ("datetime", "datetime"): datetime.datetime,
     ("datetime", "date"): datetime.date,
     ("datetime", "time"): datetime.time,
     ("datetime", "timedelta"): datetime.timedelta,
     ("datetime", "timezone"): datetime.timezone,
 }
-"""The only classes an old info.pkl is given for real: their constructors take plain values and run nothing else."""
+"""The only callables an old info.pkl is given for real: they take plain values and run nothing else."""
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -158,7 +166,7 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
-        raise LegacyLogError(f"{path.parent}: this {FORMAT} has no {DATA_FILE}, with its power samples") from None
+        raise LegacyLogError(f"{path.parent}: this {FORMAT} has no {DATA_FILE} (its power samples)") from None
     except OSError as error:
         raise LegacyLogError(f"{path}: cannot read {DATA_FILE}: {error.strerror or error}") from None
     numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
@@ -362,7 +370,7 @@ def legacy_host(info: Mapping[str, Any]) -> Host:
     gpus = info.get("gpu_info") if isinstance(info.get("gpu_info"), list | tuple) else ()
     return Host(
         instance="",
-        hostname="not recorded",
+        hostname="(not recorded)",
         cpu_model=str(cpu.get("brand_raw") or cpu.get("brand") or ""),
         cpu_vendor=str(cpu.get("vendor_id_raw") or cpu.get("vendor_id") or ""),
         cpu_count=str(cpu.get("count") or ""),
