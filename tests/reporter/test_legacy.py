@@ -92,7 +92,8 @@ def original_additional_info(logdir: Path, pue: float) -> dict[str, float]:
 
 
 def appendix(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """create-compute-appendix run in this process: its exit status and its stderr."""
+    """create-compute-appendix run in this process: its exit status and its stderr (give --output_dir a temporary
+    directory: its default is the current one)."""
     status = seed_main([*args, "--carbon-intensity=300"])
     return status, capsys.readouterr().err
 
@@ -270,7 +271,8 @@ def test_an_unreadable_old_log_is_one_line_naming_the_format_and_what_is_wrong(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, message: str
 ) -> None:
     logdir = damaged(tmp_path, damage)
-    status, stderr = appendix(str(logdir), "--experiment_set_names", "Old", "--no-pdf", capsys=capsys)
+    out = ["--output_dir", str(tmp_path / "out"), "--no-pdf"]
+    status, stderr = appendix(str(logdir), "--experiment_set_names", "Old", *out, capsys=capsys)
     assert status == 1
     assert stderr.startswith("create-compute-appendix: ") and stderr.count("\n") == 1
     assert message in stderr
@@ -317,7 +319,8 @@ def test_a_hostile_info_pkl_runs_no_code(tmp_path: Path, capsys: pytest.CaptureF
     assert read["experiment_start"] == info["experiment_start"]
     with pytest.raises(RunDataError, match=r"info.pkl of this .* holds system, not a dict"):
         legacy.read_info(whole / "impacttracker" / "info.pkl")
-    status, stderr = appendix(str(inside), "--experiment_set_names", "x", "--no-pdf", capsys=capsys)
+    out = ["--output_dir", str(tmp_path / "out"), "--no-pdf"]
+    status, stderr = appendix(str(inside), "--experiment_set_names", "x", *out, capsys=capsys)
     assert status == 0, stderr
     assert not marker.exists(), "the unpickler ran code from info.pkl"
 
