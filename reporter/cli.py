@@ -121,7 +121,8 @@ def selection_parser() -> argparse.ArgumentParser:
         default=[],
         type=Path,
         metavar="DIR",
-        help="a run directory (run.json from track_run, impact-run or ImpactTracker, or an archive); repeat for more",
+        help="a run directory (run.json from track_run, impact-run or ImpactTracker, or an archive), an "
+        "experiment-impact-tracker 0.1 log directory, or a directory above them; repeat for more",
     )
     return parent
 
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=Path,
         metavar="DIR",
-        help="the run directories of one set; give the flag once per set, in the order of the names",
+        help="the run directories of one set (or experiment-impact-tracker 0.1 log directories, or directories above "
+        "them); give the flag once per set, in the order of the names",
     )
     appendix.add_argument(
         "--compare",
