@@ -21,11 +21,15 @@ import atexit
 import os
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import experiment_impact_tracker
 from experiment_impact_tracker.client import ExporterClient
+from experiment_impact_tracker.cpu.common import cpu_info
 from experiment_impact_tracker.errors import ImpactTrackerError
+from experiment_impact_tracker.gpu.nvidia import attribute, gpus_or_none
 from experiment_impact_tracker.runs import STALE_AFTER_SECONDS, Run, check_run_health
 from experiment_impact_tracker.standalone import StandaloneOptions
 
@@ -54,6 +58,31 @@ class ImpactTracker:
         self.run: Run | None = None
         self._client = client
         self._standalone = standalone
+        self._created = time.time()
+        self._hardware: dict[str, Any] | None = None
+
+    @property
+    def launched(self) -> bool:
+        """Whether ``launch_impact_monitor`` has run, as in the original (``run.tracked`` says whether an exporter
+        measures the run)."""
+        return self.run is not None
+
+    @property
+    def initial_info(self) -> dict[str, Any]:
+        """The original's one-time system information, as far as it still means something: ``cpu_info`` (py-cpuinfo,
+        with ``usable_cpus``), ``gpu_info`` (one dict per visible GPU, with the original's ``total_memory``; absent
+        without GPUs, as in the original), ``experiment_start`` (a naive local datetime: the run's start once
+        launched, else when the tracker was made) and ``experiment_impact_tracker_version``. The hardware is read
+        on first use (py-cpuinfo takes a second). No region is looked up: the reporter's --region says where."""
+        if self._hardware is None:
+            gpus = [{**gpu, "total_memory": attribute(gpu, "total_memory")} for gpu in gpus_or_none()]
+            self._hardware = {"cpu_info": cpu_info(), **({"gpu_info": gpus} if gpus else {})}
+        start = self.run.start_time if self.run is not None else self._created
+        return {
+            **self._hardware,
+            "experiment_start": datetime.fromtimestamp(start),
+            "experiment_impact_tracker_version": experiment_impact_tracker.__version__,
+        }
 
     def launch_impact_monitor(self) -> None:
         """Register this process as a run and write ``logdir/run.json``; the run stops at interpreter exit.

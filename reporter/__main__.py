@@ -1,4 +1,5 @@
-"""``python -m impact_reporter`` and the ``impact-report`` and ``create-compute-appendix`` commands."""
+"""``python -m impact_reporter`` and the ``impact-report``, ``create-compute-appendix`` and
+``generate-carbon-impact-statement`` commands."""
 
 from experiment_impact_tracker.extras import require_extra
 
@@ -20,6 +21,14 @@ def seed_main() -> int:
     from impact_reporter.cli import seed_main as appendix_main
 
     return appendix_main()
+
+
+def statement_main() -> int:
+    """Run ``generate-carbon-impact-statement``, or say which extra to install when it is missing."""
+    require_extra("generate-carbon-impact-statement", "reporter", REPORTER_MODULES)
+    from impact_reporter.cli import statement_main as print_statement
+
+    return print_statement()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 from impact_reporter.carbon import CarbonIntensity
 from impact_reporter.energy import RunFigures, run_figures
+from impact_reporter.legacy import is_power_samples
 from impact_reporter.runs import Run, RunDataError
 from impact_reporter.stats import Comparison, Summary, compare_all, holm_family, repeated_tests, summarize
 
@@ -36,6 +37,10 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("cpu_kwh", "CPU package energy", "kWh", lambda f: _component_kwh(f, "cpu"), ("cpu",)),
     Quantity("dram_kwh", "DRAM energy", "kWh", lambda f: _component_kwh(f, "dram"), ("dram",)),
     Quantity("gpu_kwh", "GPU energy", "kWh", lambda f: _component_kwh(f, "gpu"), ("gpu",)),
+    # experiment-impact-tracker 0.1 recorded CPU package and DRAM as one attributable power (reporter/legacy.py)
+    Quantity(
+        "cpu_dram_kwh", "CPU package and DRAM energy", "kWh", lambda f: _component_kwh(f, "cpu+dram"), ("cpu+dram",)
+    ),
     Quantity("total_kwh_pue", "PUE-adjusted energy", "kWh", lambda f: f.total_kwh_pue, None),
     Quantity("kg_co2eq", "Carbon emissions", "kg CO2eq", lambda f: f.kg_co2eq, None),
     Quantity("duration_hours", "Duration", "h", lambda f: f.duration_seconds / 3600.0),
@@ -43,6 +48,10 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("gpu_hours", "GPU time", "GPU-h", lambda f: f.gpu_hours),
     Quantity("average_power_watts", "Average power", "W", lambda f: f.average_power_watts, None, False),
 )
+
+
+def _method(figures: RunFigures, component: str) -> str:
+    return figures.run.methods.get(component) or "unknown"
 
 
 def _component_kwh(figures: RunFigures, component: str) -> float | None:
@@ -79,11 +88,19 @@ class SetReport:
         return [v for f in self.figures if (v := quantity.value(f)) is not None]
 
     def estimated(self, quantity: Quantity) -> bool:
-        """Whether the quantity rests on energy that was estimated rather than measured in some run."""
-        estimated = {c for f in self.figures for c, measured in f.measured.items() if not measured}
+        """Whether the quantity rests on energy that was estimated (modelled, not measured) in some run."""
+        return self._rests_on(quantity, lambda f, c: not f.measured.get(c) and not is_power_samples(_method(f, c)))
+
+    def sampled(self, quantity: Quantity) -> bool:
+        """Whether the quantity rests on energy integrated from an old log's sampled power readings in some run."""
+        return self._rests_on(quantity, lambda f, c: is_power_samples(_method(f, c)))
+
+    def _rests_on(self, quantity: Quantity, kind: Callable[[RunFigures, str], bool]) -> bool:
+        """Whether some run's energy of a component the quantity adds up is of this kind."""
+        found = {c for f in self.figures for c in f.energy_joules if kind(f, c)}
         if quantity.components is None:
-            return bool(estimated)
-        return bool(estimated & set(quantity.components))
+            return bool(found)
+        return bool(found & set(quantity.components))
 
     @property
     def cpu_models(self) -> frozenset[str]:
@@ -202,9 +219,14 @@ def _component_warnings(a: SetReport, b: SetReport) -> list[str]:
 
 
 def _how(methods: frozenset[tuple[str, bool]]) -> str:
-    """How a component's energy was obtained, in words: "measured by rapl", "estimated (estimate)"."""
+    """How a component's energy was obtained, in words: "measured by rapl", "integrated from experiment-impact-tracker
+    0.1 power samples", "estimated (estimate)"."""
     phrases = [
-        f"measured by {method}" if measured else f"estimated ({method})"
+        f"measured by {method}"
+        if measured
+        else f"integrated from {method}"
+        if is_power_samples(method)
+        else f"estimated ({method})"
         for method, measured in sorted(methods, key=lambda m: (not m[1], m[0]))
     ]
     return " and ".join(phrases)

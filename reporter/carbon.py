@@ -20,6 +20,7 @@ import functools
 import io
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
@@ -31,6 +32,8 @@ JOULES_PER_KWH = 3.6e6
 # Power usage effectiveness: facility energy / IT energy. 1.58 is the global average data-centre PUE of the
 # Uptime Institute's 2018 survey, the figure Henderson et al. (2020) use for experiment-impact-tracker.
 DEFAULT_PUE = 1.58
+OVERRIDE_PUE_ENV = "OVERRIDE_PUE"
+"""experiment-impact-tracker 0.1's environment variable for the PUE; ``--pue`` (or ``pue=``) takes precedence."""
 
 # IEA's 2019 world average carbon intensity of electricity generation, the fallback when nothing else is known.
 WORLD_AVERAGE_G_PER_KWH = 475.0
@@ -109,6 +112,22 @@ def check_pue(pue: float) -> float:
     if not (isinstance(pue, (int, float)) and math.isfinite(pue) and pue >= 1.0):
         raise ValueError(f"PUE must be a finite number >= 1.0 (facility energy / IT energy), not {pue!r}")
     return float(pue)
+
+
+def resolve_pue(flag: float | None, environ: Mapping[str, str]) -> float:
+    """The PUE to use: ``flag`` when given, else ``$OVERRIDE_PUE``, else DEFAULT_PUE; ValueError naming the one
+    that is not a finite number >= 1."""
+    if flag is not None:
+        return check_pue(flag)
+    text = environ.get(OVERRIDE_PUE_ENV, "").strip()
+    if not text:
+        return DEFAULT_PUE
+    try:
+        return check_pue(float(text))
+    except ValueError:
+        raise ValueError(
+            f"{OVERRIDE_PUE_ENV}={text!r}: the PUE must be a finite number >= 1.0 (facility energy / IT energy)"
+        ) from None
 
 
 def check_intensity(g_per_kwh: float) -> float:

@@ -17,6 +17,7 @@ from impact_reporter import carbon
 from impact_reporter.appendix import FailedRun, comparison_report, set_report
 from impact_reporter.energy import run_figures
 from impact_reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
+from impact_reporter.legacy import Totals, impact_totals
 from impact_reporter.prometheus import PartialResponse, PrometheusClient, PrometheusError, Series, parse_time
 from impact_reporter.runs import (
     DEFAULT_SETTLE_SECONDS,
@@ -28,6 +29,7 @@ from impact_reporter.runs import (
     write_archive,
 )
 from impact_reporter.table import Listed, csv_frame, run_json, runs_table
+from impact_reporter.typeset import literal
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 DEFAULT_PROMETHEUS = "http://localhost:9090"
@@ -119,7 +121,8 @@ def selection_parser() -> argparse.ArgumentParser:
         default=[],
         type=Path,
         metavar="DIR",
-        help="a run directory (run.json from track_run, impact-run or ImpactTracker, or an archive); repeat for more",
+        help="a run directory (run.json from track_run, impact-run or ImpactTracker, or an archive), an "
+        "experiment-impact-tracker 0.1 log directory, or a directory above them; repeat for more",
     )
     return parent
 
@@ -137,8 +140,8 @@ def carbon_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--pue",
         type=float,
-        default=carbon.DEFAULT_PUE,
-        help="power usage effectiveness of the facility (default: %(default)s, as in Henderson et al.)",
+        help=f"power usage effectiveness of the facility (default: ${carbon.OVERRIDE_PUE_ENV} if set, else "
+        f"{carbon.DEFAULT_PUE}, as in Henderson et al.)",
     )
     return parent
 
@@ -227,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=Path,
         metavar="DIR",
-        help="the run directories of one set; give the flag once per set, in the order of the names",
+        help="the run directories of one set (or experiment-impact-tracker 0.1 log directories, or directories above "
+        "them); give the flag once per set, in the order of the names",
     )
     appendix.add_argument(
         "--compare",
@@ -323,7 +327,7 @@ def interpret(args: argparse.Namespace) -> None:
     args.window = time_window(args)
     run_info_selectors(args.match)
     if hasattr(args, "pue"):
-        carbon.check_pue(args.pue)
+        args.pue = carbon.resolve_pue(args.pue, os.environ)
         args.intensity = carbon.resolve_intensity(
             flag_g_per_kwh=args.carbon_intensity, region=args.region, series_query=args.carbon_intensity_query
         )
@@ -441,39 +445,41 @@ def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]
     for built in write_appendix(args.out, list(reports.values()), comparisons, build=build):
         if built.overfull:
             print(
-                f"impact-report: warning: {built.pdf}: {len(built.overfull)} line(s) wider than the page; "
+                f"{args.prog}: warning: {built.pdf}: {len(built.overfull)} line(s) wider than the page; "
                 "please report it with the .tex file",
                 file=sys.stderr,
             )
     if not args.no_pdf and not build:
-        print(f"impact-report: wrote the .tex files but no PDF: {LATEX_INSTALL_HINT}", file=sys.stderr)
+        print(f"{args.prog}: wrote the .tex files but no PDF: {LATEX_INSTALL_HINT}", file=sys.stderr)
     if intensity.is_default:
         print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
     print(f"appendix written to {args.out}/ ({'PDF and ' if build else ''}.tex files, appendix.json)")
 
 
 def usage_problem(args: argparse.Namespace) -> int | None:
-    """EXIT_USAGE after one line on stderr if the flags cannot work; None when they can."""
+    """EXIT_USAGE after one line on stderr (prefixed with the command's name) if the flags cannot work; None when
+    they can."""
     try:
         interpret(args)
     except ValueError as error:
-        print(f"impact-report: {error}", file=sys.stderr)
+        print(f"{args.prog}: {error}", file=sys.stderr)
         return EXIT_USAGE
     return None
 
 
-def run_command(run: Callable[[], None]) -> int:
-    """Run a command's body, turning every user-facing failure into one line on stderr and an exit code."""
+def run_command(prog: str, run: Callable[[], None]) -> int:
+    """Run a command's body, turning every user-facing failure into one line on stderr, prefixed with the
+    command's name ``prog``, and an exit code."""
     try:
         run()
     except PartialResponse as error:
-        print(f"impact-report: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return EXIT_DATA
     except (PrometheusError, OSError) as error:
-        print(f"impact-report: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (RunDataError, LatexError) as error:
-        print(f"impact-report: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return EXIT_DATA
     return EXIT_OK
 
@@ -482,13 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``impact-report``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.prog = parser.prog
     if (problem := usage_problem(args)) is not None:
         return problem
     if args.command == "runs":
-        return run_command(lambda: list_runs(args))
+        return run_command(args.prog, lambda: list_runs(args))
     if args.command == "archive":
-        return run_command(lambda: archive_runs(args, select_runs(args)))
-    return run_command(lambda: write_appendices(args, appendix_sets(args, args.usage)))
+        return run_command(args.prog, lambda: archive_runs(args, select_runs(args)))
+    return run_command(args.prog, lambda: write_appendices(args, appendix_sets(args, args.usage)))
 
 
 def seed_parser() -> argparse.ArgumentParser:
@@ -499,7 +506,14 @@ def seed_parser() -> argparse.ArgumentParser:
         "<output_dir>/<set>/0.pdf ... N.pdf and summary.pdf per set, and <set 1>_v_<set 2>.pdf when "
         "--compare_dirs gives a second set. 'impact-report appendix' does the same from Prometheus queries.",
     )
-    parser.add_argument("logdirs", nargs="+", type=Path, metavar="DIR", help="run directories of the first set")
+    parser.add_argument(
+        "logdirs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="run directories of the first set: run.json's, or experiment-impact-tracker 0.1's log directories "
+        "(impacttracker/), or directories above them",
+    )
     parser.add_argument(
         "--experiment_set_names",
         nargs="+",
@@ -519,10 +533,37 @@ def seed_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ORIGINAL_HTML_FLAGS = (
+    "--site_spec",
+    "--title",
+    "--description",
+    "--experiment_set_filters",
+    "--executive_summary_variables",
+)
+"""Flags of experiment-impact-tracker 0.1.x's ``create-compute-appendix``, which built an HTML site from a JSON site
+spec of regex filters; this command builds LaTeX/PDF appendices from named sets of directories."""
+
+
+def original_html_flags(argv: Sequence[str]) -> list[str]:
+    """The ORIGINAL_HTML_FLAGS among ``argv`` (as ``--flag`` or ``--flag=value``), before the first ``--``."""
+    arguments = list(argv)
+    arguments = arguments[: arguments.index("--")] if "--" in arguments else arguments
+    return [flag for flag in ORIGINAL_HTML_FLAGS if any(a == flag or a.startswith(f"{flag}=") for a in arguments)]
+
+
 def seed_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``create-compute-appendix``, with the seed's flags."""
     parser = seed_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if html := original_html_flags(argv):
+        parser.error(
+            f"{', '.join(html)}: experiment-impact-tracker 0.1's HTML site is not built any more; this command writes "
+            "LaTeX/PDF appendices: give each set's directories, name the sets with --experiment_set_names (a second "
+            "set with --compare_dirs) and the output with --output_dir; 'impact-report appendix --match' selects "
+            "runs by label instead of regex filters"
+        )
     args = parser.parse_args(argv)
+    args.prog = parser.prog
     names = args.experiment_set_names
     if args.compare_dirs and len(names) != 2:
         parser.error("--compare_dirs needs two --experiment_set_names: the first set's and the second's")
@@ -543,4 +584,69 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
             sets.append((names[1], load_run_dirs(args.compare_dirs, reader)))
         write_appendices(args, sets)
 
-    return run_command(run)
+    return run_command(args.prog, run)
+
+
+CITATION = r"""@misc{henderson2020systematic,
+    title={Towards the Systematic Reporting of the Energy and Carbon Footprints of Machine Learning},
+    author={Peter Henderson and Jieru Hu and Joshua Romoff and Emma Brunskill and Dan Jurafsky and Joelle Pineau},
+    year={2020},
+    eprint={2002.05651},
+    archivePrefix={arXiv},
+    primaryClass={cs.CY}
+}"""
+COUNTRY_CODE = re.compile(r"[A-Z]{3}")
+
+
+def statement_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="generate-carbon-impact-statement",
+        parents=[prometheus_parser(), carbon_parser()],
+        description="The original experiment-impact-tracker command: print a paper's carbon impact statement (LaTeX) "
+        "with the energy and CO2eq of every run under the given directories: run directories, archives, and "
+        "experiment-impact-tracker 0.1 log directories, whose carbon uses the intensity they recorded unless "
+        "--carbon-intensity or --region is given.",
+    )
+
+
+def statement_text(totals: Totals, intensity: carbon.CarbonIntensity) -> str:
+    """The statement paragraph (LaTeX) for ``totals``, then the BibTeX entry it cites."""
+    sources = [intensity.source] if not intensity.is_default or totals.world_average else []
+    if totals.recorded:
+        sources.insert(0, "for experiment-impact-tracker 0.1 logs, the region average each recorded")
+    return (
+        f"This work contributed {totals.kg_co2eq:.3f} kg of $\\text{{CO}}_{{2eq}}$ to the atmosphere and used "
+        f"{totals.kwh_pue:.3f} kWh of electricity ({totals.runs} runs, {totals.hours:.3f} hours in all; the energy "
+        f"the machines used times a PUE of {totals.pue:g}; carbon intensity: {literal('; '.join(sources))}). This "
+        "statement and the carbon accounting were generated using \\emph{experiment-impact-tracker}"
+        f"~\\citep{{henderson2020systematic}}.\n\n{CITATION}"
+    )
+
+
+def statement_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``generate-carbon-impact-statement``: 0.1.x's positional country code is accepted and noted."""
+    parser = statement_parser()
+    parser.add_argument(
+        "logdirs", nargs="+", type=Path, metavar="DIR", help="run or log directories, or directories above them"
+    )
+    args = parser.parse_args(argv)
+    args.prog, args.match = parser.prog, []
+    last = args.logdirs[-1]
+    if len(args.logdirs) > 1 and COUNTRY_CODE.fullmatch(str(last)) and not last.exists():
+        args.logdirs.pop()
+        print(
+            f"{args.prog}: note: {last}: the social cost of carbon per country is not computed (0.1.x downloaded "
+            "its table at every run); the statement gives the energy and the CO2eq",
+            file=sys.stderr,
+        )
+    if (problem := usage_problem(args)) is not None:
+        return problem
+
+    def run() -> None:
+        reader = intensity_reader(args)
+        totals = impact_totals(args.logdirs, lambda url: run_reader(args, url), args.intensity, args.pue, reader)
+        print(statement_text(totals, args.intensity))
+        if totals.world_average:
+            print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
+
+    return run_command(args.prog, run)

@@ -151,6 +151,12 @@ class RunFigures:
 
 
 MEASURED_METHODS = frozenset({"rapl", "nvml-counter", "nvml-power"})
+"""Methods whose energy the exporter measured, so reports call it measured: hardware energy counters read at every
+sample (RAPL, NVML's total energy), or NVML's power integrated at the exporter's own sampling interval.
+
+Not among them: ``legacy.POWER_SAMPLES_METHOD``, experiment-impact-tracker 0.1's RAPL power averaged over 2 s and
+nvidia-smi's momentary draw, taken every few seconds and held in between by that tool (reports say "integrated
+from sampled power"), nor ``estimate`` (package power modelled from CPU utilisation and TDP)."""
 
 
 def run_figures(

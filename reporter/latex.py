@@ -37,6 +37,7 @@ from impact_reporter.appendix import (
 )
 from impact_reporter.carbon import WORLD_AVERAGE_NOTE
 from impact_reporter.energy import RunFigures
+from impact_reporter.legacy import is_power_samples
 from impact_reporter.stats import Comparison, Summary
 from impact_reporter.typeset import (
     Unit,
@@ -58,7 +59,7 @@ LATEX_PACKAGES = (
 )
 LATEX_INSTALL_HINT = f"install LuaLaTeX and fonts to build PDFs: sudo apt-get install {LATEX_PACKAGES}"
 PLOT_POINTS = 300
-COMPONENT_NAMES = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU"}
+COMPONENT_NAMES = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU", "cpu+dram": "CPU package and DRAM"}
 QUANTITY_BY_KEY = {q.key: q for q in QUANTITIES}
 WIDE_PAGES = frozenset({"comparison.tex"})
 """Pages with a ``.wide.fragment.tex``: their tables at full width, for ``table*`` across a two-column page."""
@@ -105,8 +106,11 @@ def component_name(component: str) -> str:
     return COMPONENT_NAMES.get(component, component)
 
 
-def quantity_label(quantity: Quantity, unit: Unit, estimated: bool = False) -> str:
-    return f"{escape(quantity.label)} ({unit.label}){', estimated' if estimated else ''}"
+def quantity_label(quantity: Quantity, unit: Unit, estimated: bool = False, sampled: bool = False) -> str:
+    """A quantity's row label with its unit, and whether some run's energy in it was estimated or integrated from an
+    old log's sampled power."""
+    caveats = (["estimated"] if estimated else []) + (["sampled power"] if sampled else [])
+    return f"{escape(quantity.label)} ({unit.label})" + "".join(f", {caveat}" for caveat in caveats)
 
 
 def summary_table(report: SetReport) -> tuple[Table, list[str]]:
@@ -121,7 +125,8 @@ def summary_table(report: SetReport) -> tuple[Table, list[str]]:
         cells = [str(summary.n)] + [
             decimal(v, factor=unit.factor) for v in (summary.mean, summary.sem, summary.ci_low, summary.ci_high)
         ]
-        rows.append(Row(quantity_label(quantity, unit, report.estimated(quantity)), (*cells, total)))
+        label = quantity_label(quantity, unit, report.estimated(quantity), report.sampled(quantity))
+        rows.append(Row(label, (*cells, total)))
         if summary.note and summary.n:
             notes.append(f"{escape(quantity.label)}: {escape(summary.note)}")
     return Table.of(rows, 6), list(dict.fromkeys(notes))
@@ -175,6 +180,7 @@ def comparison_table(c: ComparisonReport) -> tuple[Table, list[str]]:
             continue
         unit = unit_for(quantity.unit, [x.mean_a, x.mean_b, x.ci_low, x.ci_high])
         estimated = c.a.estimated(quantity) or c.b.estimated(quantity)
+        sampled = c.a.sampled(quantity) or c.b.sampled(quantity)
         cells = (
             decimal(x.mean_a, factor=unit.factor),
             decimal(x.mean_b, factor=unit.factor),
@@ -190,7 +196,8 @@ def comparison_table(c: ComparisonReport) -> tuple[Table, list[str]]:
         )
         repeats = x.same_test_as
         span = f"same test as {escape(QUANTITY_BY_KEY[repeats].label)}" if repeats else None
-        rows.append(Row(quantity_label(quantity, unit, estimated), cells, span, span_from=FIRST_TEST_COLUMN))
+        label = quantity_label(quantity, unit, estimated, sampled)
+        rows.append(Row(label, cells, span, span_from=FIRST_TEST_COLUMN))
         if x.note:
             notes.append(f"{escape(quantity.label)}: {escape(x.note)}")
     return Table.of(rows, 11), notes
@@ -231,10 +238,13 @@ def run_figures_table(figures: RunFigures) -> Table:
 
 
 def method_text(figures: RunFigures, component: str) -> str:
-    """How a component's energy was obtained: "measured (rapl)", or "estimated" with the method if it says more."""
+    """How a component's energy was obtained: "measured (rapl)", "integrated from sampled power (...)" for an old
+    log's, or "estimated" with the method if it says more."""
     name = figures.run.methods.get(component) or "unknown"
     if figures.measured.get(component):
         return f"measured ({escape(name)})"
+    if is_power_samples(name):
+        return f"integrated from sampled power ({escape(name)})"
     return "estimated" if name == "estimate" else f"estimated ({escape(name)})"
 
 
@@ -434,7 +444,14 @@ def run_context(title: str, figures: RunFigures) -> dict[str, Any]:
         "energy_unit": energy_unit,
         "energy": energy,
         "figures": run_figures_table(figures),
-        "estimated": [component_name(c) for c, measured in sorted(figures.measured.items()) if not measured],
+        "estimated": [
+            component_name(c)
+            for c, measured in sorted(figures.measured.items())
+            if not measured and not is_power_samples(run.methods.get(c, ""))
+        ],
+        "sampled": [
+            component_name(c) for c in sorted(figures.energy_joules) if is_power_samples(run.methods.get(c, ""))
+        ],
         "plot": power_plot(figures),
         "short": figures.duration_seconds <= figures.sample_interval_seconds,
         "interval": decimal(figures.sample_interval_seconds),

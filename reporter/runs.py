@@ -462,13 +462,20 @@ def load_run_dirs(
     prometheus: Callable[[str | None], PrometheusRuns],
     clock: Callable[[], float] = time.time,
 ) -> list[Run]:
-    """Runs from run directories: archived ones from their own files, the others from their Prometheus.
+    """Runs from run directories: archived ones and experiment-impact-tracker 0.1's logs from their own files, the
+    others from their Prometheus.
 
-    ``prometheus(url)`` gives the reader for a run.json's ``prometheus_url`` (the CLI's --prometheus, when
-    given, overrides it).
+    Each path may be a run directory, an old log's ``impacttracker/`` folder, or a directory under which they are
+    found (``legacy.run_directories``). ``prometheus(url)`` gives the reader for a run.json's ``prometheus_url``
+    (the CLI's --prometheus, when given, overrides it).
     """
+    from impact_reporter import legacy  # legacy builds Run objects from this module, so it imports it first
+
     runs = []
-    for directory in directories:
+    for directory in legacy.expand(directories):
+        if legacy.is_legacy_dir(directory):
+            runs.append(legacy.legacy_run(directory))
+            continue
         try:
             record = read_run_dir(directory)
         except RunDirError as error:

@@ -66,6 +66,12 @@ def _escape_word(word: str) -> str:
     return "".join(out)
 
 
+def literal(text: object) -> str:
+    """``text`` as LaTeX that prints it literally, without the break points of ``escape``: for running text that
+    someone pastes into a paper."""
+    return "".join(LATEX_SPECIAL.get(char, char) if char.isprintable() else "\ufffd" for char in str(text))
+
+
 def prose(text: str) -> str:
     """Our own sentences (notes, warnings) escaped, with command-line flags set in typewriter type."""
     parts = FLAG.split(text)

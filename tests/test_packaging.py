@@ -22,7 +22,13 @@ import pytest
 
 from tests.servers import IN_CI, REPO_ROOT
 
-COMMANDS = ["impact-exporter", "impact-report", "create-compute-appendix", "impact-run"]
+COMMANDS = [
+    "impact-exporter",
+    "impact-report",
+    "create-compute-appendix",
+    "generate-carbon-impact-statement",
+    "impact-run",
+]
 MODULES = ["impact_exporter", "impact_reporter", "experiment_impact_tracker"]
 HEAVY = ["pandas", "scipy", "statsmodels", "jinja2", "numpy"]
 """Distributions only the reporter needs; the base install must not bring them."""
@@ -118,7 +124,10 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     return replace(environment, base=frozenset(environment.distributions()), base_help=extra_commands_help(environment))
 
 
-EXTRA_SCRIPTS = {"exporter": ["impact-exporter"], "reporter": ["impact-report", "create-compute-appendix"]}
+EXTRA_SCRIPTS = {
+    "exporter": ["impact-exporter"],
+    "reporter": ["impact-report", "create-compute-appendix", "generate-carbon-impact-statement"],
+}
 EXTRA_MODULES = {"exporter": "impact_exporter", "reporter": "impact_reporter"}
 """The console scripts and the ``python -m`` module each extra brings."""
 

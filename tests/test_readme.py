@@ -22,6 +22,11 @@ COMMANDS = {
         "-c",
         "import sys; from impact_reporter.cli import seed_main; sys.exit(seed_main(sys.argv[1:]))",
     ],
+    "generate-carbon-impact-statement": [
+        sys.executable,
+        "-c",
+        "import sys; from impact_reporter.cli import statement_main; sys.exit(statement_main(sys.argv[1:]))",
+    ],
 }
 
 

@@ -5,9 +5,9 @@ Reproducing a paper's energy figures only makes sense on the same hardware, so a
     assert_cpus_by_attributes({"brand": "Intel(R) Xeon(R) CPU E5-2640 v3 @ 2.60GHz"})
 
 Keys are those of ``cpuinfo.get_cpu_info()`` (``brand_raw``, ``count``, ``arch``, ``vendor_id_raw``,
-``family``, ``model``, ``l3_cache_size``, ...); ``brand``, the key the original experiment-impact-tracker
-documented, is an alias of ``brand_raw``. py-cpuinfo takes about a second, so its answer is read once per
-process.
+``family``, ``model``, ``l3_cache_size``, ...), plus ``usable_cpus`` (the logical CPUs this process may run on, as
+the original experiment-impact-tracker added it); ``brand``, the key the original documented, is an alias of
+``brand_raw``. py-cpuinfo takes about a second, so its answer is read once per process.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from typing import Any
+
+import psutil
 
 from experiment_impact_tracker.errors import ImpactTrackerError
 
@@ -34,8 +36,18 @@ def _cached_cpu_info() -> Mapping[str, Any]:
 
 
 def cpu_info() -> dict[str, Any]:
-    """py-cpuinfo's description of this machine's CPU (read once per process; a copy each call)."""
-    return dict(_cached_cpu_info())
+    """py-cpuinfo's description of this machine's CPU (read once per process; a copy each call), with
+    ``usable_cpus``."""
+    return {**_cached_cpu_info(), "usable_cpus": usable_cpus()}
+
+
+def usable_cpus() -> int:
+    """How many logical CPUs this process may run on: its affinity mask (a Slurm or taskset limit), where the
+    platform has one, else every CPU."""
+    try:
+        return len(psutil.Process().cpu_affinity() or ())
+    except (AttributeError, psutil.Error):  # macOS has no affinity
+        return psutil.cpu_count() or 1
 
 
 def cpu_summary(info: Mapping[str, Any] | None = None) -> dict[str, Any]:

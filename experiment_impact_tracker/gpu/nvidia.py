@@ -20,6 +20,9 @@ first entry that names no GPU). Attributes, one dict per GPU:
 ``power_limit_watts``   float  power management limit
 ==================  =====  ==========================================================
 
+``total_memory``, the original experiment-impact-tracker's attribute, is an alias: ``memory_total_bytes`` as
+nvidia-smi printed it, ``"<MiB> MiB"`` (e.g. ``"40960 MiB"``).
+
 An attribute the GPU does not support (NVML_ERROR_NOT_SUPPORTED and the like) is ``None``. ``pynvml`` is imported
 lazily through experiment_impact_tracker/gpu/nvml.py (shared with the exporter); every function takes ``nvml=`` so
 tests can pass a fake module with the same functions.
@@ -34,6 +37,9 @@ from typing import Any
 from experiment_impact_tracker.errors import ImpactTrackerError
 from experiment_impact_tracker.gpu.nvml import cuda_version_text, cuda_visible_indices, import_pynvml, nvml_text
 
+MIB = 1 << 20
+ALIASES = {"total_memory": "memory_total_bytes"}
+"""The original experiment-impact-tracker's attribute names (nvidia-smi's) mapped to the attributes they read."""
 GPU_ATTRIBUTES = (
     "index",
     "name",
@@ -110,10 +116,11 @@ def assert_gpus_by_attributes(
     Also raised when no NVIDIA GPU is visible (an experiment that asserts GPUs must not run without them) and
     for a key that is not one of GPU_ATTRIBUTES.
     """
-    unknown = [key for key in attributes if key not in GPU_ATTRIBUTES]
+    unknown = [key for key in attributes if key not in GPU_ATTRIBUTES and key not in ALIASES]
     if unknown:
         raise GPUAttributeAssertionError(
-            f"unknown GPU attribute(s) {', '.join(map(repr, unknown))}; known: {', '.join(GPU_ATTRIBUTES)}"
+            f"unknown GPU attribute(s) {', '.join(map(repr, unknown))}; known: {', '.join(GPU_ATTRIBUTES)} "
+            f"(aliases: {', '.join(f'{alias} for {target}' for alias, target in ALIASES.items())})"
         )
     try:
         gpus = list_gpus(nvml, environ)
@@ -124,13 +131,21 @@ def assert_gpus_by_attributes(
             "no NVIDIA GPU is visible (NVML sees none, or CUDA_VISIBLE_DEVICES hides them all)"
         )
     problems = [
-        f"GPU {gpu['index']} ({gpu['name']}): {key} expected {expected!r}, found {gpu[key]!r}"
+        f"GPU {gpu['index']} ({gpu['name']}): {key} expected {expected!r}, found {attribute(gpu, key)!r}"
         for gpu in gpus
         for key, expected in attributes.items()
-        if gpu[key] != expected
+        if attribute(gpu, key) != expected
     ]
     if problems:
         raise GPUAttributeAssertionError("GPU does not match: " + "; ".join(problems))
+
+
+def attribute(gpu: Mapping[str, Any], key: str) -> Any:
+    """A GPU's attribute by its name or its alias: ``total_memory`` is ``memory_total_bytes`` as ``"<MiB> MiB"``."""
+    if key == "total_memory":
+        total = gpu.get("memory_total_bytes")
+        return None if total is None else f"{total // MIB} MiB"
+    return gpu[key]
 
 
 def _describe(nvml: Any, index: int, handle: Any, driver: Any, cuda: Any) -> dict[str, Any]:

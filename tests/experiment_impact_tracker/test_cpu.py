@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -69,3 +70,18 @@ def test_this_machine_matches_its_own_description_and_the_answer_is_cached() -> 
 def test_callers_cannot_change_the_cached_answer() -> None:
     cpu_info()["brand_raw"] = "tampered"
     assert cpu_info()["brand_raw"] != "tampered"
+
+
+def test_usable_cpus_is_this_process_s_affinity_as_in_the_original() -> None:
+    usable = len(os.sched_getaffinity(0))
+    assert cpu_info()["usable_cpus"] == usable
+    assert_cpus_by_attributes({"usable_cpus": usable})
+    with pytest.raises(CPUAttributeAssertionError, match=f"usable_cpus: expected {usable + 1}, found {usable}"):
+        assert_cpus_by_attributes({"usable_cpus": usable + 1})
+
+
+def test_the_original_exceptions_module_names_the_same_class() -> None:
+    from experiment_impact_tracker.cpu.exceptions import CPUAttributeAssertionError as Original
+
+    with pytest.raises(Original, match=r"brand_raw \(asked as 'brand'\): expected 'AMD'"):
+        assert_cpus_by_attributes({"brand": "AMD"}, info=XEON)

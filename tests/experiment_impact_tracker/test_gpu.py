@@ -157,3 +157,18 @@ def test_a_machine_without_nvml_has_no_gpus_for_records() -> None:
     with pytest.raises(NoNvidiaGPU, match="NVML cannot start"):
         list_gpus(fake_nvml([], init_error=LIBRARY_NOT_FOUND), NO_ENV)
     assert gpus_or_none(fake_nvml([], init_error=LIBRARY_NOT_FOUND), NO_ENV) == []
+
+
+def test_total_memory_is_the_original_s_name_for_memory_in_mib() -> None:
+    mib = H100.memory_total_bytes // (1 << 20)
+    assert_gpus_by_attributes({"total_memory": f"{mib} MiB", "name": H100.name}, fake_nvml([H100]), NO_ENV)
+    with pytest.raises(GPUAttributeAssertionError) as raised:
+        assert_gpus_by_attributes({"total_memory": "16160 MiB"}, fake_nvml([H100]), NO_ENV)
+    assert f"total_memory expected '16160 MiB', found '{mib} MiB'" in str(raised.value)
+
+
+def test_the_original_exceptions_module_names_the_same_class() -> None:
+    from experiment_impact_tracker.gpu.exceptions import GPUAttributeAssertionError as Original
+
+    with pytest.raises(Original, match="unknown GPU attribute"):
+        assert_gpus_by_attributes({"model": "A100"}, fake_nvml([A100]), NO_ENV)

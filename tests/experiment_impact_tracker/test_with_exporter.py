@@ -16,10 +16,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+import experiment_impact_tracker
 from experiment_impact_tracker import ExporterClient, ExporterError, ExporterUnavailable, UnknownRun, read_run_dir
 from experiment_impact_tracker.compute_tracker import ImpactTracker
 from experiment_impact_tracker.errors import RunUnhealthy
@@ -386,6 +388,26 @@ def test_the_seed_api_raises_when_the_exporter_is_gone_or_forgot_the_run(
         assert "restarted with another --state-dir" in str(raised.value)
     finally:
         tracker.stop()
+
+
+def test_the_seed_tracker_says_whether_it_launched_and_gives_its_initial_info(
+    client: ExporterClient, tmp_path: Path
+) -> None:
+    tracker = ImpactTracker(tmp_path / "logs", client=client)
+    assert not tracker.launched
+    before = tracker.initial_info["experiment_start"]
+    tracker.launch_impact_monitor()
+    try:
+        assert tracker.launched and tracker.run is not None and tracker.run.tracked
+        info = tracker.initial_info
+        assert info["experiment_start"] == datetime.fromtimestamp(tracker.run.start_time) >= before
+        assert info["cpu_info"]["usable_cpus"] == len(os.sched_getaffinity(0))
+        assert info["cpu_info"]["brand_raw"] == read_run_dir(tmp_path / "logs")["hardware"]["cpu"]["brand_raw"]
+        assert "gpu_info" not in info, "this machine has no GPU, and the original left the key out then"
+        assert info["experiment_impact_tracker_version"] == experiment_impact_tracker.__version__
+    finally:
+        tracker.stop()
+    assert tracker.launched
 
 
 def test_the_seed_api_raises_when_a_source_goes_down(
