@@ -11,7 +11,9 @@ member counted now. A vanished member is subtracted only when it died and its la
 (or a vanished member subtracted by the same rule): that parent's cutime then holds the child's whole life, so
 children that fork and exit between two samples are counted once. A vanished member whose parent is outside the
 group, or that is alive but orphaned to init, keeps its time up to the previous sample; later time is not the
-group's. A process under two roots of one group is counted once.
+group's. A process under two roots of one group is counted once. A group sampled with ``born_in`` (a cgroup run,
+exporter/cgroups.py) counts a new root's whole time when it started after the previous sample: born in the
+cgroup, it was the run's from its first tick.
 
 A root is usually reaped by a parent outside the group (impact-run, a shell, a job launcher), whose cutime then
 holds the root's final total. So each live root's parent is read with each sample (and with ``add_roots``'s
@@ -115,9 +117,13 @@ class ProcessGroups:
         self._added_lock = threading.Lock()
         self._last_created_pid: int | None = None
         self._children_lists: dict[int, list[int]] = {}  # the children of each member walked at the last sample
+        self._uptime_ticks: int | None = None  # clock ticks since boot at the start of the last sample (born_in)
 
     def sample(
-        self, roots: Mapping[str, Collection[int]], pause: Callable[[], None] = lambda: None
+        self,
+        roots: Mapping[str, Collection[int]],
+        pause: Callable[[], None] = lambda: None,
+        born_in: Collection[str] = (),
     ) -> dict[str, GroupUsage]:
         """Group id -> root PIDs in, group id -> usage since the previous call out. Forgets ids no longer passed.
 
@@ -131,6 +137,7 @@ class ProcessGroups:
         full read: when a root is added, a group loses a member, or the PIDs wrap around.)
         """
         known = self._children_lists_to_reuse(self._take_added_roots())
+        born_after, self._uptime_ticks = self._uptime_ticks, self._read_uptime_ticks() if born_in else None
         lists: dict[int, list[int]] = {}
         children = ChildLookup(self._procfs, self._files, lists, known)
         usage: dict[str, GroupUsage] = {}
@@ -151,6 +158,8 @@ class ProcessGroups:
         exited = self._exited_roots(walked)
         parents: dict[int, ProcStat | None] = {}
         for group_id, walk in walked.items():
+            if born_after is not None and group_id in born_in:
+                walk = _born_since(walk, born_after)
             usage[group_id], groups[group_id] = self._group_usage(
                 walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents
             )
@@ -159,6 +168,12 @@ class ProcessGroups:
         self._children_lists = lists
         self._files.close_unused()
         return usage
+
+    def _read_uptime_ticks(self) -> int | None:
+        try:
+            return self._procfs.uptime_ticks()
+        except SourceError:
+            return None
 
     def add_roots(self, group_id: str, root_pids: Collection[int]) -> None:
         """Record the baseline of ``root_pids`` and their descendants in the group now, not at the next sample.
@@ -213,7 +228,7 @@ class ProcessGroups:
         for group_id, roots, baseline, reapers in added:
             previous = self._groups.get(group_id)
             known = previous.roots if previous is not None else {}
-            if all(pid in known for pid in roots):
+            if previous is not None and all(pid in known for pid in roots):
                 continue
             members = {**baseline, **(previous.members if previous is not None else {})}
             kept = {**reapers, **(previous.reapers if previous is not None else {})}
@@ -416,6 +431,16 @@ class ProcessGroups:
         """Whether the process ``key`` still exists (it left the group without dying)."""
         stat = self._procfs.process(key[0], self._files)
         return stat is not None and stat.start_ticks == key[1]
+
+
+def _born_since(walk: _Walked, ticks: int) -> _Walked:
+    """``walk`` with the fresh members that started at ``ticks`` or later counted as members from their start: the
+    interval's CPU time then includes their whole total, as for a child forked in the group."""
+    born = {key: stat for key, stat in walk.fresh.items() if stat.start_ticks >= ticks}
+    if not born:
+        return walk
+    fresh = {key: stat for key, stat in walk.fresh.items() if key not in born}
+    return _Walked(walk.roots, {**walk.members, **born}, fresh)
 
 
 class ChildLookup:

@@ -1,8 +1,9 @@
 """The run model: what a run is, the request that starts one, and the errors a run request can meet.
 
-A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in exporter/groups.py)
-with descriptive labels. Runs are immutable: the registry (exporter/runs.py) replaces a run whenever its figures
-change, so a scrape that holds a run holds one consistent set of figures.
+A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in exporter/groups.py), or
+a cgroup (every process in it, exporter/cgroups.py), with descriptive labels. Runs are immutable: the registry
+(exporter/runs.py) replaces a run whenever its figures change, so a scrape that holds a run holds one consistent set
+of figures.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Run:
     last_seen: float | None = None
     gpu_seconds: float = 0.0
     placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
+    cgroup: str | None = None  # a cgroup run's cgroup, as exporter/cgroups.py writes it; None: a process run
 
     @property
     def key(self) -> RunKey:
@@ -102,3 +104,5 @@ class StartRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     pid: int | None = None
     run_id: str | None = None
+    cgroup: str | None = None  # a cgroup run (operators only), of the user ``uid`` (default: the caller)
+    uid: int | None = None

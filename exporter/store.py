@@ -35,17 +35,19 @@ class RunStore:
             last_seen REAL,
             gpu_seconds REAL NOT NULL DEFAULT 0,
             placement TEXT NOT NULL DEFAULT '{}',
+            cgroup TEXT,
             PRIMARY KEY (uid, run_id)
         )
     """
     INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_end_time ON runs (end_time)"
     COLUMNS = (
         "run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
-        "cpu_seconds, last_seen, gpu_seconds, placement"
+        "cpu_seconds, last_seen, gpu_seconds, placement, cgroup"
     )
     COLUMNS_ADDED = {  # stores made before a column existed get it
         "gpu_seconds": "REAL NOT NULL DEFAULT 0",
         "placement": "TEXT NOT NULL DEFAULT '{}'",
+        "cgroup": "TEXT",
     }
 
     def __init__(self, path: Path) -> None:
@@ -83,17 +85,18 @@ class RunStore:
     def insert(self, run: Run) -> None:
         """Store a new run; sqlite3.IntegrityError when its user already has a run of that id here, active or
         finished, even one the registry no longer keeps in memory."""
-        self._write_many(f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", self._rows([run]))
+        self._write_many(f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", self._rows([run]))
 
     def save(self, runs: Iterable[Run]) -> None:
         """Insert or update runs, all in one transaction: a run's row is only ever its own (same user, same id)."""
         self._write_many(
-            f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (uid, run_id) DO UPDATE SET experiment = excluded.experiment, run_set = excluded.run_set, "
             "labels = excluded.labels, "
             "user = excluded.user, processes = excluded.processes, start_time = excluded.start_time, "
             "end_time = excluded.end_time, energy_joules = excluded.energy_joules, cpu_seconds = excluded.cpu_seconds, "
-            "last_seen = excluded.last_seen, gpu_seconds = excluded.gpu_seconds, placement = excluded.placement",
+            "last_seen = excluded.last_seen, gpu_seconds = excluded.gpu_seconds, placement = excluded.placement, "
+            "cgroup = excluded.cgroup",
             self._rows(runs),
         )
 
@@ -145,6 +148,7 @@ class RunStore:
                 run.last_seen,
                 run.gpu_seconds,
                 json.dumps(dict(run.placement)),
+                run.cgroup,
             )
             for run in runs
         ]
@@ -180,6 +184,7 @@ class RunStore:
                 last_seen=row[11],
                 gpu_seconds=row[12],
                 placement=json.loads(row[13]),
+                cgroup=row[14],
             )
 
     def end(self, ends: Iterable[tuple[RunKey, float]]) -> None:
