@@ -210,17 +210,7 @@ class RunRegistry:
                 created = False
             else:
                 self._admit(caller_uid)
-                run = Run(
-                    run_id=request.run_id or uuid.uuid4().hex,
-                    experiment=request.experiment,
-                    set=request.set,
-                    labels=MappingProxyType(dict(request.labels)),
-                    uid=owner,
-                    user=user_name(owner),
-                    processes=(process,),
-                    start_time=self._clock(),
-                    placement=placement,
-                )
+                run = self._new_run(request, owner, processes=(process,), placement=placement)
                 created = True
             self._require_counted_once(pid, run.key, caller_uid)
             if created:
@@ -259,17 +249,7 @@ class RunRegistry:
                 return existing, False
             self._admit(caller_uid)
             members = self._require_cgroup_free(cgroup)
-            run = Run(
-                run_id=request.run_id or uuid.uuid4().hex,
-                experiment=request.experiment,
-                set=request.set,
-                labels=MappingProxyType(dict(request.labels)),
-                uid=owner,
-                user=user_name(owner),
-                processes=(),
-                start_time=self._clock(),
-                cgroup=str(cgroup),
-            )
+            run = self._new_run(request, owner, processes=(), cgroup=str(cgroup))
             self._insert(run)
             self._runs[run.key] = run
             self._publish()
@@ -318,6 +298,19 @@ class RunRegistry:
             for key, run in self._runs.items()
             if run.active and run.cgroup is not None and key != exclude
         }
+
+    def _new_run(self, request: StartRequest, owner: int, **held: object) -> Run:
+        """A run of user ``owner`` as ``request`` asks, starting now, holding ``held`` (processes, cgroup)."""
+        return Run(
+            run_id=request.run_id or uuid.uuid4().hex,
+            experiment=request.experiment,
+            set=request.set,
+            labels=MappingProxyType(dict(request.labels)),
+            uid=owner,
+            user=user_name(owner),
+            start_time=self._clock(),
+            **held,  # type: ignore[arg-type]
+        )
 
     def _take_registration(self, caller_uid: int) -> None:
         """Count one start against the caller's rate; TooManyRequests when the caller goes too fast."""
