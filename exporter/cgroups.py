@@ -138,12 +138,12 @@ class CgroupFS:
         return self.directory(cgroup).is_dir()
 
 
-def member_roots(procfs: ProcFS, pids: Collection[int], exclude: Collection[int] = ()) -> tuple[int, ...]:
-    """The members ``pids`` of a cgroup whose parent is not a member, but for ``exclude`` (roots of process runs:
-    a process counts in one run). The walk from these roots (exporter/groups.py) finds the other members."""
+def member_roots(procfs: ProcFS, pids: Collection[int]) -> tuple[int, ...]:
+    """The members ``pids`` of a cgroup whose parent is not a member. The walk from these roots
+    (exporter/groups.py) finds the other members."""
     members = set(pids)
     roots = []
-    for pid in sorted(members - set(exclude)):
+    for pid in sorted(members):
         try:
             stat = procfs.process(pid)
         except SourceError:
@@ -155,21 +155,22 @@ def member_roots(procfs: ProcFS, pids: Collection[int], exclude: Collection[int]
 
 def with_cgroup_roots(
     procfs: ProcFS, cgroupfs: CgroupFS, roots: Mapping[_K, tuple[int, ...]], cgroups: Mapping[_K, Cgroup]
-) -> dict[_K, tuple[int, ...]]:
-    """``roots`` (run -> root PIDs) with each cgroup run's roots as its cgroup holds them now. A process counts in
-    one run: a root of a process run, or a member of a cgroup run before it, is no cgroup run's root (a cgroup that
-    does not exist, or cannot be read, has none)."""
+) -> tuple[dict[_K, tuple[int, ...]], dict[int, _K]]:
+    """``roots`` (run -> root PIDs) with each cgroup run's roots as its cgroup holds them now, and the owner of
+    every process in a cgroup run: a process counts in one run, and a cgroup run, its operator's, comes first. A
+    process in the cgroups of two runs (of two v1 hierarchies) is the first's; a cgroup that does not exist, or
+    cannot be read, holds none. ProcessGroups.sample leaves the owned processes out of every other run's walk."""
     resolved = dict(roots)
-    claimed = {pid for key, pids in roots.items() if key not in cgroups for pid in pids}
+    owners: dict[int, _K] = {}
     for key, cgroup in cgroups.items():
         try:
             pids = cgroupfs.processes(cgroup) or []
         except SourceError as error:
             log.debug("cannot read the members of cgroup %s: %s", cgroup, error)
             pids = []
-        resolved[key] = member_roots(procfs, pids, claimed)
-        claimed.update(pids)
-    return resolved
+        mine = [pid for pid in pids if owners.setdefault(pid, key) == key]
+        resolved[key] = member_roots(procfs, mine)
+    return resolved, owners
 
 
 def cgroup_holding(procfs: ProcFS, pid: int, cgroups: Mapping[Cgroup, _K]) -> _K | None:

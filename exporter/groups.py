@@ -72,6 +72,7 @@ class _Group:
     roots: Mapping[int, int | None]
     members: Mapping[ProcKey, ProcStat]
     reapers: Mapping[ProcKey, ProcStat] = field(default_factory=dict)  # live root -> its parent outside the group
+    foreign: Mapping[ProcKey, ProcStat] = field(default_factory=dict)  # members' children that another group owns
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class _Walked:
     roots: Mapping[int, int | None]
     members: dict[ProcKey, ProcStat]
     fresh: dict[ProcKey, ProcStat]
+    foreign: dict[ProcKey, ProcStat] = field(default_factory=dict)  # children of members that another group owns
 
 
 class ProcessGroups:
@@ -124,8 +126,15 @@ class ProcessGroups:
         roots: Mapping[str, Collection[int]],
         pause: Callable[[], None] = lambda: None,
         born_in: Collection[str] = (),
+        owners: Mapping[int, str] | None = None,
     ) -> dict[str, GroupUsage]:
         """Group id -> root PIDs in, group id -> usage since the previous call out. Forgets ids no longer passed.
+
+        ``owners`` (PID -> group id: the members of cgroup runs, exporter/cgroups.py) take precedence over the
+        walks: a process another group owns is neither walked nor counted in this one, nor are its descendants, and
+        when a member reaps such a child, the child's total at the previous sample, already that group's, is taken
+        off the member's cutime. That group does not read the reaper (``_reapers``), so the child's time after the
+        previous sample counts here, once.
 
         Roots may be added to a group between calls; a root no longer passed stops being part of it. ``pause`` is
         called before each group (the sampler's lets a scrape go first, exporter/scheduling.py).
@@ -144,24 +153,31 @@ class ProcessGroups:
         groups: dict[str, _Group] = {}
         memory: dict[ProcKey, _Memory] = {}
         walked: dict[str, _Walked] = {}
+        owners = owners or {}
         for group_id, root_pids in roots.items():
             pause()
             previous = self._groups.get(group_id)
-            walk = self._walk_group(tuple(root_pids), previous, children)
+            own = [pid for pid in root_pids if owners.get(pid, group_id) == group_id]
+            foreign = _Foreign(owners, group_id)
+            walk = self._walk_group(tuple(own), previous, children, foreign)
             if (
                 known is not None
                 and previous is not None
                 and not previous.members.keys() <= (walk.members.keys() | walk.fresh.keys())
             ):
-                walk = self._walk_group(tuple(root_pids), previous, ChildLookup(self._procfs, self._files, lists))
+                foreign = _Foreign(owners, group_id)
+                lookup = ChildLookup(self._procfs, self._files, lists)
+                walk = self._walk_group(tuple(own), previous, lookup, foreign)
             walked[group_id] = walk
         exited = self._exited_roots(walked)
         parents: dict[int, ProcStat | None] = {}
+        members_of = {pid: group_id for group_id, walk in walked.items() for pid, _ in (*walk.members, *walk.fresh)}
         for group_id, walk in walked.items():
             if born_after is not None and group_id in born_in:
                 walk = _born_since(walk, born_after)
+            others = {pid for pid, owner in members_of.items() if owner != group_id}
             usage[group_id], groups[group_id] = self._group_usage(
-                walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents
+                walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents, others
             )
         self._groups = groups
         self._memory = memory
@@ -256,20 +272,25 @@ class ProcessGroups:
         return total
 
     def _walk_group(
-        self, root_pids: tuple[int, ...], previous: _Group | None, children: Callable[[int, int], list[int]]
+        self,
+        root_pids: tuple[int, ...],
+        previous: _Group | None,
+        children: Callable[[int, int], list[int]],
+        foreign: _Foreign | None = None,
     ) -> _Walked:
-        """The group's members now: those under roots it had (``members``) and under roots new to it (``fresh``)."""
+        """The group's members now: those under roots it had (``members``) and under roots new to it (``fresh``);
+        the children that ``foreign`` says another group owns are left out and kept in it."""
         known = previous.roots if previous is not None else {}
         roots = {pid: known[pid] if pid in known else self._start_ticks(pid) for pid in root_pids}
         members: dict[ProcKey, ProcStat] = {}
         for pid in root_pids:
             if pid in known:
-                self._walk(pid, roots[pid], children, members, self._files)
+                self._walk(pid, roots[pid], children, members, self._files, foreign)
         fresh: dict[ProcKey, ProcStat] = {}
         for pid in root_pids:
             if pid not in known:
-                self._walk(pid, roots[pid], children, fresh, self._files)
-        return _Walked(roots, members, fresh)
+                self._walk(pid, roots[pid], children, fresh, self._files, foreign)
+        return _Walked(roots, members, fresh, foreign.children if foreign is not None else {})
 
     def _group_usage(
         self,
@@ -278,10 +299,12 @@ class ProcessGroups:
         exited: Mapping[ProcKey, ProcStat],
         memory: dict[ProcKey, _Memory],
         parents: dict[int, ProcStat | None],
+        others: Collection[int] = (),
     ) -> tuple[GroupUsage, _Group]:
         """Usage of one group and the state to keep for the next sample; its members' memory readings go to
         ``memory``. ``exited``: its roots that died since the previous sample, with their final totals as their
-        reaper shows them (``_exited_roots``); ``parents``: the parents read in this sample, shared by groups."""
+        reaper shows them (``_exited_roots``); ``parents``: the parents read in this sample, shared by groups;
+        ``others``: the PIDs other groups hold now, whose reaping is theirs to count."""
         members, fresh = walk.members, walk.fresh
         if previous is None:
             cpu_seconds = 0.0
@@ -290,6 +313,8 @@ class ProcessGroups:
             cpu_seconds = self._interval_cpu(before, {**fresh, **members, **exited})
         else:  # the usual case: no root joined since the previous sample
             cpu_seconds = self._interval_cpu(previous.members, {**members, **exited} if exited else members)
+        if previous is not None and previous.foreign:
+            cpu_seconds = max(0.0, cpu_seconds - self._foreign_reaped(previous.foreign, walk))
         members.update(fresh)
         now = self._clock()
         usage = GroupUsage(
@@ -303,7 +328,18 @@ class ProcessGroups:
                 if start is not None
             ),
         )
-        return usage, _Group(walk.roots, members, self._reapers(walk.roots, members, parents, self._files))
+        reapers = self._reapers(walk.roots, members, parents, self._files, others)
+        return usage, _Group(walk.roots, members, reapers, walk.foreign)
+
+    def _foreign_reaped(self, foreign: Mapping[ProcKey, ProcStat], walk: _Walked) -> float:
+        """The CPU seconds, at the previous sample, of the children another group owned that a member has reaped
+        since: their parent's cutime now holds them, but they were that group's."""
+        present = walk.members.keys() | walk.fresh.keys()
+        return sum(
+            child.total_cpu_seconds
+            for key, child in foreign.items()
+            if key not in walk.foreign and not self._still_alive(key) and any(pid == child.ppid for pid, _ in present)
+        )
 
     def _reapers(
         self,
@@ -311,14 +347,16 @@ class ProcessGroups:
         members: Mapping[ProcKey, ProcStat],
         parents: dict[int, ProcStat | None],
         files: OpenFiles | None,
+        others: Collection[int] = (),
     ) -> dict[ProcKey, ProcStat]:
-        """Each live root's parent as it is now, where that parent is outside the group and not init: the process
-        that will reap the root and so hold its final CPU time. ``parents`` caches reads within one sample."""
+        """Each live root's parent as it is now, where that parent is outside the group, in no other group
+        (``others``: that group counts what it reaps) and not init: the process that will reap the root and so hold
+        its final CPU time. ``parents`` caches reads within one sample."""
         member_pids = {pid for pid, _ in members}
         reapers: dict[ProcKey, ProcStat] = {}
         for pid, start in roots.items():
             root = members.get((pid, start)) if start is not None else None
-            if root is None or root.ppid <= 1 or root.ppid in member_pids:
+            if root is None or root.ppid <= 1 or root.ppid in member_pids or root.ppid in others:
                 continue
             if root.ppid not in parents:
                 try:
@@ -382,9 +420,11 @@ class ProcessGroups:
         children: Callable[[int, int], list[int]],
         members: dict[ProcKey, ProcStat],
         files: OpenFiles | None,
+        foreign: _Foreign | None = None,
     ) -> None:
         """Add the root (when it is still the same process) and every descendant to ``members``, reading through
-        ``files`` (the sampling thread's open files, or None)."""
+        ``files`` (the sampling thread's open files, or None); a child ``foreign`` says another group owns goes
+        there instead, and its descendants nowhere."""
         root = self._procfs.process(root_pid, files) if root_start is not None else None
         if root is None or root.start_ticks != root_start or root.key in members:
             return
@@ -395,9 +435,12 @@ class ProcessGroups:
             for pid in children(parent.pid, parent.threads):
                 child = self._procfs.process(pid, files)
                 # The list can be stale by the time the child is read: the PID may have been reused meanwhile.
-                if child is not None and child.ppid == parent.pid and child.key not in members:
-                    members[child.key] = child
-                    stack.append(child)
+                if child is None or child.ppid != parent.pid or child.key in members:
+                    continue
+                if foreign is not None and foreign.owns(child):
+                    continue
+                members[child.key] = child
+                stack.append(child)
 
     def _interval_cpu(self, before: Mapping[ProcKey, ProcStat], now: Mapping[ProcKey, ProcStat]) -> float:
         """CPU seconds the group used since ``before``, following the rules in the module docstring, clamped at 0."""
@@ -433,6 +476,23 @@ class ProcessGroups:
         return stat is not None and stat.start_ticks == key[1]
 
 
+class _Foreign:
+    """Which children a group's walk leaves out: those ``owners`` gives to another group (exporter/cgroups.py);
+    each one met is kept in ``children``."""
+
+    def __init__(self, owners: Mapping[int, str], group_id: str) -> None:
+        self._owners = owners
+        self._group_id = group_id
+        self.children: dict[ProcKey, ProcStat] = {}
+
+    def owns(self, child: ProcStat) -> bool:
+        """Whether another group owns ``child`` (it is then kept in ``children``)."""
+        if self._owners.get(child.pid, self._group_id) == self._group_id:
+            return False
+        self.children[child.key] = child
+        return True
+
+
 def _born_since(walk: _Walked, ticks: int) -> _Walked:
     """``walk`` with the fresh members that started at ``ticks`` or later counted as members from their start: the
     interval's CPU time then includes their whole total, as for a child forked in the group."""
@@ -440,7 +500,7 @@ def _born_since(walk: _Walked, ticks: int) -> _Walked:
     if not born:
         return walk
     fresh = {key: stat for key, stat in walk.fresh.items() if key not in born}
-    return _Walked(walk.roots, {**walk.members, **born}, fresh)
+    return _Walked(walk.roots, {**walk.members, **born}, fresh, walk.foreign)
 
 
 class ChildLookup:

@@ -37,6 +37,15 @@ class Conflict(RunError):
     """The request contradicts the run as it is (finished, or other labels)."""
 
 
+class HeldByCgroupRun(Conflict):
+    """The process is in the cgroup of an active cgroup run of the caller's own (their Slurm job): that run
+    measures it. The 409 carries the run, so the client can record it instead of running unmeasured."""
+
+    def __init__(self, message: str, run: Run) -> None:
+        super().__init__(message)
+        self.run = run
+
+
 class StoreUnavailable(RunError):
     """Runs cannot be stored now, so none may start."""
 
@@ -81,6 +90,7 @@ class Run:
     gpu_seconds: float = 0.0
     placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
     cgroup: str | None = None  # a cgroup run's cgroup, as exporter/cgroups.py writes it; None: a process run
+    cgroup_populated: bool = False  # whether that cgroup has held processes: once it is gone, the run has ended
 
     @property
     def key(self) -> RunKey:

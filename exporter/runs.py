@@ -30,6 +30,7 @@ from impact_exporter.run import (
     COMPONENT_DOMAINS,
     Conflict,
     Forbidden,
+    HeldByCgroupRun,
     InvalidRequest,
     ProcessRef,
     Run,
@@ -81,7 +82,6 @@ class RunRegistry:
         (exporter/limits.py). ``cgroupfs`` is where cgroup runs' cgroups are (exporter/cgroups.py)."""
         self._procfs = procfs
         self._cgroupfs = cgroupfs if cgroupfs is not None else CgroupFS(Path("/sys/fs/cgroup"))
-        self._cgroups_seen: set[RunKey] = set()  # cgroup runs whose cgroup has held processes
         self._pause = pause
         self._store = store
         self._store_error = store_error
@@ -383,9 +383,10 @@ class RunRegistry:
             raise Conflict(
                 f"{what} is in the cgroup of another user's active run; a process counts in one run at a time"
             )
-        raise Conflict(
+        raise HeldByCgroupRun(
             f"{what} is in the cgroup of active run {holder.run_id} ({self._runs[holder].cgroup}), which measures "
-            "it already; a process counts in one run at a time"
+            "it already; a process counts in one run at a time",
+            self._runs[holder],
         )
 
     def _active_roots(self, exclude: RunKey | None = None) -> dict[ProcKey, RunKey]:
@@ -422,7 +423,6 @@ class RunRegistry:
                 self._runs[run.key] = run
                 self._publish()
                 self._ledger.untrack(run.key)
-                self._cgroups_seen.discard(run.key)
             return run
 
     def get(self, run_id: str, caller_uid: int, user: str | None = None, operator: bool = False) -> Run:
@@ -533,7 +533,8 @@ class RunRegistry:
             for component, domain in COMPONENT_DOMAINS.items()
             if domain in measured or domain in totals.energy_joules
         }
-        ended = self._cgroup_gone(run, totals) if run.cgroup is not None else totals.processes == 0
+        populated = run.cgroup_populated or (run.cgroup is not None and totals.processes > 0)
+        ended = self._cgroup_gone(run, populated) if run.cgroup is not None else totals.processes == 0
         if ended:
             log.info("run %s ended: its %s gone", run.run_id, "processes are" if run.cgroup is None else "cgroup is")
         return replace(
@@ -543,18 +544,14 @@ class RunRegistry:
             gpu_seconds=totals.gpu_seconds,
             last_seen=run.last_seen if ended else timestamp,
             end_time=(run.last_seen or timestamp) if ended else None,
+            cgroup_populated=populated,
         )
 
-    def _cgroup_gone(self, run: Run, totals: RunTotals) -> bool:
-        """Whether a cgroup run's cgroup, having held processes since the exporter started, is empty and gone: the
-        job ended without a stop (an epilog that could not reach the exporter). One not made yet stays active."""
-        if totals.processes > 0:
-            self._cgroups_seen.add(run.key)
-            return False
-        if run.key not in self._cgroups_seen or self._cgroupfs.exists(parse_cgroup(run.cgroup)):
-            return False
-        self._cgroups_seen.discard(run.key)
-        return True
+    def _cgroup_gone(self, run: Run, populated: bool) -> bool:
+        """Whether a cgroup run's cgroup, having held processes (``populated``, kept in the store across restarts),
+        is gone: the job ended without a stop (an epilog that could not reach the exporter). A cgroup not made yet
+        (Slurm makes it after the prolog) keeps its run active."""
+        return populated and not self._cgroupfs.exists(parse_cgroup(run.cgroup))
 
     def _expire(self, now: float) -> None:
         """Drop finished runs past --runs.retain-finished, and each user's oldest beyond

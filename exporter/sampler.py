@@ -204,13 +204,13 @@ class Sampler:
     def _read_usage(self) -> bool:
         """Read group usage and system busy time and queue them for attribution; False on failure."""
         try:
-            roots = self._ledger.roots()
+            roots, owners = self._ledger.roots(), {}
             cgroups = self._ledger.cgroups()
             if cgroups and self._cgroupfs is not None:
-                roots = with_cgroup_roots(self._procfs, self._cgroupfs, roots, cgroups)
+                roots, owners = with_cgroup_roots(self._procfs, self._cgroupfs, roots, cgroups)
             cpu = self._procfs.cpu_times()
             self._total_memory_bytes = self._procfs.meminfo().total_bytes
-            usage = self._groups.sample(roots, self._pause, born_in=cgroups.keys())
+            usage = self._groups.sample(roots, self._pause, born_in=cgroups.keys(), owners=owners)
         except SourceError as error:
             self._mark_down(PROCFS, error)
             return False

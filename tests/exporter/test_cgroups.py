@@ -261,3 +261,73 @@ def test_a_cgroup_run_ends_when_its_cgroup_goes_and_not_while_it_is_not_made_yet
 def test_a_careless_cgroup_request_is_a_400_naming_the_rule(machine: Machine, body: dict, message: str) -> None:
     status, reply = machine.run(OPERATOR, body)
     assert status == 400 and message in reply["error"], reply
+
+
+def test_a_process_moved_into_a_cgroup_run_counts_there_only_and_every_joule_once(machine: Machine) -> None:
+    """The cgroup run (the operator's) comes first: a process run's child moved into the job's cgroup leaves the
+    process run, counts in the cgroup run from the next sample, and when its old parent reaps it only the time
+    after the cgroup run's last sample of it lands in the process run. The interval of the move is nobody's."""
+    kid = OUTSIDER + 1
+    machine.proc.spawn(kid, OUTSIDER, start=machine.proc.uptime_ticks - 200, uid=ALICE)
+    status, _ = machine.run(Caller(uid=ALICE, pid=None), {"experiment": "mine", "run_id": "mine", "pid": OUTSIDER})
+    assert status == 201
+    status, _ = machine.run(OPERATOR, {"experiment": "job", "run_id": "job", "cgroup": f"freezer:{JOB}"})
+    assert status == 201
+    machine.sample()
+    every_burn = {SHELL: 10, OUTSIDER: 20, kid: 30}
+    machine.burn(10.0, busy_ticks=100, running=every_burn)
+    machine.sample()  # mine: 20 + 30, job: 10
+    machine.cgroups.place(kid, f"{JOB}/step_0")
+    machine.burn(10.0, busy_ticks=100, running=every_burn)
+    machine.sample()  # mine: 20 (the kid left it); job: 10 (the kid counts from this sample)
+    machine.burn(10.0, busy_ticks=100, running=every_burn)
+    machine.sample()  # mine: 20, job: 10 + 30
+    machine.burn(10.0, busy_ticks=100, running={SHELL: 10, OUTSIDER: 20, kid: 5})
+    machine.proc.reap(kid)
+    machine.cgroups.drop(kid)
+    machine.sample()  # mine: 20 + the kid's last 5, through its cutime; job: 10
+    runs = {run.run_id: run for run in machine.registry.runs()}
+    assert runs["mine"].cpu_seconds == pytest.approx((50 + 20 + 20 + 25) / 100)
+    assert runs["job"].cpu_seconds == pytest.approx((10 + 10 + 40 + 10) / 100)
+    assert runs["mine"].energy_joules["cpu"] == pytest.approx(10.0 * (50 + 20 + 20 + 25) / 100)
+    assert runs["job"].energy_joules["cpu"] == pytest.approx(10.0 * (10 + 10 + 40 + 10) / 100)
+    unattributed = machine.sampler.snapshot.unattributed_joules["package"]
+    total = runs["mine"].energy_joules["cpu"] + runs["job"].energy_joules["cpu"] + unattributed
+    assert total == pytest.approx(40.0), "energy is conserved exactly"
+
+
+def test_a_cgroup_run_whose_cgroup_went_while_the_exporter_was_down_ends_after_a_restart(
+    machine: Machine, tmp_path: Path
+) -> None:
+    """That the cgroup has held processes is kept in the store: after a restart a gone cgroup ends its run, and a
+    cgroup that was never made (the prolog ran, the job had not started) keeps its run active."""
+    later = "/slurm_node1/uid_1000/job_43"
+    for run_id, cgroup in (("job42", JOB), ("job43", later)):
+        status, _ = machine.run(OPERATOR, {"experiment": "e", "run_id": run_id, "cgroup": f"freezer:{cgroup}"})
+        assert status == 201
+    machine.sample()
+    machine.burn(1.0, busy_ticks=100, running={SHELL: 10})
+    machine.sample()
+    machine.registry.close()
+    machine.proc.reap(SHELL)  # the job ends while the exporter is down, and Slurm removes its cgroups
+    machine.cgroups.drop(SHELL)
+    for controller in ("freezer", "cpuacct", "memory"):
+        machine.cgroups.remove(controller, JOB)
+    procfs, cgroupfs, ledger = machine.proc.procfs(), CgroupFS(machine.cgroups.root), Ledger()
+    groups = ProcessGroups(procfs)
+    store = RunStore(tmp_path / "state" / "runs.sqlite")
+    registry = RunRegistry(procfs, store, ledger=ledger, groups=groups, cgroupfs=cgroupfs)
+    sampler = Sampler(
+        procfs,
+        energy=RaplSource(machine.powercap.sysfs),
+        ledger=ledger,
+        groups=groups,
+        cgroupfs=cgroupfs,
+        on_sample=lambda snapshot: registry.settle(snapshot.timestamp),
+    )
+    sampler.sample_once()
+    sampler.sample_once()
+    runs = {run.run_id: run for run in registry.runs()}
+    assert not runs["job42"].active and runs["job42"].cpu_seconds == pytest.approx(0.1)
+    assert runs["job43"].active
+    store.close()
