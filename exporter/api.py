@@ -20,6 +20,7 @@ from impact_exporter.limits import DEFAULT_LIMITS, Limits, flag, label_bytes
 from impact_exporter.run import (
     Conflict,
     Forbidden,
+    HeldByCgroupRun,
     InvalidRequest,
     Run,
     RunError,
@@ -210,6 +211,8 @@ class RunAPI:
         path, _, query = target.partition("?")
         try:
             return self._route(method, urlsplit(path).path.rstrip("/") or "/", body, caller, user_of(query))
+        except HeldByCgroupRun as failure:  # the caller's own job measures the process: say which run
+            return Reply(HTTPStatus.CONFLICT, {"error": str(failure), "run": self.render(failure.run)})
         except RunError as failure:
             return error(status_of(failure), str(failure))
 

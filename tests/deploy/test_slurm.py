@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from experiment_impact_tracker.client import ExporterClient
-from impact_exporter.sources.procfs import ProcFS
 from tests.deploy.slurm_cluster import NODE, SlurmCluster
 from tests.fakes.cgroups import FakeCgroups
-from tests.fakes.powercap import FakePowercap
+from tests.fakes.powercap import TICK_JOULES, BusyTickPower, FakePowercap
 from tests.fakes.procfs import TICKS, FakeProc
 from tests.servers import REPO_ROOT, ExporterProcess, short_socket_path
 
@@ -163,9 +161,6 @@ def test_the_prolog_never_fails_a_job_when_the_exporter_is_down_and_says_why(tmp
     assert "job slurm-testc-7 is not measured" in result.stderr and "absent.sock" in result.stderr
 
 
-TICK_JOULES = 0.01
-"""The real-Slurm node's package uses 0.01 J per busy CPU tick of the machine (1 W per busy core): a run's exact
-share is then 0.01 J per tick of its own, however loaded the machine is."""
 BURN_STEP = "import os, sys, time\nwhile sum(os.times()[:2]) < float(sys.argv[1]): pass\ntime.sleep(0.6)\n"
 """Burns CPU, then lives three sample intervals: its slurmstepd, init's child, exits as soon as it has reaped it, and
 the time a process and its reaper used after the last sample that saw them is lost (docs/reliability.md)."""
@@ -193,27 +188,6 @@ srun -n1 /usr/bin/python3 -c {shlex.quote(DAEMON_STEP)}
 BURNED_SECONDS = 0.3 + 0.2 + 0.3  # CPU time the steps' processes use, as the kernel counts it
 
 
-class BusyTickPower(threading.Thread):
-    """Writes the fake package counter as TICK_JOULES per busy tick of the real machine (its /proc/stat), every
-    10 ms, until stopped."""
-
-    def __init__(self, powercap: FakePowercap) -> None:
-        super().__init__(daemon=True)
-        self.powercap = powercap
-        self.procfs = ProcFS(Path("/proc"))
-        self.stopped = threading.Event()
-        self.start_ticks = self.busy_ticks()
-
-    def busy_ticks(self) -> float:
-        return self.procfs.cpu_times().busy_seconds * TICKS
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.01):
-            self.powercap.set_energy_uj(
-                PACKAGE, round(1e6 + (self.busy_ticks() - self.start_ticks) * TICK_JOULES * 1e6)
-            )
-
-
 def test_a_real_slurm_job_of_two_steps_is_one_run_with_its_ids_labels_and_energy(
     tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
 ) -> None:
@@ -223,7 +197,7 @@ def test_a_real_slurm_job_of_two_steps_is_one_run_with_its_ids_labels_and_energy
     processes, and 0.01 J per tick of them."""
     powercap = FakePowercap(tmp_path / "sys")
     powercap.add_zone(PACKAGE, "package-0", energy_uj=1_000_000)
-    power = BusyTickPower(powercap)
+    power = BusyTickPower(powercap, PACKAGE)
     power.start()
     socket_path = short_socket_path()
     exporter = start_exporter(f"--path.sysfs={powercap.sysfs}", f"--api.socket={socket_path}", "--sample-interval=0.2")
