@@ -214,9 +214,10 @@ def test_a_process_counts_in_one_run_whether_its_cgroup_or_its_tree_was_register
     status, _ = machine.run(OPERATOR, {"experiment": "job", "run_id": "job", "cgroup": f"freezer:{JOB}"})
     assert status == 201
     status, reply = machine.run(Caller(uid=ALICE, pid=None), {"experiment": "mine", "pid": SHELL})
-    assert status == 409 and "cgroup" in reply["error"], reply
+    assert status == 409 and "cgroup" in reply["error"] and "run" not in reply, "root's run is not shown to alice"
     status, reply = machine.run(Caller(uid=0, pid=None), {"experiment": "stepd", "pid": STEPD})
     assert status == 409 and f"descendant, process {SHELL}" in reply["error"], reply
+    assert (reply["run"]["run_id"], reply["run"]["cgroup"]) == ("job", f"freezer:{JOB}"), "its own run is named"
     status, reply = machine.run(OPERATOR, {"experiment": "x", "run_id": "step", "cgroup": f"freezer:{JOB}/step_0"})
     assert status == 409 and "overlaps" in reply["error"]
     status, reply = machine.run(Caller(uid=0, pid=None), {"experiment": "tree", "pid": OUTSIDER})
