@@ -158,26 +158,28 @@ class ProcessGroups:
             pause()
             previous = self._groups.get(group_id)
             own = [pid for pid in root_pids if owners.get(pid, group_id) == group_id]
-            foreign = _Foreign(owners, group_id)
+            foreign = _Foreign(owners, group_id) if owners else None
             walk = self._walk_group(tuple(own), previous, children, foreign)
             if (
                 known is not None
                 and previous is not None
                 and not previous.members.keys() <= (walk.members.keys() | walk.fresh.keys())
             ):
-                foreign = _Foreign(owners, group_id)
+                foreign = _Foreign(owners, group_id) if owners else None
                 lookup = ChildLookup(self._procfs, self._files, lists)
                 walk = self._walk_group(tuple(own), previous, lookup, foreign)
             walked[group_id] = walk
         exited = self._exited_roots(walked)
         parents: dict[int, ProcStat | None] = {}
-        members_of = {pid: group_id for group_id, walk in walked.items() for pid, _ in (*walk.members, *walk.fresh)}
+        # Which group each member is in, where a process can be in a group and its parent in another (cgroup runs).
+        holders = (
+            {pid: group for group, walk in walked.items() for pid, _ in (*walk.members, *walk.fresh)} if owners else {}
+        )
         for group_id, walk in walked.items():
             if born_after is not None and group_id in born_in:
                 walk = _born_since(walk, born_after)
-            others = {pid for pid, owner in members_of.items() if owner != group_id}
             usage[group_id], groups[group_id] = self._group_usage(
-                walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents, others
+                walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents, holders, group_id
             )
         self._groups = groups
         self._memory = memory
@@ -299,12 +301,14 @@ class ProcessGroups:
         exited: Mapping[ProcKey, ProcStat],
         memory: dict[ProcKey, _Memory],
         parents: dict[int, ProcStat | None],
-        others: Collection[int] = (),
+        holders: Mapping[int, str] | None = None,
+        group_id: str = "",
     ) -> tuple[GroupUsage, _Group]:
         """Usage of one group and the state to keep for the next sample; its members' memory readings go to
         ``memory``. ``exited``: its roots that died since the previous sample, with their final totals as their
         reaper shows them (``_exited_roots``); ``parents``: the parents read in this sample, shared by groups;
-        ``others``: the PIDs other groups hold now, whose reaping is theirs to count."""
+        ``holders``: the group of each PID in a group now, so that a root whose parent is in another group leaves
+        its reaping to that group."""
         members, fresh = walk.members, walk.fresh
         if previous is None:
             cpu_seconds = 0.0
@@ -328,17 +332,17 @@ class ProcessGroups:
                 if start is not None
             ),
         )
-        reapers = self._reapers(walk.roots, members, parents, self._files, others)
+        reapers = self._reapers(walk.roots, members, parents, self._files, holders or {}, group_id)
         return usage, _Group(walk.roots, members, reapers, walk.foreign)
 
     def _foreign_reaped(self, foreign: Mapping[ProcKey, ProcStat], walk: _Walked) -> float:
         """The CPU seconds, at the previous sample, of the children another group owned that a member has reaped
         since: their parent's cutime now holds them, but they were that group's."""
-        present = walk.members.keys() | walk.fresh.keys()
+        present = {pid for pid, _ in (*walk.members, *walk.fresh)}
         return sum(
             child.total_cpu_seconds
             for key, child in foreign.items()
-            if key not in walk.foreign and not self._still_alive(key) and any(pid == child.ppid for pid, _ in present)
+            if key not in walk.foreign and child.ppid in present and not self._still_alive(key)
         )
 
     def _reapers(
@@ -347,16 +351,23 @@ class ProcessGroups:
         members: Mapping[ProcKey, ProcStat],
         parents: dict[int, ProcStat | None],
         files: OpenFiles | None,
-        others: Collection[int] = (),
+        holders: Mapping[int, str] | None = None,
+        group_id: str = "",
     ) -> dict[ProcKey, ProcStat]:
         """Each live root's parent as it is now, where that parent is outside the group, in no other group
-        (``others``: that group counts what it reaps) and not init: the process that will reap the root and so hold
-        its final CPU time. ``parents`` caches reads within one sample."""
+        (``holders``: that group counts what it reaps) and not init: the process that will reap the root and so
+        hold its final CPU time. ``parents`` caches reads within one sample."""
+        holders = holders or {}
         member_pids = {pid for pid, _ in members}
         reapers: dict[ProcKey, ProcStat] = {}
         for pid, start in roots.items():
             root = members.get((pid, start)) if start is not None else None
-            if root is None or root.ppid <= 1 or root.ppid in member_pids or root.ppid in others:
+            if (
+                root is None
+                or root.ppid <= 1
+                or root.ppid in member_pids
+                or holders.get(root.ppid, group_id) != group_id
+            ):
                 continue
             if root.ppid not in parents:
                 try:
