@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from impact_exporter.cgroups import Cgroup, CgroupFS, member_roots, parse_cgroup, tree_in_cgroup
+from impact_exporter.cgroups import Cgroup, CgroupFS, cgroup_holding, member_roots, parse_cgroup, tree_in_cgroup
 from impact_exporter.groups import ProcessGroups, ProcKey
 from impact_exporter.holders import holding_run
 from impact_exporter.kubernetes import kubernetes_labels
@@ -399,9 +399,17 @@ class RunRegistry:
         }
 
     def _join(self, run: Run, request: StartRequest, process: ProcessRef) -> Run:
-        """``run`` with ``process`` added: a run of the process's owner, so of the caller unless root calls."""
+        """``run`` with ``process`` added: a run of the process's owner, so of the caller unless root calls. A
+        cgroup run is joined by being in its cgroup: a process there gets HeldByCgroupRun (``impact-run`` in a
+        Slurm job passes the job's run id to the code it runs), one elsewhere a Conflict."""
         if not run.active:
             raise Conflict(already_finished(run.run_id))
+        if run.cgroup is not None:
+            if cgroup_holding(self._procfs, process.pid, {parse_cgroup(run.cgroup): run.key}) is not None:
+                raise HeldByCgroupRun(
+                    f"process {process.pid} is in the cgroup of run {run.run_id}, which measures it", run
+                )
+            raise Conflict(f"run {run.run_id} is cgroup {run.cgroup}'s: a process is in it by being in that cgroup")
         if (request.experiment, request.set, dict(request.labels)) != (run.experiment, run.set, dict(run.labels)):
             raise Conflict(f"run {run.run_id} exists with another experiment, set or labels")
         if process in run.processes:

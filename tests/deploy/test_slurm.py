@@ -201,13 +201,10 @@ def test_a_real_slurm_job_of_two_steps_is_one_run_with_its_ids_labels_and_energy
     power.start()
     socket_path = short_socket_path()
     exporter = start_exporter(f"--path.sysfs={powercap.sysfs}", f"--api.socket={socket_path}", "--sample-interval=0.2")
-    started = time.monotonic()
     cluster = SlurmCluster(tmp_path / "slurm", socket_path)
     try:
-        ready = time.monotonic()
         job_id = cluster.submit(REAL_JOB, "-A", "physics", "-p", "gpu", "-J", "train-resnet")
         assert cluster.wait_finished(job_id, 120) == "COMPLETED", cluster.output(job_id)
-        print(f"Slurm started in {ready - started:.2f} s; the job ran in {time.monotonic() - ready:.2f} s")
     finally:
         cluster.stop()
         power.stopped.set()

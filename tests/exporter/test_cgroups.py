@@ -332,3 +332,20 @@ def test_a_cgroup_run_whose_cgroup_went_while_the_exporter_was_down_ends_after_a
     assert not runs["job42"].active and runs["job42"].cpu_seconds == pytest.approx(0.1)
     assert runs["job43"].active
     store.close()
+
+
+def test_a_process_of_the_job_that_joins_the_job_run_by_its_id_is_told_the_run_measures_it(machine: Machine) -> None:
+    """impact-run in a Slurm job hands the job's run id to the code it runs: joining by that id is answered with the
+    run (a 409 the client records as the run), whatever experiment the code names; a process outside the cgroup
+    cannot join it by id."""
+    status, _ = machine.run(
+        OPERATOR, {"experiment": "train", "run_id": "slurm-c-42", "cgroup": f"freezer:{JOB}", "uid": ALICE}
+    )
+    assert status == 201
+    for body in ({"experiment": "inner", "pid": SHELL}, {"experiment": "inner", "run_id": "slurm-c-42", "pid": SHELL}):
+        status, reply = machine.run(USER, body)
+        assert status == 409 and reply["run"]["run_id"] == "slurm-c-42", reply
+    status, reply = machine.run(USER, {"experiment": "train", "run_id": "slurm-c-42", "pid": OUTSIDER})
+    assert status == 409 and "run" not in reply and "by being in that cgroup" in reply["error"], reply
+    [run] = [run for run in machine.registry.runs() if run.run_id == "slurm-c-42"]
+    assert run.processes == (), "joining did not make it a process run too"
