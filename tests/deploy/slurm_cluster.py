@@ -122,20 +122,24 @@ class SlurmCluster:
         (self.public / "cgroup.conf").write_text(CGROUP_CONF)
         self.environment = {**os.environ, "SLURM_CONF": str(self.config)}
         self.processes: list[subprocess.Popen[bytes]] = []
-        self._start(
-            binaries["munged"],
-            "-F",
-            "-f",
-            f"--socket={self.public / 'munge.socket'}",
-            f"--key-file={key}",
-            f"--pid-file={directory / 'munged.pid'}",
-            f"--log-file={directory / 'munged.log'}",
-            f"--seed-file={directory / 'munge.seed'}",
-        )
-        wait_for(lambda: (self.public / "munge.socket").exists(), 10, "munged to listen")
-        self._start(binaries["slurmctld"], "-D", "-i", "-f", str(self.config))
-        self._start(binaries["slurmd"], "-D", "-N", NODE, "-f", str(self.config))
-        wait_for(self._node_idle, 30, f"slurmd to register (logs in {directory})")
+        try:
+            self._start(
+                binaries["munged"],
+                "-F",
+                "-f",
+                f"--socket={self.public / 'munge.socket'}",
+                f"--key-file={key}",
+                f"--pid-file={directory / 'munged.pid'}",
+                f"--log-file={directory / 'munged.log'}",
+                f"--seed-file={directory / 'munge.seed'}",
+            )
+            wait_for(lambda: (self.public / "munge.socket").exists(), 10, "munged to listen")
+            self._start(binaries["slurmctld"], "-D", "-i", "-f", str(self.config))
+            self._start(binaries["slurmd"], "-D", "-N", NODE, "-f", str(self.config))
+            wait_for(self._node_idle, 30, f"slurmd to register (logs in {directory})")
+        except BaseException:  # pytest's failures too: what started is stopped
+            self.stop()
+            raise
 
     def _start(self, *argv: str) -> None:
         with (self.directory / "daemons.log").open("ab") as log:
