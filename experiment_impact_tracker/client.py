@@ -203,7 +203,12 @@ class ExporterClient:
             decoded = None
         if not 200 <= status < 300:
             message = decoded.get("error") if isinstance(decoded, dict) else None
-            raise ExporterError(status, str(message) if message else _snippet(data) or reason, str(self.address))
+            raise ExporterError(
+                status,
+                str(message) if message else _snippet(data) or reason,
+                str(self.address),
+                body=decoded if isinstance(decoded, dict) else None,
+            )
         if not isinstance(decoded, dict):
             raise ExporterError(status, f"the answer is not a JSON object: {_snippet(data)}", str(self.address))
         return status, decoded

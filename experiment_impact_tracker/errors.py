@@ -6,6 +6,8 @@ of an experiment's output.
 
 from __future__ import annotations
 
+from typing import Any
+
 ADDRESS_HINT = "unix:///path/to/api.sock or http://HOST:9877"
 
 
@@ -36,10 +38,20 @@ class ExporterUnavailable(ImpactTrackerError):
 class ExporterError(ImpactTrackerError):
     """The exporter answered with an error; ``status`` is the HTTP status, ``message`` the API's own text."""
 
-    def __init__(self, status: int, message: str, address: str | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        address: str | None = None,
+        hint: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        """``body``: the whole JSON object of the answer (a 409 for a process in the caller's Slurm job carries
+        that job's run under "run")."""
         self.status = status
         self.message = message
         self.address = address
+        self.body = body or {}
         where = f" at {address}" if address else ""
         if hint is None and status == 401:
             hint = "set IMPACT_EXPORTER_TOKEN to the exporter's API token (the content of its --api.token-file)"

@@ -434,10 +434,20 @@ def _register(
     pid: int | None,
     run_id: str | None,
 ) -> Registration:
-    """Start or join; on a conflict, use the active run ``run_id`` if it already measures the process."""
+    """Start or join; on a conflict, use the cgroup run that holds the process (its user's Slurm job), or the
+    active run ``run_id`` if it already measures the process."""
     try:
         return client.register(experiment, set=set, labels=labels, pid=pid, run_id=run_id)
     except ExporterError as error:
+        if error.status == 409 and (holder := _cgroup_run_holding(error)) is not None:
+            log.info(
+                "process %d is in cgroup %s of run %s of %r (its job), which measures it: recording that run",
+                pid if pid is not None else os.getpid(),
+                holder["cgroup"],
+                holder.get("run_id"),
+                holder.get("experiment"),
+            )
+            return Registration(run=holder, created=False)
         if error.status != 409 or run_id is None:
             raise
         try:
@@ -492,6 +502,14 @@ def _standalone(
     notes = "".join(f"; {_one_line(note)}" for note in monitor.notes)
     warn(f"{unavailable}; so {experiment!r} is measured without it, {monitor.measured_by}, {where}{notes}")
     return monitor, None
+
+
+def _cgroup_run_holding(error: ExporterError) -> dict[str, Any] | None:
+    """The active cgroup run of the caller's own that a 409 names as already measuring the process, or None."""
+    run = error.body.get("run")
+    if isinstance(run, dict) and run.get("cgroup") and run.get("status") == "active" and run.get("run_id"):
+        return run
+    return None
 
 
 def _grafana_annotator(environ: Mapping[str, str]) -> GrafanaAnnotator | None:

@@ -15,10 +15,12 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from impact_exporter.cgroups import parse_cgroup
 from impact_exporter.limits import DEFAULT_LIMITS, Limits, flag, label_bytes
 from impact_exporter.run import (
     Conflict,
     Forbidden,
+    HeldByCgroupRun,
     InvalidRequest,
     Run,
     RunError,
@@ -56,10 +58,12 @@ STOP = re.compile(r"/api/v1/runs/([^/]+)/stop")
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: uid 0 may act on any run; ``pid`` is known on the Unix socket only."""
+    """Who sent a request: uid 0 may act on any run; ``pid`` is known on the Unix socket only. An ``operator``
+    (root, or a member of --runs.cgroup-operators) may register cgroup runs and read and stop anyone's."""
 
     uid: int
     pid: int | None
+    operator: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def parse_start_request(body: object, limits: Limits = DEFAULT_LIMITS) -> StartR
     """Validate a decoded JSON body of ``POST /api/v1/runs``."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    unknown = set(body) - {"experiment", "set", "labels", "pid", "run_id"}
+    unknown = set(body) - {"experiment", "set", "labels", "pid", "run_id", "cgroup", "uid"}
     if unknown:
         raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     if "experiment" not in body:
@@ -141,6 +145,7 @@ def parse_start_request(body: object, limits: Limits = DEFAULT_LIMITS) -> StartR
         labels=validate_labels(body.get("labels", {}), limits),
         pid=pid,
         run_id=None if run_id is None else validate_run_id(run_id, limits),
+        **cgroup_fields(body),
     )
     size = label_bytes(request.experiment, request.set, request.labels)
     if size > limits.label_bytes:
@@ -149,6 +154,25 @@ def parse_start_request(body: object, limits: Limits = DEFAULT_LIMITS) -> StartR
             f"({flag('label_bytes', limits)})"
         )
     return request
+
+
+def cgroup_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``cgroup`` and ``uid`` of a cgroup run's request, checked (exporter/cgroups.py), or none."""
+    cgroup, uid = body.get("cgroup"), body.get("uid")
+    if cgroup is None:
+        if uid is not None:
+            raise InvalidRequest("uid names the owner of a cgroup run; a process run belongs to its process's owner")
+        return {}
+    if not isinstance(cgroup, str):
+        raise InvalidRequest("cgroup must be a string: /PATH (cgroup v2) or CONTROLLER:/PATH (v1)")
+    if body.get("pid") is not None:
+        raise InvalidRequest("a cgroup run holds every process of its cgroup: give cgroup or pid, not both")
+    if uid is not None and (not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid < 2**32 - 1):
+        raise InvalidRequest("uid must be a user id, an integer from 0")
+    try:
+        return {"cgroup": str(parse_cgroup(cgroup)), "uid": uid}
+    except ValueError as failure:
+        raise InvalidRequest(str(failure)) from None
 
 
 def user_of(query: str) -> str | None:
@@ -187,6 +211,8 @@ class RunAPI:
         path, _, query = target.partition("?")
         try:
             return self._route(method, urlsplit(path).path.rstrip("/") or "/", body, caller, user_of(query))
+        except HeldByCgroupRun as failure:  # the caller's own job measures the process: say which run
+            return Reply(HTTPStatus.CONFLICT, {"error": str(failure), "run": self.render(failure.run)})
         except RunError as failure:
             return error(status_of(failure), str(failure))
 
@@ -195,17 +221,20 @@ class RunAPI:
             if method == "POST":
                 return self._start(body, caller)
             if method == "GET":
-                return Reply(HTTPStatus.OK, {"runs": [self.render(run) for run in self._registry.list(caller.uid)]})
+                runs = self._registry.list(caller.uid, caller.operator)
+                return Reply(HTTPStatus.OK, {"runs": [self.render(run) for run in runs]})
             return error(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on {RUNS}; use GET or POST")
         if match := STOP.fullmatch(path):
             if method != "POST":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use POST to stop a run")
-            run = self._registry.stop(validate_run_id(unquote(match.group(1)), self._limits), caller.uid, user)
+            run_id = validate_run_id(unquote(match.group(1)), self._limits)
+            run = self._registry.stop(run_id, caller.uid, user, caller.operator)
             return Reply(HTTPStatus.OK, self.render(run))
         if match := RUN.fullmatch(path):
             if method != "GET":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use GET to read a run")
-            run = self._registry.get(validate_run_id(unquote(match.group(1)), self._limits), caller.uid, user)
+            run_id = validate_run_id(unquote(match.group(1)), self._limits)
+            run = self._registry.get(run_id, caller.uid, user, caller.operator)
             return Reply(HTTPStatus.OK, self.render(run))
         return error(HTTPStatus.NOT_FOUND, f"no such API route: {path}")
 
@@ -214,7 +243,13 @@ class RunAPI:
             decoded = json.loads(body or b"null")
         except (ValueError, UnicodeDecodeError, RecursionError) as failure:  # RecursionError: nested too deep
             raise InvalidRequest(f"the body is not valid JSON: {failure}") from failure
-        run, created = self._registry.start(parse_start_request(decoded, self._limits), caller.uid, caller.pid)
+        request = parse_start_request(decoded, self._limits)
+        if request.cgroup is not None and not caller.operator:
+            raise Forbidden(
+                "only the exporter's operators (root, or the group --runs.cgroup-operators) may register a cgroup "
+                "run: it measures every process in the cgroup, whoever owns it"
+            )
+        run, created = self._registry.start(request, caller.uid, caller.pid)
         return Reply(HTTPStatus.CREATED if created else HTTPStatus.OK, self.render(run))
 
     def render(self, run: Run) -> dict[str, Any]:
@@ -232,6 +267,7 @@ def run_object(run: Run, snapshot: Snapshot) -> dict[str, Any]:
         "labels": dict(run.labels),
         "user": run.user,
         "pids": list(run.pids),
+        "cgroup": run.cgroup,
         "status": "active" if run.active else "finished",
         "start_time": run.start_time,
         "end_time": run.end_time,

@@ -23,6 +23,7 @@ from experiment_impact_tracker.durations import parse_duration
 from impact_exporter import __version__
 from impact_exporter.api import RunAPI
 from impact_exporter.bodies import SharedBodies
+from impact_exporter.cgroups import CgroupFS, Operators
 from impact_exporter.collector import ImpactCollector
 from impact_exporter.connections import ConnectionLimits, Connections, descriptor_budget
 from impact_exporter.groups import ProcessGroups
@@ -81,6 +82,8 @@ class Settings:
     web_config: WebConfig | None = None
     memory: str = MEMORY_RSS
     connection_limits: ConnectionLimits = ConnectionLimits()
+    cgroupfs: Path = Path("/sys/fs/cgroup")
+    cgroup_operators_gid: int | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="procfs mount point; in a container, mount the host's and point here, e.g. /host/proc "
         "(default: %(default)s)",
+    )
+    paths.add_argument(
+        "--path.cgroupfs",
+        dest="cgroupfs",
+        type=Path,
+        default=Path("/sys/fs/cgroup"),
+        metavar="DIR",
+        help="cgroup mount point, where cgroup runs' processes are read: the unified (v2) hierarchy there or in "
+        "DIR/unified, v1 hierarchies in DIR/CONTROLLER (default: %(default)s)",
     )
     cpu = parser.add_argument_group("CPU energy")
     cpu.add_argument(
@@ -210,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="how long finished runs stay in /metrics so Prometheus scrapes their final values; they stay in "
         "the store for --store.retain-finished (default: %(default)s)",
+    )
+    api.add_argument(
+        "--runs.cgroup-operators",
+        dest="cgroup_operators",
+        metavar="GROUP",
+        help="group whose members may, like root, register cgroup runs (every process in a cgroup, e.g. a Slurm "
+        "job's) for any user, and read and stop them (default: root only)",
     )
     add_limit_flags(parser)
     gpu = parser.add_argument_group("NVIDIA GPUs")
@@ -355,11 +374,11 @@ def read_token(path: Path) -> str:
     return token
 
 
-def group_id(name: str) -> int:
+def group_id(name: str, flag: str = "--api.socket-group") -> int:
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise ValueError(f"--api.socket-group={name}: no such group") from None
+        raise ValueError(f"{flag}={name}: no such group") from None
 
 
 def parse_settings(argv: Sequence[str] | None) -> Settings:
@@ -371,6 +390,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         retain = parse_duration(args.retain_finished)  # raises ValueError naming the accepted forms
         token = read_token(args.api_token_file) if args.api_token_file else None
         gid = group_id(args.api_socket_group) if args.api_socket_group else None
+        operators = group_id(args.cgroup_operators, "--runs.cgroup-operators") if args.cgroup_operators else None
         limits = limits_from_args(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         connection_caps = connection_limits(args)
@@ -410,6 +430,8 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         web_config=web_config,
         memory=args.memory,
         connection_limits=connection_caps,
+        cgroupfs=args.cgroupfs,
+        cgroup_operators_gid=operators,
     )
 
 
@@ -531,6 +553,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     scrapes = ScrapesFirst()
     ledger = Ledger()
     groups = ProcessGroups(procfs)
+    cgroupfs = CgroupFS(settings.cgroupfs)
     runs = RunRegistry(
         procfs,
         store,
@@ -540,6 +563,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         ledger=ledger,
         groups=groups,
         limits=settings.limits,
+        cgroupfs=cgroupfs,
     )
     # The settler's fresh sample looks the sampler up when called, so it can be the sampler's on_sample.
     settler = RunSettler(runs, lambda: sampler.sample_now(), sample_at_start=gpu is not None)
@@ -554,6 +578,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
         gpu_idle_watts=settings.gpu_idle_watts,
         gpu_idle_policy=settings.gpu_idle_attribution,
         pause=scrapes.pause,
+        cgroupfs=cgroupfs,
     )
     sampler.sample_once()
     registry = CollectorRegistry(auto_describe=True)
@@ -585,6 +610,7 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
                     scrapes,
                     connections,
                     bodies,
+                    Operators(settings.cgroup_operators_gid),
                 )
             )
         except OSError as error:

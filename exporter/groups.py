@@ -11,7 +11,9 @@ member counted now. A vanished member is subtracted only when it died and its la
 (or a vanished member subtracted by the same rule): that parent's cutime then holds the child's whole life, so
 children that fork and exit between two samples are counted once. A vanished member whose parent is outside the
 group, or that is alive but orphaned to init, keeps its time up to the previous sample; later time is not the
-group's. A process under two roots of one group is counted once.
+group's. A process under two roots of one group is counted once. A group sampled with ``born_in`` (a cgroup run,
+exporter/cgroups.py) counts a new root's whole time when it started after the previous sample: born in the
+cgroup, it was the run's from its first tick.
 
 A root is usually reaped by a parent outside the group (impact-run, a shell, a job launcher), whose cutime then
 holds the root's final total. So each live root's parent is read with each sample (and with ``add_roots``'s
@@ -70,6 +72,7 @@ class _Group:
     roots: Mapping[int, int | None]
     members: Mapping[ProcKey, ProcStat]
     reapers: Mapping[ProcKey, ProcStat] = field(default_factory=dict)  # live root -> its parent outside the group
+    foreign: Mapping[ProcKey, ProcStat] = field(default_factory=dict)  # members' children that another group owns
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class _Walked:
     roots: Mapping[int, int | None]
     members: dict[ProcKey, ProcStat]
     fresh: dict[ProcKey, ProcStat]
+    foreign: dict[ProcKey, ProcStat] = field(default_factory=dict)  # children of members that another group owns
 
 
 class ProcessGroups:
@@ -115,11 +119,22 @@ class ProcessGroups:
         self._added_lock = threading.Lock()
         self._last_created_pid: int | None = None
         self._children_lists: dict[int, list[int]] = {}  # the children of each member walked at the last sample
+        self._uptime_ticks: int | None = None  # clock ticks since boot at the start of the last sample (born_in)
 
     def sample(
-        self, roots: Mapping[str, Collection[int]], pause: Callable[[], None] = lambda: None
+        self,
+        roots: Mapping[str, Collection[int]],
+        pause: Callable[[], None] = lambda: None,
+        born_in: Collection[str] = (),
+        owners: Mapping[int, str] | None = None,
     ) -> dict[str, GroupUsage]:
         """Group id -> root PIDs in, group id -> usage since the previous call out. Forgets ids no longer passed.
+
+        ``owners`` (PID -> group id: the members of cgroup runs, exporter/cgroups.py) take precedence over the
+        walks: a process another group owns is neither walked nor counted in this one, nor are its descendants, and
+        when a member reaps such a child, the child's total at the previous sample, already that group's, is taken
+        off the member's cutime. That group does not read the reaper (``_reapers``), so the child's time after the
+        previous sample counts here, once.
 
         Roots may be added to a group between calls; a root no longer passed stops being part of it. ``pause`` is
         called before each group (the sampler's lets a scrape go first, exporter/scheduling.py).
@@ -131,34 +146,52 @@ class ProcessGroups:
         full read: when a root is added, a group loses a member, or the PIDs wrap around.)
         """
         known = self._children_lists_to_reuse(self._take_added_roots())
+        born_after, self._uptime_ticks = self._uptime_ticks, self._read_uptime_ticks() if born_in else None
         lists: dict[int, list[int]] = {}
         children = ChildLookup(self._procfs, self._files, lists, known)
         usage: dict[str, GroupUsage] = {}
         groups: dict[str, _Group] = {}
         memory: dict[ProcKey, _Memory] = {}
         walked: dict[str, _Walked] = {}
+        owners = owners or {}
         for group_id, root_pids in roots.items():
             pause()
             previous = self._groups.get(group_id)
-            walk = self._walk_group(tuple(root_pids), previous, children)
+            own = [pid for pid in root_pids if owners.get(pid, group_id) == group_id]
+            foreign = _Foreign(owners, group_id) if owners else None
+            walk = self._walk_group(tuple(own), previous, children, foreign)
             if (
                 known is not None
                 and previous is not None
                 and not previous.members.keys() <= (walk.members.keys() | walk.fresh.keys())
             ):
-                walk = self._walk_group(tuple(root_pids), previous, ChildLookup(self._procfs, self._files, lists))
+                foreign = _Foreign(owners, group_id) if owners else None
+                lookup = ChildLookup(self._procfs, self._files, lists)
+                walk = self._walk_group(tuple(own), previous, lookup, foreign)
             walked[group_id] = walk
         exited = self._exited_roots(walked)
         parents: dict[int, ProcStat | None] = {}
+        # Which group each member is in, where a process can be in a group and its parent in another (cgroup runs).
+        holders = (
+            {pid: group for group, walk in walked.items() for pid, _ in (*walk.members, *walk.fresh)} if owners else {}
+        )
         for group_id, walk in walked.items():
+            if born_after is not None and group_id in born_in:
+                walk = _born_since(walk, born_after)
             usage[group_id], groups[group_id] = self._group_usage(
-                walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents
+                walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents, holders, group_id
             )
         self._groups = groups
         self._memory = memory
         self._children_lists = lists
         self._files.close_unused()
         return usage
+
+    def _read_uptime_ticks(self) -> int | None:
+        try:
+            return self._procfs.uptime_ticks()
+        except SourceError:
+            return None
 
     def add_roots(self, group_id: str, root_pids: Collection[int]) -> None:
         """Record the baseline of ``root_pids`` and their descendants in the group now, not at the next sample.
@@ -213,7 +246,7 @@ class ProcessGroups:
         for group_id, roots, baseline, reapers in added:
             previous = self._groups.get(group_id)
             known = previous.roots if previous is not None else {}
-            if all(pid in known for pid in roots):
+            if previous is not None and all(pid in known for pid in roots):
                 continue
             members = {**baseline, **(previous.members if previous is not None else {})}
             kept = {**reapers, **(previous.reapers if previous is not None else {})}
@@ -241,20 +274,25 @@ class ProcessGroups:
         return total
 
     def _walk_group(
-        self, root_pids: tuple[int, ...], previous: _Group | None, children: Callable[[int, int], list[int]]
+        self,
+        root_pids: tuple[int, ...],
+        previous: _Group | None,
+        children: Callable[[int, int], list[int]],
+        foreign: _Foreign | None = None,
     ) -> _Walked:
-        """The group's members now: those under roots it had (``members``) and under roots new to it (``fresh``)."""
+        """The group's members now: those under roots it had (``members``) and under roots new to it (``fresh``);
+        the children that ``foreign`` says another group owns are left out and kept in it."""
         known = previous.roots if previous is not None else {}
         roots = {pid: known[pid] if pid in known else self._start_ticks(pid) for pid in root_pids}
         members: dict[ProcKey, ProcStat] = {}
         for pid in root_pids:
             if pid in known:
-                self._walk(pid, roots[pid], children, members, self._files)
+                self._walk(pid, roots[pid], children, members, self._files, foreign)
         fresh: dict[ProcKey, ProcStat] = {}
         for pid in root_pids:
             if pid not in known:
-                self._walk(pid, roots[pid], children, fresh, self._files)
-        return _Walked(roots, members, fresh)
+                self._walk(pid, roots[pid], children, fresh, self._files, foreign)
+        return _Walked(roots, members, fresh, foreign.children if foreign is not None else {})
 
     def _group_usage(
         self,
@@ -263,10 +301,14 @@ class ProcessGroups:
         exited: Mapping[ProcKey, ProcStat],
         memory: dict[ProcKey, _Memory],
         parents: dict[int, ProcStat | None],
+        holders: Mapping[int, str] | None = None,
+        group_id: str = "",
     ) -> tuple[GroupUsage, _Group]:
         """Usage of one group and the state to keep for the next sample; its members' memory readings go to
         ``memory``. ``exited``: its roots that died since the previous sample, with their final totals as their
-        reaper shows them (``_exited_roots``); ``parents``: the parents read in this sample, shared by groups."""
+        reaper shows them (``_exited_roots``); ``parents``: the parents read in this sample, shared by groups;
+        ``holders``: the group of each PID in a group now, so that a root whose parent is in another group leaves
+        its reaping to that group."""
         members, fresh = walk.members, walk.fresh
         if previous is None:
             cpu_seconds = 0.0
@@ -275,6 +317,8 @@ class ProcessGroups:
             cpu_seconds = self._interval_cpu(before, {**fresh, **members, **exited})
         else:  # the usual case: no root joined since the previous sample
             cpu_seconds = self._interval_cpu(previous.members, {**members, **exited} if exited else members)
+        if previous is not None and previous.foreign:
+            cpu_seconds = max(0.0, cpu_seconds - self._foreign_reaped(previous.foreign, walk))
         members.update(fresh)
         now = self._clock()
         usage = GroupUsage(
@@ -288,7 +332,18 @@ class ProcessGroups:
                 if start is not None
             ),
         )
-        return usage, _Group(walk.roots, members, self._reapers(walk.roots, members, parents, self._files))
+        reapers = self._reapers(walk.roots, members, parents, self._files, holders or {}, group_id)
+        return usage, _Group(walk.roots, members, reapers, walk.foreign)
+
+    def _foreign_reaped(self, foreign: Mapping[ProcKey, ProcStat], walk: _Walked) -> float:
+        """The CPU seconds, at the previous sample, of the children another group owned that a member has reaped
+        since: their parent's cutime now holds them, but they were that group's."""
+        present = {pid for pid, _ in (*walk.members, *walk.fresh)}
+        return sum(
+            child.total_cpu_seconds
+            for key, child in foreign.items()
+            if key not in walk.foreign and child.ppid in present and not self._still_alive(key)
+        )
 
     def _reapers(
         self,
@@ -296,14 +351,23 @@ class ProcessGroups:
         members: Mapping[ProcKey, ProcStat],
         parents: dict[int, ProcStat | None],
         files: OpenFiles | None,
+        holders: Mapping[int, str] | None = None,
+        group_id: str = "",
     ) -> dict[ProcKey, ProcStat]:
-        """Each live root's parent as it is now, where that parent is outside the group and not init: the process
-        that will reap the root and so hold its final CPU time. ``parents`` caches reads within one sample."""
+        """Each live root's parent as it is now, where that parent is outside the group, in no other group
+        (``holders``: that group counts what it reaps) and not init: the process that will reap the root and so
+        hold its final CPU time. ``parents`` caches reads within one sample."""
+        holders = holders or {}
         member_pids = {pid for pid, _ in members}
         reapers: dict[ProcKey, ProcStat] = {}
         for pid, start in roots.items():
             root = members.get((pid, start)) if start is not None else None
-            if root is None or root.ppid <= 1 or root.ppid in member_pids:
+            if (
+                root is None
+                or root.ppid <= 1
+                or root.ppid in member_pids
+                or holders.get(root.ppid, group_id) != group_id
+            ):
                 continue
             if root.ppid not in parents:
                 try:
@@ -367,9 +431,11 @@ class ProcessGroups:
         children: Callable[[int, int], list[int]],
         members: dict[ProcKey, ProcStat],
         files: OpenFiles | None,
+        foreign: _Foreign | None = None,
     ) -> None:
         """Add the root (when it is still the same process) and every descendant to ``members``, reading through
-        ``files`` (the sampling thread's open files, or None)."""
+        ``files`` (the sampling thread's open files, or None); a child ``foreign`` says another group owns goes
+        there instead, and its descendants nowhere."""
         root = self._procfs.process(root_pid, files) if root_start is not None else None
         if root is None or root.start_ticks != root_start or root.key in members:
             return
@@ -380,9 +446,12 @@ class ProcessGroups:
             for pid in children(parent.pid, parent.threads):
                 child = self._procfs.process(pid, files)
                 # The list can be stale by the time the child is read: the PID may have been reused meanwhile.
-                if child is not None and child.ppid == parent.pid and child.key not in members:
-                    members[child.key] = child
-                    stack.append(child)
+                if child is None or child.ppid != parent.pid or child.key in members:
+                    continue
+                if foreign is not None and foreign.owns(child):
+                    continue
+                members[child.key] = child
+                stack.append(child)
 
     def _interval_cpu(self, before: Mapping[ProcKey, ProcStat], now: Mapping[ProcKey, ProcStat]) -> float:
         """CPU seconds the group used since ``before``, following the rules in the module docstring, clamped at 0."""
@@ -416,6 +485,33 @@ class ProcessGroups:
         """Whether the process ``key`` still exists (it left the group without dying)."""
         stat = self._procfs.process(key[0], self._files)
         return stat is not None and stat.start_ticks == key[1]
+
+
+class _Foreign:
+    """Which children a group's walk leaves out: those ``owners`` gives to another group (exporter/cgroups.py);
+    each one met is kept in ``children``."""
+
+    def __init__(self, owners: Mapping[int, str], group_id: str) -> None:
+        self._owners = owners
+        self._group_id = group_id
+        self.children: dict[ProcKey, ProcStat] = {}
+
+    def owns(self, child: ProcStat) -> bool:
+        """Whether another group owns ``child`` (it is then kept in ``children``)."""
+        if self._owners.get(child.pid, self._group_id) == self._group_id:
+            return False
+        self.children[child.key] = child
+        return True
+
+
+def _born_since(walk: _Walked, ticks: int) -> _Walked:
+    """``walk`` with the fresh members that started at ``ticks`` or later counted as members from their start: the
+    interval's CPU time then includes their whole total, as for a child forked in the group."""
+    born = {key: stat for key, stat in walk.fresh.items() if stat.start_ticks >= ticks}
+    if not born:
+        return walk
+    fresh = {key: stat for key, stat in walk.fresh.items() if key not in born}
+    return _Walked(walk.roots, {**walk.members, **born}, fresh, walk.foreign)
 
 
 class ChildLookup:

@@ -30,6 +30,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from impact_exporter.api import MAX_BODY_BYTES, Caller, Reply, RunAPI, error
 from impact_exporter.bodies import SharedBodies
+from impact_exporter.cgroups import Operators
 from impact_exporter.connections import BoundedListener, Connections
 from impact_exporter.exposition import negotiate
 from impact_exporter.paths import bind_socket
@@ -148,7 +149,7 @@ class ExporterServer(RequestErrorsLogged, BoundedListener, ThreadingHTTPServer):
         scheme, _, presented = handler.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
             return error(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
-        return Caller(uid=0, pid=None)
+        return Caller(uid=0, pid=None, operator=True)
 
 
 def socket_in_use(path: Path) -> bool:
@@ -161,12 +162,12 @@ def socket_in_use(path: Path) -> bool:
     return True
 
 
-def peer_credentials(connection: socket.socket) -> tuple[int, int]:
-    """The pid and uid of the process at the other end of a Unix socket connection, as the kernel tells them."""
-    pid, uid, _ = struct.unpack(
+def peer_credentials(connection: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a Unix socket connection, as the kernel tells them."""
+    pid, uid, gid = struct.unpack(
         "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     )
-    return pid, uid
+    return pid, uid, gid
 
 
 class UnixExporterServer(
@@ -189,9 +190,12 @@ class UnixExporterServer(
         scrapes: ScrapesFirst | None = None,
         connections: Connections | None = None,
         bodies: SharedBodies | None = None,
+        operators: Operators | None = None,
     ) -> None:
+        """``operators``: who may register cgroup runs (exporter/cgroups.py); root only by default."""
         self.connections = connections if connections is not None else Connections()
         self.bodies = bodies if bodies is not None else SharedBodies()
+        self.operators = operators if operators is not None else Operators()
         self.registry = registry
         self.scrapes = scrapes if scrapes is not None else ScrapesFirst()
         self.version = version
@@ -210,12 +214,12 @@ class UnixExporterServer(
         self.server_address = str(self.path)
 
     def api_caller(self, handler: ExporterHandler) -> Caller | Reply:
-        pid, uid = peer_credentials(handler.connection)
-        return Caller(uid=uid, pid=pid)
+        pid, uid, gid = peer_credentials(handler.connection)
+        return Caller(uid=uid, pid=pid, operator=self.operators.includes(uid, gid))
 
     def client_of(self, request: socket.socket, client_address: object) -> tuple[int, str, bool]:
         """A Unix socket client is its uid; root's connections are not capped per client."""
-        _, uid = peer_credentials(request)
+        _, uid, _ = peer_credentials(request)
         return uid, f"uid {uid}", uid != 0
 
     def server_close(self) -> None:

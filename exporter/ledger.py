@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from impact_exporter.cgroups import Cgroup
 from impact_exporter.groups import GroupUsage
 from impact_exporter.run import RunKey
 
@@ -37,6 +38,7 @@ class _Entry:
     cpu_seconds: float = 0.0
     gpu_seconds: float = 0.0
     usage: GroupUsage | None = None
+    cgroup: Cgroup | None = None
 
 
 class Ledger:
@@ -46,6 +48,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._entries: dict[RunKey, _Entry] = {}
         self._roots: Mapping[RunKey, tuple[int, ...]] = MappingProxyType({})
+        self._cgroups: Mapping[RunKey, Cgroup] = MappingProxyType({})
         self._measured: frozenset[str] = frozenset()
 
     def track(
@@ -55,15 +58,20 @@ class Ledger:
         energy_joules: Mapping[str, float] | None = None,
         cpu_seconds: float = 0.0,
         gpu_seconds: float = 0.0,
+        cgroup: Cgroup | None = None,
     ) -> None:
         """Measure ``roots`` and their descendants for ``run_id``, starting from the given totals (by energy
-        domain); a run tracked already keeps its totals and only gets these roots."""
+        domain); a run tracked already keeps its totals and only gets these roots. A cgroup run has ``cgroup`` and
+        no roots: the sampler finds them in the cgroup at each sample (exporter/cgroups.py)."""
         with self._lock:
             entry = self._entries.get(run_id)
             if entry is None:
-                self._entries[run_id] = _Entry(tuple(roots), dict(energy_joules or {}), cpu_seconds, gpu_seconds)
+                entry = self._entries[run_id] = _Entry(
+                    tuple(roots), dict(energy_joules or {}), cpu_seconds, gpu_seconds
+                )
             else:
                 entry.roots = tuple(roots)
+            entry.cgroup = cgroup
             self._publish_roots()
 
     def untrack(self, run_id: RunKey) -> None:
@@ -75,6 +83,10 @@ class Ledger:
     def roots(self) -> Mapping[RunKey, tuple[int, ...]]:
         """Root PIDs of every tracked run: made when runs are tracked or untracked, not at each sample."""
         return self._roots
+
+    def cgroups(self) -> Mapping[RunKey, Cgroup]:
+        """The cgroup of every tracked cgroup run."""
+        return self._cgroups
 
     def add_usage(self, usage: Mapping[RunKey, GroupUsage]) -> None:
         """Add an interval's CPU time per run, and take what each run holds now; runs not tracked are ignored."""
@@ -131,3 +143,6 @@ class Ledger:
 
     def _publish_roots(self) -> None:
         self._roots = MappingProxyType({run_id: entry.roots for run_id, entry in self._entries.items()})
+        self._cgroups = MappingProxyType(
+            {run_id: entry.cgroup for run_id, entry in self._entries.items() if entry.cgroup is not None}
+        )

@@ -1,8 +1,9 @@
 """The run model: what a run is, the request that starts one, and the errors a run request can meet.
 
-A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in exporter/groups.py)
-with descriptive labels. Runs are immutable: the registry (exporter/runs.py) replaces a run whenever its figures
-change, so a scrape that holds a run holds one consistent set of figures.
+A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in exporter/groups.py), or
+a cgroup (every process in it, exporter/cgroups.py), with descriptive labels. Runs are immutable: the registry
+(exporter/runs.py) replaces a run whenever its figures change, so a scrape that holds a run holds one consistent set
+of figures.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ class UnknownRun(RunError):
 
 class Conflict(RunError):
     """The request contradicts the run as it is (finished, or other labels)."""
+
+
+class HeldByCgroupRun(Conflict):
+    """The process is in the cgroup of an active cgroup run of the caller's own (their Slurm job): that run
+    measures it. The 409 carries the run, so the client can record it instead of running unmeasured."""
+
+    def __init__(self, message: str, run: Run) -> None:
+        super().__init__(message)
+        self.run = run
 
 
 class StoreUnavailable(RunError):
@@ -79,6 +89,8 @@ class Run:
     last_seen: float | None = None
     gpu_seconds: float = 0.0
     placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
+    cgroup: str | None = None  # a cgroup run's cgroup, as exporter/cgroups.py writes it; None: a process run
+    cgroup_populated: bool = False  # whether that cgroup has held processes: once it is gone, the run has ended
 
     @property
     def key(self) -> RunKey:
@@ -102,3 +114,5 @@ class StartRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     pid: int | None = None
     run_id: str | None = None
+    cgroup: str | None = None  # a cgroup run (operators only), of the user ``uid`` (default: the caller)
+    uid: int | None = None

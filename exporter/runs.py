@@ -17,8 +17,10 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 
+from impact_exporter.cgroups import Cgroup, CgroupFS, cgroup_holding, member_roots, parse_cgroup, tree_in_cgroup
 from impact_exporter.groups import ProcessGroups, ProcKey
 from impact_exporter.holders import holding_run
 from impact_exporter.kubernetes import kubernetes_labels
@@ -28,6 +30,7 @@ from impact_exporter.run import (
     COMPONENT_DOMAINS,
     Conflict,
     Forbidden,
+    HeldByCgroupRun,
     InvalidRequest,
     ProcessRef,
     Run,
@@ -71,12 +74,14 @@ class RunRegistry:
         ledger: Ledger | None = None,
         groups: ProcessGroups | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        cgroupfs: CgroupFS | None = None,
     ) -> None:
         """``ledger`` keeps the active runs' totals; a run's start records its baseline in ``groups`` (the sampler's
         process-group accounting) so its CPU time counts from then. ``pause`` is called between runs while they
         are settled (exporter/scheduling.py). ``limits`` bound the runs held, per user and in all
-        (exporter/limits.py)."""
+        (exporter/limits.py). ``cgroupfs`` is where cgroup runs' cgroups are (exporter/cgroups.py)."""
         self._procfs = procfs
+        self._cgroupfs = cgroupfs if cgroupfs is not None else CgroupFS(Path("/sys/fs/cgroup"))
         self._pause = pause
         self._store = store
         self._store_error = store_error
@@ -107,8 +112,9 @@ class RunRegistry:
         roots: dict[ProcKey, RunKey] = {}  # those of the active runs resumed so far
         for run in store.active():
             alive = self._not_held(run, tuple(p for p in run.processes if self._is_alive(p)), roots)
-            broken = self._resume_refusal(run, active[run.uid]) if alive else None
-            if not alive or broken:
+            kept = bool(alive) or run.cgroup is not None  # a cgroup run ends when stopped, or its cgroup goes
+            broken = self._resume_refusal(run, active[run.uid]) if kept else None
+            if not kept or broken:
                 ends.append((run.key, run.last_seen or run.start_time))
                 if broken:
                     over_limit[(run.user, broken)] += 1
@@ -182,10 +188,14 @@ class RunRegistry:
             {COMPONENT_DOMAINS[c]: joules for c, joules in run.energy_joules.items() if c in COMPONENT_DOMAINS},
             run.cpu_seconds,
             run.gpu_seconds,
+            parse_cgroup(run.cgroup) if run.cgroup is not None else None,
         )
 
     def start(self, request: StartRequest, caller_uid: int, caller_pid: int | None) -> tuple[Run, bool]:
-        """Register a run, or add a process to the active run with the given id; True when it is new."""
+        """Register a run, or add a process to the active run with the given id; True when it is new. The API lets
+        only operators ask for a cgroup run (exporter/api.py)."""
+        if request.cgroup is not None:
+            return self._start_cgroup(request, parse_cgroup(request.cgroup), caller_uid)
         pid = request.pid if request.pid is not None else caller_pid
         if pid is None:
             raise InvalidRequest("pid is required when the caller cannot be identified (TCP)")
@@ -200,17 +210,7 @@ class RunRegistry:
                 created = False
             else:
                 self._admit(caller_uid)
-                run = Run(
-                    run_id=request.run_id or uuid.uuid4().hex,
-                    experiment=request.experiment,
-                    set=request.set,
-                    labels=MappingProxyType(dict(request.labels)),
-                    uid=owner,
-                    user=user_name(owner),
-                    processes=(process,),
-                    start_time=self._clock(),
-                    placement=placement,
-                )
+                run = self._new_run(request, owner, processes=(process,), placement=placement)
                 created = True
             self._require_counted_once(pid, run.key, caller_uid)
             if created:
@@ -226,6 +226,91 @@ class RunRegistry:
             except SourceError as error:  # the next sample takes the baseline (and marks procfs down if need be)
                 log.debug("no baseline for run %s now: %s", run.run_id, error)
         return run, created
+
+    def _start_cgroup(self, request: StartRequest, cgroup: Cgroup, caller_uid: int) -> tuple[Run, bool]:
+        """Register the cgroup run ``request`` asks for, of user ``request.uid`` (default: the caller); the same
+        request again returns the run (a prolog that is retried). The cgroup need not exist yet: Slurm makes a
+        job's cgroup after its prolog has run."""
+        owner = request.uid if request.uid is not None else caller_uid
+        self._take_registration(caller_uid)
+        with self._lock:
+            self._require_store()
+            existing = self._runs.get(RunKey(owner, request.run_id)) if request.run_id else None
+            if existing is not None:
+                if not existing.active:
+                    raise Conflict(already_finished(existing.run_id))
+                if (request.experiment, request.set, dict(request.labels), str(cgroup)) != (
+                    existing.experiment,
+                    existing.set,
+                    dict(existing.labels),
+                    existing.cgroup,
+                ):
+                    raise Conflict(f"run {existing.run_id} exists with another experiment, set, labels or cgroup")
+                return existing, False
+            self._admit(caller_uid)
+            members = self._require_cgroup_free(cgroup)
+            run = self._new_run(request, owner, processes=(), cgroup=str(cgroup))
+            self._insert(run)
+            self._runs[run.key] = run
+            self._publish()
+            self._track(run)
+        if self._groups is not None:  # its members' CPU time counts from now, and that of those born after
+            try:
+                self._groups.add_roots(run.key, member_roots(self._procfs, members))
+            except SourceError as error:
+                log.debug("no baseline for run %s now: %s", run.run_id, error)
+        return run, True
+
+    def _require_cgroup_free(self, cgroup: Cgroup) -> list[int]:
+        """The processes in ``cgroup`` now; Conflict when an active run holds the cgroup, one above or below it, or
+        one of its processes: a process counts in one run at a time. Under the lock."""
+        for run in self._runs.values():
+            if run.active and run.cgroup is not None and parse_cgroup(run.cgroup).overlaps(cgroup):
+                raise Conflict(
+                    f"cgroup {cgroup} overlaps cgroup {run.cgroup} of active run {run.run_id} of user {run.user}; "
+                    "a process counts in one run at a time: stop that run first"
+                )
+        try:
+            members = self._cgroupfs.processes(cgroup) or []
+        except SourceError as error:
+            raise InvalidRequest(f"cannot read the processes of cgroup {cgroup}: {error}") from error
+        cgroups = self._active_cgroups()
+        roots = self._active_roots()
+        for pid in members:
+            holder = holding_run(self._procfs, pid, roots)
+            if holder is not None:
+                raise Conflict(
+                    f"cgroup {cgroup} holds process {pid}: {holder.relation(pid)} active run {holder.run.run_id} of "
+                    f"user {user_name(holder.run.uid)}; a process counts in one run at a time: stop that run first"
+                )
+            held = tree_in_cgroup(self._procfs, pid, cgroups)
+            if held is not None:
+                raise Conflict(
+                    f"cgroup {cgroup} holds process {held[0]}, which is in cgroup run {held[1].run_id} of user "
+                    f"{user_name(held[1].uid)}; a process counts in one run at a time: stop that run first"
+                )
+        return members
+
+    def _active_cgroups(self, exclude: RunKey | None = None) -> dict[Cgroup, RunKey]:
+        """The cgroup of every active cgroup run but ``exclude``."""
+        return {
+            parse_cgroup(run.cgroup): key
+            for key, run in self._runs.items()
+            if run.active and run.cgroup is not None and key != exclude
+        }
+
+    def _new_run(self, request: StartRequest, owner: int, **held: object) -> Run:
+        """A run of user ``owner`` as ``request`` asks, starting now, holding ``held`` (processes, cgroup)."""
+        return Run(
+            run_id=request.run_id or uuid.uuid4().hex,
+            experiment=request.experiment,
+            set=request.set,
+            labels=MappingProxyType(dict(request.labels)),
+            uid=owner,
+            user=user_name(owner),
+            start_time=self._clock(),
+            **held,  # type: ignore[arg-type]
+        )
 
     def _take_registration(self, caller_uid: int) -> None:
         """Count one start against the caller's rate; TooManyRequests when the caller goes too fast."""
@@ -273,6 +358,7 @@ class RunRegistry:
     def _require_counted_once(self, pid: int, key: RunKey, caller_uid: int) -> None:
         """Refuse ``pid`` when another active run holds it or one of its descendants (exporter/holders.py): a
         process counts in one run at a time. Another user's run is not named to the caller."""
+        self._require_outside_cgroup_runs(pid, key, caller_uid)
         holder = holding_run(self._procfs, pid, self._active_roots(exclude=key))
         if holder is None:
             return
@@ -286,6 +372,23 @@ class RunRegistry:
             f"that run (run_id {holder.run.run_id!r}), register a process outside it, or stop it first"
         )
 
+    def _require_outside_cgroup_runs(self, pid: int, key: RunKey, caller_uid: int) -> None:
+        """Refuse ``pid`` when it or a descendant is in the cgroup of an active cgroup run: that run holds it."""
+        held = tree_in_cgroup(self._procfs, pid, self._active_cgroups(exclude=key))
+        if held is None:
+            return
+        member, holder = held
+        what = f"process {pid}" if member == pid else f"process {pid} has a descendant, process {member}, that"
+        if caller_uid != 0 and holder.uid != caller_uid:
+            raise Conflict(
+                f"{what} is in the cgroup of another user's active run; a process counts in one run at a time"
+            )
+        raise HeldByCgroupRun(
+            f"{what} is in the cgroup of active run {holder.run_id} ({self._runs[holder].cgroup}), which measures "
+            "it already; a process counts in one run at a time",
+            self._runs[holder],
+        )
+
     def _active_roots(self, exclude: RunKey | None = None) -> dict[ProcKey, RunKey]:
         """The roots of every active run but ``exclude``: (pid, start_ticks) -> run key."""
         return {
@@ -296,20 +399,28 @@ class RunRegistry:
         }
 
     def _join(self, run: Run, request: StartRequest, process: ProcessRef) -> Run:
-        """``run`` with ``process`` added: a run of the process's owner, so of the caller unless root calls."""
+        """``run`` with ``process`` added: a run of the process's owner, so of the caller unless root calls. A
+        cgroup run is joined by being in its cgroup: a process there gets HeldByCgroupRun (``impact-run`` in a
+        Slurm job passes the job's run id to the code it runs), one elsewhere a Conflict."""
         if not run.active:
             raise Conflict(already_finished(run.run_id))
+        if run.cgroup is not None:
+            if cgroup_holding(self._procfs, process.pid, {parse_cgroup(run.cgroup): run.key}) is not None:
+                raise HeldByCgroupRun(
+                    f"process {process.pid} is in the cgroup of run {run.run_id}, which measures it", run
+                )
+            raise Conflict(f"run {run.run_id} is cgroup {run.cgroup}'s: a process is in it by being in that cgroup")
         if (request.experiment, request.set, dict(request.labels)) != (run.experiment, run.set, dict(run.labels)):
             raise Conflict(f"run {run.run_id} exists with another experiment, set or labels")
         if process in run.processes:
             return run
         return replace(run, processes=(*run.processes, process))
 
-    def stop(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
+    def stop(self, run_id: str, caller_uid: int, user: str | None = None, operator: bool = False) -> Run:
         """End a run now with the totals of the last settled sample (a second stop returns the finished run
         unchanged). RunSettler.stop takes a fresh sample first, so they include the run's last moments. ``user``
-        as for ``get``."""
-        run = self.get(run_id, caller_uid, user)
+        and ``operator`` as for ``get``."""
+        run = self.get(run_id, caller_uid, user, operator)
         if not run.active:
             return run
         with self._lock:
@@ -322,12 +433,17 @@ class RunRegistry:
                 self._ledger.untrack(run.key)
             return run
 
-    def get(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
-        """The caller's run ``run_id``. Root may read any user's: the one ``user`` names, or the only one of that
-        id. Another user's run is as unknown as a run that does not exist (UnknownRun), so ids cannot be probed."""
+    def get(self, run_id: str, caller_uid: int, user: str | None = None, operator: bool = False) -> Run:
+        """The caller's run ``run_id``. Root may read any user's, and an ``operator`` any user's cgroup run: the one
+        ``user`` names, or the only one of that id. Another user's run is as unknown as a run that does not exist
+        (UnknownRun), so ids cannot be probed."""
         with self._lock:
-            if caller_uid == 0:
-                held = [run for key, run in self._runs.items() if key.run_id == run_id]
+            if caller_uid == 0 or operator:
+                held = [
+                    run
+                    for key, run in self._runs.items()
+                    if key.run_id == run_id and (caller_uid in (0, key.uid) or run.cgroup is not None)
+                ]
             else:
                 held = [run] if (run := self._runs.get(RunKey(caller_uid, run_id))) is not None else []
         held = [run for run in held if user is None or run.user == user]
@@ -338,11 +454,11 @@ class RunRegistry:
             raise Conflict(f"run {run_id} is held by users {users}; name one with ?user=NAME")
         return held[0]
 
-    def list(self, caller_uid: int) -> list[Run]:
-        """Active and recently finished runs the caller may see."""
+    def list(self, caller_uid: int, operator: bool = False) -> list[Run]:
+        """Active and recently finished runs the caller may see: an operator sees every cgroup run too."""
         with self._lock:
             runs = list(self._runs.values())
-        return [run for run in runs if caller_uid == 0 or run.uid == caller_uid]
+        return [run for run in runs if caller_uid in (0, run.uid) or (operator and run.cgroup is not None)]
 
     def runs(self) -> list[Run]:
         """Every run currently exposed in /metrics.
@@ -365,7 +481,7 @@ class RunRegistry:
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()
-                changed.append(settled_run(run, totals.get(run.key), measured, timestamp))
+                changed.append(settled_run(run, totals.get(run.key), measured, timestamp, self._cgroup_gone))
             for run in changed:
                 self._runs[run.key] = run
                 if not run.active:
@@ -415,6 +531,12 @@ class RunRegistry:
             log.info("run totals are persisted again")
             self._persist_failure = None
         return True
+
+    def _cgroup_gone(self, run: Run, populated: bool) -> bool:
+        """Whether a cgroup run's cgroup, having held processes (``populated``, kept in the store across restarts),
+        is gone: the job ended without a stop (an epilog that could not reach the exporter). A cgroup not made yet
+        (Slurm makes it after the prolog) keeps its run active."""
+        return populated and not self._cgroupfs.exists(parse_cgroup(run.cgroup))
 
     def _expire(self, now: float) -> None:
         """Drop finished runs past --runs.retain-finished, and each user's oldest beyond
@@ -468,10 +590,17 @@ class RunRegistry:
         )
 
 
-def settled_run(run: Run, totals: RunTotals | None, measured: frozenset[str], timestamp: float) -> Run:
-    """The run with the ledger's totals as of the sample at ``timestamp``, ended when its processes are all gone;
-    ``measured``: the energy domains the node measures. The registry and the standalone monitor
-    (exporter/standalone.py) both settle their runs with it."""
+def settled_run(
+    run: Run,
+    totals: RunTotals | None,
+    measured: frozenset[str],
+    timestamp: float,
+    cgroup_gone: Callable[[Run, bool], bool] | None = None,
+) -> Run:
+    """The run with the ledger's totals as of the sample at ``timestamp``; ``measured``: the energy domains the node
+    measures. A process run ends when its processes are all gone, a cgroup run when ``cgroup_gone(run, populated)``
+    says its cgroup, having held processes, is gone. The registry and the standalone monitor
+    (exporter/standalone.py, which has no cgroup runs) both settle their runs with it."""
     if totals is None or not totals.sampled:
         return run
     energy = {
@@ -479,9 +608,13 @@ def settled_run(run: Run, totals: RunTotals | None, measured: frozenset[str], ti
         for component, domain in COMPONENT_DOMAINS.items()
         if domain in measured or domain in totals.energy_joules
     }
-    ended = totals.processes == 0
+    populated = run.cgroup_populated or (run.cgroup is not None and totals.processes > 0)
+    if run.cgroup is None:
+        ended = totals.processes == 0
+    else:
+        ended = cgroup_gone is not None and cgroup_gone(run, populated)
     if ended:
-        log.info("run %s ended: its processes are gone", run.run_id)
+        log.info("run %s ended: its %s gone", run.run_id, "processes are" if run.cgroup is None else "cgroup is")
     return replace(
         run,
         energy_joules=energy,
@@ -489,6 +622,7 @@ def settled_run(run: Run, totals: RunTotals | None, measured: frozenset[str], ti
         gpu_seconds=totals.gpu_seconds,
         last_seen=run.last_seen if ended else timestamp,
         end_time=(run.last_seen or timestamp) if ended else None,
+        cgroup_populated=populated,
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from impact_exporter.attribution import GroupShareBasis, attribute_interval
+from impact_exporter.cgroups import CgroupFS, with_cgroup_roots
 from impact_exporter.gpu_attribution import IDLE_SHARE, IdlePolicy, attribute_gpu_interval, lowest_idle_watts
 from impact_exporter.groups import GroupUsage, ProcessGroups
 from impact_exporter.ledger import Ledger
@@ -84,11 +85,14 @@ class Sampler:
         gpu_idle_watts: float | None = None,
         gpu_idle_policy: IdlePolicy = IDLE_SHARE,
         pause: Pause = no_pause,
+        cgroupfs: CgroupFS | None = None,
     ) -> None:
         """``ledger`` says which runs to measure and takes their figures (a fresh one tracks none); ``groups`` is
         the process-group accounting shared with the registry, which records a starting run's baseline in it.
-        ``pause`` is called between the phases of a sample and between groups (exporter/scheduling.py)."""
+        ``pause`` is called between the phases of a sample and between groups (exporter/scheduling.py).
+        ``cgroupfs`` is where cgroup runs' members are read (exporter/cgroups.py)."""
         self._procfs = procfs
+        self._cgroupfs = cgroupfs
         self._pause = pause
         self._energy = energy
         self._ledger = ledger if ledger is not None else Ledger()
@@ -200,10 +204,13 @@ class Sampler:
     def _read_usage(self) -> bool:
         """Read group usage and system busy time and queue them for attribution; False on failure."""
         try:
-            roots = self._ledger.roots()
+            roots, owners = self._ledger.roots(), {}
+            cgroups = self._ledger.cgroups()
+            if cgroups and self._cgroupfs is not None:
+                roots, owners = with_cgroup_roots(self._procfs, self._cgroupfs, roots, cgroups)
             cpu = self._procfs.cpu_times()
             self._total_memory_bytes = self._procfs.meminfo().total_bytes
-            usage = self._groups.sample(roots, self._pause)
+            usage = self._groups.sample(roots, self._pause, born_in=cgroups.keys(), owners=owners)
         except SourceError as error:
             self._mark_down(PROCFS, error)
             return False

@@ -36,14 +36,14 @@ class RunSettler:
             self._fresh_sample()
         return started
 
-    def stop(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
+    def stop(self, run_id: str, caller_uid: int, user: str | None = None, operator: bool = False) -> Run:
         """Take a fresh sample so the run's totals include its last moments, then end it (RunRegistry.stop)."""
-        if self._runs.get(run_id, caller_uid, user).active:
+        if self._runs.get(run_id, caller_uid, user, operator).active:
             self._fresh_sample()
-        return self._runs.stop(run_id, caller_uid, user)
+        return self._runs.stop(run_id, caller_uid, user, operator)
 
-    def get(self, run_id: str, caller_uid: int, user: str | None = None) -> Run:
-        return self._runs.get(run_id, caller_uid, user)
+    def get(self, run_id: str, caller_uid: int, user: str | None = None, operator: bool = False) -> Run:
+        return self._runs.get(run_id, caller_uid, user, operator)
 
-    def list(self, caller_uid: int) -> list[Run]:
-        return self._runs.list(caller_uid)
+    def list(self, caller_uid: int, operator: bool = False) -> list[Run]:
+        return self._runs.list(caller_uid, operator)

@@ -6,8 +6,10 @@ VENV="${VENV:-.venv}"
 SYSTEM_PACKAGES=(prometheus texlive-luatex texlive-latex-recommended texlive-science texlive-pictures lmodern latexmk
   fonts-noto-cjk fonts-symbola poppler-utils systemd)
 # What the tests need besides: the paper classes fragments are checked in (IEEEtran and acmart, with the packages
-# and fonts acmart loads); VictoriaMetrics, the long-term store the reporter is tested against besides Prometheus.
-TEST_PACKAGES=(texlive-publishers texlive-latex-extra texlive-fonts-extra texlive-plain-generic victoria-metrics)
+# and fonts acmart loads); VictoriaMetrics, the long-term store the reporter is tested against besides Prometheus;
+# Slurm and munge, a real one-node cluster whose jobs the shipped prolog and epilog make runs (tests/deploy).
+TEST_PACKAGES=(texlive-publishers texlive-latex-extra texlive-fonts-extra texlive-plain-generic victoria-metrics
+  slurmctld slurmd slurm-client munge)
 
 # Debian packages: installed when missing and running as root, otherwise the exact command is printed.
 install_apt_packages() {

@@ -111,15 +111,23 @@ class MonitoredNode:
         self._exporter.join(timeout=10)
 
 
+SLURM_JOB = {"run_id": "slurm-monitored-7", "labels": {"account": "physics", "partition": "gpu", "job_name": "train"}}
+"""A run as the Slurm prolog names and labels a job (deploy/slurm/impact-slurm), for the panels of Slurm jobs."""
+
+
 def start_runs(node: MonitoredNode, seconds: float = 3.0) -> dict[str, Any]:
-    """A finished run and an active run of experiment "dashboards", both on the training process; returns both
-    runs as the exporter rendered them, under "finished" and "active"."""
+    """A finished run and an active run of experiment "dashboards", both on the training process, and between
+    them a finished run as a Slurm job's ("train", SLURM_JOB); returns the runs as the exporter rendered them,
+    under "finished", "slurm" and "active"."""
     client = node.client()
     finished = client.start_run("dashboards", set="baseline", pid=TRAIN_PID, labels={"model": "resnet"})
     time.sleep(seconds)
     finished = client.stop_run(finished["run_id"])
+    slurm = client.start_run("train", pid=TRAIN_PID, **SLURM_JOB)
+    time.sleep(0.5)
+    slurm = client.stop_run(slurm["run_id"])
     active = client.start_run("dashboards", set="candidate", pid=TRAIN_PID, labels={"model": "vit"})
-    return {"finished": finished, "active": active}
+    return {"finished": finished, "slurm": slurm, "active": active}
 
 
 def wait_scraped(query: Callable[[str], list[dict[str, Any]]], run_ids: list[str], timeout: float = 30) -> None:

@@ -12,15 +12,23 @@ from typing import Any
 import pytest
 
 
-def as_uid(uid: int, gid: int, work: Callable[[], Any], groups: Sequence[int] = ()) -> Any:
+def as_uid(
+    uid: int,
+    gid: int,
+    work: Callable[[], Any],
+    groups: Sequence[int] = (),
+    enter: Callable[[], None] | None = None,
+) -> Any:
     """What ``work()`` returns (anything JSON can carry), run in a child that switched to ``uid`` and ``gid`` with
     only ``groups`` as supplementary groups (and so no capability); a failure in the child fails the test with its
-    traceback."""
+    traceback. ``enter`` runs in the child first, still as root (to move it into a cgroup, say)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(read)
+            if enter is not None:
+                enter()
             os.setgroups(list(groups))
             os.setgid(gid)
             os.setuid(uid)

@@ -383,6 +383,10 @@ class ProcFS:
         except (OSError, ValueError):
             return None
 
+    def uptime_ticks(self) -> int:
+        """Clock ticks since boot, from ``uptime``: the clock of a process's start_ticks."""
+        return self._parse_system_file("uptime", lambda text: int(float(text.split()[0]) * self._ticks))
+
     def meminfo(self) -> MemInfo:
         """Total and available memory of the machine."""
         return self._parse_system_file("meminfo", parse_meminfo)

@@ -96,8 +96,12 @@ def test_a_run_in_a_pod_carries_pod_and_container_on_its_info_and_keeps_them_acr
 
 def test_a_store_from_before_placement_gains_the_column(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
-    old_schema = RunStore.SCHEMA.replace(",\n            placement TEXT NOT NULL DEFAULT '{}'", "")
-    assert "placement" not in old_schema
+    old_schema = (
+        RunStore.SCHEMA.replace(",\n            placement TEXT NOT NULL DEFAULT '{}'", "")
+        .replace(",\n            cgroup TEXT", "")
+        .replace(",\n            cgroup_populated INTEGER NOT NULL DEFAULT 0", "")
+    )
+    assert "placement" not in old_schema and "cgroup" not in old_schema
     with sqlite3.connect(path) as db:
         db.execute(old_schema)
         db.execute(
@@ -105,4 +109,5 @@ def test_a_store_from_before_placement_gains_the_column(tmp_path: Path) -> None:
             "1.0, 20.0, 0.0)"
         )
     [run] = RunStore(path).load()
-    assert (run.run_id, run.placement, run.energy_joules) == ("old", {}, {"cpu": 5.0})
+    assert (run.run_id, run.placement, run.energy_joules, run.cgroup) == ("old", {}, {"cpu": 5.0}, None)
+    assert not run.cgroup_populated

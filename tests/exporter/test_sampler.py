@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from impact_exporter.groups import ProcessGroups
@@ -18,6 +19,7 @@ from impact_exporter.sources.procfs import ProcFS
 from impact_exporter.sources.rapl import RaplSource
 from tests.fakes.powercap import FakePowercap
 from tests.fakes.procfs import FakeProc
+from tests.servers import wait_for
 
 RUN = RunKey(0, "run")
 
@@ -99,20 +101,33 @@ def test_energy_measured_while_procfs_was_down_is_attributed_once_it_is_back(
     assert sampler.snapshot.unattributed_joules["package"] == pytest.approx(10.0, abs=1e-6)
 
 
+def cpu_seconds_of(process: psutil.Process) -> float:
+    """A process's own CPU time as the kernel counts it (its /proc/<pid>/stat, read by psutil)."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
-    busy_loop = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
-    child = subprocess.Popen([sys.executable, "-c", busy_loop])
+    """The group's CPU time between two samples is the child's, as the kernel counts it, bracketed by readings
+    taken around each sample; the test waits for CPU time, not wall time, so a loaded machine only makes it slower."""
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
+        process = psutil.Process(child.pid)
         ledger = Ledger()
         ledger.track(RUN, (child.pid,))
         sampler = Sampler(ProcFS(Path("/proc")), energy=RaplSource(powercap.sysfs), ledger=ledger)
+        before_first = cpu_seconds_of(process)
         sampler.sample_once()
-        threading.Event().wait(0.5)
+        after_first = cpu_seconds_of(process)
+        wait_for(lambda: cpu_seconds_of(process) >= after_first + 0.25, 120, "the child to use 0.25 s of CPU", 0.05)
         powercap.advance(PACKAGE, 20.0)
+        before_second = cpu_seconds_of(process)
         sampler.sample_once()
+        after_second = cpu_seconds_of(process)
         totals = ledger.totals()[RUN]
         assert totals.processes == 1 and totals.root_alive
-        assert 0.2 < totals.cpu_seconds < 0.7
+        assert before_second - after_first - 1e-9 <= totals.cpu_seconds <= after_second - before_first + 1e-9
+        assert totals.cpu_seconds > 0.2
         assert 0.0 < totals.energy_joules["package"] <= 20.0
         assert totals.energy_joules["package"] + sampler.snapshot.unattributed_joules["package"] == pytest.approx(20.0)
     finally:

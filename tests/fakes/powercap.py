@@ -17,6 +17,9 @@ import threading
 import time
 from pathlib import Path
 
+from impact_exporter.sources.procfs import ProcFS
+from tests.fakes.procfs import TICKS
+
 UJ_PER_JOULE = 1_000_000
 DEFAULT_MAX_ENERGY_RANGE_UJ = 262143328850  # what recent Intel packages report
 
@@ -162,3 +165,29 @@ class PowerDriver(threading.Thread):
                 self.joules[zone] += joules
                 self.wraps[zone] += self.powercap.energy_uj(zone) < before
             last = now
+
+
+TICK_JOULES = 0.01
+"""BusyTickPower's joules per busy CPU tick of the machine: 1 W per busy core."""
+
+
+class BusyTickPower(threading.Thread):
+    """Writes a fake package counter as TICK_JOULES per busy tick of the real machine (its /proc/stat), every
+    10 ms, until ``stopped`` is set: for tests of real processes, whose share of the machine's busy time a test
+    cannot set. A run's exact energy is then TICK_JOULES per tick of its own, however loaded the machine is."""
+
+    def __init__(self, powercap: FakePowercap, zone: str) -> None:
+        super().__init__(daemon=True)
+        self.powercap = powercap
+        self.zone = zone
+        self.procfs = ProcFS(Path("/proc"))
+        self.stopped = threading.Event()
+        self.start_ticks = self.busy_ticks()
+
+    def busy_ticks(self) -> float:
+        return self.procfs.cpu_times().busy_seconds * TICKS
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.01):
+            joules = (self.busy_ticks() - self.start_ticks) * TICK_JOULES
+            self.powercap.set_energy_uj(self.zone, round(1e6 + joules * 1e6))

@@ -73,6 +73,7 @@ class FakeProc:
         self.processes: dict[int, FakeProcess] = {}
         self.busy_ticks = 100_000
         self.idle_ticks = 1_000_000
+        self.uptime_ticks = 1_000_000  # the clock of start times; advance moves it by the ticks of one CPU
         self._created: set[tuple[int, int]] = set()  # (pid, start) of every process the tree has shown
         root.mkdir(parents=True, exist_ok=True)
         # Like the procfs of this process's PID namespace, where the kernel's loadavg shows the latest new PID.
@@ -106,6 +107,7 @@ class FakeProc:
             self.processes[pid] = replace(process, utime=process.utime + ticks)
         self.busy_ticks += busy_ticks
         self.idle_ticks += idle_ticks
+        self.uptime_ticks += max(1, busy_ticks + idle_ticks)
         self._write()
 
     def update(self, pid: int, **fields: object) -> None:
@@ -148,6 +150,7 @@ class FakeProc:
 
     def _write_stat(self) -> None:
         _write_atomically(self.root / "stat", f"cpu  {self.busy_ticks} 0 0 {self.idle_ticks} 0 0 0 0 0 0\n")
+        _write_atomically(self.root / "uptime", f"{self.uptime_ticks / TICKS:.2f} 0.00\n")
 
     def _write_process(self, p: FakeProcess) -> None:
         directory = self.root / str(p.pid)

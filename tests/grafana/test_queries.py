@@ -1,6 +1,7 @@
 """Every query of every dashboard against the session Prometheus scraping the monitored node (tests/monitored.py:
 RAPL package 40 W and DRAM, one GPU with processes 4242 "worker" and 5000 "other", a finished run and an
-active run of experiment "dashboards"), with the template variables interpolated as Grafana does.
+active run of experiment "dashboards", and a finished run named and labelled as a Slurm job), with the template
+variables interpolated as Grafana does.
 
 Checked: no query errors, every panel has data (and every query naming a metric the node exposes), the
 variables list the node's values, and the figures a user reads off the panels match the runs' own figures
@@ -322,3 +323,14 @@ def test_gpu_panels_show_each_process_with_its_sm_share(scene: Scene) -> None:
     assert (train["comm"], train["Value #B"], other["comm"], other["Value #B"]) == ("worker", 0.6, "other", 0.2)
     assert train["Value #A"] > other["Value #A"] > 0, "the process with the larger SM share draws more power"
     assert train["Value #C"] == 4 * other["Value #C"], "8 GiB and 2 GiB"
+
+
+def test_energy_of_slurm_jobs_per_account_and_user_is_the_jobs_own(scene: Scene) -> None:
+    """The panel finds the runs the Slurm prolog names (slurm-*), by the account label it gives them, and shows each
+    account and user the energy of their jobs, all components, over the nodes; other runs are not jobs."""
+    job = scene.monitored.runs["slurm"]
+    assert job["labels"]["account"] == "physics" and sum(job["energy_joules"].values()) > 0
+    found = panel("experiment-runs.json", "Energy of Slurm jobs, per account and user")
+    for selection in ("specific", "all"):
+        shown = by_legend(found, results(scene, found, variables(scene, selection, "whole"), scene.now))
+        assert shown == pytest.approx({f"physics {job['user']}": sum(job["energy_joules"].values())}, rel=1e-9)
