@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,10 +108,12 @@ class PrometheusServer(LoopbackServer):
         data_dir: Path | None = None,
         extra_args: Sequence[str] = (),
         remote_write_url: str | None = None,
+        external_labels: Mapping[str, str] | None = None,
     ) -> None:
         """``data_dir`` holds the TSDB (default: ``workdir/data``), e.g. blocks backfilled with promtool;
         ``extra_args`` are further Prometheus flags; ``remote_write_url`` is a store every sample is also written
-        to, within about a second."""
+        to, within about a second; ``external_labels`` are added to what it writes there (``replica`` of an HA
+        pair, ``cluster``), not to what its own API answers."""
         self.binary = require_binary("prometheus", "apt-get install prometheus")
         self.workdir = workdir
         self.data_dir = data_dir or workdir / "data"
@@ -122,7 +124,8 @@ class PrometheusServer(LoopbackServer):
         self.config_file = workdir / "prometheus.yml"
         self.config_file.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files: ['{RULES_GLOB}']\n"
+            + external_labels_config(external_labels or {})
+            + f"rule_files: ['{RULES_GLOB}']\n"
             "scrape_configs:\n"
             "  - job_name: impact\n"
             "    file_sd_configs:\n"
@@ -184,6 +187,13 @@ class PrometheusServer(LoopbackServer):
         result = self.query(f"{selector}[{window}]")
         assert len(result) == 1, f"expected one series for {selector}, got {result}"
         return [(float(t), float(v)) for t, v in result[0]["values"]]
+
+
+def external_labels_config(labels: Mapping[str, str]) -> str:
+    """The ``external_labels`` lines of Prometheus' ``global`` section ("" for none)."""
+    if not labels:
+        return ""
+    return "  external_labels:\n" + "".join(f"    {name}: {json.dumps(value)}\n" for name, value in labels.items())
 
 
 def remote_write_config(url: str | None) -> str:

@@ -211,3 +211,68 @@ def test_a_report_right_after_a_run_is_right_or_says_the_run_is_settling(
     unsettled = report("runs", f"--prometheus={victoria_metrics.url}", *selection, "--settle=0")
     assert unsettled.returncode == 0, unsettled.stderr
     assert json.loads(unsettled.stdout)["runs"][0]["duration_seconds"] == pytest.approx(later["duration_seconds"])
+
+
+def test_an_ha_pair_writing_into_one_store_reads_as_the_prometheus_with_the_whole_run(
+    tmp_path: Path, victoria_metrics: VictoriaMetricsServer, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    """Two Prometheus servers (external labels replica=a|b, cluster=site-a) scrape one exporter and both
+    remote-write into one VictoriaMetrics; b starts scraping 1.5 s into the run, so a holds the whole run. The
+    reporter reads each node from the replica with the most samples: every figure from VictoriaMetrics equals
+    that from Prometheus a, none has the replica label, and cluster names the node, not the run."""
+    node = Node(tmp_path / "node1")
+    exporter = start_exporter(*node.flags())
+    pair = {
+        name: PrometheusServer(
+            tmp_path / name,
+            remote_write_url=victoria_metrics.write_url,
+            external_labels={"replica": name, "cluster": "site-a"},
+        )
+        for name in ("a", "b")
+        if (tmp_path / name).mkdir() is None
+    }
+    try:
+        pair["a"].add_target(exporter.address)
+        run_id = f"vm-ha-{uuid.uuid4().hex[:8]}"
+        node.client().start_run("ha", set="a", labels={"seed": "1"}, pid=PID, run_id=run_id)
+        node.drive(1.5)
+        pair["b"].add_target(exporter.address)
+        node.drive(2.0)
+        final = node.client().stop_run(run_id)
+        end = final["end_time"] + 2.0  # a fixed window end after both replicas' final scrapes
+        energy = f'impact_run_energy_joules_total{{run_id="{run_id}",component="cpu"}}[1m]'
+        wait_for(
+            lambda: (
+                {s["metric"]["replica"] for s in victoria_metrics.query(energy) if float(s["values"][-1][0]) > end}
+                == {"a", "b"}
+            ),
+            30,
+            "VictoriaMetrics to hold both replicas' samples past the window's end",
+        )
+        window = (f"--start={final['start_time'] - 60}", f"--end={end}", f'--match={{run_id="{run_id}"}}')
+        selection = (*window, "--carbon-intensity=100")
+        [vm] = report_json(f"--prometheus={victoria_metrics.url}", *selection)["runs"]
+        [whole] = report_json(f"--prometheus={pair['a'].url}", *selection)["runs"]
+        [late] = report_json(f"--prometheus={pair['b'].url}", *selection)["runs"]
+        out = tmp_path / "archive"
+        archived = report("archive", f"--prometheus={victoria_metrics.url}", *window, f"--out={out}")
+        assert archived.returncode == 0, archived.stderr
+        [from_archive] = report_json(f"--run-dir={out / run_id}", "--carbon-intensity=100")["runs"]
+    finally:
+        for server in pair.values():
+            server.stop()
+
+    assert vm["labels"] == whole["labels"] == {"seed": "1"}
+    assert [host["instance"] for host in vm["hosts"]] == [f'{exporter.address}{{cluster="site-a"}}']
+    assert [host["instance"] for host in whole["hosts"]] == [exporter.address]
+    assert vm["energy_joules"]["cpu"] == pytest.approx(final["energy_joules"]["cpu"], rel=1e-9)
+    for key in ENERGY:
+        assert vm[key] == pytest.approx(whole[key], rel=1e-9) == late[key], key
+    for key in TIMES:
+        assert vm[key] == pytest.approx(whole[key], abs=1e-3), key
+    for key in (*SHAPE, "sample_interval_seconds"):
+        assert vm[key] == pytest.approx(whole[key], rel=1e-6), key
+    assert late["coverage"] < whole["coverage"], "replica b misses the run's first 1.5 s"
+    assert_same_document({**from_archive, "source": ""}, {**vm, "source": ""}, "the archived HA run")
+    samples = assert_finite_samples(out / run_id / "samples.csv")
+    assert set(samples["instance"]) == {f'{exporter.address}{{cluster="site-a"}}'}
