@@ -156,13 +156,19 @@ class PrometheusServer(LoopbackServer):
         tmp.write_text(json.dumps(self.targets))
         os.replace(tmp, self.targets_file)
 
-    def add_target(self, address: str, labels: dict[str, str] | None = None) -> None:
-        """Scrape ``address`` from now on, and wait until the first scrape succeeded. A new exporter on the port of
-        an earlier one replaces its target: with other labels, both would be scraped and every series doubled."""
+    def add_target(self, address: str, labels: dict[str, str] | None = None, wait: bool = True) -> None:
+        """Scrape ``address`` from now on, and wait until the first scrape succeeded (``wait=False``: the caller
+        waits with ``scraping``, say for several servers at once). A new exporter on the port of an earlier one
+        replaces its target: with other labels, both would be scraped and every series doubled."""
         self.remove_target(address)
         self.targets.append({"targets": [address], "labels": labels or {}})
         self._write_targets()
-        wait_for(lambda: self.query(f'up{{instance="{address}"}} == 1'), 30, f"prometheus to scrape {address}")
+        if wait:
+            wait_for(lambda: self.scraping(address), 30, f"prometheus to scrape {address}")
+
+    def scraping(self, address: str) -> bool:
+        """Whether the last scrape of ``address`` succeeded."""
+        return bool(self.query(f'up{{instance="{address}"}} == 1'))
 
     def remove_target(self, address: str) -> None:
         self.targets = [t for t in self.targets if address not in t["targets"]]

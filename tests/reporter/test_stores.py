@@ -23,6 +23,7 @@ from impact_reporter.cli import replica_label
 from impact_reporter.prometheus import PrometheusClient
 from impact_reporter.runs import ID_BUDGET_BYTES, MAX_QUERY_BYTES, _Found, _id_regex, run_batches
 from tests.reporter.fake_prometheus import FakePrometheus, FakeSeries
+from tests.reporter.test_report_runs import report_here
 from tests.servers import REPO_ROOT
 
 DAY = 1_795_996_800  # 2026-11-30T00:00:00Z
@@ -58,11 +59,18 @@ def run_series(
     ]
 
 
-def report(server: FakePrometheus, *args: str, start: float = DAY, end: float = DAY + 86399) -> tuple[int, Any, str]:
-    """Run ``impact-report runs --format=json`` in a child process: exit code, parsed stdout, stderr."""
-    command = [sys.executable, "-m", "impact_reporter", "runs", "--format=json", f"--prometheus={server.url}"]
+def report(
+    server: FakePrometheus, *args: str, start: float = DAY, end: float = DAY + 86399, here: bool = False
+) -> tuple[int, Any, str]:
+    """Run ``impact-report runs --format=json`` in a child process, or (``here``) in this one: exit code, parsed
+    stdout, stderr."""
+    command = ["runs", "--format=json", f"--prometheus={server.url}"]
     command += [f"--start={start}", f"--end={end}", "--carbon-intensity=100", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    if here:
+        result = report_here(*command)
+    else:
+        child = [sys.executable, "-m", "impact_reporter", *command]
+        result = subprocess.run(child, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     return result.returncode, json.loads(result.stdout) if result.returncode == 0 else None, result.stderr
 
 
@@ -212,9 +220,9 @@ def test_an_ha_pair_is_read_once_per_node_with_a_known_or_named_replica_label() 
     """The common replica label needs no flag; a custom one is named with --replica-label. Either way the run
     has one node, named with its cluster, the figures of one Prometheus, and neither label as a run label."""
     with FakePrometheus(ha_pair("prometheus_replica")) as server:
-        code, listed, stderr = report(server)
+        code, listed, stderr = report(server, here=True)
     with FakePrometheus(ha_pair("ha_member")) as server:
-        named, named_listed, named_stderr = report(server, "--replica-label", "ha_member")
+        named, named_listed, named_stderr = report(server, "--replica-label", "ha_member", here=True)
     assert code == 0, stderr
     assert named == 0, named_stderr
     for run in (listed, named_listed):
@@ -236,8 +244,8 @@ def test_an_ha_pair_is_read_once_per_node_with_a_known_or_named_replica_label() 
 
 def test_copies_told_apart_by_an_unknown_label_stop_the_report_naming_the_fixes() -> None:
     with FakePrometheus(ha_pair("ha_member")) as server:
-        code, _, stderr = report(server)
-        other, _, other_stderr = report(server, "--replica-label", "replica_of")
+        code, _, stderr = report(server, here=True)
+        other, _, other_stderr = report(server, "--replica-label", "replica_of", here=True)
     for exit_code, message in ((code, stderr), (other, other_stderr)):
         assert exit_code == 1
         assert len(message.strip().splitlines()) == 1 and "Traceback" not in message
@@ -262,7 +270,7 @@ def test_two_clusters_nodes_with_the_same_instance_are_two_nodes() -> None:
         host_info("node1:9100", "b-node1", DAY + 3600, cluster="site-b"),
     ]
     with FakePrometheus(series) as server:
-        code, listed, stderr = report(server)
+        code, listed, stderr = report(server, here=True)
     assert code == 0, stderr
     [run] = listed["runs"]
     assert run["total_joules"] == 2 * JOULES
@@ -277,7 +285,7 @@ def test_two_clusters_nodes_with_the_same_instance_are_two_nodes() -> None:
 def test_a_replica_label_that_cannot_tell_replicas_apart_is_a_usage_error(two_runs: list[FakeSeries]) -> None:
     """Naming instance would read every node as one; a name that is no label name matches nothing."""
     with FakePrometheus(two_runs) as server:
-        code, _, stderr = report(server, "--replica-label", "instance")
+        code, _, stderr = report(server, "--replica-label", "instance", here=True)
         assert server.requests == []
     assert code == 2 and "Traceback" not in stderr
     assert "instance is a label of the data itself" in stderr
