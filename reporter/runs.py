@@ -262,9 +262,9 @@ class PrometheusRuns:
     def _run_labels(self, run: _Found, added: set[str]) -> dict[str, str]:
         """The run's own labels: those of its ``impact_run_info`` but the descriptive ones and those the store
         added (``added``: found on its per-run series or its nodes' ``impact_host_info``, which carry none of the
-        run's labels), such as external labels (``cluster``) and replica labels."""
-        dropped = DESCRIPTIVE | added | set(self._identity.replica_labels)
-        return {name: value for name, value in run.labels.items() if name not in dropped}
+        run's labels), such as external labels (``cluster``, ``replica``). A run label that a replica label is
+        named like (an experiment's ``replica="3"``) is the run's: the exporter's series do not carry it."""
+        return {name: value for name, value in run.labels.items() if name not in DESCRIPTIVE and name not in added}
 
     def _nodes(self, run: _Found, added: set[str]) -> tuple[str, ...]:
         """The names of the nodes the run's ``impact_run_info`` series come from, each once however many copies."""

@@ -39,9 +39,11 @@ def run_series(
     user: str = "alice",
     added: Mapping[str, str] | None = None,
     offset: float = 0.0,
+    labels: Mapping[str, str] | None = None,
 ) -> list[FakeSeries]:
     """The series an exporter exports for one run, as scraped every SCRAPE s from ``offset`` s after its start
-    until 30 s after it ended; ``added``: the labels a Prometheus adds besides instance and job (external ones)."""
+    until 30 s after it ended; ``added``: the labels a Prometheus adds besides instance and job (external ones);
+    ``labels``: the run's own labels, on ``impact_run_info`` alone."""
     end = start + SECONDS
     times = [start + offset + k * SCRAPE for k in range((SECONDS + 30) // SCRAPE + 1)]
     identity = {"run_id": run_id, "user": user, "instance": instance, "job": "impact", **(added or {})}
@@ -50,7 +52,7 @@ def run_series(
         return FakeSeries({"__name__": name, **identity, **labels}, [(t, float(value(t))) for t in times])
 
     return [
-        series("impact_run_info", lambda t: 1, experiment="exp", set="a"),
+        series("impact_run_info", lambda t: 1, experiment="exp", set="a", **(labels or {})),
         series("impact_run_start_time_seconds", lambda t: start),
         series("impact_run_end_time_seconds", lambda t: end),
         series("impact_run_active", lambda t: t <= end),
@@ -197,12 +199,14 @@ def host_info(instance: str, hostname: str, start: float, **added: str) -> FakeS
 
 
 def ha_pair(label: str) -> list[FakeSeries]:
-    """Run "ha" on node1 as two Prometheus servers told apart by ``label`` (a, b) wrote it: b scrapes 2.5 s after
-    a, and cluster=site-a is their common external label."""
+    """Run "ha" (its own label: replica="3", the experiment's third replicate) on node1 as two Prometheus servers
+    told apart by ``label`` (a, b) wrote it: b scrapes 2.5 s after a, and cluster=site-a is their common external
+    label."""
+    added = {"cluster": "site-a"}
     return [
         s
         for replica, offset in (("a", 0.0), ("b", 2.5))
-        for s in run_series("ha", DAY + 3600, added={"cluster": "site-a", label: replica}, offset=offset)
+        for s in run_series("ha", DAY + 3600, added={**added, label: replica}, offset=offset, labels={"replica": "3"})
         + [host_info("node1:9100", "node1", DAY + 3600, cluster="site-a", **{label: replica})]
     ]
 
@@ -218,7 +222,8 @@ def figures(listed: Any) -> dict[str, Any]:
 
 def test_an_ha_pair_is_read_once_per_node_with_a_known_or_named_replica_label() -> None:
     """The common replica label needs no flag; a custom one is named with --replica-label. Either way the run
-    has one node, named with its cluster, the figures of one Prometheus, and neither label as a run label."""
+    has one node, named with its cluster, the figures of one Prometheus, and neither label as a run label; its
+    own label replica="3" stays, though named like a replica label, since the exporter's series lack it."""
     with FakePrometheus(ha_pair("prometheus_replica")) as server:
         code, listed, stderr = report(server, here=True)
     with FakePrometheus(ha_pair("ha_member")) as server:
@@ -228,7 +233,7 @@ def test_an_ha_pair_is_read_once_per_node_with_a_known_or_named_replica_label() 
     for run in (listed, named_listed):
         assert figures(run) == SINGLE
         [found] = run["runs"]
-        assert found["labels"] == {}
+        assert found["labels"] == {"replica": "3"}
         assert found["hosts"] == [
             {
                 "instance": 'node1:9100{cluster="site-a"}',
