@@ -244,16 +244,7 @@ def test_an_ha_pair_writing_into_one_store_reads_as_the_prometheus_with_the_whol
             pair["b"].process.send_signal(signal.SIGCONT)
         node.drive(1.0, steps_of=10)
         final = node.client().stop_run(run_id)
-        end = final["end_time"] + 1.0  # a fixed window end, after both replicas' final scrapes
-        energy = f'impact_run_energy_joules_total{{run_id="{run_id}",component="cpu"}}[1m]'
-        wait_for(
-            lambda: (
-                {s["metric"]["replica"] for s in victoria_metrics.query(energy) if float(s["values"][-1][0]) > end}
-                == {"a", "b"}
-            ),
-            30,
-            "VictoriaMetrics to hold both replicas' samples past the window's end",
-        )
+        end = wait_for(lambda: stored_past_end(victoria_metrics, pair["a"], run_id), 30, "both replicas' final samples")
         window = (f"--start={final['start_time'] - 60}", f"--end={end}", f'--match={{run_id="{run_id}"}}')
         selection = (*window, "--carbon-intensity=100")
         [vm] = report_json(f"--prometheus={victoria_metrics.url}", *selection, here=True)["runs"]
@@ -282,3 +273,28 @@ def test_an_ha_pair_writing_into_one_store_reads_as_the_prometheus_with_the_whol
     assert_same_document({**from_archive, "source": ""}, {**vm, "source": ""}, "the archived HA run")
     samples = assert_finite_samples(out / run_id / "samples.csv")
     assert set(samples["instance"]) == {f'{exporter.address}{{cluster="site-a"}}'}
+
+
+def stored_past_end(store: VictoriaMetricsServer, prometheus: PrometheusServer, run_id: str) -> float | None:
+    """A window end that both replicas' first samples after the run's end reach (the later one), once ``store``
+    holds every series of the run from both replicas past it; None until then.
+
+    A replica may miss a scrape, and remote_write sends series in shards that arrive in any order, so the end is
+    read from the samples; a new series (the run's end) may become searchable after newer samples of older ones.
+    """
+    run = f'{{__name__=~"impact_run_.+",run_id="{run_id}"}}'
+    found = store.query(f"{run}[1m]")
+    ends = {s["metric"]["replica"]: float(s["values"][0][0]) for s in found if "end_time" in s["metric"]["__name__"]}
+    if set(ends) != {"a", "b"}:
+        return None
+    end = max(ends.values())
+    every = {(s["metric"]["__name__"], s["metric"].get("component")) for s in prometheus.query(f"{run}[1m]")}
+    past = {
+        replica: {
+            (s["metric"]["__name__"], s["metric"].get("component"))
+            for s in found
+            if s["metric"]["replica"] == replica and float(s["values"][-1][0]) > end
+        }
+        for replica in ("a", "b")
+    }
+    return end if past["a"] == past["b"] == every else None
