@@ -207,7 +207,7 @@ def ha_pair(label: str) -> list[FakeSeries]:
         s
         for replica, offset in (("a", 0.0), ("b", 2.5))
         for s in run_series("ha", DAY + 3600, added={**added, label: replica}, offset=offset, labels={"replica": "3"})
-        + [host_info("node1:9100", "node1", DAY + 3600, cluster="site-a", **{label: replica})]
+        + [host_info("node1:9100", "node1", DAY + 3600, **added, **{label: replica})]
     ]
 
 
