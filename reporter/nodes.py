@@ -10,8 +10,8 @@ instance alone.
 
 Replica labels (``replica``, ``prometheus_replica``, ``__replica__``, and any the user names) tell apart the
 copies of one node's series that the Prometheus servers of an HA pair each wrote. The reporter reads one copy
-per run and node (``one_replica``), as Thanos Query's deduplication does, so its figures equal those from one
-Prometheus of the pair.
+per run and node (``one_replica``), never mixing them (Thanos Query's deduplication switches replicas across a
+gap), so its figures equal those from one Prometheus of the pair.
 """
 
 from __future__ import annotations
