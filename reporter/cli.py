@@ -18,6 +18,7 @@ from impact_reporter.appendix import FailedRun, comparison_report, set_report
 from impact_reporter.energy import run_figures
 from impact_reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
 from impact_reporter.legacy import Totals, impact_totals
+from impact_reporter.nodes import NOT_REPLICA_LABELS, REPLICA_LABELS
 from impact_reporter.prometheus import PartialResponse, PrometheusClient, PrometheusError, Series, parse_time
 from impact_reporter.runs import (
     DEFAULT_SETTLE_SECONDS,
@@ -78,6 +79,16 @@ def prometheus_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask Thanos Query to deduplicate HA replicas (sends dedup=true) (default: off)",
     )
+    source.add_argument(
+        "--replica-label",
+        action="append",
+        type=replica_label,
+        default=[],
+        metavar="NAME",
+        help="a label that tells the copies of an HA pair of Prometheus servers apart (their external labels): "
+        "each node's series are read from one copy; repeatable (default: "
+        f"{', '.join(REPLICA_LABELS)}, always recognised)",
+    )
     window = parent.add_argument_group("time window")
     window.add_argument("--since", default="30d", metavar="DURATION", help="look back this far (default: %(default)s)")
     window.add_argument("--start", metavar="TIME", help="window start: RFC 3339 or unix seconds (overrides --since)")
@@ -91,6 +102,19 @@ def prometheus_parser() -> argparse.ArgumentParser:
         "still settling (not measured); 0 reports it as it is (default: 1m)",
     )
     return parent
+
+
+def replica_label(text: str) -> str:
+    """--replica-label's label name; a usage error for what is not a label name or cannot tell replicas apart."""
+    name = text.strip()
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+        raise argparse.ArgumentTypeError(f"expected a label name such as prometheus_replica, not {text!r}")
+    if name in NOT_REPLICA_LABELS:
+        raise argparse.ArgumentTypeError(
+            f"{name} is a label of the data itself, not one that tells HA replicas apart: name the external label "
+            "whose value differs between the Prometheus servers of the pair (e.g. replica)"
+        )
+    return name
 
 
 def settle_duration(text: str) -> float:
@@ -282,8 +306,13 @@ def http_header(text: str) -> tuple[str, str]:
 
 
 def run_reader(args: argparse.Namespace, url: str | None) -> PrometheusRuns:
-    """Reads runs from ``url`` (as ``prometheus_client`` picks it) with the command line's ``--settle``."""
-    return PrometheusRuns(prometheus_client(args, url), settle_seconds=getattr(args, "settle", DEFAULT_SETTLE_SECONDS))
+    """Reads runs from ``url`` (as ``prometheus_client`` picks it) with the command line's ``--settle`` and
+    ``--replica-label``."""
+    return PrometheusRuns(
+        prometheus_client(args, url),
+        settle_seconds=getattr(args, "settle", DEFAULT_SETTLE_SECONDS),
+        replica_labels=args.replica_label,
+    )
 
 
 def time_window(args: argparse.Namespace) -> tuple[float, float]:

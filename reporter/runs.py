@@ -23,6 +23,15 @@ import pandas as pd
 
 from experiment_impact_tracker.errors import RunDirError
 from experiment_impact_tracker.rundir import read_run_dir, write_run_dir
+from impact_reporter.nodes import (
+    GPU_INFO_LABELS,
+    HOST_INFO_LABELS,
+    RUN_SERIES_LABELS,
+    SOURCE_INFO_LABELS,
+    SeriesIdentity,
+    added_names,
+    copies_problem,
+)
 from impact_reporter.prometheus import PrometheusClient
 
 RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
@@ -75,7 +84,8 @@ class Run:
     """One experiment run: its identity and labels, where and when it ran, and its counters' raw samples.
 
     ``samples`` has one row per raw sample: ``metric`` (e.g. ``impact_run_energy_joules_total``),
-    ``instance``, ``component`` ("" for counters without one), ``timestamp`` (unix seconds) and ``value``.
+    ``instance`` (the node's name: its instance, with the store's other labels such as ``node1:9100{cluster="a"}``,
+    see impact_reporter.nodes), ``component`` ("" for counters without one), ``timestamp`` (unix seconds) and ``value``.
     ``end_time`` is None for a run still active when it was read. ``methods`` says per component how its
     energy was obtained (``rapl``, ``nvml``, ``estimate``), ``source`` where the run was read from.
     ``not_measured`` is why the run has no figures although it was found ("" when it may have them): no start
@@ -135,12 +145,31 @@ def run_info_selectors(matchers: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class _Found:
-    """A run as discovery sees it before its samples are read: one user's run id (exporters scope ids by user)."""
+    """A run as discovery sees it before its samples are read: one user's run id (exporters scope ids by user),
+    the ``instance``s of its ``impact_run_info`` series and their label sets (``info``: one per node and copy)."""
 
     run_id: str
     user: str
     labels: Mapping[str, str]
     instances: tuple[str, ...]
+    info: tuple[Mapping[str, str], ...] = ()
+
+
+@dataclass
+class _Times:
+    """Per (run id, user), from the raw samples of its times: start (earliest over nodes), end (latest), whether
+    some node's newest sample says it is active, and the names of the labels the store added to its series."""
+
+    starts: dict[RunKey, float] = field(default_factory=dict)
+    ends: dict[RunKey, float] = field(default_factory=dict)
+    active: dict[RunKey, bool] = field(default_factory=dict)
+    added: dict[RunKey, set[str]] = field(default_factory=dict)
+
+    def update(self, other: _Times) -> None:
+        self.starts.update(other.starts)
+        self.ends.update(other.ends)
+        self.active.update(other.active)
+        self.added.update(other.added)
 
 
 class PrometheusRuns:
@@ -151,12 +180,15 @@ class PrometheusRuns:
         client: PrometheusClient,
         clock: Callable[[], float] = time.time,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        replica_labels: Sequence[str] = (),
     ) -> None:
         """``settle_seconds``: a run that ended less long ago whose final samples (at or after its end, from every
-        node) are not all in the store yet is listed as not measured, still settling; 0 reports it as it is."""
+        node) are not all in the store yet is listed as not measured, still settling; 0 reports it as it is.
+        ``replica_labels``: labels that tell HA replicas apart, besides the common ones (impact_reporter.nodes)."""
         self._client = client
         self._clock = clock
         self._settle_seconds = settle_seconds
+        self._identity = SeriesIdentity(replica_labels)
 
     def load(
         self,
@@ -188,17 +220,21 @@ class PrometheusRuns:
     def _load_found(
         self, found: list[_Found], start: float, end: float, progress: Callable[[int, int, str], None] | None
     ) -> list[Run]:
-        starts, ends, active = self._times(found, start, end)
-        hosts = self._hosts(start, end)
+        times = self._times(found, start, end)
+        host_info = self._info("impact_host_info", start, end)
+        hosts = self._hosts(host_info, start, end)
+        host_added = self._host_added(host_info)
         methods = self._methods(start, end)
         runs = []
         for number, run in enumerate(found, 1):
             if progress is not None:
                 progress(number, len(found), run.run_id)
-            key = (run.run_id, run.user) if (run.run_id, run.user) in starts else (run.run_id, UNSCOPED)
-            known_start = starts.get(key)
+            key = (run.run_id, run.user) if (run.run_id, run.user) in times.starts else (run.run_id, UNSCOPED)
+            added = times.added.get(key, set()).union(*(host_added.get(instance, ()) for instance in run.instances))
+            nodes = self._nodes(run, added)
+            known_start = times.starts.get(key)
             run_start = start if known_start is None else known_start
-            run_end = None if active.get(key) else ends.get(key)
+            run_end = None if times.active.get(key) else times.ends.get(key)
             read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
             samples = self._samples(run, run_start - 1.0, max(read_until, run_start))
             if known_start is None:
@@ -210,18 +246,18 @@ class PrometheusRuns:
                 if len(samples):
                     run_start = float(samples["timestamp"].min())
             else:
-                not_measured = self._settling(run, run_end, samples)
+                not_measured = self._settling(run, nodes, run_end, samples)
             runs.append(
                 Run(
                     run_id=run.run_id,
                     experiment=run.labels.get("experiment", ""),
                     set=run.labels.get("set", ""),
-                    labels={k: v for k, v in run.labels.items() if k not in DESCRIPTIVE},
+                    labels=self._run_labels(run, added),
                     user=run.user,
                     start_time=run_start,
                     end_time=run_end,
-                    hosts=tuple(hosts.get(instance, Host(instance)) for instance in run.instances),
-                    methods=_merge_methods(methods, run.instances),
+                    hosts=tuple(hosts.get(node, Host(node)) for node in nodes),
+                    methods=_merge_methods(methods, nodes),
                     samples=samples,
                     source=self._client.url,
                     not_measured=not_measured,
@@ -229,7 +265,20 @@ class PrometheusRuns:
             )
         return sorted(runs, key=lambda run: (run.start_time, run.run_id))
 
-    def _settling(self, run: _Found, run_end: float | None, samples: pd.DataFrame) -> str:
+    def _run_labels(self, run: _Found, added: set[str]) -> dict[str, str]:
+        """The run's own labels: those of its ``impact_run_info`` but the descriptive ones and those the store
+        added (``added``: found on its per-run series or its nodes' ``impact_host_info``, which carry none of the
+        run's labels), such as external labels (``cluster``, ``replica``). A run label that a replica label is
+        named like (an experiment's ``replica="3"``) is the run's: the exporter's series do not carry it."""
+        return {name: value for name, value in run.labels.items() if name not in DESCRIPTIVE and name not in added}
+
+    def _nodes(self, run: _Found, added: set[str]) -> tuple[str, ...]:
+        """The names of the nodes the run's ``impact_run_info`` series come from, each once however many copies."""
+        return tuple(
+            sorted({self._identity.origin(info, set(info) - added - {"instance", "job"}).node for info in run.info})
+        )
+
+    def _settling(self, run: _Found, nodes: Sequence[str], run_end: float | None, samples: pd.DataFrame) -> str:
         """Why the run must wait ("" when it need not): it ended less than the settle time ago, and some node's
         energy samples do not reach its end yet."""
         if run_end is None:
@@ -239,7 +288,7 @@ class PrometheusRuns:
             return ""
         energy = samples[samples["metric"] == "impact_run_energy_joules_total"]
         newest = energy.groupby("instance")["timestamp"].max()
-        if all(newest.get(instance, -math.inf) >= run_end for instance in run.instances):
+        if all(newest.get(node, -math.inf) >= run_end for node in nodes):
             return ""
         return (
             f"run {run.run_id} is still settling: it ended {ago:.0f} s ago and the store does not hold its final "
@@ -261,100 +310,118 @@ class PrometheusRuns:
             run_id = labels.get("run_id", "")
             if not run_id or not np.isfinite(series.values).any():
                 continue
-            entry = by_run.setdefault((run_id, labels.get("user", "")), {"labels": labels, "instances": []})
-            if labels.get("instance", "") not in entry["instances"]:
-                entry["instances"].append(labels.get("instance", ""))
+            entry = by_run.setdefault((run_id, labels.get("user", "")), {"labels": labels, "info": []})
+            if labels not in entry["info"]:
+                entry["info"].append(labels)
         found = [
-            _Found(run_id, user, entry["labels"], tuple(sorted(entry["instances"])))
+            _Found(
+                run_id,
+                user,
+                entry["labels"],
+                tuple(sorted({info.get("instance", "") for info in entry["info"]})),
+                tuple(entry["info"]),
+            )
             for (run_id, user), entry in sorted(by_run.items(), key=lambda item: item[0])
         ]
         _refuse_shared_run_ids(found)
         return found
 
-    def _times(
-        self, found: list[_Found], start: float, end: float
-    ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
-        """Per (run id, user): start (earliest over nodes), end (latest) and whether any node still has the run
-        active (see _batch_times); asked in batches of runs whose queries stay under MAX_QUERY_BYTES."""
-        starts: dict[RunKey, float] = {}
-        ends: dict[RunKey, float] = {}
-        active: dict[RunKey, bool] = {}
+    def _times(self, found: list[_Found], start: float, end: float) -> _Times:
+        """The runs' times (see _batch_times), asked in batches of runs whose queries stay under MAX_QUERY_BYTES."""
+        times = _Times()
         for batch in run_batches(found):
-            batch_starts, batch_ends, batch_active = self._batch_times(batch, start, end)
-            starts.update(batch_starts)
-            ends.update(batch_ends)
-            active.update(batch_active)
-        return starts, ends, active
+            times.update(self._batch_times(batch, start, end))
+        return times
 
-    def _batch_times(
-        self, found: list[_Found], start: float, end: float
-    ) -> tuple[dict[RunKey, float], dict[RunKey, float], dict[RunKey, bool]]:
+    def _batch_times(self, found: list[_Found], start: float, end: float) -> _Times:
         """Per (run id, user): start (earliest over nodes), end (latest) and whether any node's newest sample says
-        the run is still active, all read from the raw samples in (start, end].
+        the run is still active, all read from the raw samples in (start, end]; and the labels the store added.
 
         Read from the samples rather than evaluated at the window's end, these do not depend on when the store
         considers its newest data complete (VictoriaMetrics answers queries near now as of 30 s earlier) nor on
-        how late remote_write delivers; stale markers (non-finite) are gaps.
+        how late remote_write delivers; stale markers (non-finite) are gaps. A node's activity is its newest
+        sample over its copies (HA replicas), so a replica that stopped writing while the run was active does
+        not keep it active. RunDataError when one node's series come in copies that no replica label tells
+        apart (see _refuse_copies).
         """
         ids = _id_regex(run.run_id for run in found)
         users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in found} | {UNSCOPED})
         names = "|".join(RUN_TIMES)
         selector = f'{{__name__=~"{names}",run_id=~"{ids}",user=~"{users}"}}'
-        starts: dict[RunKey, float] = {}
-        ends: dict[RunKey, float] = {}
-        active: dict[RunKey, bool] = {}
+        times = _Times()
+        newest: dict[tuple[RunKey, str], tuple[float, float]] = {}
+        copies: dict[tuple[RunKey, str, float], set[frozenset[tuple[str, str]]]] = defaultdict(set)
         for series in self._client.raw_samples(selector, start, end):
-            values = series.values[np.isfinite(series.values)]
-            if not len(values):
+            finite = np.isfinite(series.values)
+            if not finite.any():
                 continue
+            values, timestamps = series.values[finite], series.timestamps[finite]
             key = (series.labels.get("run_id", ""), series.labels.get("user", ""))
+            origin = self._identity.origin(series.labels, RUN_SERIES_LABELS)
+            times.added.setdefault(key, set()).update(added_names(series.labels, RUN_SERIES_LABELS))
             name = series.labels.get("__name__", "")
             if name == "impact_run_start_time_seconds":
-                starts[key] = min(starts.get(key, math.inf), float(values.min()))
+                first = float(values.min())
+                times.starts[key] = min(times.starts.get(key, math.inf), first)
+                copies[(key, series.labels.get("instance", ""), first)].add(origin.added)
             elif name == "impact_run_end_time_seconds":
-                ends[key] = max(ends.get(key, -math.inf), float(values.max()))
-            else:
-                active[key] = active.get(key, False) or float(values[-1]) == 1.0
-        return starts, ends, active
+                times.ends[key] = max(times.ends.get(key, -math.inf), float(values.max()))
+            elif (key, origin.node) not in newest or timestamps[-1] > newest[(key, origin.node)][0]:
+                newest[(key, origin.node)] = (float(timestamps[-1]), float(values[-1]))
+        for (key, _), (_, value) in newest.items():
+            times.active[key] = times.active.get(key, False) or value == 1.0
+        _refuse_copies(copies)
+        return times
 
     def _info(self, metric: str, start: float, end: float) -> list[dict[str, str]]:
         """The label sets of an info metric's series in [start, end]: its labels are its data, and reading them
         from the series index does not depend on how recent data a store answers queries with."""
         return self._client.series([metric], start, end)
 
-    def _hosts(self, start: float, end: float) -> dict[str, Host]:
+    def _hosts(self, host_info: list[dict[str, str]], start: float, end: float) -> dict[str, Host]:
+        """Each node's host, by node name, from the label sets of ``impact_host_info``."""
         gpus = self._gpus(start, end)
         hosts = {}
-        for labels in self._info("impact_host_info", start, end):
-            instance = labels.get("instance", "")
-            hosts[instance] = Host(
-                instance=instance,
+        for labels in host_info:
+            node = self._identity.origin(labels, HOST_INFO_LABELS).node
+            hosts[node] = Host(
+                instance=node,
                 hostname=labels.get("hostname", ""),
                 cpu_model=labels.get("cpu_model", ""),
                 cpu_vendor=labels.get("cpu_vendor", ""),
                 cpu_count=labels.get("cpu_count", ""),
                 kernel=labels.get("kernel", ""),
-                gpus=gpus.get(instance, ()),
+                gpus=gpus.get(node, ()),
             )
         return hosts
 
+    def _host_added(self, host_info: list[dict[str, str]]) -> dict[str, set[str]]:
+        """Per instance, the names of the labels the store added to its ``impact_host_info``."""
+        added: dict[str, set[str]] = defaultdict(set)
+        for labels in host_info:
+            added[labels.get("instance", "")].update(added_names(labels, HOST_INFO_LABELS))
+        return added
+
     def _gpus(self, start: float, end: float) -> dict[str, tuple[str, ...]]:
-        """Each instance's GPUs with their driver, in index order."""
-        found: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        """Each node's GPUs with their driver, in index order (each once, however many copies of the node)."""
+        found: dict[str, set[tuple[int, str]]] = defaultdict(set)
         for labels in self._info("impact_gpu_info", start, end):
             index = int(labels.get("gpu", "0") or 0)
-            found[labels.get("instance", "")].append(
+            found[self._identity.origin(labels, GPU_INFO_LABELS).node].add(
                 (index, f"{labels.get('name', '')} (driver {labels.get('driver_version', '') or 'unknown'})")
             )
-        return {instance: tuple(text for _, text in sorted(gpus)) for instance, gpus in found.items()}
+        return {node: tuple(text for _, text in sorted(gpus)) for node, gpus in found.items()}
 
     def _methods(self, start: float, end: float) -> dict[str, dict[str, str]]:
+        """Per node, each component's energy method."""
         methods: dict[str, dict[str, str]] = defaultdict(dict)
         for labels in self._info("impact_energy_source_info", start, end):
-            methods[labels.get("instance", "")][labels.get("component", "")] = labels.get("method", "")
+            node = self._identity.origin(labels, SOURCE_INFO_LABELS).node
+            methods[node][labels.get("component", "")] = labels.get("method", "")
         return methods
 
     def _samples(self, run: _Found, start: float, end: float) -> pd.DataFrame:
+        """The run's counter samples, one replica per node (SeriesIdentity.one_replica)."""
         names = "|".join(RUN_COUNTERS)
         selector = f'{{__name__=~"{names}",run_id="{run.run_id}",user=~"{_quoted(re.escape(run.user))}|"}}'
         series = self._client.raw_samples(selector, start, end)
@@ -362,13 +429,13 @@ class PrometheusRuns:
             pd.DataFrame(
                 {
                     "metric": s.labels.get("__name__", ""),
-                    "instance": s.labels.get("instance", ""),
+                    "instance": node,
                     "component": s.labels.get("component", ""),
                     "timestamp": s.timestamps,
                     "value": s.values,
                 }
             )
-            for s in series
+            for node, s in self._identity.one_replica(series, RUN_SERIES_LABELS)
             if len(s)
         ]
         return finite_samples(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
@@ -395,6 +462,19 @@ def _merge_methods(methods: Mapping[str, Mapping[str, str]], instances: Iterable
         component: ", ".join(sorted(m)) if len(m) == 1 else "mixed: " + ", ".join(sorted(m))
         for component, m in seen.items()
     }
+
+
+def _refuse_copies(copies: Mapping[tuple[RunKey, str, float], set[frozenset[tuple[str, str]]]]) -> None:
+    """RunDataError when one node's series of a run come in copies with different labels that no replica label
+    tells apart (``copies``: per run, instance and start time, the added labels of each copy).
+
+    Copies of one node are told by the run's start time on the node, the exporter's clock when it registered the
+    run: one exporter's copies, written by several Prometheus servers, share it, while two nodes, even with the
+    same instance (two clusters' ``node1:9100``), registered the run at different moments.
+    """
+    for ((run_id, _), instance, _), labels in copies.items():
+        if len(labels) > 1:
+            raise RunDataError(copies_problem(run_id, instance, labels))
 
 
 def _refuse_shared_run_ids(found: Sequence[_Found]) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,10 +108,12 @@ class PrometheusServer(LoopbackServer):
         data_dir: Path | None = None,
         extra_args: Sequence[str] = (),
         remote_write_url: str | None = None,
+        external_labels: Mapping[str, str] | None = None,
     ) -> None:
         """``data_dir`` holds the TSDB (default: ``workdir/data``), e.g. blocks backfilled with promtool;
         ``extra_args`` are further Prometheus flags; ``remote_write_url`` is a store every sample is also written
-        to, within about a second."""
+        to, within about a second; ``external_labels`` are added to what it writes there (``replica`` of an HA
+        pair, ``cluster``), not to what its own API answers."""
         self.binary = require_binary("prometheus", "apt-get install prometheus")
         self.workdir = workdir
         self.data_dir = data_dir or workdir / "data"
@@ -122,7 +124,8 @@ class PrometheusServer(LoopbackServer):
         self.config_file = workdir / "prometheus.yml"
         self.config_file.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files: ['{RULES_GLOB}']\n"
+            + external_labels_config(external_labels or {})
+            + f"rule_files: ['{RULES_GLOB}']\n"
             "scrape_configs:\n"
             "  - job_name: impact\n"
             "    file_sd_configs:\n"
@@ -153,13 +156,19 @@ class PrometheusServer(LoopbackServer):
         tmp.write_text(json.dumps(self.targets))
         os.replace(tmp, self.targets_file)
 
-    def add_target(self, address: str, labels: dict[str, str] | None = None) -> None:
-        """Scrape ``address`` from now on, and wait until the first scrape succeeded. A new exporter on the port of
-        an earlier one replaces its target: with other labels, both would be scraped and every series doubled."""
+    def add_target(self, address: str, labels: dict[str, str] | None = None, wait: bool = True) -> None:
+        """Scrape ``address`` from now on, and wait until the first scrape succeeded (``wait=False``: the caller
+        waits with ``scraping``, say for several servers at once). A new exporter on the port of an earlier one
+        replaces its target: with other labels, both would be scraped and every series doubled."""
         self.remove_target(address)
         self.targets.append({"targets": [address], "labels": labels or {}})
         self._write_targets()
-        wait_for(lambda: self.query(f'up{{instance="{address}"}} == 1'), 30, f"prometheus to scrape {address}")
+        if wait:
+            wait_for(lambda: self.scraping(address), 30, f"prometheus to scrape {address}")
+
+    def scraping(self, address: str) -> bool:
+        """Whether the last scrape of ``address`` succeeded."""
+        return bool(self.query(f'up{{instance="{address}"}} == 1'))
 
     def remove_target(self, address: str) -> None:
         self.targets = [t for t in self.targets if address not in t["targets"]]
@@ -184,6 +193,13 @@ class PrometheusServer(LoopbackServer):
         result = self.query(f"{selector}[{window}]")
         assert len(result) == 1, f"expected one series for {selector}, got {result}"
         return [(float(t), float(v)) for t, v in result[0]["values"]]
+
+
+def external_labels_config(labels: Mapping[str, str]) -> str:
+    """The ``external_labels`` lines of Prometheus' ``global`` section ("" for none)."""
+    if not labels:
+        return ""
+    return "  external_labels:\n" + "".join(f"    {name}: {json.dumps(value)}\n" for name, value in labels.items())
 
 
 def remote_write_config(url: str | None) -> str:

@@ -7,17 +7,20 @@ memory, so it gets half the package energy and a quarter of the DRAM energy writ
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from experiment_impact_tracker import track_run
+from impact_reporter.cli import main
 from tests.fakes.node import MEMORY_SHARE, PID, Node
 from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, free_port, wait_for
 
@@ -30,8 +33,21 @@ def report(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def report_json(*args: str) -> dict[str, Any]:
-    result = report("runs", "--format=json", *args)
+def report_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """``report`` in this process: the same main(), output and exit status without a child's start-up (a second
+    of imports), for tests that report many times."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code if isinstance(exit.code, int) else 2
+    return subprocess.CompletedProcess(["impact-report", *args], code, out.getvalue(), err.getvalue())
+
+
+def report_json(*args: str, here: bool = False) -> dict[str, Any]:
+    """``runs --format=json``'s document, in a child process or (``here``) in this one."""
+    result = (report_here if here else report)("runs", "--format=json", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -8,19 +8,22 @@ Each run is a node's series written by the test: 10 W on the CPU for 60 s, scrap
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from impact_reporter.cli import replica_label
 from impact_reporter.prometheus import PrometheusClient
 from impact_reporter.runs import ID_BUDGET_BYTES, MAX_QUERY_BYTES, _Found, _id_regex, run_batches
 from tests.reporter.fake_prometheus import FakePrometheus, FakeSeries
+from tests.reporter.test_report_runs import report_here
 from tests.servers import REPO_ROOT
 
 DAY = 1_795_996_800  # 2026-11-30T00:00:00Z
@@ -28,17 +31,28 @@ WATTS, SECONDS, SCRAPE = 10.0, 60, 5
 JOULES = WATTS * SECONDS
 
 
-def run_series(run_id: str, start: float, *, instance: str = "node1:9100", user: str = "alice") -> list[FakeSeries]:
-    """The series an exporter exports for one run, as scraped every SCRAPE s until 30 s after it ended."""
+def run_series(
+    run_id: str,
+    start: float,
+    *,
+    instance: str = "node1:9100",
+    user: str = "alice",
+    added: Mapping[str, str] | None = None,
+    offset: float = 0.0,
+    labels: Mapping[str, str] | None = None,
+) -> list[FakeSeries]:
+    """The series an exporter exports for one run, as scraped every SCRAPE s from ``offset`` s after its start
+    until 30 s after it ended; ``added``: the labels a Prometheus adds besides instance and job (external ones);
+    ``labels``: the run's own labels, on ``impact_run_info`` alone."""
     end = start + SECONDS
-    times = [start + k * SCRAPE for k in range((SECONDS + 30) // SCRAPE + 1)]
-    identity = {"run_id": run_id, "user": user, "instance": instance, "job": "impact"}
+    times = [start + offset + k * SCRAPE for k in range((SECONDS + 30) // SCRAPE + 1)]
+    identity = {"run_id": run_id, "user": user, "instance": instance, "job": "impact", **(added or {})}
 
     def series(name: str, value: Any, **labels: str) -> FakeSeries:
         return FakeSeries({"__name__": name, **identity, **labels}, [(t, float(value(t))) for t in times])
 
     return [
-        series("impact_run_info", lambda t: 1, experiment="exp", set="a"),
+        series("impact_run_info", lambda t: 1, experiment="exp", set="a", **(labels or {})),
         series("impact_run_start_time_seconds", lambda t: start),
         series("impact_run_end_time_seconds", lambda t: end),
         series("impact_run_active", lambda t: t <= end),
@@ -47,11 +61,18 @@ def run_series(run_id: str, start: float, *, instance: str = "node1:9100", user:
     ]
 
 
-def report(server: FakePrometheus, *args: str, start: float = DAY, end: float = DAY + 86399) -> tuple[int, Any, str]:
-    """Run ``impact-report runs --format=json`` in a child process: exit code, parsed stdout, stderr."""
-    command = [sys.executable, "-m", "impact_reporter", "runs", "--format=json", f"--prometheus={server.url}"]
+def report(
+    server: FakePrometheus, *args: str, start: float = DAY, end: float = DAY + 86399, here: bool = False
+) -> tuple[int, Any, str]:
+    """Run ``impact-report runs --format=json`` in a child process, or (``here``) in this one: exit code, parsed
+    stdout, stderr."""
+    command = ["runs", "--format=json", f"--prometheus={server.url}"]
     command += [f"--start={start}", f"--end={end}", "--carbon-intensity=100", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    if here:
+        result = report_here(*command)
+    else:
+        child = [sys.executable, "-m", "impact_reporter", *command]
+        result = subprocess.run(child, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     return result.returncode, json.loads(result.stdout) if result.returncode == 0 else None, result.stderr
 
 
@@ -167,3 +188,112 @@ def test_a_malformed_header_is_a_usage_error(two_runs: list[FakeSeries]) -> None
         assert server.requests == []
     assert code == 2
     assert "expected NAME=VALUE" in stderr and "Traceback" not in stderr
+
+
+def host_info(instance: str, hostname: str, start: float, **added: str) -> FakeSeries:
+    """A node's ``impact_host_info`` as a Prometheus with external labels ``added`` stores it."""
+    labels = {"__name__": "impact_host_info", "instance": instance, "job": "impact", "hostname": hostname, **added}
+    return FakeSeries(
+        {**labels, "cpu_model": "Xeon", "cpu_vendor": "GenuineIntel", "cpu_count": "8", "kernel": "6.1"}, [(start, 1.0)]
+    )
+
+
+def ha_pair(label: str) -> list[FakeSeries]:
+    """Run "ha" (its own label: replica="3", the experiment's third replicate) on node1 as two Prometheus servers
+    told apart by ``label`` (a, b) wrote it: b scrapes 2.5 s after a, and cluster=site-a is their common external
+    label."""
+    added = {"cluster": "site-a"}
+    return [
+        s
+        for replica, offset in (("a", 0.0), ("b", 2.5))
+        for s in run_series("ha", DAY + 3600, added={**added, label: replica}, offset=offset, labels={"replica": "3"})
+        + [host_info("node1:9100", "node1", DAY + 3600, **added, **{label: replica})]
+    ]
+
+
+SINGLE = {"total_joules": JOULES, "duration_seconds": SECONDS, "coverage": 1.0, "sample_interval_seconds": SCRAPE}
+"""What one Prometheus's copy of run "ha" gives, whichever of the two."""
+
+
+def figures(listed: Any) -> dict[str, Any]:
+    [run] = listed["runs"]
+    return {key: run[key] for key in SINGLE}
+
+
+def test_an_ha_pair_is_read_once_per_node_with_a_known_or_named_replica_label() -> None:
+    """The common replica label needs no flag; a custom one is named with --replica-label. Either way the run
+    has one node, named with its cluster, the figures of one Prometheus, and neither label as a run label; its
+    own label replica="3" stays, though named like a replica label, since the exporter's series lack it."""
+    with FakePrometheus(ha_pair("prometheus_replica")) as server:
+        code, listed, stderr = report(server, here=True)
+    with FakePrometheus(ha_pair("ha_member")) as server:
+        named, named_listed, named_stderr = report(server, "--replica-label", "ha_member", here=True)
+    assert code == 0, stderr
+    assert named == 0, named_stderr
+    for run in (listed, named_listed):
+        assert figures(run) == SINGLE
+        [found] = run["runs"]
+        assert found["labels"] == {"replica": "3"}
+        assert found["hosts"] == [
+            {
+                "instance": 'node1:9100{cluster="site-a"}',
+                "hostname": "node1",
+                "cpu_model": "Xeon",
+                "cpu_vendor": "GenuineIntel",
+                "cpu_count": "8",
+                "kernel": "6.1",
+                "gpus": [],
+            }
+        ]
+
+
+def test_copies_told_apart_by_an_unknown_label_stop_the_report_naming_the_fixes() -> None:
+    with FakePrometheus(ha_pair("ha_member")) as server:
+        code, _, stderr = report(server, here=True)
+        other, _, other_stderr = report(server, "--replica-label", "replica_of", here=True)
+    for exit_code, message in ((code, stderr), (other, other_stderr)):
+        assert exit_code == 1
+        assert len(message.strip().splitlines()) == 1 and "Traceback" not in message
+        assert "node node1:9100" in message and "differ by ha_member (ha_member=a|b)" in message
+        for fix in (
+            "--replica-label ha_member",
+            "--dedup",
+            "--query.replica-label=ha_member",
+            "-dedup.minScrapeInterval",
+            "HA tracker",
+        ):
+            assert fix in message, fix
+
+
+def test_two_clusters_nodes_with_the_same_instance_are_two_nodes() -> None:
+    """Run "wide" ran on node1:9100 of cluster site-a and node1:9100 of site-b (each registered it at its own
+    moment): its energy is both nodes', each with its own host, and cluster is no run label."""
+    series = [
+        *run_series("wide", DAY + 3600, added={"cluster": "site-a"}),
+        *run_series("wide", DAY + 3600.25, added={"cluster": "site-b"}),
+        host_info("node1:9100", "a-node1", DAY + 3600, cluster="site-a"),
+        host_info("node1:9100", "b-node1", DAY + 3600, cluster="site-b"),
+    ]
+    with FakePrometheus(series) as server:
+        code, listed, stderr = report(server, here=True)
+    assert code == 0, stderr
+    [run] = listed["runs"]
+    assert run["total_joules"] == 2 * JOULES
+    assert run["duration_seconds"] == SECONDS + 0.25
+    assert {host["instance"]: host["hostname"] for host in run["hosts"]} == {
+        'node1:9100{cluster="site-a"}': "a-node1",
+        'node1:9100{cluster="site-b"}': "b-node1",
+    }
+    assert run["labels"] == {}
+
+
+def test_a_replica_label_that_cannot_tell_replicas_apart_is_a_usage_error(two_runs: list[FakeSeries]) -> None:
+    """Naming instance would read every node as one; a name that is no label name matches nothing."""
+    with FakePrometheus(two_runs) as server:
+        code, _, stderr = report(server, "--replica-label", "instance", here=True)
+        assert server.requests == []
+    assert code == 2 and "Traceback" not in stderr
+    assert "instance is a label of the data itself" in stderr
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a label name"):
+        replica_label("prometheus-replica")
+    assert replica_label(" ha_member ") == "ha_member"

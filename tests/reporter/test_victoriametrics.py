@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 
 from tests.fakes.node import PID, Node
-from tests.reporter.test_report_runs import report, report_json
+from tests.reporter.test_report_runs import report, report_here, report_json
 from tests.servers import ExporterProcess, PrometheusServer, VictoriaMetricsServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -211,3 +212,89 @@ def test_a_report_right_after_a_run_is_right_or_says_the_run_is_settling(
     unsettled = report("runs", f"--prometheus={victoria_metrics.url}", *selection, "--settle=0")
     assert unsettled.returncode == 0, unsettled.stderr
     assert json.loads(unsettled.stdout)["runs"][0]["duration_seconds"] == pytest.approx(later["duration_seconds"])
+
+
+def test_an_ha_pair_writing_into_one_store_reads_as_the_prometheus_with_the_whole_run(
+    tmp_path: Path, victoria_metrics: VictoriaMetricsServer, start_exporter: Callable[..., ExporterProcess]
+) -> None:
+    """Two Prometheus servers (external labels replica=a|b, cluster=site-a) scrape one exporter and both
+    remote-write into one VictoriaMetrics; b stalls for 1.5 s mid-run (SIGSTOP), so a holds the whole run. The
+    reporter reads each node from the replica with the most samples: every figure from VictoriaMetrics equals
+    that from Prometheus a, none has the replica label, and cluster names the node, not the run."""
+    node = Node(tmp_path / "node1")
+    exporter = start_exporter(*node.flags())
+    pair = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        labels = {"replica": name, "cluster": "site-a"}
+        pair[name] = PrometheusServer(
+            tmp_path / name, remote_write_url=victoria_metrics.write_url, external_labels=labels
+        )
+    try:
+        for server in pair.values():
+            server.add_target(exporter.address, wait=False)
+        wait_for(lambda: all(s.scraping(exporter.address) for s in pair.values()), 30, "both replicas to scrape")
+        run_id = f"vm-ha-{uuid.uuid4().hex[:8]}"
+        node.client().start_run("ha", set="a", labels={"seed": "1"}, pid=PID, run_id=run_id)
+        node.drive(1.0, steps_of=10)
+        pair["b"].process.send_signal(signal.SIGSTOP)
+        try:
+            node.drive(1.5, steps_of=10)
+        finally:
+            pair["b"].process.send_signal(signal.SIGCONT)
+        node.drive(1.0, steps_of=10)
+        final = node.client().stop_run(run_id)
+        end = wait_for(lambda: stored_past_end(victoria_metrics, pair["a"], run_id), 30, "both replicas' final samples")
+        window = (f"--start={final['start_time'] - 60}", f"--end={end}", f'--match={{run_id="{run_id}"}}')
+        selection = (*window, "--carbon-intensity=100")
+        [vm] = report_json(f"--prometheus={victoria_metrics.url}", *selection, here=True)["runs"]
+        [whole] = report_json(f"--prometheus={pair['a'].url}", *selection, here=True)["runs"]
+        [late] = report_json(f"--prometheus={pair['b'].url}", *selection, here=True)["runs"]
+        out = tmp_path / "archive"
+        archived = report_here("archive", f"--prometheus={victoria_metrics.url}", *window, f"--out={out}")
+        assert archived.returncode == 0, archived.stderr
+        [from_archive] = report_json(f"--run-dir={out / run_id}", "--carbon-intensity=100", here=True)["runs"]
+    finally:
+        for server in pair.values():
+            server.stop()
+
+    assert vm["labels"] == whole["labels"] == {"seed": "1"}
+    assert [host["instance"] for host in vm["hosts"]] == [f'{exporter.address}{{cluster="site-a"}}']
+    assert [host["instance"] for host in whole["hosts"]] == [exporter.address]
+    assert vm["energy_joules"]["cpu"] == pytest.approx(final["energy_joules"]["cpu"], rel=1e-9)
+    for key in ENERGY:
+        assert vm[key] == pytest.approx(whole[key], rel=1e-9), key
+        assert late[key] == pytest.approx(whole[key], rel=1e-9), key
+    for key in TIMES:
+        assert vm[key] == pytest.approx(whole[key], abs=1e-3), key
+    for key in (*SHAPE, "sample_interval_seconds"):
+        assert vm[key] == pytest.approx(whole[key], rel=1e-6), key
+    assert late["coverage"] < whole["coverage"], "replica b misses 1.5 s of the run"
+    assert_same_document({**from_archive, "source": ""}, {**vm, "source": ""}, "the archived HA run")
+    samples = assert_finite_samples(out / run_id / "samples.csv")
+    assert set(samples["instance"]) == {f'{exporter.address}{{cluster="site-a"}}'}
+
+
+def stored_past_end(store: VictoriaMetricsServer, prometheus: PrometheusServer, run_id: str) -> float | None:
+    """A window end that both replicas' first samples after the run's end reach (the later one), once ``store``
+    holds every series of the run from both replicas past it; None until then.
+
+    A replica may miss a scrape, and remote_write sends series in shards that arrive in any order, so the end is
+    read from the samples; a new series (the run's end) may become searchable after newer samples of older ones.
+    """
+    run = f'{{__name__=~"impact_run_.+",run_id="{run_id}"}}'
+    found = store.query(f"{run}[1m]")
+    ends = {s["metric"]["replica"]: float(s["values"][0][0]) for s in found if "end_time" in s["metric"]["__name__"]}
+    if set(ends) != {"a", "b"}:
+        return None
+    end = max(ends.values())
+    every = {(s["metric"]["__name__"], s["metric"].get("component")) for s in prometheus.query(f"{run}[1m]")}
+    past = {
+        replica: {
+            (s["metric"]["__name__"], s["metric"].get("component"))
+            for s in found
+            if s["metric"]["replica"] == replica and float(s["values"][-1][0]) > end
+        }
+        for replica in ("a", "b")
+    }
+    return end if past["a"] == past["b"] == every else None
