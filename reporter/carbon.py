@@ -79,13 +79,27 @@ class CarbonIntensity:
         return "gCO2/kWh" if self.gas == "CO2" else "gCO2eq/kWh"
 
     def describe(self) -> str:
-        """What the figure is, in one sentence for a report: value, unit, gas, basis, year and source."""
-        if self.method == "per-host":
+        """What the figure is, in one sentence for a report: value, unit, CO2e or CO2 only, basis, region, year and
+        source (a given figure or a series: where it came from)."""
+        if self.method == "per-host" or not self.region:
             return self.source
-        value = "varies over time" if self.g_per_kwh is None else f"{self.g_per_kwh:g} {self.unit}"
-        gas = {"CO2e": "CO2e", "CO2": "CO2 only, not CO2e"}.get(self.gas, "as given")
-        what = "; ".join(part for part in (gas, self.basis, f"year {self.year}" if self.year else "") if part)
-        return f"{value} ({what}): {self.source}"
+        gas = "CO2 only, not CO2e" if self.gas == "CO2" else self.gas
+        return f"{self.g_per_kwh:g} {self.unit} ({gas}; {self.basis}): {self.source}"
+
+    @property
+    def chosen_by(self) -> str:
+        """Which step of ``PRECEDENCE`` gave the figure, in a few words."""
+        return CHOSEN_BY[self.method]
+
+
+CHOSEN_BY = {
+    "flag": "given with --carbon-intensity",
+    "region-table": "from --region",
+    "host-region": "from the host's region",
+    "per-host": "from each host's region, energy-weighted",
+    "prometheus-series": "from --carbon-intensity-query",
+    "world-average": "the world average, as no location was given",
+}
 
 
 @dataclass(frozen=True)

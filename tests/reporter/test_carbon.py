@@ -105,10 +105,9 @@ def test_rows_say_their_gas_and_basis_as_their_sources_do() -> None:
         "CA-QC"
     ].source
     assert "Google's figure" in table["gcp:europe-west1"].basis and table["gcp:europe-west1"].year == 2023
-    assert "AWS publishes no per-region figure" in table["aws:us-east-1"].basis
-    assert all(
-        row.source.endswith("list of regions") for code, row in table.items() if code.startswith(("aws:", "azure:"))
-    )
+    assert table["aws:us-east-1"].basis == "grid of its location, US-VA: " + table["US-VA"].basis
+    located = [row for code, row in table.items() if code.startswith(("aws:", "azure:"))]
+    assert all(row.basis.startswith("grid of its location, ") for row in located)
 
 
 def test_table_values_match_their_sources() -> None:
@@ -173,7 +172,7 @@ def test_unknown_region_suggests_close_matches_and_the_flag() -> None:
     with pytest.raises(ValueError, match=r"US-TX \(Texas\)"):
         lookup_region("US-TZ")
     with pytest.raises(
-        ValueError, match=r"did you mean aws:us-east-1 \(AWS us-east-1 \(Northern Virginia\)\), aws:us-east-2 "
+        ValueError, match=r"did you mean aws:us-east-1 \(AWS Northern Virginia\), aws:us-east-2 \(AWS Ohio\)"
     ):
         lookup_region("aws:us-east-3")
     with pytest.raises(ValueError, match=r"did you mean gcp:europe-west1 "):
@@ -233,9 +232,10 @@ def test_a_region_comes_from_the_table_and_wins_over_a_series() -> None:
     assert not resolved.is_default and resolved.gas == "CO2e"
     assert resolved.source.startswith("Sweden (SE), 2023: Our World in Data")
     assert resolved.describe().startswith(
-        "41 gCO2eq/kWh (CO2e; location-based annual average of the country's generation; life-cycle emissions; "
-        "year 2023): Sweden (SE), 2023: Our World in Data"
+        "41 gCO2eq/kWh (CO2e; location-based annual average of national generation, life-cycle): Sweden (SE), 2023: "
+        "Our World in Data"
     )
+    assert resolved.chosen_by == "from --region"
     china = resolve_intensity(region="CN-SH")
     assert china.unit == "gCO2/kWh" and "(CO2 only, not CO2e; " in china.describe()
     with pytest.raises(ValueError, match="unknown region 'XQ'"):

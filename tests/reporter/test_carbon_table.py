@@ -48,7 +48,7 @@ def test_regions_with_no_match_is_a_usage_error_naming_close_codes(capsys: pytes
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("impact-report: no region matches 'azure:west-europe'; ")
-    assert "did you mean azure:westeurope (Azure westeurope (Netherlands))?" in captured.err
+    assert "did you mean azure:westeurope (Azure Netherlands)?" in captured.err
 
 
 @pytest.mark.parametrize(
