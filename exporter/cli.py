@@ -24,6 +24,7 @@ from impact_exporter import __version__
 from impact_exporter.api import RunAPI
 from impact_exporter.bodies import SharedBodies
 from impact_exporter.cgroups import CgroupFS, Operators
+from impact_exporter.cloud import METADATA_URL, PROVIDERS, region_code, region_from_metadata
 from impact_exporter.collector import ImpactCollector
 from impact_exporter.connections import ConnectionLimits, Connections, descriptor_budget
 from impact_exporter.groups import ProcessGroups
@@ -84,6 +85,9 @@ class Settings:
     connection_limits: ConnectionLimits = ConnectionLimits()
     cgroupfs: Path = Path("/sys/fs/cgroup")
     cgroup_operators_gid: int | None = None
+    carbon_region: str = ""
+    carbon_region_from: str | None = None
+    metadata_url: str = METADATA_URL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "container an AppArmor profile that allows it (a process it cannot read counts its RSS) "
         "(default: %(default)s)",
     )
+    add_carbon_flags(parser)
     parser.add_argument(
         "--log.level",
         dest="log_level",
@@ -292,6 +297,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"impact-exporter {__version__}")
     return parser
+
+
+def add_carbon_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the host's grid is, exported on impact_host_info{region} for the reporter (exporter/cloud.py)."""
+    carbon = parser.add_argument_group("carbon")
+    where = carbon.add_mutually_exclusive_group()
+    where.add_argument(
+        "--carbon.region",
+        dest="carbon_region",
+        default="",
+        metavar="CODE",
+        help="the grid region this host draws from, as the reporter's table names it: a country (FR), a "
+        "subdivision (US-CA, CA-QC, CN-BJ) or PROVIDER:REGION (aws:us-east-1, gcp:europe-west1, azure:westeurope); "
+        "'impact-report regions' lists them; reports use it for this host's energy unless --region or "
+        "--carbon-intensity is given there (default: none)",
+    )
+    where.add_argument(
+        "--carbon.region-from",
+        dest="carbon_region_from",
+        choices=PROVIDERS,
+        help="read the region once at start-up from this cloud provider's instance metadata service; on "
+        "failure, a warning and no region (default: off)",
+    )
+    carbon.add_argument(
+        "--carbon.metadata-url",
+        dest="metadata_url",
+        default=METADATA_URL,
+        metavar="URL",
+        help="where --carbon.region-from finds the instance metadata service (default: %(default)s)",
+    )
 
 
 def add_connection_flags(web: argparse._ArgumentGroup) -> None:
@@ -394,6 +429,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         limits = limits_from_args(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         connection_caps = connection_limits(args)
+        carbon_region = region_code(args.carbon_region) if args.carbon_region else ""
     except ValueError as error:
         parser.error(str(error))
     if token is not None and not is_loopback(host) and (web_config is None or web_config.tls is None):
@@ -432,6 +468,9 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         connection_limits=connection_caps,
         cgroupfs=args.cgroupfs,
         cgroup_operators_gid=operators,
+        carbon_region=carbon_region,
+        carbon_region_from=args.carbon_region_from,
+        metadata_url=args.metadata_url,
     )
 
 
@@ -509,6 +548,13 @@ def open_gpu_source(settings: Settings, nvml: ModuleType | None = None) -> NvmlS
     return open_gpus(settings.gpu_source, settings.gpu_devices, nvml)
 
 
+def host_region(settings: Settings) -> str:
+    """The host's grid region: ``--carbon.region``, else read from the cloud's metadata when asked, else ""."""
+    if settings.carbon_region_from:
+        return region_from_metadata(settings.carbon_region_from, settings.metadata_url)
+    return settings.carbon_region
+
+
 def check_paths(settings: Settings) -> None:
     """Raise UnsafePath for a state or socket directory that other users could change (exporter/paths.py)."""
     check_directory(settings.state_dir, "--state-dir")
@@ -582,9 +628,8 @@ def serve(settings: Settings, nvml: ModuleType | None = None, stop: threading.Ev
     )
     sampler.sample_once()
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(
-        ImpactCollector(lambda: sampler.snapshot, read_host_info(settings.procfs), __version__, runs=runs.runs)
-    )
+    host = read_host_info(settings.procfs, host_region(settings))
+    registry.register(ImpactCollector(lambda: sampler.snapshot, host, __version__, runs=runs.runs))
     api = RunAPI(settler, lambda: sampler.snapshot, settings.limits)
     connections = open_connections(settings.connection_limits)
     bodies = SharedBodies(lambda: (sampler.snapshot, *runs.runs()))

@@ -573,14 +573,17 @@ def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
 def info_families(host: HostInfo, version: str) -> Iterator[Metric]:
     """Build and host facts, as info metrics of value 1."""
     yield InfoMetricFamily("impact_build", "The exporter's version.", value={"version": version})
+    labels = {
+        "hostname": host.hostname,
+        "cpu_model": host.cpu_model,
+        "cpu_vendor": host.cpu_vendor,
+        "cpu_count": str(host.cpu_count),
+        "kernel": host.kernel,
+    }
+    if host.region:  # Prometheus stores an empty label as none at all
+        labels["region"] = host.region
     yield InfoMetricFamily(
         "impact_host",
-        "The host the exporter runs on; the reporter reads hardware from here.",
-        value={
-            "hostname": host.hostname,
-            "cpu_model": host.cpu_model,
-            "cpu_vendor": host.cpu_vendor,
-            "cpu_count": str(host.cpu_count),
-            "kernel": host.kernel,
-        },
+        "The host the exporter runs on; the reporter reads hardware and grid region from here.",
+        value=labels,
     )

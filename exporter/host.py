@@ -19,10 +19,12 @@ class HostInfo:
     cpu_vendor: str
     cpu_count: int
     kernel: str
+    region: str = ""  # the grid region (exporter/cloud.py), "" when not given
 
 
-def read_host_info(procfs_root: Path) -> HostInfo:
-    """Hostname, CPU model and kernel as procfs shows them, so a container reports its host's hardware."""
+def read_host_info(procfs_root: Path, region: str = "") -> HostInfo:
+    """Hostname, CPU model and kernel as procfs shows them, so a container reports its host's hardware; ``region``
+    as given (``--carbon.region``) or read from the cloud's metadata."""
     cpu = ProcFS(procfs_root).cpuinfo()
     return HostInfo(
         hostname=_read_first_line(procfs_root / "sys/kernel/hostname") or socket.gethostname(),
@@ -30,6 +32,7 @@ def read_host_info(procfs_root: Path) -> HostInfo:
         cpu_vendor=cpu.vendor,
         cpu_count=cpu.logical_cpus,
         kernel=_read_first_line(procfs_root / "sys/kernel/osrelease") or platform.release(),
+        region=region,
     )
 
 

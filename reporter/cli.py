@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any
 from experiment_impact_tracker.durations import parse_duration
 from impact_reporter import carbon
 from impact_reporter.appendix import FailedRun, comparison_report, set_report
-from impact_reporter.energy import run_figures
+from impact_reporter.energy import RunFigures, run_figures
 from impact_reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
 from impact_reporter.legacy import Totals, impact_totals
 from impact_reporter.nodes import NOT_REPLICA_LABELS, REPLICA_LABELS
@@ -155,7 +156,13 @@ def carbon_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("carbon (docs/reporting.md)")
     group.add_argument("--carbon-intensity", type=float, metavar="G_PER_KWH", help="grid intensity in gCO2eq/kWh")
-    group.add_argument("--region", metavar="CODE", help="look the intensity up by country (DE) or US state (US-CA)")
+    group.add_argument(
+        "--region",
+        metavar="CODE",
+        help="look the intensity up by country (FR), US state (US-CA), Canadian or Chinese province (CA-QC, CN-BJ) "
+        "or cloud region (gcp:europe-west1, aws:us-east-1, azure:westeurope); 'impact-report regions' lists them; "
+        "it wins over the regions the exporters export (default: each host's region, else the world average)",
+    )
     group.add_argument(
         "--carbon-intensity-query",
         metavar="PROMQL",
@@ -267,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     appendix.add_argument("--out", type=Path, default=Path("appendix"), metavar="DIR", help="(default: %(default)s)")
     appendix.set_defaults(usage=appendix)  # so set-name mistakes end in the appendix command's usage error
+    regions = commands.add_parser(
+        "regions",
+        help="the grid regions --region knows, with intensity, gas, year and source",
+        description="List the bundled table of grid carbon intensities (reporter/data/carbon_intensity.csv, "
+        "docs/reporting.md): every code --region and impact-exporter --carbon.region accept, with its annual "
+        "average in g/kWh, whether it counts CO2e or CO2 only, its year and its source.",
+    )
+    regions.add_argument(
+        "search", nargs="?", metavar="TEXT", help="only regions whose code or name contains TEXT, in any case"
+    )
+    regions.add_argument(
+        "--format",
+        choices=["table", "csv"],
+        default="table",
+        help="table: one line per region; csv: every column, the basis too (default: %(default)s)",
+    )
     return parser
 
 
@@ -397,10 +420,17 @@ def intensity_series(client: PrometheusClient, query: str, run: Run) -> Series:
     return found[0]
 
 
+def uses_world_average(args: argparse.Namespace, listed: Sequence[Listed]) -> bool:
+    """Whether the world average counts in any figure: in a run's intensity, or, with no run measured, in the one
+    the command line resolved to (hosts' regions would override it)."""
+    figures = [item for item in listed if isinstance(item, RunFigures)]
+    return any(f.intensity.is_default for f in figures) if figures else args.intensity.is_default
+
+
 def print_runs(args: argparse.Namespace, listed: list[Listed]) -> None:
     """Print the runs in the chosen format; the world-average note goes to stderr, or into the JSON's "notes"."""
     if args.format == "json":
-        notes = [carbon.WORLD_AVERAGE_NOTE] if args.intensity.is_default else []
+        notes = [carbon.world_average_note()] if uses_world_average(args, listed) else []
         document = {"runs": [run_json(item) for item in listed], "notes": notes}
         json.dump(document, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
@@ -409,8 +439,8 @@ def print_runs(args: argparse.Namespace, listed: list[Listed]) -> None:
         csv_frame(listed).to_csv(sys.stdout, index=False)
     else:
         sys.stdout.write(runs_table(listed, args.intensity, args.pue, wide=args.wide))
-    if args.intensity.is_default:
-        print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
+    if uses_world_average(args, listed):
+        print(carbon.world_average_note(), file=sys.stderr)
 
 
 def list_runs(args: argparse.Namespace) -> None:
@@ -480,8 +510,8 @@ def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]
             )
     if not args.no_pdf and not build:
         print(f"{args.prog}: wrote the .tex files but no PDF: {LATEX_INSTALL_HINT}", file=sys.stderr)
-    if intensity.is_default:
-        print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
+    if uses_world_average(args, [f for report in reports.values() for f in report.figures]):
+        print(carbon.world_average_note(), file=sys.stderr)
     print(f"appendix written to {args.out}/ ({'PDF and ' if build else ''}.tex files, appendix.json)")
 
 
@@ -513,11 +543,40 @@ def run_command(prog: str, run: Callable[[], None]) -> int:
     return EXIT_OK
 
 
+def list_regions(search: str | None, output_format: str) -> int:
+    """The ``regions`` command: the table's rows whose code or name contain ``search``; EXIT_USAGE with the closest
+    codes when none does."""
+    rows = [
+        row
+        for row in carbon.region_table().values()
+        if not search or search.strip().lower() in f"{row.region} {row.name}".lower()
+    ]
+    if not rows:
+        try:
+            carbon.lookup_region(search or "")
+        except ValueError as error:
+            print(f"impact-report: no region matches {search!r}; {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if output_format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(carbon.TABLE_COLUMNS)
+        writer.writerows([r.region, r.name, f"{r.g_per_kwh:g}", r.gas, r.basis, r.year, r.source] for r in rows)
+        return EXIT_OK
+    code_width = max(len(row.region) for row in rows)
+    name_width = max(len(row.name) for row in rows)
+    for row in rows:
+        value = f"{row.g_per_kwh:g} g{row.gas}/kWh"
+        print(f"{row.region:<{code_width}}  {value:>15}  {row.year}  {row.name:<{name_width}}  {row.source}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``impact-report``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.prog = parser.prog
+    if args.command == "regions":
+        return list_regions(args.search, args.format)
     if (problem := usage_problem(args)) is not None:
         return problem
     if args.command == "runs":
@@ -676,6 +735,6 @@ def statement_main(argv: Sequence[str] | None = None) -> int:
         totals = impact_totals(args.logdirs, lambda url: run_reader(args, url), args.intensity, args.pue, reader)
         print(statement_text(totals, args.intensity))
         if totals.world_average:
-            print(carbon.WORLD_AVERAGE_NOTE, file=sys.stderr)
+            print(carbon.world_average_note(), file=sys.stderr)
 
     return run_command(args.prog, run)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from impact_reporter import carbon
 from impact_reporter.carbon import CarbonIntensity, TimeSeries, integrate_intensity, kg_co2eq, kwh_from_joules
 from impact_reporter.runs import Run, RunDataError
 
@@ -92,6 +93,29 @@ def coverage(timestamps: np.ndarray, start: float, end: float, interval: float) 
 
 
 @dataclass(frozen=True)
+class HostIntensity:
+    """One host's part of a run's carbon: its energy (J, IT energy) and the intensity it was drawn at."""
+
+    instance: str
+    region: str  # the region its exporter exports, "" when none
+    joules: float
+    g_per_kwh: float
+    intensity: CarbonIntensity
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "region": self.region,
+            "energy_joules": self.joules,
+            "g_per_kwh": self.g_per_kwh,
+            "method": self.intensity.method,
+            "gas": self.intensity.gas or "CO2e",
+            "year": self.intensity.year,
+            "source": self.intensity.source,
+        }
+
+
+@dataclass(frozen=True)
 class RunFigures:
     """The numbers a report prints for one run, all derived from its raw samples.
 
@@ -123,6 +147,7 @@ class RunFigures:
     measured: Mapping[str, bool]
     power: pd.DataFrame  # columns: timestamp (an interval's end, unix s), component, watts (summed over nodes)
     sample_interval_seconds: float
+    host_intensities: tuple[HostIntensity, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """The run's metadata and figures as JSON-able data (``impact-report runs --format json``, appendix.json)."""
@@ -138,6 +163,10 @@ class RunFigures:
             "carbon_intensity_g_per_kwh": self.intensity_g_per_kwh,
             "carbon_intensity_source": self.intensity.source,
             "carbon_intensity_method": self.intensity.method,
+            "carbon_intensity_gas": self.intensity.gas or "CO2e",
+            "carbon_intensity_year": self.intensity.year,
+            "carbon_intensity_basis": self.intensity.describe(),
+            "carbon_intensity_hosts": [host.as_json() for host in self.host_intensities],
             "average_power_watts": self.average_power_watts,
             "peak_power_watts": self.peak_power_watts,
             "cpu_hours": self.cpu_hours,
@@ -198,16 +227,9 @@ def run_figures(
     interval = sample_interval(energy_rows, run.start_time, end)
     power = component_power(energy_rows, run.start_time, end, interval)
     grid_power = power.groupby("timestamp")["watts"].sum()
-    if intensity.g_per_kwh is not None:
-        g_per_kwh = intensity.g_per_kwh
-    elif intensity_series is not None and len(grid_power) and grid_power.sum() > 0:
-        # The energy-weighted intensity over the sampled part of the run, applied to all of its energy.
-        ends = grid_power.index.to_numpy()
-        edges = np.concatenate(([run.start_time], ends))
-        grams = integrate_intensity(edges, np.append(grid_power.to_numpy(), 0.0), intensity_series)
-        g_per_kwh = grams / kwh_from_joules(float(np.sum(grid_power.to_numpy() * np.diff(edges))))
-    else:
-        raise RunDataError(f"run {run.run_id}: the carbon intensity series has no data for the run")
+    hosts = host_intensities(run, energy_rows, intensity, end, interval, intensity_series)
+    g_per_kwh = carbon.energy_weighted([(host.joules, host.g_per_kwh) for host in hosts])
+    run_intensity = carbon.combined_intensity([(h.instance, h.joules, h.intensity) for h in hosts], g_per_kwh)
     cover = run_coverage(energy_rows, run.start_time, end)
     kwh = kwh_from_joules(total_joules)
     return RunFigures(
@@ -218,8 +240,9 @@ def run_figures(
         total_kwh=kwh,
         total_kwh_pue=kwh * pue,
         kg_co2eq=kg_co2eq(kwh, g_per_kwh, pue),
-        intensity=intensity,
+        intensity=run_intensity,
         intensity_g_per_kwh=g_per_kwh,
+        host_intensities=tuple(hosts),
         pue=pue,
         average_power_watts=total_joules / duration if duration > 0 else 0.0,
         peak_power_watts=peak_power(grid_power, run.start_time, interval),
@@ -231,6 +254,52 @@ def run_figures(
         power=power,
         sample_interval_seconds=interval,
     )
+
+
+def host_intensities(
+    run: Run,
+    energy_rows: pd.DataFrame,
+    intensity: CarbonIntensity,
+    end: float,
+    interval: float,
+    intensity_series: TimeSeries | None,
+) -> list[HostIntensity]:
+    """Each host's energy and the intensity it was drawn at, by the precedence of ``carbon.intensity_for_host``;
+    hosts whose counters never moved are left out.
+
+    A host whose intensity is a series gets the series' energy-weighted mean over its own sampled power.
+    RunDataError names a host region the table lacks, or a series without data for the run.
+    """
+    regions = {host.instance: host.region for host in run.hosts}
+    hosts = []
+    for instance, rows in energy_rows.groupby("instance", sort=True):
+        joules = sum(
+            counter_total(s.sort_values("timestamp")["value"].to_numpy()) for _, s in rows.groupby("component")
+        )
+        if joules <= 0:
+            continue  # a host that drew nothing for the run adds no carbon at any intensity
+        try:
+            chosen = carbon.intensity_for_host(intensity, regions.get(instance, ""))
+        except ValueError as error:
+            raise RunDataError(f"run {run.run_id}: host {instance}: {error}") from None
+        g_per_kwh = chosen.g_per_kwh
+        if g_per_kwh is None:
+            g_per_kwh = series_intensity(rows, run, end, interval, intensity_series)
+        hosts.append(HostIntensity(str(instance), regions.get(instance, ""), joules, g_per_kwh, chosen))
+    return hosts
+
+
+def series_intensity(
+    rows: pd.DataFrame, run: Run, end: float, interval: float, intensity_series: TimeSeries | None
+) -> float:
+    """The energy-weighted mean of a time-varying intensity over the sampled power of ``rows``, applied to all of
+    their energy; RunDataError when there is no series or no sampled power."""
+    power = component_power(rows, run.start_time, end, interval).groupby("timestamp")["watts"].sum()
+    if intensity_series is None or not len(power) or power.sum() <= 0:
+        raise RunDataError(f"run {run.run_id}: the carbon intensity series has no data for the run")
+    edges = np.concatenate(([run.start_time], power.index.to_numpy()))
+    grams = integrate_intensity(edges, np.append(power.to_numpy(), 0.0), intensity_series)
+    return grams / kwh_from_joules(float(np.sum(power.to_numpy() * np.diff(edges))))
 
 
 def counter_hours(samples: pd.DataFrame, metric: str) -> float | None:

@@ -35,7 +35,7 @@ from impact_reporter.appendix import (
     appendix_document,
     file_names,
 )
-from impact_reporter.carbon import WORLD_AVERAGE_NOTE
+from impact_reporter.carbon import PRECEDENCE, world_average_note
 from impact_reporter.energy import RunFigures
 from impact_reporter.legacy import is_power_samples
 from impact_reporter.stats import Comparison, Summary
@@ -457,8 +457,14 @@ def run_context(title: str, figures: RunFigures) -> dict[str, Any]:
         "interval": decimal(figures.sample_interval_seconds),
         "coverage": decimal(figures.coverage.fraction, factor=100.0),
         "largest_gap": decimal(figures.coverage.largest_gap_seconds),
-        "world_average_note": WORLD_AVERAGE_NOTE,
+        "world_average_note": world_average_note(),
     }
+
+
+def carbon_basis(figures: Sequence[RunFigures]) -> list[str]:
+    """The distinct carbon intensities behind ``figures``, each as the sentence that says what it is (value, CO2e
+    or CO2 only, basis, year, source), so a page states the basis of every carbon figure it prints."""
+    return list(dict.fromkeys(f.intensity.describe() for f in figures))
 
 
 def summary_context(report: SetReport) -> dict[str, Any]:
@@ -472,6 +478,8 @@ def summary_context(report: SetReport) -> dict[str, Any]:
         "notes": notes,
         "bars_unit": unit,
         "bars": plot_rows(range(len(totals)), [t * unit.factor for t in totals]),
+        "carbon_basis": carbon_basis(report.figures),
+        "precedence": PRECEDENCE,
     }
 
 
@@ -485,6 +493,7 @@ def comparison_context(c: ComparisonReport) -> dict[str, Any]:
         "family": [QUANTITY_BY_KEY[key].label for key in c.family],
         "primary": QUANTITY_BY_KEY[c.primary].label if c.primary else None,
         "bars": None,
+        "carbon_basis": carbon_basis([*c.a.figures, *c.b.figures]),
     }
     if "total_kwh" in c.a.summaries and "total_kwh" in c.b.summaries:
         a, b = c.a.summaries["total_kwh"], c.b.summaries["total_kwh"]

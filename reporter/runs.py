@@ -77,6 +77,7 @@ class Host:
     cpu_count: str = ""
     kernel: str = ""
     gpus: tuple[str, ...] = ()  # "NVIDIA A100-SXM4-40GB (driver 550.54.15)", from impact_gpu_info
+    region: str = ""  # the grid region its exporter was given (--carbon.region), "" when none
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,7 @@ class PrometheusRuns:
                 cpu_count=labels.get("cpu_count", ""),
                 kernel=labels.get("kernel", ""),
                 gpus=gpus.get(node, ()),
+                region=labels.get("region", ""),
             )
         return hosts
 

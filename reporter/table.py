@@ -214,12 +214,14 @@ def components(listed: Sequence[Listed]) -> list[str]:
     return [*COMPONENTS, *sorted(found - set(COMPONENTS))]
 
 
-def carbon_basis(listed: Sequence[Listed], intensity: CarbonIntensity, pue: float) -> str:
-    """The line under the table that says how its CO2eq was computed: the formula with this report's numbers."""
+def carbon_basis(listed: Sequence[Listed], intensity: CarbonIntensity, pue: float) -> list[str]:
+    """The lines under the table that say how its CO2eq was computed: the formula with this report's numbers, then
+    each distinct intensity its runs used, saying what it is (CO2e or CO2 only, basis, year, source)."""
     measured = [item for item in listed if isinstance(item, RunFigures)]
     g_per_kwh = {f.intensity_g_per_kwh for f in measured}
     shown = f"{decimal(g_per_kwh.pop())} gCO2eq/kWh" if len(g_per_kwh) == 1 else "each run's gCO2eq/kWh"
-    return f"kgCO2eq = kWh x PUE {pue:g} x {shown} / 1000; intensity: {intensity.source}"
+    used = list(dict.fromkeys(f.intensity.describe() for f in measured)) or [intensity.describe()]
+    return [f"kgCO2eq = kWh x PUE {pue:g} x {shown} / 1000", *(f"intensity: {basis}" for basis in used)]
 
 
 def runs_table(
@@ -233,7 +235,7 @@ def runs_table(
     columns = table_columns(listed, wide)
     widths = [c.natural_width for c in columns] if wide else fitted_widths(columns, width)
     lines = rendered(columns, widths)
-    notes = [carbon_basis(listed, intensity, pue)]
+    notes = carbon_basis(listed, intensity, pue)
     if not wide:
         ids = dict(zip((item.run.run_id for item in listed), columns[0].cells, strict=True))
         notes += [

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from impact_reporter.carbon import (
     DEFAULT_PUE,
-    WORLD_AVERAGE_G_PER_KWH,
-    WORLD_AVERAGE_NOTE,
+    TABLE_COLUMNS,
     CarbonIntensity,
     integrate_intensity,
     kg_co2eq,
@@ -22,6 +21,7 @@ from impact_reporter.carbon import (
     parse_region_table,
     region_table,
     resolve_intensity,
+    world_average_note,
 )
 from impact_reporter.prometheus import Series
 
@@ -31,6 +31,7 @@ US_STATES = (
     "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND OH OK "
     "OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC"
 ).split()
+CANADA = "AB BC MB NB NL NS NT NU ON PE QC SK YT".split()
 
 
 def series(timestamps: list[float], values: list[float]) -> Series:
@@ -69,46 +70,91 @@ def test_negative_or_non_finite_intensity_is_refused(intensity: float) -> None:
 # -- the bundled table -----------------------------------------------------------------------------------------
 
 
-def test_table_covers_the_g20_the_eu_the_nordics_and_us_states() -> None:
+def test_table_covers_every_country_us_state_canadian_and_chinese_province_and_cloud_region() -> None:
     table = region_table()
-    countries = [code for code in table if "-" not in code]
-    states = [code for code in table if code.startswith("US-")]
-    assert len(countries) >= 40
-    assert set(G20_COUNTRIES) <= set(countries)
-    assert set(EU_MEMBERS) <= set(countries)
-    assert {"NO", "IS", "CH"} <= set(countries)
-    assert sorted(states) == sorted(f"US-{state}" for state in US_STATES)
-    assert len(table) == len(countries) + len(states)
+    countries = [code for code in table if len(code) == 2]
+    assert len(countries) == 213
+    assert set(G20_COUNTRIES) <= set(countries) and set(EU_MEMBERS) <= set(countries)
+    assert sorted(c for c in table if c.startswith("US-")) == sorted(f"US-{state}" for state in US_STATES)
+    assert sorted(c for c in table if c.startswith("CA-")) == sorted(f"CA-{p}" for p in CANADA)
+    assert len([c for c in table if c.startswith("CN-")]) == 30
+    providers = {
+        provider: len([c for c in table if c.startswith(f"{provider}:")]) for provider in ("gcp", "aws", "azure")
+    }
+    assert providers == {"gcp": 40, "aws": 35, "azure": 52}
 
 
-def test_table_rows_are_whole_grams_with_a_dated_source() -> None:
+def test_every_row_has_a_year_a_source_a_gas_and_a_basis() -> None:
     for row in region_table().values():
-        assert row.g_co2eq_per_kwh == int(row.g_co2eq_per_kwh), row
-        assert 0 < row.g_co2eq_per_kwh < 1200, row
-        assert str(row.year) in row.source, row
-        source = "Our World in Data" if "-" not in row.region else "eGRID2016"
-        assert source in row.source, row
-        assert row.year == (2021 if "-" not in row.region else 2016)
+        assert 2009 <= row.year <= 2023, row
+        assert row.gas in ("CO2e", "CO2"), row
+        assert row.source and row.basis and row.name, row
+        assert "location-based annual average" in row.basis, row
+        assert row.g_per_kwh == int(row.g_per_kwh) and 0 <= row.g_per_kwh < 2000, row
+
+
+def test_rows_say_their_gas_and_basis_as_their_sources_do() -> None:
+    table = region_table()
+    # Ember/OWID: life-cycle CO2e; eGRID2023 STC2ERTA: combustion CO2e; China MEE: CO2 only; Google: its own figure.
+    assert (table["FR"].gas, table["FR"].year) == ("CO2e", 2023) and "life-cycle" in table["FR"].basis
+    assert "Our World in Data" in table["FR"].source
+    assert (table["US-CA"].gas, table["US-CA"].year) == ("CO2e", 2023) and "combustion" in table["US-CA"].basis
+    assert "eGRID2023" in table["US-CA"].source and "STC2ERTA" in table["US-CA"].source
+    assert (table["CN-BJ"].gas, table["CN-BJ"].year) == ("CO2", 2023) and "MEE" in table["CN-BJ"].source
+    assert (table["CA-QC"].gas, table["CA-QC"].year) == ("CO2e", 2023) and "Canada Energy Regulator" in table[
+        "CA-QC"
+    ].source
+    assert "Google's figure" in table["gcp:europe-west1"].basis and table["gcp:europe-west1"].year == 2023
+    assert table["aws:us-east-1"].basis == "grid of its location, US-VA: " + table["US-VA"].basis
+    located = [row for code, row in table.items() if code.startswith(("aws:", "azure:"))]
+    assert all(row.basis.startswith("grid of its location, ") for row in located)
 
 
 def test_table_values_match_their_sources() -> None:
-    # Spot checks against the datasets: OWID 2021 (DE 365.477, FR 67.39, SE 45.817, PL 660.122, IN 637.182)
-    # and eGRID2016 lb/MWh x 0.45359237 (CA 452.541, WA 186.844, WV 1975.757, VT 56.89).
-    expected = {"DE": 365, "FR": 67, "SE": 46, "PL": 660, "IN": 637, "US": 379,
-                "US-CA": 205, "US-WA": 85, "US-WV": 896, "US-VT": 26}  # fmt: skip
-    assert {code: region_table()[code].g_co2eq_per_kwh for code in expected} == expected
+    # Spot checks against codecarbon 3.3.2's data: OWID (FR 56.039, PL 661.926, DE 380.95, 2023), eGRID2023 lb/MWh
+    # x 0.45359237 (CA 394.769 -> 179.06, VA 540.? -> 245), China MEE 2023 (Beijing 555.4), Google 2023
+    # (europe-west1 122, europe-west9 34), and Quebec's mix x per-source factors by hand: hydro 94.7% and the rest.
+    expected = {"FR": 56, "PL": 662, "DE": 381, "US-CA": 179, "CN-BJ": 555, "gcp:europe-west1": 122,
+                "gcp:europe-west9": 34, "aws:eu-west-3": 56, "aws:us-east-1": 245, "azure:westeurope": 268,
+                "azure:polandcentral": 662, "aws:ca-central-1": 31, "CA-QC": 31}  # fmt: skip
+    assert {code: region_table()[code].g_per_kwh for code in expected} == expected
+    assert region_table()["US-CA"].g_per_kwh == round(394.769 * 0.45359237)
+    # The world row: the countries' mean weighted by their generation (Ember's own world figure for 2023 is 480).
+    assert (
+        region_table()["WORLD"].g_per_kwh == 481
+        and "213 countries' rows weighted by their generation" in region_table()["WORLD"].basis
+    )
 
 
 @pytest.mark.parametrize("code", ["de", "DE", " De ", "dE"])
 def test_country_lookup_is_case_insensitive(code: str) -> None:
     row = lookup_region(code)
-    assert (row.region, row.name, row.g_co2eq_per_kwh, row.year) == ("DE", "Germany", 365.0, 2021)
+    assert (row.region, row.name, row.g_per_kwh, row.year) == ("DE", "Germany", 381.0, 2023)
 
 
 @pytest.mark.parametrize("code", ["us-ca", "US-CA", "Us-Ca", "us_ca"])
 def test_us_state_lookup_is_case_insensitive(code: str) -> None:
     row = lookup_region(code)
-    assert (row.region, row.name, row.g_co2eq_per_kwh, row.year) == ("US-CA", "California", 205.0, 2016)
+    assert (row.region, row.name, row.g_per_kwh, row.year) == ("US-CA", "California", 179.0, 2023)
+
+
+@pytest.mark.parametrize(
+    ("code", "region", "g_per_kwh"),
+    [
+        ("FR", "FR", 56.0),
+        ("US-CA", "US-CA", 179.0),
+        ("CA-QC", "CA-QC", 31.0),
+        ("cn-bj", "CN-BJ", 555.0),
+        ("gcp:europe-west1", "gcp:europe-west1", 122.0),
+        ("GCP:Europe-West1", "gcp:europe-west1", 122.0),
+        ("aws:us-east-1", "aws:us-east-1", 245.0),
+        ("azure:westeurope", "azure:westeurope", 268.0),
+        ("gcp:me-central1", "gcp:me-central1", 575.0),  # misspelt me-cenrtal1 in codecarbon's file
+    ],
+)
+def test_countries_subdivisions_and_every_providers_codes_resolve(code: str, region: str, g_per_kwh: float) -> None:
+    resolved = resolve_intensity(region=code)
+    assert (resolved.region, resolved.g_per_kwh, resolved.method) == (region, g_per_kwh, "region-table")
 
 
 def test_unknown_region_suggests_close_matches_and_the_flag() -> None:
@@ -117,7 +163,7 @@ def test_unknown_region_suggests_close_matches_and_the_flag() -> None:
     message = str(caught.value)
     assert message.startswith("unknown region 'DX': did you mean ")
     assert "DE (Germany)" in message and "DK (Denmark)" in message
-    assert "pass --carbon-intensity G_PER_KWH" in message
+    assert "pass --carbon-intensity G_PER_KWH" in message and "impact-report regions" in message
 
     with pytest.raises(ValueError, match=r"did you mean DE \(Germany\)"):
         lookup_region("germny")
@@ -125,22 +171,35 @@ def test_unknown_region_suggests_close_matches_and_the_flag() -> None:
         lookup_region("California")
     with pytest.raises(ValueError, match=r"US-TX \(Texas\)"):
         lookup_region("US-TZ")
+    with pytest.raises(
+        ValueError, match=r"did you mean aws:us-east-1 \(AWS Northern Virginia\), aws:us-east-2 \(AWS Ohio\)"
+    ):
+        lookup_region("aws:us-east-3")
+    with pytest.raises(ValueError, match=r"did you mean gcp:europe-west1 "):
+        lookup_region("europe-west1")  # a cloud region without its provider
+    with pytest.raises(ValueError, match=r"did you mean azure:westeurope "):
+        lookup_region("azure:west-europe")
     with pytest.raises(ValueError, match="no close match; codes are ISO 3166-1 alpha-2"):
         lookup_region("Atlantis-Under-The-Sea")
 
 
-def test_table_parser_refuses_duplicates_bad_codes_and_missing_sources() -> None:
-    header = "region,name,g_co2eq_per_kwh,year,source\n"
-    good = parse_region_table(header + "DE,Germany,365,2021,OWID 2021\nUS-CA,California,205,2016,eGRID2016\n")
-    assert list(good) == ["DE", "US-CA"] and good["US-CA"].g_co2eq_per_kwh == 205.0
-    with pytest.raises(ValueError, match="line 3: region DE appears twice"):
-        parse_region_table(header + "DE,Germany,365,2021,x\nDE,Germany,300,2021,x\n")
-    with pytest.raises(ValueError, match="line 2: region 'de' is not an upper-case code"):
-        parse_region_table(header + "de,Germany,365,2021,x\n")
-    with pytest.raises(ValueError, match="needs a name and a source"):
-        parse_region_table(header + "DE,Germany,365,2021,\n")
+def test_table_parser_refuses_duplicates_bad_codes_and_rows_without_gas_basis_or_source() -> None:
+    header = ",".join(TABLE_COLUMNS) + "\n"
+    fr = "FR,France,56,CO2e,location-based annual average,2023,OWID\n"
+    good = parse_region_table(header + fr + "gcp:europe-west1,GCP Belgium,122,CO2e,Google's,2023,Google\n")
+    assert list(good) == ["FR", "gcp:europe-west1"] and good["gcp:europe-west1"].g_per_kwh == 122.0
+    with pytest.raises(ValueError, match="line 3: region FR appears twice"):
+        parse_region_table(header + fr + fr)
+    with pytest.raises(ValueError, match="line 2: region 'fr' is not a code"):
+        parse_region_table(header + fr.lower())
+    with pytest.raises(ValueError, match="needs a name, a basis and a source"):
+        parse_region_table(header + "FR,France,56,CO2e,,2023,OWID\n")
+    with pytest.raises(ValueError, match="gas must be one of CO2e, CO2"):
+        parse_region_table(header + "FR,France,56,GHG,basis,2023,OWID\n")
     with pytest.raises(ValueError, match="implausible intensity"):
-        parse_region_table(header + "DE,Germany,-5,2021,x\n")
+        parse_region_table(header + "FR,France,-5,CO2e,basis,2023,OWID\n")
+    with pytest.raises(ValueError, match="implausible year"):
+        parse_region_table(header + "FR,France,56,CO2e,basis,23,OWID\n")
     with pytest.raises(ValueError, match="must have columns"):
         parse_region_table("code,g\nDE,365\n")
 
@@ -169,9 +228,16 @@ def test_the_flag_must_be_a_finite_non_negative_number(flag: object) -> None:
 
 def test_a_region_comes_from_the_table_and_wins_over_a_series() -> None:
     resolved = resolve_intensity(region="se", series_query="grid_intensity")
-    assert (resolved.g_per_kwh, resolved.region, resolved.year, resolved.method) == (46.0, "SE", 2021, "region-table")
-    assert not resolved.is_default
-    assert resolved.source.startswith("Sweden (SE), 2021: Our World in Data")
+    assert (resolved.g_per_kwh, resolved.region, resolved.year, resolved.method) == (41.0, "SE", 2023, "region-table")
+    assert not resolved.is_default and resolved.gas == "CO2e"
+    assert resolved.source.startswith("Sweden (SE), 2023: Our World in Data")
+    assert resolved.describe().startswith(
+        "41 gCO2eq/kWh (CO2e; location-based annual average of national generation, life-cycle): Sweden (SE), 2023: "
+        "Our World in Data"
+    )
+    assert resolved.chosen_by == "from --region"
+    china = resolve_intensity(region="CN-SH")
+    assert china.unit == "gCO2/kWh" and "(CO2 only, not CO2e; " in china.describe()
     with pytest.raises(ValueError, match="unknown region 'XQ'"):
         resolve_intensity(region="XQ")
 
@@ -187,11 +253,13 @@ def test_a_series_query_is_time_varying() -> None:
 
 def test_without_anything_the_world_average_is_flagged_as_the_default() -> None:
     resolved = resolve_intensity()
-    assert resolved.g_per_kwh == WORLD_AVERAGE_G_PER_KWH == 475.0
-    assert resolved.is_default and resolved.method == "world-average" and resolved.year == 2019
-    assert "IEA" in resolved.source and "2019" in resolved.source
-    assert WORLD_AVERAGE_NOTE.startswith("NOTE: ") and "475 gCO2eq/kWh (IEA 2019)" in WORLD_AVERAGE_NOTE
-    assert "--region" in WORLD_AVERAGE_NOTE and "--carbon-intensity" in WORLD_AVERAGE_NOTE
+    # The latest world figure of the countries' own dataset: their generation-weighted mean.
+    assert resolved.g_per_kwh == region_table()["WORLD"].g_per_kwh == 481.0
+    assert resolved.is_default and resolved.method == "world-average" and resolved.year == 2023
+    assert "Our World in Data" in resolved.source and resolved.gas == "CO2e"
+    note = world_average_note()
+    assert note.startswith("NOTE: ") and "481 gCO2eq/kWh (2023, World row of the bundled table)" in note
+    assert "--region" in note and "--carbon-intensity" in note and "--carbon.region" in note
     assert all(not resolve_intensity(**kwargs).is_default for kwargs in (
         {"flag_g_per_kwh": 475}, {"region": "DE"}, {"series_query": "x"}))  # fmt: skip
 

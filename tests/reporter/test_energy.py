@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from impact_reporter.carbon import CarbonIntensity
+from impact_reporter.carbon import CarbonIntensity, resolve_intensity
 from impact_reporter.energy import component_power, counter_total, coverage, run_figures, running_total
+from impact_reporter.prometheus import Series
 from impact_reporter.runs import SAMPLE_COLUMNS, Host, Run, RunDataError
 
 FLAT = CarbonIntensity(g_per_kwh=400.0, source="test", region=None, year=None, is_default=False, method="flag")
@@ -108,6 +109,63 @@ def test_run_figures_of_two_nodes() -> None:
     assert figures.coverage.fraction == 1.0
     assert figures.sample_interval_seconds == 1.0
     assert figures.measured == {"cpu": True}
+
+
+FR_PL = (Host("a", region="FR"), Host("b", region="pl"))
+
+
+def test_a_run_on_hosts_in_fr_and_pl_gets_their_energy_weighted_intensity() -> None:
+    # By hand: node a (France, 56 gCO2e/kWh) drew 100 J, node b (Poland, 662) 300 J, so the run's intensity is
+    # (100 * 56 + 300 * 662) / 400 = 510.5 g/kWh, and its carbon the sum of the two hosts' carbon.
+    figures = run_figures(make_run(two_nodes(), hosts=FR_PL), resolve_intensity(), pue=1.5)
+    assert figures.intensity_g_per_kwh == pytest.approx(510.5, rel=1e-12)
+    by_host = 100 / 3.6e6 * 1.5 * 56 / 1000 + 300 / 3.6e6 * 1.5 * 662 / 1000
+    assert figures.kg_co2eq == pytest.approx(by_host, rel=1e-12)
+    assert figures.intensity.method == "per-host" and not figures.intensity.is_default
+    assert [(h.instance, h.region, h.joules, h.g_per_kwh) for h in figures.host_intensities] == [
+        ("a", "FR", pytest.approx(100.0), 56.0),
+        ("b", "pl", pytest.approx(300.0), 662.0),
+    ]
+    described = figures.intensity.describe()
+    assert described.startswith("energy-weighted over the run's hosts (510.5 gCO2eq/kWh): a: 56 gCO2eq/kWh (CO2e; ")
+    assert "; b: 662 gCO2eq/kWh (CO2e; " in described and "France (FR), 2023" in described
+    document = json.loads(json.dumps(figures.as_json()))
+    assert document["carbon_intensity_method"] == "per-host" and document["carbon_intensity_year"] == 2023
+    assert [(h["instance"], h["g_per_kwh"], h["method"]) for h in document["carbon_intensity_hosts"]] == [
+        ("a", 56.0, "host-region"),
+        ("b", 662.0, "host-region"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "g_per_kwh"), [({"region": "SE"}, 41.0), ({"flag_g_per_kwh": 100.0, "region": "SE"}, 100.0)]
+)
+def test_an_explicit_flag_wins_over_the_hosts_regions(given: dict, g_per_kwh: float) -> None:
+    figures = run_figures(make_run(two_nodes(), hosts=FR_PL), resolve_intensity(**given), pue=1.5)
+    assert figures.intensity_g_per_kwh == g_per_kwh
+    assert figures.intensity == resolve_intensity(**given)
+    assert {h.g_per_kwh for h in figures.host_intensities} == {g_per_kwh}
+
+
+def test_a_host_without_region_takes_the_series_else_the_world_average() -> None:
+    hosts = (Host("a", region="FR"), Host("b"))
+    world = run_figures(make_run(two_nodes(), hosts=hosts), resolve_intensity(), pue=1.0)
+    assert world.intensity_g_per_kwh == pytest.approx((100 * 56 + 300 * 481) / 400, rel=1e-12)
+    assert world.intensity.is_default and world.intensity.method == "per-host"
+    flat_300 = Series({}, np.array([0.0]), np.array([300.0]))
+    series = run_figures(make_run(two_nodes(), hosts=hosts), resolve_intensity(series_query="grid"), 1.0, flat_300)
+    assert series.intensity_g_per_kwh == pytest.approx((100 * 56 + 300 * 300) / 400, rel=1e-12)
+    assert not series.intensity.is_default
+    assert [h.intensity.method for h in series.host_intensities] == ["host-region", "prometheus-series"]
+
+
+def test_a_host_region_the_table_lacks_fails_the_run_naming_the_host_and_the_flag() -> None:
+    hosts = (Host("a", region="FR"), Host("b", region="gcp:europe-west7"))
+    with pytest.raises(RunDataError) as caught:
+        run_figures(make_run(two_nodes(), hosts=hosts), resolve_intensity(), pue=1.0)
+    message = str(caught.value)
+    assert message.startswith("run r: host b: unknown region 'gcp:europe-west7': did you mean gcp:europe-west1 ")
+    assert message.endswith("(the region its exporter exports with --carbon.region)")
 
 
 def test_an_estimated_component_is_not_called_measured() -> None:

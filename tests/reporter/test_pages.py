@@ -178,3 +178,29 @@ def test_fragments_in_other_scripts_fit_with_lualatex(appendix: Path, paper: Pap
     assert built.overfull == [], f"fragments wider than a column of {paper.name}: {built.overfull}"
     for word in (CJK, JAPANESE, *MIXED.split()):
         assert word in built.text, word
+
+
+def test_every_page_states_the_basis_of_its_carbon_figures(appendix: Path) -> None:
+    # Rendered and read back: the run page says how the intensity was chosen and what it is (location-based annual
+    # average, CO2e, year, source); the summary and comparison pages say it of all their runs, with the precedence.
+    fr = (
+        "56 gCO2eq/kWh (CO2e; location-based annual average of national generation, life-cycle): France (FR), 2023: "
+        "Our World in Data carbon_intensity_elec (Ember, Energy Institute), via codecarbon"
+    )
+    run_page = " ".join(pdf_text(appendix / PLAIN / "0.pdf").split())
+    run_page = run_page.replace("lifecycle", "life-cycle")  # pdftotext drops the hyphen where "life-" ends a line
+    assert f"Carbon intensity, from --region: {fr}" in run_page, run_page
+    summary = " ".join(pdf_text(appendix / PLAIN / "summary.pdf").split())
+    assert "Carbon intensity (--carbon-intensity or --region, else each host's region" in summary and fr in summary
+    comparison = " ".join(pdf_text(appendix / f"{LONG}_v_{PLAIN}.pdf").split())
+    assert f"Carbon intensity: {fr}" in comparison
+
+
+def test_a_co2_only_intensity_says_so_on_every_page(tmp_path: Path) -> None:
+    intensity = resolve_intensity(region="CN-SH")
+    report = set_report(PLAIN, cpu_runs(PLAIN, [30.0, 31.0], 1.7e9), intensity, 1.0)
+    write_appendix(tmp_path, [report], [], build=False)
+    for tex in (tmp_path / PLAIN / "0.tex", tmp_path / PLAIN / "summary.tex"):
+        text = tex.read_text().replace("\\allowbreak{}", "")  # the break points escape() puts in long words
+        assert "gCO2/kWh (CO2 only, not CO2e; location-based annual average of provincial electricity" in text, tex
+        assert "Shanghai (CN-SH), 2023: China MEE and NBS" in text, tex
