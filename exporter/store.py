@@ -35,17 +35,19 @@ class RunStore:
             last_seen REAL,
             gpu_seconds REAL NOT NULL DEFAULT 0,
             placement TEXT NOT NULL DEFAULT '{}',
+            work_units TEXT NOT NULL DEFAULT '{}',
             PRIMARY KEY (uid, run_id)
         )
     """
     INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_end_time ON runs (end_time)"
     COLUMNS = (
         "run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
-        "cpu_seconds, last_seen, gpu_seconds, placement"
+        "cpu_seconds, last_seen, gpu_seconds, placement, work_units"
     )
     COLUMNS_ADDED = {  # stores made before a column existed get it
         "gpu_seconds": "REAL NOT NULL DEFAULT 0",
         "placement": "TEXT NOT NULL DEFAULT '{}'",
+        "work_units": "TEXT NOT NULL DEFAULT '{}'",
     }
 
     def __init__(self, path: Path) -> None:
@@ -83,31 +85,33 @@ class RunStore:
     def insert(self, run: Run) -> None:
         """Store a new run; sqlite3.IntegrityError when its user already has a run of that id here, active or
         finished, even one the registry no longer keeps in memory."""
-        self._write_many(f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", self._rows([run]))
+        self._write_many(f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", self._rows([run]))
 
     def save(self, runs: Iterable[Run]) -> None:
         """Insert or update runs, all in one transaction: a run's row is only ever its own (same user, same id)."""
         self._write_many(
-            f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            f"INSERT INTO runs ({self.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (uid, run_id) DO UPDATE SET experiment = excluded.experiment, run_set = excluded.run_set, "
             "labels = excluded.labels, "
             "user = excluded.user, processes = excluded.processes, start_time = excluded.start_time, "
             "end_time = excluded.end_time, energy_joules = excluded.energy_joules, cpu_seconds = excluded.cpu_seconds, "
-            "last_seen = excluded.last_seen, gpu_seconds = excluded.gpu_seconds, placement = excluded.placement",
+            "last_seen = excluded.last_seen, gpu_seconds = excluded.gpu_seconds, placement = excluded.placement, "
+            "work_units = excluded.work_units",
             self._rows(runs),
         )
 
     def save_totals(self, runs: Iterable[Run]) -> None:
-        """Update what a sample changes (totals, last seen, end) of stored runs, all in one transaction: the
-        exporter does this every second, so it writes no more than that."""
+        """Update what a sample changes (totals, work reported since, last seen, end) of stored runs, all in one
+        transaction: the exporter does this every second, so it writes no more than that."""
         self._write_many(
-            "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, last_seen = ?, end_time = ? "
-            "WHERE uid = ? AND run_id = ?",
+            "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, work_units = ?, last_seen = ?, "
+            "end_time = ? WHERE uid = ? AND run_id = ?",
             [
                 (
                     json.dumps(dict(run.energy_joules)),
                     run.cpu_seconds,
                     run.gpu_seconds,
+                    json.dumps(dict(run.work_units)),
                     run.last_seen,
                     run.end_time,
                     run.uid,
@@ -145,6 +149,7 @@ class RunStore:
                 run.last_seen,
                 run.gpu_seconds,
                 json.dumps(dict(run.placement)),
+                json.dumps(dict(run.work_units)),
             )
             for run in runs
         ]
@@ -180,6 +185,7 @@ class RunStore:
                 last_seen=row[11],
                 gpu_seconds=row[12],
                 placement=json.loads(row[13]),
+                work_units=json.loads(row[14]),
             )
 
     def end(self, ends: Iterable[tuple[RunKey, float]]) -> None:
