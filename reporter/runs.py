@@ -26,7 +26,12 @@ from experiment_impact_tracker.rundir import read_run_dir, write_run_dir
 from impact_reporter.prometheus import PrometheusClient
 
 RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
-RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
+RUN_COUNTERS = (
+    "impact_run_energy_joules_total",
+    "impact_run_cpu_seconds_total",
+    "impact_run_gpu_seconds_total",
+    "impact_run_work_units_total",  # its unit label goes in the samples' component column
+)
 SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
 DESCRIPTIVE = frozenset(
     {"__name__", "instance", "job", "run_id", "experiment", "set", "user", "pod_uid", "container_id"}
@@ -73,7 +78,8 @@ class Run:
     """One experiment run: its identity and labels, where and when it ran, and its counters' raw samples.
 
     ``samples`` has one row per raw sample: ``metric`` (e.g. ``impact_run_energy_joules_total``),
-    ``instance``, ``component`` ("" for counters without one), ``timestamp`` (unix seconds) and ``value``.
+    ``instance``, ``component`` (the unit for ``impact_run_work_units_total``, "" for counters without either),
+    ``timestamp`` (unix seconds) and ``value``.
     ``end_time`` is None for a run still active when it was read. ``methods`` says per component how its
     energy was obtained (``rapl``, ``nvml``, ``estimate``), ``source`` where the run was read from.
     ``not_measured`` is why the run has no figures although it was found ("" when it may have them): no start
@@ -357,7 +363,7 @@ class PrometheusRuns:
                 {
                     "metric": s.labels.get("__name__", ""),
                     "instance": s.labels.get("instance", ""),
-                    "component": s.labels.get("component", ""),
+                    "component": s.labels.get("component", "") or s.labels.get("unit", ""),
                     "timestamp": s.timestamps,
                     "value": s.values,
                 }
