@@ -5,6 +5,7 @@ restart."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from impact_exporter.api import Caller, RunAPI
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Snapshot
 from impact_exporter.store import RunStore
-from tests.exporter.test_api import store  # noqa: F401 (fixture)
 from tests.fakes.procfs import FakeProc
 
 ALICE = Caller(uid=1000, pid=4242)
@@ -27,6 +27,13 @@ def proc(tmp_path: Path) -> FakeProc:
     proc.spawn(ALICE.pid, 1, start=100, uid=ALICE.uid)
     proc.spawn(BOB.pid, 1, start=100, uid=BOB.uid)
     return proc
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RunStore]:
+    store = RunStore(tmp_path / "state" / "runs.sqlite")
+    yield store
+    store.close()
 
 
 @pytest.fixture
