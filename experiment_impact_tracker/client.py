@@ -159,6 +159,11 @@ class ExporterClient:
         """End the run now and return its final figures; stopping a finished run returns it unchanged."""
         return self._request("POST", f"{RUNS}/{quote(run_id, safe='')}/stop")[1]
 
+    def add_work(self, run_id: str, units: Mapping[str, int]) -> dict[str, Any]:
+        """Count units of work done by the active run since the last report (``{"samples": 64, "steps": 1}``; the
+        units are samples, steps and tokens) and return the run with its totals."""
+        return self._request("POST", f"{RUNS}/{quote(run_id, safe='')}/work", dict(units))[1]
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         """The run's latest figures (updated every sample interval while it is active)."""
         return self._request("GET", f"{RUNS}/{quote(run_id, safe='')}")[1]

@@ -63,6 +63,9 @@ STANDALONE_ENV = "IMPACT_STANDALONE"
 """``0``, ``no`` or ``off``: where no exporter answers, run untracked (as before standalone measurement) rather
 than measure the run with a standalone monitor."""
 STALE_AFTER_SECONDS = 10.0
+WORK_REPORT_SECONDS = 1.0
+"""How often ``Run.add_work`` sends what it counted: a training loop may call it at every batch, and one request
+per batch would cost more than the batch on a tiny model. ``stop`` sends the rest."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,6 +118,10 @@ class Run:
         self._owner_pid = os.getpid()
         self._stopped = False
         self._grafana = _grafana_annotator(environ) if registration is not None and registration.created else None
+        self.work_units: dict[str, int] = {}  # what this process reported, sent or not
+        self._unsent_work: dict[str, int] = {}
+        self._work_sent_at = time.monotonic()
+        self.work_report_seconds = WORK_REPORT_SECONDS
 
     @classmethod
     def start(
@@ -243,6 +250,43 @@ class Run:
                 raise UnknownRun(self.run_id, error.message, error.address) from error
             raise
 
+    def add_work(self, samples: int = 0, steps: int = 0, tokens: int = 0) -> None:
+        """Count units of work this process did for the run (``run.add_work(samples=64, steps=1)`` per batch).
+
+        The exporter sums every process's reports into ``impact_run_work_units_total{unit}``, and reports divide
+        the run's energy by them (J per sample, Wh per 1,000 tokens). Counts are sent at most every
+        ``work_report_seconds`` and by ``stop``; a failure to send is a warning (an error with ``strict``).
+        ValueError for a count that is not a whole number of 0 or more: that is the caller's bug.
+        """
+        for unit, count in (("samples", samples), ("steps", steps), ("tokens", tokens)):
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError(f"{unit} must be a whole number of 0 or more, not {count!r}")
+            if count:
+                self.work_units[unit] = self.work_units.get(unit, 0) + count
+                self._unsent_work[unit] = self._unsent_work.get(unit, 0) + count
+        if time.monotonic() - self._work_sent_at >= self.work_report_seconds:
+            self._send_work()
+
+    def _send_work(self) -> None:
+        """Send the work counted since the last report; kept for the next try when the exporter cannot be reached."""
+        self._work_sent_at = time.monotonic()
+        if not self._unsent_work or self._client is None or self.run_id is None:
+            return
+        unsent, self._unsent_work = self._unsent_work, {}
+        try:
+            self._client.add_work(self.run_id, unsent)
+        except ExporterUnavailable as error:
+            for unit, count in unsent.items():
+                self._unsent_work[unit] = self._unsent_work.get(unit, 0) + count
+            self._work_failed(error)
+        except ImpactTrackerError as error:
+            self._work_failed(error)
+
+    def _work_failed(self, error: ImpactTrackerError) -> None:
+        if self._strict:
+            raise error
+        warn(f"cannot report work of run {self.run_id} of {self.experiment!r}: {_one_line(str(error))}")
+
     def stop(self, raise_errors: bool = True) -> dict[str, Any] | None:
         """End the run (if this process created it), record the final figures in run.json, and return them.
 
@@ -261,6 +305,10 @@ class Run:
                 failure = error
                 warn(f"cannot stop the standalone measurement of {self.experiment!r}: {_one_line(str(error))}")
         elif self._client is not None and self.run_id is not None:
+            try:
+                self._send_work()  # before the stop: a finished run counts no more work
+            except ImpactTrackerError as error:  # strict: raised once the run is stopped and run.json written
+                failure = error
             try:
                 if self.created:
                     self.final = self._client.stop_run(self.run_id)
@@ -336,6 +384,12 @@ class Run:
         if self._hardware is None:
             self._hardware = describe_hardware()
         return write_run_dir(self.logdir, self.record())
+
+    def _repr_html_(self) -> str:
+        """The run's figures as an HTML table: what Jupyter shows for a run (experiment_impact_tracker.notebook)."""
+        from experiment_impact_tracker.notebook import html_table
+
+        return html_table(self)
 
     def __repr__(self) -> str:
         state = f"run_id={self.run_id!r}" if self.tracked else "untracked"

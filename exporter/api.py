@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from impact_exporter.cgroups import parse_cgroup
 from impact_exporter.limits import DEFAULT_LIMITS, Limits, flag, label_bytes
 from impact_exporter.run import (
+    MAX_WORK_UNITS,
+    WORK_UNITS,
     Conflict,
     Forbidden,
     HeldByCgroupRun,
@@ -54,6 +56,7 @@ HTTP_STATUS: Mapping[type[RunError], HTTPStatus] = {
 RUNS = "/api/v1/runs"
 RUN = re.compile(r"/api/v1/runs/([^/]+)")
 STOP = re.compile(r"/api/v1/runs/([^/]+)/stop")
+WORK = re.compile(r"/api/v1/runs/([^/]+)/work")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,23 @@ def cgroup_fields(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(str(failure)) from None
 
 
+def parse_work_request(body: object) -> dict[str, int]:
+    """Validate a decoded JSON body of ``POST /api/v1/runs/<id>/work``: units of work done since the last report,
+    ``{"samples": 64, "steps": 1}``, each unit one of WORK_UNITS and each count a whole number from 0 to 2^53."""
+    if not isinstance(body, dict) or not body:
+        raise InvalidRequest(
+            'the body must be a JSON object of units of work done since the last report, e.g. {"samples": 64}'
+        )
+    unknown = set(body) - set(WORK_UNITS)
+    if unknown:
+        names = ", ".join(sorted(repr(name)[:40] for name in unknown))
+        raise InvalidRequest(f"unknown unit(s) of work: {names}; the units are {', '.join(WORK_UNITS)}")
+    for unit, count in body.items():
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_WORK_UNITS:
+            raise InvalidRequest(f"{unit} must be a whole number from 0 to 2^53, not {json.dumps(count)[:40]}")
+    return dict(body)
+
+
 def user_of(query: str) -> str | None:
     """The ``user`` a query names (``?user=alice``), or None: root's way to choose among users who hold the same
     run id, since ids are scoped by user. Any other parameter is refused rather than ignored."""
@@ -188,6 +208,14 @@ def user_of(query: str) -> str | None:
     if "user" not in parameters:
         return None
     return validate_text("user", parameters["user"][0], required=True)
+
+
+def decoded_body(body: bytes) -> object:
+    """A request's JSON body, decoded; InvalidRequest when it is not JSON."""
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError) as failure:  # RecursionError: nested too deep
+        raise InvalidRequest(f"the body is not valid JSON: {failure}") from failure
 
 
 def status_of(failure: RunError) -> int:
@@ -230,6 +258,12 @@ class RunAPI:
             run_id = validate_run_id(unquote(match.group(1)), self._limits)
             run = self._registry.stop(run_id, caller.uid, user, caller.operator)
             return Reply(HTTPStatus.OK, self.render(run))
+        if match := WORK.fullmatch(path):
+            if method != "POST":
+                return error(HTTPStatus.METHOD_NOT_ALLOWED, "use POST to report work")
+            run_id = validate_run_id(unquote(match.group(1)), self._limits)
+            run = self._registry.add_work(run_id, parse_work_request(decoded_body(body)), caller.uid, user)
+            return Reply(HTTPStatus.OK, self.render(run))
         if match := RUN.fullmatch(path):
             if method != "GET":
                 return error(HTTPStatus.METHOD_NOT_ALLOWED, "use GET to read a run")
@@ -239,11 +273,7 @@ class RunAPI:
         return error(HTTPStatus.NOT_FOUND, f"no such API route: {path}")
 
     def _start(self, body: bytes, caller: Caller) -> Reply:
-        try:
-            decoded = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError, RecursionError) as failure:  # RecursionError: nested too deep
-            raise InvalidRequest(f"the body is not valid JSON: {failure}") from failure
-        request = parse_start_request(decoded, self._limits)
+        request = parse_start_request(decoded_body(body), self._limits)
         if request.cgroup is not None and not caller.operator:
             raise Forbidden(
                 "only the exporter's operators (root, or the group --runs.cgroup-operators) may register a cgroup "
@@ -274,6 +304,7 @@ def run_object(run: Run, snapshot: Snapshot) -> dict[str, Any]:
         "energy_joules": dict(run.energy_joules),
         "cpu_seconds": run.cpu_seconds,
         "gpu_seconds": run.gpu_seconds,
+        "work_units": dict(run.work_units),
         "last_sample_time": snapshot.timestamp,
         "sources_up": {name: status.up for name, status in snapshot.sources.items()},
         "source_errors": {name: status.errors_total for name, status in snapshot.sources.items()},

@@ -102,7 +102,13 @@ INFO = "info"
 """The series key of ``impact_run_info``: its labels are the run's own (run_info_labels)."""
 RUN_ID = None
 """The series key of a series labelled by the run's identity alone (``run_id`` and ``user``: run ids are scoped
-by user, see RunKey). Any other key is an energy component."""
+by user, see RunKey). A WorkUnit key is a unit of work; any other key is an energy component."""
+
+
+class WorkUnit(str):
+    """The series key of a run's count of one unit of work (labelled ``unit``), told apart from a component."""
+
+
 SeriesKey = str | None
 
 
@@ -113,7 +119,7 @@ class RunFamily:
 
     ``series`` gives a run's series in the family as (key, value) pairs. A ``per_sample`` family's values change
     at every sample and are written by one ``%`` format per scrape; the lines of the others change only when a run
-    starts, ends or is relabelled (its label text, end time or energy components: RunLayout.fits). A
+    starts, ends or is relabelled (its label text, end time, energy components or units of work: RunLayout.fits). A
     ``per_sample`` family also gives ``values``: every run's values at once, in the order of ``series`` (what each
     scrape of a new sample computes for 1,000s of runs, without a call per run; tests/exporter/test_collector.py
     checks that it agrees with ``series``).
@@ -195,6 +201,15 @@ RUN_FAMILIES = (  # in the order they are exposed
         gpu_only=True,
         values=lambda runs: [run.gpu_seconds for run in runs if "gpu" in run.energy_joules],  # exposes_gpu, inlined
     ),
+    RunFamily(
+        "impact_run_work_units",
+        "Units of work the run reported (POST /api/v1/runs/<id>/work), per unit: samples, steps or tokens.",
+        "counter",
+        "",
+        lambda run: tuple((WorkUnit(unit), float(count)) for unit, count in run.work_units.items()),
+        per_sample=True,
+        values=lambda runs: [float(count) for run in runs for count in run.work_units.values()],
+    ),
 )
 """The per-run families. Their series are keyed by ``run_id`` and ``user`` (run_identity); descriptive labels
 live only on ``impact_run_info``."""
@@ -242,6 +257,8 @@ class RunLabelText:
         """The label set of the series ``key`` of a family (see RunFamily)."""
         if key is RUN_ID:
             return self.run_id
+        if isinstance(key, WorkUnit):
+            return label_text(sample_labels(run, key))
         if key == INFO:
             return self.info
         return self.component(key, run)
@@ -285,7 +302,7 @@ class RunLabelCache:
     def layout(self, runs: Sequence[Run], texts: list[RunLabelText]) -> RunLayout:
         """The layout of ``runs``: the previous scrape's when nothing but their figures changed since."""
         ends = [run.end_time for run in runs]
-        components = [tuple(run.energy_joules) for run in runs]
+        components = [(*run.energy_joules, *map(WorkUnit, run.work_units)) for run in runs]
         last = self._layout
         if last is None or not last.fits(texts, ends, components):
             last = self._layout = RunLayout.of(runs, texts, ends, components)
@@ -305,7 +322,7 @@ class RunLayout:
 
     texts: list[RunLabelText]
     ends: list[float | None]
-    components: list[tuple[str, ...]]  # each run's energy components, in the order of its energy_joules
+    components: list[tuple[str, ...]]  # each run's energy components, then its units of work, in their order
     fixed: Mapping[str, str]  # family that is not per_sample -> its lines
     series: Mapping[str, list[str]]  # per_sample family -> 'name{labels} ' of each line
     formats: Mapping[str, str]  # per_sample family -> its lines with %r for the values
@@ -420,6 +437,8 @@ def sample_labels(run: Run, key: SeriesKey) -> dict[str, str]:
     """The labels of the series ``key`` of a run (see RunFamily)."""
     if key is RUN_ID:
         return run_identity(run)
+    if isinstance(key, WorkUnit):
+        return {**run_identity(run), "unit": str(key)}
     if key == INFO:
         return run_info_labels(run)
     return {**run_identity(run), "component": key}

@@ -16,6 +16,13 @@ from typing import NamedTuple
 COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram", "gpu": "gpu"})
 """Per-run energy components and the RAPL domain each one is the attributed share of."""
 
+WORK_UNITS = ("samples", "steps", "tokens")
+"""The units of work a run may report (``POST /api/v1/runs/<id>/work``): a closed list, so a run has at most three
+work series and a report can name each unit's figure (J per sample, Wh per 1,000 tokens)."""
+MAX_WORK_UNITS = 2**53
+"""The most units of one kind a run may count: the largest integer a float64 (Prometheus' sample value) holds
+exactly, so the exported counter is never a rounded figure."""
+
 
 class RunError(Exception):
     """A run request that cannot be served. The API module (exporter/api.py) maps each kind to an HTTP status."""
@@ -91,6 +98,7 @@ class Run:
     placement: Mapping[str, str] = field(default_factory=dict)  # pod_uid, container_id (exporter/kubernetes.py)
     cgroup: str | None = None  # a cgroup run's cgroup, as exporter/cgroups.py writes it; None: a process run
     cgroup_populated: bool = False  # whether that cgroup has held processes: once it is gone, the run has ended
+    work_units: Mapping[str, int] = field(default_factory=dict)  # unit (WORK_UNITS) -> units of work reported
 
     @property
     def key(self) -> RunKey:

@@ -28,6 +28,7 @@ from impact_exporter.ledger import Ledger, RunTotals
 from impact_exporter.limits import DEFAULT_LIMITS, Limits, RegistrationRate, broken_label_limit, flag
 from impact_exporter.run import (
     COMPONENT_DOMAINS,
+    MAX_WORK_UNITS,
     Conflict,
     Forbidden,
     HeldByCgroupRun,
@@ -431,6 +432,27 @@ class RunRegistry:
                 self._runs[run.key] = run
                 self._publish()
                 self._ledger.untrack(run.key)
+            return run
+
+    def add_work(self, run_id: str, units: Mapping[str, int], caller_uid: int, user: str | None = None) -> Run:
+        """Count ``units`` (validated: known units, counts from 0 to MAX_WORK_UNITS) of work done by the active run
+        ``run_id``. Conflict for a finished run, or when a count would pass MAX_WORK_UNITS; ``user`` as for ``get``.
+        Kept in memory: the next settled sample stores it with the totals."""
+        with self._lock:
+            run = self.get(run_id, caller_uid, user)
+            if not run.active:
+                raise Conflict(f"run {run_id} already finished; work is counted while a run is active")
+            counted = dict(run.work_units)
+            for unit, count in units.items():
+                counted[unit] = counted.get(unit, 0) + count
+                if counted[unit] > MAX_WORK_UNITS:
+                    raise Conflict(
+                        f"run {run_id} would count {counted[unit]} {unit}, more than 2^53 (the most a metric "
+                        "holds exactly); report work in larger units"
+                    )
+            run = replace(run, work_units=MappingProxyType(counted))
+            self._runs[run.key] = run
+            self._publish()
             return run
 
     def get(self, run_id: str, caller_uid: int, user: str | None = None, operator: bool = False) -> Run:

@@ -7,7 +7,7 @@ registry, so neither calls the other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from impact_exporter.run import Run, StartRequest
 from impact_exporter.runs import RunRegistry
@@ -44,6 +44,9 @@ class RunSettler:
 
     def get(self, run_id: str, caller_uid: int, user: str | None = None, operator: bool = False) -> Run:
         return self._runs.get(run_id, caller_uid, user, operator)
+
+    def add_work(self, run_id: str, units: Mapping[str, int], caller_uid: int, user: str | None = None) -> Run:
+        return self._runs.add_work(run_id, units, caller_uid, user)
 
     def list(self, caller_uid: int, operator: bool = False) -> list[Run]:
         return self._runs.list(caller_uid, operator)

@@ -37,13 +37,14 @@ class RunStore:
             placement TEXT NOT NULL DEFAULT '{}',
             cgroup TEXT,
             cgroup_populated INTEGER NOT NULL DEFAULT 0,
+            work_units TEXT NOT NULL DEFAULT '{}',
             PRIMARY KEY (uid, run_id)
         )
     """
     INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_end_time ON runs (end_time)"
     COLUMNS = (
         "run_id, experiment, run_set, labels, uid, user, processes, start_time, end_time, energy_joules, "
-        "cpu_seconds, last_seen, gpu_seconds, placement, cgroup, cgroup_populated"
+        "cpu_seconds, last_seen, gpu_seconds, placement, cgroup, cgroup_populated, work_units"
     )
     PLACEHOLDERS = ",".join("?" * len(COLUMNS.split(",")))
     COLUMNS_ADDED = {  # stores made before a column existed get it
@@ -51,6 +52,7 @@ class RunStore:
         "placement": "TEXT NOT NULL DEFAULT '{}'",
         "cgroup": "TEXT",
         "cgroup_populated": "INTEGER NOT NULL DEFAULT 0",
+        "work_units": "TEXT NOT NULL DEFAULT '{}'",
     }
 
     def __init__(self, path: Path) -> None:
@@ -99,22 +101,23 @@ class RunStore:
             "user = excluded.user, processes = excluded.processes, start_time = excluded.start_time, "
             "end_time = excluded.end_time, energy_joules = excluded.energy_joules, cpu_seconds = excluded.cpu_seconds, "
             "last_seen = excluded.last_seen, gpu_seconds = excluded.gpu_seconds, placement = excluded.placement, "
-            "cgroup = excluded.cgroup, cgroup_populated = excluded.cgroup_populated",
+            "cgroup = excluded.cgroup, cgroup_populated = excluded.cgroup_populated, work_units = excluded.work_units",
             self._rows(runs),
         )
 
     def save_totals(self, runs: Iterable[Run]) -> None:
-        """Update what a sample changes (totals, last seen, end, whether a cgroup run's cgroup has held processes)
-        of stored runs, all in one transaction: the exporter does this every second, so it writes no more than
-        that."""
+        """Update what a sample changes (totals, work reported since, last seen, end, whether a cgroup run's cgroup
+        has held processes) of stored runs, all in one transaction: the exporter does this every second, so it
+        writes no more than that."""
         self._write_many(
-            "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, last_seen = ?, end_time = ?, "
-            "cgroup_populated = ? WHERE uid = ? AND run_id = ?",
+            "UPDATE runs SET energy_joules = ?, cpu_seconds = ?, gpu_seconds = ?, work_units = ?, last_seen = ?, "
+            "end_time = ?, cgroup_populated = ? WHERE uid = ? AND run_id = ?",
             [
                 (
                     json.dumps(dict(run.energy_joules)),
                     run.cpu_seconds,
                     run.gpu_seconds,
+                    json.dumps(dict(run.work_units)),
                     run.last_seen,
                     run.end_time,
                     int(run.cgroup_populated),
@@ -155,6 +158,7 @@ class RunStore:
                 json.dumps(dict(run.placement)),
                 run.cgroup,
                 int(run.cgroup_populated),
+                json.dumps(dict(run.work_units)),
             )
             for run in runs
         ]
@@ -192,6 +196,7 @@ class RunStore:
                 placement=json.loads(row[13]),
                 cgroup=row[14],
                 cgroup_populated=bool(row[15]),
+                work_units=json.loads(row[16]),
             )
 
     def end(self, ends: Iterable[tuple[RunKey, float]]) -> None:

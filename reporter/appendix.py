@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from experiment_impact_tracker.work import PER_UNIT
 from impact_reporter.carbon import CarbonIntensity
 from impact_reporter.energy import RunFigures, run_figures
 from impact_reporter.legacy import is_power_samples
@@ -47,7 +48,12 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity("cpu_hours", "CPU time", "CPU-h", lambda f: f.cpu_hours),
     Quantity("gpu_hours", "GPU time", "GPU-h", lambda f: f.gpu_hours),
     Quantity("average_power_watts", "Average power", "W", lambda f: f.average_power_watts, None, False),
+    *(
+        Quantity(spec.key, spec.label, spec.unit, lambda f, key=spec.key: f.energy_per_unit.get(key), None, False)
+        for spec in PER_UNIT.values()
+    ),
 )
+"""Energy per unit of work comes last: a run has it for the units it reported (Run.add_work, the callbacks)."""
 
 
 def _method(figures: RunFigures, component: str) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from experiment_impact_tracker.work import energy_per_unit
 from impact_reporter import carbon
 from impact_reporter.carbon import CarbonIntensity, TimeSeries, integrate_intensity, kg_co2eq, kwh_from_joules
 from impact_reporter.runs import Run, RunDataError
@@ -148,6 +149,12 @@ class RunFigures:
     power: pd.DataFrame  # columns: timestamp (an interval's end, unix s), component, watts (summed over nodes)
     sample_interval_seconds: float
     host_intensities: tuple[HostIntensity, ...] = ()
+    work_units: Mapping[str, float] = field(default_factory=dict)  # unit -> count reported, over every node
+
+    @property
+    def energy_per_unit(self) -> dict[str, float]:
+        """Energy per unit of work: ``joules_per_sample``, ``wh_per_1000_tokens``... (see work.py in the client)."""
+        return energy_per_unit(self.total_joules, self.work_units)
 
     def as_json(self) -> dict[str, Any]:
         """The run's metadata and figures as JSON-able data (``impact-report runs --format json``, appendix.json)."""
@@ -176,6 +183,8 @@ class RunFigures:
             "sample_interval_seconds": self.sample_interval_seconds,
             "counter_resets": self.resets,
             "measured": dict(self.measured),
+            "work_units": dict(self.work_units),
+            "energy_per_unit": self.energy_per_unit,
         }
 
 
@@ -253,6 +262,7 @@ def run_figures(
         measured={component: run.methods.get(component, "") in MEASURED_METHODS for component in energy},
         power=power,
         sample_interval_seconds=interval,
+        work_units=work_totals(samples),
     )
 
 
@@ -300,6 +310,17 @@ def series_intensity(
     edges = np.concatenate(([run.start_time], power.index.to_numpy()))
     grams = integrate_intensity(edges, np.append(power.to_numpy(), 0.0), intensity_series)
     return grams / kwh_from_joules(float(np.sum(power.to_numpy() * np.diff(edges))))
+
+
+def work_totals(samples: pd.DataFrame) -> dict[str, float]:
+    """Units of work the run reported, per unit, summed over its nodes (each node's counter has its processes')."""
+    rows = samples[samples["metric"] == "impact_run_work_units_total"]
+    return {
+        unit: float(
+            sum(counter_total(s.sort_values("timestamp")["value"].to_numpy()) for _, s in by_unit.groupby("instance"))
+        )
+        for unit, by_unit in rows.groupby("component", sort=True)
+    }
 
 
 def counter_hours(samples: pd.DataFrame, metric: str) -> float | None:

@@ -35,7 +35,12 @@ from impact_reporter.nodes import (
 from impact_reporter.prometheus import PrometheusClient
 
 RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
-RUN_COUNTERS = ("impact_run_energy_joules_total", "impact_run_cpu_seconds_total", "impact_run_gpu_seconds_total")
+RUN_COUNTERS = (
+    "impact_run_energy_joules_total",
+    "impact_run_cpu_seconds_total",
+    "impact_run_gpu_seconds_total",
+    "impact_run_work_units_total",  # its unit label goes in the samples' component column
+)
 SAMPLE_COLUMNS = ["metric", "instance", "component", "timestamp", "value"]
 MEASURED_BY_EXPORTER = "impact-exporter"
 """``Run.measured_by`` of runs an exporter measured (read from Prometheus, or archives of them)."""
@@ -86,7 +91,8 @@ class Run:
 
     ``samples`` has one row per raw sample: ``metric`` (e.g. ``impact_run_energy_joules_total``),
     ``instance`` (the node's name: its instance, with the store's other labels such as ``node1:9100{cluster="a"}``,
-    see impact_reporter.nodes), ``component`` ("" for counters without one), ``timestamp`` (unix seconds) and ``value``.
+    see impact_reporter.nodes), ``component`` (the unit for ``impact_run_work_units_total``, "" for counters
+    without either), ``timestamp`` (unix seconds) and ``value``.
     ``end_time`` is None for a run still active when it was read. ``methods`` says per component how its
     energy was obtained (``rapl``, ``nvml``, ``estimate``), ``source`` where the run was read from.
     ``not_measured`` is why the run has no figures although it was found ("" when it may have them): no start
@@ -432,7 +438,7 @@ class PrometheusRuns:
                 {
                     "metric": s.labels.get("__name__", ""),
                     "instance": node,
-                    "component": s.labels.get("component", ""),
+                    "component": s.labels.get("component", "") or s.labels.get("unit", ""),
                     "timestamp": s.timestamps,
                     "value": s.values,
                 }

@@ -47,6 +47,7 @@ RUNS = [
         start_time=1700000000.0,
         energy_joules={"cpu": 812.5, "dram": 40.25},
         cpu_seconds=120.5,
+        work_units={"samples": 4096, "steps": 64},
     ),
     Run(
         run_id="r2",
