@@ -27,13 +27,13 @@ from impact_reporter.prometheus import Series
 REPLICA_LABELS = ("replica", "prometheus_replica", "__replica__")
 """Replica labels recognised without ``--replica-label``: Prometheus Operator's ``prometheus_replica``, the
 common ``replica`` (Thanos' examples) and Cortex/Mimir's ``__replica__``."""
-NOT_REPLICA_LABELS = frozenset({"__name__", "instance", "run_id", "user", "component", "experiment", "set"})
+NOT_REPLICA_LABELS = frozenset({"__name__", "instance", "run_id", "user", "component", "unit", "experiment", "set"})
 """Labels that cannot tell copies apart: the series' name, its node's instance, and the exporter's run labels."""
 
-RUN_SERIES_LABELS = frozenset({"__name__", "run_id", "user", "component"})
+RUN_SERIES_LABELS = frozenset({"__name__", "run_id", "user", "component", "unit"})
 """The exporter's own labels on its per-run counters and times (``impact_run_energy_joules_total`` and the
 others but ``impact_run_info``, whose other labels are the run's)."""
-HOST_INFO_LABELS = frozenset({"__name__", "hostname", "cpu_model", "cpu_vendor", "cpu_count", "kernel"})
+HOST_INFO_LABELS = frozenset({"__name__", "hostname", "cpu_model", "cpu_vendor", "cpu_count", "kernel", "region"})
 GPU_INFO_LABELS = frozenset(
     {"__name__", "gpu", "uuid", "name", "driver_version", "cuda_version", "memory_total_bytes", "mig"}
 )

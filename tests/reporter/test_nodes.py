@@ -19,7 +19,9 @@ from impact_reporter.nodes import (
 from impact_reporter.prometheus import Series
 from tests.servers import REPO_ROOT
 
-GOLDEN = REPO_ROOT / "tests" / "exporter" / "testdata" / "gpu.prom"
+GOLDEN_FILES = [
+    REPO_ROOT / "tests" / "exporter" / "testdata" / name for name in ("gpu.prom", "node_exporter_powercap.prom")
+]
 
 
 def series(values: list[float], **labels: str) -> Series:
@@ -36,15 +38,17 @@ def test_the_exporters_own_labels_are_every_label_it_exports_on_the_series_the_r
         "impact_run_energy_joules_total": RUN_SERIES_LABELS,
         "impact_run_cpu_seconds_total": RUN_SERIES_LABELS,
         "impact_run_gpu_seconds_total": RUN_SERIES_LABELS,
+        "impact_run_work_units_total": RUN_SERIES_LABELS,
         "impact_host_info": HOST_INFO_LABELS,
         "impact_gpu_info": GPU_INFO_LABELS,
         "impact_energy_source_info": SOURCE_INFO_LABELS,
     }
     seen: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(GOLDEN.read_text()):
-        for sample in family.samples:
-            if sample.name in own:
-                seen.setdefault(sample.name, {"__name__"}).update(sample.labels)
+    for golden in GOLDEN_FILES:
+        for family in text_string_to_metric_families(golden.read_text()):
+            for sample in family.samples:
+                if sample.name in own:
+                    seen.setdefault(sample.name, {"__name__"}).update(sample.labels)
     assert set(seen) == set(own)
     for name, labels in seen.items():
         assert labels <= own[name], name
@@ -61,6 +65,17 @@ def test_a_node_is_its_instance_with_the_stores_labels_but_job_and_replica() -> 
     assert origin.replica == ("", "b", "", "")
     assert dict(origin.added) == {"instance": "n1:9100", "job": "impact", "cluster": "site-a", "zone": 'e"u\\1'}
     assert node_name("n1:9100", {}) == "n1:9100"
+
+
+def test_the_exporters_own_labels_name_no_node_a_hosts_region_and_a_runs_unit_of_work() -> None:
+    """impact_host_info{region} (--carbon.region) and impact_run_work_units_total{unit} are the exporter's labels:
+    read as a store's, they would make a host or a counter a node of its own, apart from its run's energy."""
+    identity = SeriesIdentity()
+    host = {"__name__": "impact_host_info", "instance": "n1:9100", "job": "impact", "hostname": "h", "region": "FR"}
+    assert identity.origin(host, HOST_INFO_LABELS).node == "n1:9100"
+    work = {**series([1.0]).labels, "__name__": "impact_run_work_units_total", "unit": "samples"}
+    del work["component"]
+    assert identity.origin(work, RUN_SERIES_LABELS).node == "n1:9100"
 
 
 def test_one_replica_per_run_and_node_the_one_with_most_finite_samples_then_the_first_by_name() -> None:
