@@ -63,7 +63,7 @@ DEFAULT_INTERVAL_SECONDS = 15.0
 """The scrape interval assumed when the samples cannot show one (fewer than two): Prometheus' default."""
 
 
-def expected_interval(timestamps: np.ndarray, default: float = DEFAULT_INTERVAL_SECONDS) -> float:
+def median_spacing(timestamps: np.ndarray, default: float = DEFAULT_INTERVAL_SECONDS) -> float:
     """The usual spacing of the samples (their median step): the scrape interval as the samples show it."""
     if len(timestamps) < 2:
         return default
@@ -97,11 +97,15 @@ class RunFigures:
 
     Energies are IT energy as measured (``*_pue`` adds the facility's overhead); ``measured`` says per
     component whether it came from hardware counters (RAPL, NVML) rather than an estimate.
-    ``sample_interval_seconds`` is the scrape interval as the run's samples show it (their median step, the
-    coarsest over its nodes; 15 s when no node has two samples). ``power`` is the run's power per interval of
-    that length from its start, the last one cut at its end: nothing before the start or after the end.
+    ``sample_interval_seconds`` is the scrape interval as the run's samples show it: each node's median step
+    over its own samples of the run (never over the nodes' samples merged), the coarsest node's; the expected
+    interval, else 15 s, when no node has two samples. ``power`` is the run's power per interval of that length
+    from its start, the last one cut at its end: nothing before the start or after the end.
     ``peak_power_watts`` is the highest power over one whole such interval, None when the run is shorter than
-    one interval (its power is then known only as the average).
+    one interval (its power is then known only as the average): 15 s samples give a peak over 15 s, however
+    finely the exporter measured. ``expected_interval_seconds`` is the scrape interval the data should have
+    (``--expected-interval``), against which coverage is then computed, so data sparser than its scrapes
+    (federated or downsampled) reads as poorly covered; None when not given: each node's own spacing is used.
     """
 
     run: Run
@@ -123,6 +127,7 @@ class RunFigures:
     measured: Mapping[str, bool]
     power: pd.DataFrame  # columns: timestamp (an interval's end, unix s), component, watts (summed over nodes)
     sample_interval_seconds: float
+    expected_interval_seconds: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The run's metadata and figures as JSON-able data (``impact-report runs --format json``, appendix.json)."""
@@ -145,6 +150,7 @@ class RunFigures:
             "coverage": self.coverage.fraction,
             "largest_gap_seconds": self.coverage.largest_gap_seconds,
             "sample_interval_seconds": self.sample_interval_seconds,
+            "expected_interval_seconds": self.expected_interval_seconds,
             "counter_resets": self.resets,
             "measured": dict(self.measured),
         }
@@ -154,9 +160,14 @@ MEASURED_METHODS = frozenset({"rapl", "nvml-counter", "nvml-power"})
 
 
 def run_figures(
-    run: Run, intensity: CarbonIntensity, pue: float, intensity_series: TimeSeries | None = None
+    run: Run,
+    intensity: CarbonIntensity,
+    pue: float,
+    intensity_series: TimeSeries | None = None,
+    expected_interval: float | None = None,
 ) -> RunFigures:
-    """Totals, power, hours, coverage and carbon of one run.
+    """Totals, power, hours, coverage and carbon of one run; coverage against ``expected_interval`` when given
+    (seconds: the scrape interval the data should have), else against each node's own sample spacing.
 
     RunDataError when the run was found without figures (``Run.not_measured``), has no energy samples, or when
     its energy counters never moved: a run whose counters stayed at 0 was not measured (its processes' CPU time
@@ -189,7 +200,7 @@ def run_figures(
             "its processes may have exited before the exporter sampled them (exporters that lost a root's last "
             "CPU time), or the node's energy counters did not count"
         )
-    interval = sample_interval(energy_rows, run.start_time, end)
+    interval = sample_interval(energy_rows, run.start_time, end, expected_interval or DEFAULT_INTERVAL_SECONDS)
     power = component_power(energy_rows, run.start_time, end, interval)
     grid_power = power.groupby("timestamp")["watts"].sum()
     if intensity.g_per_kwh is not None:
@@ -202,7 +213,7 @@ def run_figures(
         g_per_kwh = grams / kwh_from_joules(float(np.sum(grid_power.to_numpy() * np.diff(edges))))
     else:
         raise RunDataError(f"run {run.run_id}: the carbon intensity series has no data for the run")
-    cover = run_coverage(energy_rows, run.start_time, end)
+    cover = run_coverage(energy_rows, run.start_time, end, expected_interval)
     kwh = kwh_from_joules(total_joules)
     return RunFigures(
         run=run,
@@ -224,6 +235,7 @@ def run_figures(
         measured={component: run.methods.get(component, "") in MEASURED_METHODS for component in energy},
         power=power,
         sample_interval_seconds=interval,
+        expected_interval_seconds=expected_interval,
     )
 
 
@@ -252,14 +264,16 @@ def run_timestamps(timestamps: np.ndarray, start: float, end: float) -> np.ndarr
     return through_end if len(through_end) >= 2 else t
 
 
-def sample_interval(energy_rows: pd.DataFrame, start: float, end: float) -> float:
-    """The scrape interval as a run's energy samples show it: the coarsest node's median step."""
+def sample_interval(energy_rows: pd.DataFrame, start: float, end: float, default: float) -> float:
+    """The scrape interval as a run's energy samples show it: each node's median step over its own samples of the
+    run, the coarsest node's; ``default`` when no node has two. Nodes scraped at different moments (each every
+    second, half a second apart) are each 1 s apart: merged, their samples would read as 0.5 s."""
     steps = [
-        expected_interval(times)
+        median_spacing(times)
         for _, rows in energy_rows.groupby("instance")
         if len(times := run_timestamps(rows["timestamp"].to_numpy(dtype=np.float64), start, end)) >= 2
     ]
-    return max(steps) if steps else DEFAULT_INTERVAL_SECONDS
+    return max(steps) if steps else default
 
 
 def power_grid(start: float, end: float, interval: float) -> np.ndarray:
@@ -331,12 +345,13 @@ def peak_power(grid_power: pd.Series, start: float, interval: float) -> float | 
     return float(grid_power.to_numpy()[whole].max()) if whole.any() else None
 
 
-def run_coverage(energy_rows: pd.DataFrame, start: float, end: float) -> Coverage:
-    """The worst coverage over the run's nodes: a run is as well measured as its worst-covered node."""
+def run_coverage(energy_rows: pd.DataFrame, start: float, end: float, expected: float | None = None) -> Coverage:
+    """The worst coverage over the run's nodes: a run is as well measured as its worst-covered node. Each node is
+    judged against ``expected`` when given, else against its own median spacing."""
     worst: Coverage | None = None
     for _, rows in energy_rows.groupby("instance"):
         timestamps = run_timestamps(rows["timestamp"].to_numpy(dtype=np.float64), start, end)
-        node = coverage(timestamps, start, end, expected_interval(timestamps))
+        node = coverage(timestamps, start, end, expected or median_spacing(timestamps))
         if worst is None or node.fraction < worst.fraction:
             worst = node
     return worst or Coverage(0.0, end - start, 0)
