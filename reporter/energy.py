@@ -227,7 +227,7 @@ def run_figures(
         intensity_g_per_kwh=g_per_kwh,
         pue=pue,
         average_power_watts=total_joules / duration if duration > 0 else 0.0,
-        peak_power_watts=peak_power(grid_power, run.start_time, interval),
+        peak_power_watts=peak_power(grid_power, power_grid(run.start_time, end, interval), interval),
         cpu_hours=cpu_hours or 0.0,
         gpu_hours=counter_hours(samples, "impact_run_gpu_seconds_total"),
         coverage=cover,
@@ -276,12 +276,18 @@ def sample_interval(energy_rows: pd.DataFrame, start: float, end: float, default
     return max(steps) if steps else default
 
 
+WHOLE = 1 - 1e-6
+"""An interval of the power grid at least this share of the sample interval long is whole. Unix times are
+float64, exact to about 2.4e-7 s in this century: a grid edge may be that far from start + k x interval."""
+
+
 def power_grid(start: float, end: float, interval: float) -> np.ndarray:
-    """The edges of a run's power intervals: every ``interval`` from its start, the last one cut at its end."""
+    """The edges of a run's power intervals: every ``interval`` from its start, the last one cut at its end (an
+    edge closer to the end than the unix times' precision is the end)."""
     if end <= start:
         return np.array([start], dtype=np.float64)
     grid = np.arange(start, end, interval, dtype=np.float64)
-    if end - grid[-1] <= interval * 1e-9:
+    if end - grid[-1] <= interval * (1 - WHOLE):
         grid = grid[:-1]
     return np.append(grid, end)
 
@@ -336,12 +342,14 @@ def component_power(energy_rows: pd.DataFrame, start: float, end: float, interva
     return pd.concat(frames, ignore_index=True)
 
 
-def peak_power(grid_power: pd.Series, start: float, interval: float) -> float | None:
-    """The highest power over one whole interval of ``power_grid`` (``grid_power`` is indexed by interval end);
-    None when there is none: a run shorter than one interval is known only by its average."""
-    since_start = grid_power.index.to_numpy(dtype=np.float64) - start
-    opened = (np.ceil(since_start / interval - 1e-9) - 1) * interval  # each interval's start, from the run's start
-    whole = since_start - opened >= interval * (1 - 1e-9)
+def peak_power(grid_power: pd.Series, grid: np.ndarray, interval: float) -> float | None:
+    """The highest power over one whole interval of ``grid`` (``power_grid``; ``grid_power`` is indexed by
+    interval end); None when there is none: a run shorter than one interval is known only by its average.
+
+    Whole intervals are read off the grid's own edges, not recomputed from the start: at unix times, start +
+    k x interval is not exactly an edge, and an interval of 1.001 s would then never count as whole."""
+    whole_ends = grid[1:][np.diff(grid) >= interval * WHOLE]
+    whole = np.isin(grid_power.index.to_numpy(dtype=np.float64), whole_ends)
     return float(grid_power.to_numpy()[whole].max()) if whole.any() else None
 
 

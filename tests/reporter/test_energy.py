@@ -289,3 +289,18 @@ def test_a_run_without_two_samples_takes_the_expected_interval_as_its_spacing() 
     run = make_run(constant_power_run(50.0, 100.0, 100.8, 101.5, 102), end=100.8, start=100.0, hosts=(Host("a"),))
     assert run_figures(run, FLAT, pue=1.0).sample_interval_seconds == 15.0
     assert run_figures(run, FLAT, pue=1.0, expected_interval=1.0).sample_interval_seconds == 1.0
+
+
+def test_a_run_at_unix_times_has_its_peak_whatever_its_spacing() -> None:
+    """At 1.8e9 s, float64 times are 2^-22 s (2.4e-7 s) apart: a store's 1.001 s steps are 1.000999928 s or
+    1.001000166 s, and with as many of each their median is 1.001000047 s. From a unix-time start, start + k x
+    that is not exactly an edge of the power grid: a 27 s run at 20 W had no whole interval and its peak read
+    n/a, as a federated copy of a real run did."""
+    steps = [1.000999927520752, 1.001000165939331] * 14  # 29 samples: 28 steps through the first after the end
+    start, end = 1796454508.465033, 1796454535.910332
+    times = 1796454508.6 + np.concatenate(([0.0], np.cumsum(steps)))  # the last one after the end
+    rows = [("impact_run_energy_joules_total", "a", "cpu", t, 20.0 * (min(t, end) - start)) for t in times]
+    figures = run_figures(make_run(samples(rows), end=end, start=start, hosts=(Host("a"),)), FLAT, pue=1.0)
+    assert figures.sample_interval_seconds == 1.0010000467300415
+    assert figures.peak_power_watts == pytest.approx(20.0)
+    assert list(figures.power["watts"]) == pytest.approx([20.0] * 28)
