@@ -108,10 +108,12 @@ class PrometheusServer(LoopbackServer):
         data_dir: Path | None = None,
         extra_args: Sequence[str] = (),
         remote_write_url: str | None = None,
+        config: str | None = None,
     ) -> None:
         """``data_dir`` holds the TSDB (default: ``workdir/data``), e.g. blocks backfilled with promtool;
         ``extra_args`` are further Prometheus flags; ``remote_write_url`` is a store every sample is also written
-        to, within about a second."""
+        to, within about a second; ``config`` replaces the whole prometheus.yml (a recipe's, such as a federating
+        Prometheus's), so ``add_target`` does nothing with it."""
         self.binary = require_binary("prometheus", "apt-get install prometheus")
         self.workdir = workdir
         self.data_dir = data_dir or workdir / "data"
@@ -121,13 +123,15 @@ class PrometheusServer(LoopbackServer):
         self._write_targets()
         self.config_file = workdir / "prometheus.yml"
         self.config_file.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            config
+            or "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
             f"rule_files: ['{RULES_GLOB}']\n"
             "scrape_configs:\n"
             "  - job_name: impact\n"
             "    file_sd_configs:\n"
             f"      - files: ['{self.targets_file}']\n"
-            "        refresh_interval: 1s\n" + remote_write_config(remote_write_url)
+            "        refresh_interval: 1s\n"
+            + remote_write_config(remote_write_url)
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -222,6 +226,37 @@ class VictoriaMetricsServer(LoopbackServer):
         body = response.json()
         assert body["status"] == "success", body
         return body["data"]["result"]
+
+
+class VMAgent(LoopbackServer):
+    """Debian's ``vmagent`` on a loopback port: it scrapes as ``scrape_config`` (a prometheus.yml) says and writes
+    every sample to ``flags``' ``-remoteWrite.url``, keeping its on-disk buffer in ``workdir``."""
+
+    name = "vmagent"
+    ready_path = "/health"
+
+    def __init__(self, workdir: Path, scrape_config: str, flags: Sequence[str]) -> None:
+        binary = require_binary("vmagent", "apt-get install victoria-metrics")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file = workdir / "vmagent.log"
+        config_file = workdir / "vmagent.yml"
+        config_file.write_text(scrape_config)
+        self.launch(
+            [
+                binary,
+                *flags,
+                f"-promscrape.config={config_file}",
+                f"-remoteWrite.tmpDataPath={workdir / 'buffer'}",
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                "-loggerLevel=WARN",
+            ]
+        )
+
+    def scraping(self, address: str) -> bool:
+        """Whether vmagent's last scrape of ``address`` succeeded (its Prometheus-style targets API)."""
+        targets = requests.get(f"{self.url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        return any(t["labels"].get("instance") == address and t["health"] == "up" for t in targets)
 
 
 class ExporterProcess:
