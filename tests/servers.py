@@ -203,6 +203,9 @@ class VictoriaMetricsServer(LoopbackServer):
 
     name = "victoria-metrics"
     ready_path = "/health"
+    RECIPE_FLAGS = ("-maxLabelsPerTimeseries=48",)
+    """docs/deployment.md's flags (tests/deploy/test_store_recipes.py checks they are the doc's): without them a
+    run's labels past the 30th are dropped."""
 
     def __init__(self, workdir: Path) -> None:
         self.binary = require_binary("victoria-metrics", "apt-get install victoria-metrics")
@@ -217,6 +220,7 @@ class VictoriaMetricsServer(LoopbackServer):
                 f"-storageDataPath={workdir / 'data'}",
                 "-retentionPeriod=1d",
                 "-loggerLevel=WARN",
+                *self.RECIPE_FLAGS,
             ]
         )
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from impact_exporter.limits import DEFAULT_LIMITS
 from tests.deploy.manifests import DEPLOY, load_yaml
 from tests.fakes.node import PID, Node
 from tests.reporter.test_report_runs import report_json
@@ -31,6 +32,8 @@ SITE_SCRAPE = "1s"  # the session Prometheus's scrape interval: the tests' sites
 COARSE = 15.0  # a federation coarser than the site's scrapes, as issue 19 found labs running it
 SITE_JOB = {"job": "impact-exporter"}  # the job the recipes' match[] and scrape configuration name
 RUN_SECONDS = 4.0
+RUN_LABELS = {f"label{index:02d}": f"value {index}" for index in range(DEFAULT_LIMITS.labels)}
+"""As many labels as the exporter admits: with the exporter's own, more than VictoriaMetrics keeps by default."""
 
 
 def recipes() -> dict[str, str]:
@@ -90,6 +93,15 @@ def test_the_recipes_scrape_at_the_interval_the_shipped_prometheus_scrapes_at() 
     assert set(vmagent_command()) == {"promscrape.config", "remoteWrite.tmpDataPath", "remoteWrite.url"}
 
 
+def test_victoria_metrics_keeps_as_many_labels_as_prometheus_admits_and_the_tests_run_it_so() -> None:
+    [assignment] = shlex.split(recipes()["victoria-metrics-args"])
+    flags = assignment.removeprefix("ARGS=").split()
+    [limit] = [flag for flag in flags if flag.startswith("-maxLabelsPerTimeseries=")]
+    [shipped] = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]
+    assert int(limit.split("=")[1]) == shipped["label_limit"]
+    assert set(VictoriaMetricsServer.RECIPE_FLAGS) <= set(flags) - {"-storageDataPath=/var/lib/victoria-metrics"}
+
+
 @dataclass(frozen=True)
 class Stores:
     """One finished run and every store that holds it."""
@@ -124,7 +136,7 @@ def stores(
         started.append(agent)
         wait_for(lambda: agent.scraping(exporter.address), 30, "vmagent to scrape the exporter")
         run_id = f"recipe-{uuid.uuid4().hex[:8]}"
-        node.client().start_run("recipes", set="a", pid=PID, run_id=run_id)
+        node.client().start_run("recipes", set="a", pid=PID, run_id=run_id, labels=RUN_LABELS)
         node.drive(RUN_SECONDS)
         final = node.client().stop_run(run_id)
         yield Stores(run_id, final, prometheus, started[0], started[1], victoria_metrics)
@@ -164,7 +176,9 @@ def reported(store: PrometheusServer | VictoriaMetricsServer, stores: Stores, *f
 
 @pytest.mark.integration
 def test_a_federation_at_the_sites_interval_reports_what_the_site_does(stores: Stores) -> None:
-    """The global Prometheus holds the site's samples of the run, and its report is the site's."""
+    """The global Prometheus holds the site's samples of the run, and its report is the site's. A federation
+    scrape that comes after the site's next scrape (a loaded machine) skips a sample: the global's samples are
+    then a subset of the site's, and each one skipped is a gap of one interval in its coverage, nothing else."""
     wait_for(
         lambda: holds_final(stores.site, stores) and holds_final(stores.federated, stores), 30, "the final samples"
     )
@@ -175,9 +189,27 @@ def test_a_federation_at_the_sites_interval_reports_what_the_site_does(stores: S
     assert site["energy_joules"] == pytest.approx(stores.final["energy_joules"], rel=1e-12)
     assert site["duration_seconds"] == pytest.approx(stores.final["end_time"] - stores.final["start_time"])
     assert site["sample_interval_seconds"] == pytest.approx(1.0, abs=0.05) and site["coverage"] > 0.9
-    assert {key: value for key, value in federated.items() if key != "source"} == {
-        key: value for key, value in site.items() if key != "source"
-    }
+    start, end = stores.final["start_time"], stores.final["end_time"]
+    skipped = sum(1 for t in set(site_samples) - set(federated_samples) if start < t < end)
+    same = {key: value for key, value in site.items() if key not in SAMPLE_SHAPE}
+    assert {key: value for key, value in federated.items() if key not in SAMPLE_SHAPE} == same
+    assert federated["energy_joules"] == pytest.approx(site["energy_joules"], rel=1e-12)
+    if not skipped:
+        assert {k: v for k, v in federated.items() if k != "source"} == {k: v for k, v in site.items() if k != "source"}
+    else:
+        interval = site["sample_interval_seconds"]
+        assert federated["coverage"] >= site["coverage"] - skipped * interval / site["duration_seconds"] - 1e-9
+        assert federated["largest_gap_seconds"] <= site["largest_gap_seconds"] + skipped * interval * 1.1
+    for key in ("total_joules", "average_power_watts", "peak_power_watts"):
+        assert federated[key] == pytest.approx(site[key], rel=1e-12 if not skipped else 0.2), key
+
+
+SAMPLE_SHAPE = frozenset(
+    {"source", "coverage", "largest_gap_seconds", "peak_power_watts", "energy_joules", "total_joules"}
+    | {"total_kwh", "total_kwh_pue", "kg_co2eq", "average_power_watts", "cpu_hours"}
+)
+"""What depends on which samples a store holds: coverage and gaps, peak power, and sums over samples in their
+last digit (the same counters summed over fewer steps)."""
 
 
 @pytest.mark.integration
@@ -186,7 +218,8 @@ def test_a_federation_at_15_s_states_its_spacing_and_reads_poorly_covered_agains
     wait_for(lambda: holds_final(stores.coarse, stores, samples=2), 2 * COARSE + 10, "two samples of the 15 s copy")
     site, coarse = reported(stores.site, stores), reported(stores.coarse, stores)
     judged = reported(stores.coarse, stores, "--expected-interval=1s")
-    assert coarse["total_joules"] == site["total_joules"] and coarse["duration_seconds"] == site["duration_seconds"]
+    assert coarse["total_joules"] == pytest.approx(site["total_joules"], rel=1e-12)  # summed over other samples
+    assert coarse["duration_seconds"] == site["duration_seconds"]
     assert coarse["sample_interval_seconds"] == pytest.approx(COARSE, abs=0.1)
     assert (coarse["coverage"], judged["expected_interval_seconds"]) == (1.0, 1.0)
     start, end = stores.final["start_time"], stores.final["end_time"]
@@ -214,3 +247,4 @@ def test_vmagent_into_victoria_metrics_reports_what_prometheus_does(stores: Stor
     assert vm["coverage"] == pytest.approx(site["coverage"], abs=0.05)
     assert vm["peak_power_watts"] == pytest.approx(site["peak_power_watts"], rel=0.1)
     assert (vm["labels"], vm["hosts"], vm["measured"]) == (site["labels"], site["hosts"], site["measured"])
+    assert vm["labels"] == RUN_LABELS
