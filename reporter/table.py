@@ -229,8 +229,10 @@ def carbon_basis(listed: Sequence[Listed], intensity: CarbonIntensity, pue: floa
 
 def spacing_note(listed: Sequence[Listed], wide: bool) -> str:
     """The line under the table that gives the samples' spacing (so data federated or downsampled to 15 s is not
-    read as finely measured) and what coverage was judged against."""
+    read as finely measured) and what coverage was judged against; "" when no run has figures."""
     spacings = [f.sample_interval_seconds for f in listed if isinstance(f, RunFigures)]
+    if not spacings:
+        return ""
     low, high = duration_text(min(spacings, default=None)), duration_text(max(spacings, default=None))
     shown = (
         "spacing: the median spacing of a run's samples (peak power is over intervals of it)"
@@ -258,7 +260,7 @@ def runs_table(
     columns = table_columns(listed, wide)
     widths = [c.natural_width for c in columns] if wide else fitted_widths(columns, width)
     lines = rendered(columns, widths)
-    notes = [carbon_basis(listed, intensity, pue), spacing_note(listed, wide)]
+    notes = [note for note in (carbon_basis(listed, intensity, pue), spacing_note(listed, wide)) if note]
     if not wide:
         ids = dict(zip((item.run.run_id for item in listed), columns[0].cells, strict=True))
         notes += [

@@ -228,6 +228,10 @@ def test_the_table_shows_each_runs_spacing_and_what_coverage_is_judged_against()
     assert "samples every 1.00 s to 15.0 s (median spacing; peak power is over intervals of it); " in table
     assert "coverage against each node's own spacing" in table
     assert "samples every 15.0 s (" in runs_table(own[1:], INTENSITY, PUE)
+    unmeasured = listed([without_samples(fine_and_federated()[0])])
+    assert "samples every" not in runs_table(unmeasured, INTENSITY, PUE) and "coverage against" not in runs_table(
+        unmeasured, INTENSITY, PUE
+    )
     # against 1 s, each of the federated run's four 15 s stretches counts 1 s: 4 of 60 s
     columns = {column.header: column.cells for column in table_columns(expected, wide=False)}
     assert columns["coverage"] == ("100%", "6.67%") and "spacing" not in columns
