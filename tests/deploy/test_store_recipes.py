@@ -71,13 +71,14 @@ def vmagent_command() -> dict[str, str]:
     return dict(word.lstrip("-").split("=", 1) for word in words[1:])
 
 
+VMAGENT_OWN = frozenset({"promscrape.config", "remoteWrite.tmpDataPath"})
+"""The doc's flags that name files: VMAgent puts them in the test's directory."""
+
+
 def vmagent_flags(write_url: str) -> list[str]:
     """The doc's vmagent flags writing to ``write_url``; the configuration file and buffer are VMAgent's own."""
     flags = vmagent_command() | {"remoteWrite.url": write_url}
     return [f"-{name}={value}" for name, value in flags.items() if name not in VMAGENT_OWN]
-
-
-VMAGENT_OWN = frozenset({"promscrape.config", "remoteWrite.tmpDataPath"})
 
 
 def test_the_recipes_scrape_at_the_interval_the_shipped_prometheus_scrapes_at() -> None:

@@ -266,7 +266,7 @@ def test_samples_every_15_seconds_give_a_15_second_spacing_and_a_peak_over_15_se
     assert document["sample_interval_seconds"] == 15.0 and document["expected_interval_seconds"] is None
 
 
-def test_against_an_expected_1_second_interval_15_second_samples_cover_a_fifteenth() -> None:
+def test_against_an_expected_1_second_interval_15_second_samples_cover_1_second_per_stretch() -> None:
     """Each of the five stretches (5, 15, 15, 15 and 10 s) counts 1 s: 5 s of 60 s. Energy and peak are as
     without the expected interval: only coverage is judged against it."""
     run = make_run(federated_every_15_seconds(), end=60.0, hosts=(Host("a"),))
