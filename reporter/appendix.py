@@ -156,13 +156,15 @@ def set_report(
     intensity: CarbonIntensity,
     pue: float,
     intensity_series: Callable[[Run], Any] | None = None,
+    expected_interval: float | None = None,
 ) -> SetReport:
-    """Figures of each run of a set (in start order) and the set's summaries; failed runs are kept aside."""
+    """Figures of each run of a set (in start order) and the set's summaries; failed runs are kept aside.
+    Coverage is against ``expected_interval`` (seconds) when given (``run_figures``)."""
     figures, failed = [], []
     for run in sorted(runs, key=lambda r: (r.start_time, r.run_id)):
         try:
             series = intensity_series(run) if intensity_series else None
-            figures.append(run_figures(run, intensity, pue, series))
+            figures.append(run_figures(run, intensity, pue, series, expected_interval))
         except RunDataError as error:
             failed.append(FailedRun(run, str(error)))
     report = SetReport(name, tuple(figures), tuple(failed), {})

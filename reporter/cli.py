@@ -96,7 +96,7 @@ def prometheus_parser() -> argparse.ArgumentParser:
     window.add_argument("--end", metavar="TIME", help="window end: RFC 3339, unix seconds or 'now' (default: now)")
     window.add_argument(
         "--settle",
-        type=settle_duration,
+        type=duration_seconds,
         default=DEFAULT_SETTLE_SECONDS,
         metavar="DURATION",
         help="a run that ended less long ago, whose final samples are not all in the store yet, is listed as "
@@ -118,12 +118,20 @@ def replica_label(text: str) -> str:
     return name
 
 
-def settle_duration(text: str) -> float:
-    """``--settle``'s seconds, in the duration grammar of ``--since``; a usage error otherwise."""
+def duration_seconds(text: str) -> float:
+    """A duration flag's seconds (``--settle``), in the duration grammar of ``--since``; a usage error otherwise."""
     try:
         return parse_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def interval_seconds(text: str) -> float:
+    """An interval flag's seconds (``--expected-interval``): a duration longer than 0; a usage error otherwise."""
+    seconds = duration_seconds(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"an interval must be longer than 0, e.g. 15s or 1s, not {text!r}")
+    return seconds
 
 
 MATCH_HELP = 'label matchers on impact_run_info, e.g. \'{experiment="mobilenet",set="conv32"}\''
@@ -177,6 +185,21 @@ def carbon_parser() -> argparse.ArgumentParser:
     return parent
 
 
+def measurement_parser() -> argparse.ArgumentParser:
+    """What the reporter is told about how the data was collected."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("measurement")
+    group.add_argument(
+        "--expected-interval",
+        type=interval_seconds,
+        metavar="DURATION",
+        help="the scrape interval the data should have (e.g. 1s): coverage is computed against it, so data "
+        "federated or downsampled to a coarser spacing reads as poorly covered (default: each node's own "
+        "median sample spacing)",
+    )
+    return parent
+
+
 RUNS_DESCRIPTION = """\
 One row per run, computed from its raw samples (docs/reporting.md).
 
@@ -192,6 +215,9 @@ significant figures in a unit chosen per value, and a value a run lacks is left 
   CO2eq        kWh x PUE x grid intensity: µg, mg, g, kg or t; the line under the table
                gives the PUE and the intensity
   coverage     the share of the run its samples cover: below 100% Prometheus missed scrapes
+               (against --expected-interval when given, else each node's own spacing)
+  spacing      (--wide; else a note under the table) how far apart the run's samples are:
+               each node's median, the coarsest; peak power is over intervals of it
 A run whose figures cannot be computed (no energy samples, say) is listed as "not measured",
 with the reason under the table, and the exit status is then 1.
 """
@@ -207,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs = commands.add_parser(
         "runs",
-        parents=[prometheus_parser(), selection_parser(), carbon_parser()],
+        parents=[prometheus_parser(), selection_parser(), carbon_parser(), measurement_parser()],
         help="one row per run: energy, CO2eq, coverage",
         description=RUNS_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -237,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the run directories go")
     appendix = commands.add_parser(
         "appendix",
-        parents=[prometheus_parser(), carbon_parser(), build_parser_flags()],
+        parents=[prometheus_parser(), carbon_parser(), measurement_parser(), build_parser_flags()],
         help="per-run, summary and comparison appendices in LaTeX/PDF",
         description="Write, for each experiment set, one page per run (<out>/<set>/0.pdf ...) and a summary "
         "(<out>/<set>/summary.pdf), and for each --compare pair the treatment effect of the first set versus the "
@@ -394,7 +420,7 @@ def figures_for(args: argparse.Namespace, runs: list[Run]) -> list[Listed]:
 
     def listed(run: Run) -> Listed:
         try:
-            return run_figures(run, args.intensity, args.pue, series(run) if series else None)
+            return run_figures(run, args.intensity, args.pue, series(run) if series else None, args.expected_interval)
         except RunDataError as error:
             return FailedRun(run, str(error))
 
@@ -498,7 +524,7 @@ def write_appendices(args: argparse.Namespace, sets: list[tuple[str, list[Run]]]
     """Compute every set's and comparison's figures, write the .tex files and appendix.json, build the PDFs."""
     intensity = args.intensity
     series = intensity_reader(args)
-    reports = {name: set_report(name, runs, intensity, args.pue, series) for name, runs in sets}
+    reports = {name: set_report(name, runs, intensity, args.pue, series, args.expected_interval) for name, runs in sets}
     comparisons = [comparison_report(reports[a], reports[b]) for a, b in args.compare]
     build = not args.no_pdf and latex_available()
     for built in write_appendix(args.out, list(reports.values()), comparisons, build=build):
@@ -589,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def seed_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="create-compute-appendix",
-        parents=[prometheus_parser(), carbon_parser(), build_parser_flags()],
+        parents=[prometheus_parser(), carbon_parser(), measurement_parser(), build_parser_flags()],
         description="The original experiment-impact-tracker command: appendices from run directories. "
         "<output_dir>/<set>/0.pdf ... N.pdf and summary.pdf per set, and <set 1>_v_<set 2>.pdf when "
         "--compare_dirs gives a second set. 'impact-report appendix' does the same from Prometheus queries.",

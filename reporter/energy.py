@@ -65,7 +65,7 @@ DEFAULT_INTERVAL_SECONDS = 15.0
 """The scrape interval assumed when the samples cannot show one (fewer than two): Prometheus' default."""
 
 
-def expected_interval(timestamps: np.ndarray, default: float = DEFAULT_INTERVAL_SECONDS) -> float:
+def median_spacing(timestamps: np.ndarray, default: float = DEFAULT_INTERVAL_SECONDS) -> float:
     """The usual spacing of the samples (their median step): the scrape interval as the samples show it."""
     if len(timestamps) < 2:
         return default
@@ -122,11 +122,15 @@ class RunFigures:
 
     Energies are IT energy as measured (``*_pue`` adds the facility's overhead); ``measured`` says per
     component whether it came from hardware counters (RAPL, NVML) rather than an estimate.
-    ``sample_interval_seconds`` is the scrape interval as the run's samples show it (their median step, the
-    coarsest over its nodes; 15 s when no node has two samples). ``power`` is the run's power per interval of
-    that length from its start, the last one cut at its end: nothing before the start or after the end.
+    ``sample_interval_seconds`` is the scrape interval as the run's samples show it: each node's median step
+    over its own samples of the run (never over the nodes' samples merged), the coarsest node's; the expected
+    interval, else 15 s, when no node has two samples. ``power`` is the run's power per interval of that length
+    from its start, the last one cut at its end: nothing before the start or after the end.
     ``peak_power_watts`` is the highest power over one whole such interval, None when the run is shorter than
-    one interval (its power is then known only as the average).
+    one interval (its power is then known only as the average): 15 s samples give a peak over 15 s, however
+    finely the exporter measured. ``expected_interval_seconds`` is the scrape interval the data should have
+    (``--expected-interval``), against which coverage is then computed, so data sparser than its scrapes
+    (federated or downsampled) reads as poorly covered; None when not given: each node's own spacing is used.
     """
 
     run: Run
@@ -156,6 +160,8 @@ class RunFigures:
         """Energy per unit of work: ``joules_per_sample``, ``wh_per_1000_tokens``... (see work.py in the client)."""
         return energy_per_unit(self.total_joules, self.work_units)
 
+    expected_interval_seconds: float | None = None
+
     def as_json(self) -> dict[str, Any]:
         """The run's metadata and figures as JSON-able data (``impact-report runs --format json``, appendix.json)."""
         return {
@@ -181,6 +187,7 @@ class RunFigures:
             "coverage": self.coverage.fraction,
             "largest_gap_seconds": self.coverage.largest_gap_seconds,
             "sample_interval_seconds": self.sample_interval_seconds,
+            "expected_interval_seconds": self.expected_interval_seconds,
             "counter_resets": self.resets,
             "measured": dict(self.measured),
             "work_units": dict(self.work_units),
@@ -198,9 +205,14 @@ from sampled power"), nor ``estimate`` (package power modelled from CPU utilisat
 
 
 def run_figures(
-    run: Run, intensity: CarbonIntensity, pue: float, intensity_series: TimeSeries | None = None
+    run: Run,
+    intensity: CarbonIntensity,
+    pue: float,
+    intensity_series: TimeSeries | None = None,
+    expected_interval: float | None = None,
 ) -> RunFigures:
-    """Totals, power, hours, coverage and carbon of one run.
+    """Totals, power, hours, coverage and carbon of one run; coverage against ``expected_interval`` when given
+    (seconds: the scrape interval the data should have), else against each node's own sample spacing.
 
     RunDataError when the run was found without figures (``Run.not_measured``), has no energy samples, or when
     its energy counters never moved: a run whose counters stayed at 0 was not measured (its processes' CPU time
@@ -233,13 +245,13 @@ def run_figures(
             "its processes may have exited before the exporter sampled them (exporters that lost a root's last "
             "CPU time), or the node's energy counters did not count"
         )
-    interval = sample_interval(energy_rows, run.start_time, end)
+    interval = sample_interval(energy_rows, run.start_time, end, expected_interval or DEFAULT_INTERVAL_SECONDS)
     power = component_power(energy_rows, run.start_time, end, interval)
     grid_power = power.groupby("timestamp")["watts"].sum()
     hosts = host_intensities(run, energy_rows, intensity, end, interval, intensity_series)
     g_per_kwh = carbon.energy_weighted([(host.joules, host.g_per_kwh) for host in hosts])
     run_intensity = carbon.combined_intensity([(h.instance, h.joules, h.intensity) for h in hosts], g_per_kwh)
-    cover = run_coverage(energy_rows, run.start_time, end)
+    cover = run_coverage(energy_rows, run.start_time, end, expected_interval)
     kwh = kwh_from_joules(total_joules)
     return RunFigures(
         run=run,
@@ -254,7 +266,7 @@ def run_figures(
         host_intensities=tuple(hosts),
         pue=pue,
         average_power_watts=total_joules / duration if duration > 0 else 0.0,
-        peak_power_watts=peak_power(grid_power, run.start_time, interval),
+        peak_power_watts=peak_power(grid_power, power_grid(run.start_time, end, interval), interval),
         cpu_hours=cpu_hours or 0.0,
         gpu_hours=counter_hours(samples, "impact_run_gpu_seconds_total"),
         coverage=cover,
@@ -263,6 +275,7 @@ def run_figures(
         power=power,
         sample_interval_seconds=interval,
         work_units=work_totals(samples),
+        expected_interval_seconds=expected_interval,
     )
 
 
@@ -348,22 +361,30 @@ def run_timestamps(timestamps: np.ndarray, start: float, end: float) -> np.ndarr
     return through_end if len(through_end) >= 2 else t
 
 
-def sample_interval(energy_rows: pd.DataFrame, start: float, end: float) -> float:
-    """The scrape interval as a run's energy samples show it: the coarsest node's median step."""
+def sample_interval(energy_rows: pd.DataFrame, start: float, end: float, default: float) -> float:
+    """The scrape interval as a run's energy samples show it: each node's median step over its own samples of the
+    run, the coarsest node's; ``default`` when no node has two. Nodes scraped at different moments (each every
+    second, half a second apart) are each 1 s apart: merged, their samples would read as 0.5 s."""
     steps = [
-        expected_interval(times)
+        median_spacing(times)
         for _, rows in energy_rows.groupby("instance")
         if len(times := run_timestamps(rows["timestamp"].to_numpy(dtype=np.float64), start, end)) >= 2
     ]
-    return max(steps) if steps else DEFAULT_INTERVAL_SECONDS
+    return max(steps) if steps else default
+
+
+WHOLE = 1 - 1e-6
+"""An interval of the power grid at least this share of the sample interval long is whole. Unix times are
+float64, exact to about 2.4e-7 s in this century: a grid edge may be that far from start + k x interval."""
 
 
 def power_grid(start: float, end: float, interval: float) -> np.ndarray:
-    """The edges of a run's power intervals: every ``interval`` from its start, the last one cut at its end."""
+    """The edges of a run's power intervals: every ``interval`` from its start, the last one cut at its end (an
+    edge closer to the end than the unix times' precision is the end)."""
     if end <= start:
         return np.array([start], dtype=np.float64)
     grid = np.arange(start, end, interval, dtype=np.float64)
-    if end - grid[-1] <= interval * 1e-9:
+    if end - grid[-1] <= interval * (1 - WHOLE):
         grid = grid[:-1]
     return np.append(grid, end)
 
@@ -418,21 +439,24 @@ def component_power(energy_rows: pd.DataFrame, start: float, end: float, interva
     return pd.concat(frames, ignore_index=True)
 
 
-def peak_power(grid_power: pd.Series, start: float, interval: float) -> float | None:
-    """The highest power over one whole interval of ``power_grid`` (``grid_power`` is indexed by interval end);
-    None when there is none: a run shorter than one interval is known only by its average."""
-    since_start = grid_power.index.to_numpy(dtype=np.float64) - start
-    opened = (np.ceil(since_start / interval - 1e-9) - 1) * interval  # each interval's start, from the run's start
-    whole = since_start - opened >= interval * (1 - 1e-9)
+def peak_power(grid_power: pd.Series, grid: np.ndarray, interval: float) -> float | None:
+    """The highest power over one whole interval of ``grid`` (``power_grid``; ``grid_power`` is indexed by
+    interval end); None when there is none: a run shorter than one interval is known only by its average.
+
+    Whole intervals are read off the grid's own edges, not recomputed from the start: at unix times, start +
+    k x interval is not exactly an edge, and an interval of 1.001 s would then never count as whole."""
+    whole_ends = grid[1:][np.diff(grid) >= interval * WHOLE]
+    whole = np.isin(grid_power.index.to_numpy(dtype=np.float64), whole_ends)
     return float(grid_power.to_numpy()[whole].max()) if whole.any() else None
 
 
-def run_coverage(energy_rows: pd.DataFrame, start: float, end: float) -> Coverage:
-    """The worst coverage over the run's nodes: a run is as well measured as its worst-covered node."""
+def run_coverage(energy_rows: pd.DataFrame, start: float, end: float, expected: float | None = None) -> Coverage:
+    """The worst coverage over the run's nodes: a run is as well measured as its worst-covered node. Each node is
+    judged against ``expected`` when given, else against its own median spacing."""
     worst: Coverage | None = None
     for _, rows in energy_rows.groupby("instance"):
         timestamps = run_timestamps(rows["timestamp"].to_numpy(dtype=np.float64), start, end)
-        node = coverage(timestamps, start, end, expected_interval(timestamps))
+        node = coverage(timestamps, start, end, expected or median_spacing(timestamps))
         if worst is None or node.fraction < worst.fraction:
             worst = node
     return worst or Coverage(0.0, end - start, 0)

@@ -455,6 +455,7 @@ def run_context(title: str, figures: RunFigures) -> dict[str, Any]:
         "plot": power_plot(figures),
         "short": figures.duration_seconds <= figures.sample_interval_seconds,
         "interval": decimal(figures.sample_interval_seconds),
+        "expected": optional_decimal(figures.expected_interval_seconds),
         "coverage": decimal(figures.coverage.fraction, factor=100.0),
         "largest_gap": decimal(figures.coverage.largest_gap_seconds),
         "world_average_note": world_average_note(),
@@ -467,15 +468,32 @@ def carbon_basis(figures: Sequence[RunFigures]) -> list[str]:
     return list(dict.fromkeys(f.intensity.describe() for f in figures))
 
 
+def optional_decimal(value: float | None) -> str | None:
+    return None if value is None else decimal(value)
+
+
+def spread(values: Sequence[float], unit: str, factor: float = 1.0) -> str | None:
+    r"""The range of ``values`` in siunitx (``unit`` a siunitx unit macro's name): one quantity when the lowest and
+    the highest print alike, else ``\SIrange``; None when there are none."""
+    if not values:
+        return None
+    low, high = decimal(min(values), factor=factor), decimal(max(values), factor=factor)
+    return rf"\SI{{{low}}}{{\{unit}}}" if low == high else rf"\SIrange{{{low}}}{{{high}}}{{\{unit}}}"
+
+
 def summary_context(report: SetReport) -> dict[str, Any]:
     table, notes = summary_table(report)
     totals = [f.total_kwh for f in report.figures]
     unit = unit_for("kWh", totals)
+    expected = {f.expected_interval_seconds for f in report.figures} - {None}
     return {
         "report": report,
         "table": table,
         "header": partial(header, SUMMARY_HEADERS),
         "notes": notes,
+        "spacing": spread([f.sample_interval_seconds for f in report.figures], "second"),
+        "coverage": spread([f.coverage.fraction for f in report.figures], "percent", factor=100.0),
+        "expected": optional_decimal(expected.pop()) if len(expected) == 1 else None,
         "bars_unit": unit,
         "bars": plot_rows(range(len(totals)), [t * unit.factor for t in totals]),
         "carbon_basis": carbon_basis(report.figures),

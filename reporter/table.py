@@ -160,7 +160,9 @@ def figure(item: Listed, value: Callable[[RunFigures], float | None]) -> float |
 
 def table_columns(listed: Sequence[Listed], wide: bool) -> list[Column]:
     """The columns of the table: the run's identity, when, how long, energy, carbon and coverage; with ``wide``
-    also energy per component, how each was obtained, what measured the run, and why a run was not measured."""
+    also energy per component, the samples' spacing, how each component was obtained, what measured the run, and
+    why a run was not measured. (The narrow table gives the spacing in a note: with long names its columns already
+    take 100.)"""
     runs = [item.run for item in listed]
     ids = [run.run_id for run in runs] if wide else short_ids([run.run_id for run in runs])
     columns = [
@@ -186,6 +188,11 @@ def table_columns(listed: Sequence[Listed], wide: bool) -> list[Column]:
         Column("coverage", tuple(coverage_text(figure(i, lambda f: f.coverage.fraction)) for i in listed), True),
     ]
     if wide:
+        columns.append(
+            Column(
+                "spacing", tuple(duration_text(figure(i, lambda f: f.sample_interval_seconds)) for i in listed), True
+            )
+        )
         columns += [
             Column(f"{c} method", tuple(printable(item.run.methods.get(c, "")) for item in listed))
             for c in components(listed)
@@ -224,6 +231,28 @@ def carbon_basis(listed: Sequence[Listed], intensity: CarbonIntensity, pue: floa
     return [f"kgCO2eq = kWh x PUE {pue:g} x {shown} / 1000", *(f"intensity: {basis}" for basis in used)]
 
 
+def spacing_note(listed: Sequence[Listed], wide: bool) -> str:
+    """The line under the table that gives the samples' spacing (so data federated or downsampled to 15 s is not
+    read as finely measured) and what coverage was judged against; "" when no run has figures."""
+    spacings = [f.sample_interval_seconds for f in listed if isinstance(f, RunFigures)]
+    if not spacings:
+        return ""
+    low, high = duration_text(min(spacings, default=None)), duration_text(max(spacings, default=None))
+    shown = (
+        "spacing: the median spacing of a run's samples (peak power is over intervals of it)"
+        if wide
+        else f"samples every {low if low == high else f'{low} to {high}'} (median spacing; peak power is over "
+        "intervals of it)"
+    )
+    expected = {f.expected_interval_seconds for f in listed if isinstance(f, RunFigures)} - {None}
+    against = (
+        f"the expected scrape interval of {duration_text(expected.pop())} (--expected-interval)"
+        if len(expected) == 1
+        else "each node's own spacing"
+    )
+    return f"{shown}; coverage against {against}"
+
+
 def runs_table(
     listed: Sequence[Listed], intensity: CarbonIntensity, pue: float, wide: bool = False, width: int = TABLE_WIDTH
 ) -> str:
@@ -236,6 +265,8 @@ def runs_table(
     widths = [c.natural_width for c in columns] if wide else fitted_widths(columns, width)
     lines = rendered(columns, widths)
     notes = carbon_basis(listed, intensity, pue)
+    if note := spacing_note(listed, wide):
+        notes.append(note)
     if not wide:
         ids = dict(zip((item.run.run_id for item in listed), columns[0].cells, strict=True))
         notes += [
@@ -268,6 +299,8 @@ def csv_frame(listed: Sequence[Listed]) -> pd.DataFrame:
             "kWh": figures.total_kwh if figures else None,
             "kgCO2eq": figures.kg_co2eq if figures else None,
             "coverage": figures.coverage.fraction if figures else None,
+            "sample_interval_s": figures.sample_interval_seconds if figures else None,
+            "expected_interval_s": figures.expected_interval_seconds if figures else None,
         }
         row |= {f"{c}_method": run.methods.get(c) for c in names}
         row["measured_by"] = run.measured_by
@@ -290,6 +323,8 @@ def csv_columns(component_names: Sequence[str], label_names: Sequence[str]) -> l
         "kWh",
         "kgCO2eq",
         "coverage",
+        "sample_interval_s",
+        "expected_interval_s",
         *(f"{c}_method" for c in component_names),
         "measured_by",
         "not_measured",

@@ -109,11 +109,13 @@ class PrometheusServer(LoopbackServer):
         extra_args: Sequence[str] = (),
         remote_write_url: str | None = None,
         external_labels: Mapping[str, str] | None = None,
+        config: str | None = None,
     ) -> None:
         """``data_dir`` holds the TSDB (default: ``workdir/data``), e.g. blocks backfilled with promtool;
         ``extra_args`` are further Prometheus flags; ``remote_write_url`` is a store every sample is also written
         to, within about a second; ``external_labels`` are added to what it writes there (``replica`` of an HA
-        pair, ``cluster``), not to what its own API answers."""
+        pair, ``cluster``), not to what its own API answers; ``config`` replaces the whole prometheus.yml (a
+        recipe's, such as a federating Prometheus's), so ``add_target`` does nothing with it."""
         self.binary = require_binary("prometheus", "apt-get install prometheus")
         self.workdir = workdir
         self.data_dir = data_dir or workdir / "data"
@@ -123,14 +125,16 @@ class PrometheusServer(LoopbackServer):
         self._write_targets()
         self.config_file = workdir / "prometheus.yml"
         self.config_file.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            config
+            or "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
             + external_labels_config(external_labels or {})
             + f"rule_files: ['{RULES_GLOB}']\n"
             "scrape_configs:\n"
             "  - job_name: impact\n"
             "    file_sd_configs:\n"
             f"      - files: ['{self.targets_file}']\n"
-            "        refresh_interval: 1s\n" + remote_write_config(remote_write_url)
+            "        refresh_interval: 1s\n"
+            + remote_write_config(remote_write_url)
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -215,6 +219,9 @@ class VictoriaMetricsServer(LoopbackServer):
 
     name = "victoria-metrics"
     ready_path = "/health"
+    RECIPE_FLAGS = ("-maxLabelsPerTimeseries=48",)
+    """docs/deployment.md's flags (tests/deploy/test_store_recipes.py checks they are the doc's): without them a
+    run's labels past the 30th are dropped."""
 
     def __init__(self, workdir: Path) -> None:
         self.binary = require_binary("victoria-metrics", "apt-get install victoria-metrics")
@@ -229,6 +236,7 @@ class VictoriaMetricsServer(LoopbackServer):
                 f"-storageDataPath={workdir / 'data'}",
                 "-retentionPeriod=1d",
                 "-loggerLevel=WARN",
+                *self.RECIPE_FLAGS,
             ]
         )
 
@@ -238,6 +246,37 @@ class VictoriaMetricsServer(LoopbackServer):
         body = response.json()
         assert body["status"] == "success", body
         return body["data"]["result"]
+
+
+class VMAgent(LoopbackServer):
+    """Debian's ``vmagent`` on a loopback port: it scrapes as ``scrape_config`` (a prometheus.yml) says and writes
+    every sample to ``flags``' ``-remoteWrite.url``, keeping its on-disk buffer in ``workdir``."""
+
+    name = "vmagent"
+    ready_path = "/health"
+
+    def __init__(self, workdir: Path, scrape_config: str, flags: Sequence[str]) -> None:
+        binary = require_binary("vmagent", "apt-get install victoria-metrics")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file = workdir / "vmagent.log"
+        config_file = workdir / "vmagent.yml"
+        config_file.write_text(scrape_config)
+        self.launch(
+            [
+                binary,
+                *flags,
+                f"-promscrape.config={config_file}",
+                f"-remoteWrite.tmpDataPath={workdir / 'buffer'}",
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                "-loggerLevel=WARN",
+            ]
+        )
+
+    def scraping(self, address: str) -> bool:
+        """Whether vmagent's last scrape of ``address`` succeeded (its Prometheus-style targets API)."""
+        targets = requests.get(f"{self.url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        return any(t["labels"].get("instance") == address and t["health"] == "up" for t in targets)
 
 
 class ExporterProcess:

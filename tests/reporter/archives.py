@@ -36,9 +36,11 @@ def synthetic_run(
     host: Host = HOST,
     methods: dict[str, str] | None = None,
     gpu_watts: float | None = None,
+    spacing: float = 1.0,
 ) -> Run:
-    """A run scraped every second at constant power, its CPU busy for half of the time (and its GPU, if given)."""
-    t = np.arange(0, seconds + 1, dtype=float)
+    """A run scraped every ``spacing`` seconds at constant power, its CPU busy for half of the time (and its GPU,
+    if given)."""
+    t = np.arange(0, seconds + spacing / 2, spacing, dtype=float)
     rows = []
     powers = [("cpu", cpu_watts), ("dram", dram_watts)] + ([("gpu", gpu_watts)] if gpu_watts is not None else [])
     for component, watts in powers:

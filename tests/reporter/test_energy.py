@@ -264,3 +264,101 @@ def test_samples_read_long_after_the_end_change_no_figure() -> None:
         for frame in (soon, late)
     ]
     assert reported[0] == reported[1]
+
+
+def interleaved_nodes(samples_after_end: int) -> pd.DataFrame:
+    """A 10 s run on two nodes, each scraped every second, half a second apart: node a at whole seconds draws
+    10 W; node b at half seconds draws 30 W, and 70 W from 4.5 s to 5.5 s. Node b's final counters are scraped
+    once (then the node went away), node a's ``samples_after_end`` times (its exporter kept the finished run)."""
+
+    def b_joules(t: float) -> float:
+        return 30.0 * t + 40.0 * float(np.clip(t - 4.5, 0.0, 1.0))
+
+    rows = [("impact_run_energy_joules_total", "a", "cpu", t, 10.0 * min(t, 10.0)) for t in np.arange(1.0, 10.0)]
+    rows += [("impact_run_energy_joules_total", "b", "cpu", t, b_joules(t)) for t in np.arange(0.5, 10.0)]
+    rows += [("impact_run_energy_joules_total", "a", "cpu", 10.0 + k, 100.0) for k in range(samples_after_end)]
+    rows += [("impact_run_energy_joules_total", "b", "cpu", 10.5, b_joules(10.0))]
+    return samples(rows)
+
+
+def test_two_nodes_scraped_half_a_second_apart_are_each_one_second_apart() -> None:
+    """Merged, the nodes' samples are 0.5 s apart: the peak would be over 0.5 s (80 W, from 4.5 s to 5 s). Each
+    node is sampled every second: the peak is over whole seconds from the start, 10 W + 50 W from 4 s to 5 s."""
+    figures = run_figures(make_run(interleaved_nodes(samples_after_end=2)), FLAT, pue=1.0)
+    assert figures.sample_interval_seconds == 1.0
+    assert figures.total_joules == pytest.approx(100.0 + 340.0)
+    assert figures.peak_power_watts == pytest.approx(60.0)
+    assert (figures.coverage.fraction, figures.coverage.largest_gap_seconds) == (1.0, 1.0)
+    assert list(figures.power["watts"]) == pytest.approx([40.0] * 4 + [60.0, 60.0] + [40.0] * 4)
+
+
+def test_two_nodes_give_the_same_figures_whether_few_or_many_samples_follow_the_end() -> None:
+    few, many = (run_figures(make_run(interleaved_nodes(after)), FLAT, pue=1.0).as_json() for after in (1, 300))
+    assert few == many
+
+
+def federated_every_15_seconds() -> pd.DataFrame:
+    """A 60 s run at 10 W with a 40 W second from 30 s to 31 s, as a federation every 15 s keeps it: the 1 s
+    scrapes of 5, 20, 35 and 50 s, and 65 s, which holds the final 630 J."""
+
+    def joules(t: float) -> float:
+        return 10.0 * min(t, 60.0) + 30.0 * float(np.clip(t - 30.0, 0.0, 1.0))
+
+    return samples(
+        [("impact_run_energy_joules_total", "a", "cpu", t, joules(t)) for t in (5.0, 20.0, 35.0, 50.0, 65.0)]
+    )
+
+
+def test_samples_every_15_seconds_give_a_15_second_spacing_and_a_peak_over_15_seconds() -> None:
+    run = make_run(federated_every_15_seconds(), end=60.0, hosts=(Host("a"),))
+    figures = run_figures(run, FLAT, pue=1.0)
+    assert figures.total_joules == pytest.approx(630.0)
+    assert figures.sample_interval_seconds == 15.0
+    assert list(figures.power["timestamp"]) == [15.0, 30.0, 45.0, 60.0]
+    # the energy at 15, 30 and 45 s lies between the samples: 150, 320 and 480 J; 630 J at the end
+    assert list(figures.power["watts"]) == pytest.approx([10.0, 170 / 15, 160 / 15, 10.0])
+    assert figures.peak_power_watts == pytest.approx(170 / 15)  # the 40 W second, spread over 15 s
+    # against its own spacing the run is fully covered: nothing says the data was scraped every second
+    assert (figures.coverage.fraction, figures.coverage.largest_gap_seconds) == (1.0, 15.0)
+    document = figures.as_json()
+    assert document["sample_interval_seconds"] == 15.0 and document["expected_interval_seconds"] is None
+
+
+def test_against_an_expected_1_second_interval_15_second_samples_cover_1_second_per_stretch() -> None:
+    """Each of the five stretches (5, 15, 15, 15 and 10 s) counts 1 s: 5 s of 60 s. Energy and peak are as
+    without the expected interval: only coverage is judged against it."""
+    run = make_run(federated_every_15_seconds(), end=60.0, hosts=(Host("a"),))
+    own = run_figures(run, FLAT, pue=1.0)
+    figures = run_figures(run, FLAT, pue=1.0, expected_interval=1.0)
+    assert figures.coverage.fraction == pytest.approx(5 / 60)
+    assert figures.coverage.largest_gap_seconds == 15.0
+    assert figures.sample_interval_seconds == 15.0 and figures.expected_interval_seconds == 1.0
+    assert (figures.total_joules, figures.peak_power_watts) == (own.total_joules, own.peak_power_watts)
+    assert figures.as_json()["expected_interval_seconds"] == 1.0
+
+
+def test_samples_finer_than_the_expected_interval_are_fully_covered() -> None:
+    figures = run_figures(make_run(two_nodes()), FLAT, pue=1.0, expected_interval=15.0)
+    assert figures.coverage.fraction == 1.0 and figures.sample_interval_seconds == 1.0
+
+
+def test_a_run_without_two_samples_takes_the_expected_interval_as_its_spacing() -> None:
+    # 0.8 s at 50 W scraped once, after its end: no spacing to see; with --expected-interval 1s none is assumed
+    run = make_run(constant_power_run(50.0, 100.0, 100.8, 101.5, 102), end=100.8, start=100.0, hosts=(Host("a"),))
+    assert run_figures(run, FLAT, pue=1.0).sample_interval_seconds == 15.0
+    assert run_figures(run, FLAT, pue=1.0, expected_interval=1.0).sample_interval_seconds == 1.0
+
+
+def test_a_run_at_unix_times_has_its_peak_whatever_its_spacing() -> None:
+    """At 1.8e9 s, float64 times are 2^-22 s (2.4e-7 s) apart: a store's 1.001 s steps are 1.000999928 s or
+    1.001000166 s, and with as many of each their median is 1.001000047 s. From a unix-time start, start + k x
+    that is not exactly an edge of the power grid: a 27 s run at 20 W had no whole interval and its peak read
+    n/a, as a federated copy of a real run did."""
+    steps = [1.000999927520752, 1.001000165939331] * 14  # 29 samples: 28 steps through the first after the end
+    start, end = 1796454508.465033, 1796454535.910332
+    times = 1796454508.6 + np.concatenate(([0.0], np.cumsum(steps)))  # the last one after the end
+    rows = [("impact_run_energy_joules_total", "a", "cpu", t, 20.0 * (min(t, end) - start)) for t in times]
+    figures = run_figures(make_run(samples(rows), end=end, start=start, hosts=(Host("a"),)), FLAT, pue=1.0)
+    assert figures.sample_interval_seconds == 1.0010000467300415
+    assert figures.peak_power_watts == pytest.approx(20.0)
+    assert list(figures.power["watts"]) == pytest.approx([20.0] * 28)

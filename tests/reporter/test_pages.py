@@ -1,10 +1,11 @@
 """Every page a reader sees, built and read back: standalone PDFs and fragments inside real paper classes.
 
 One appendix is written for the whole module, with what breaks layouts: a GPU and three components, 100-character
-names with ``--flags`` and LaTeX specials, an hour-long run, a run without samples, and names in CJK, Greek,
-Cyrillic and emoji. Each page must build without an error or an ``Overfull \\hbox``, keep one page per run, and
-print its names and numbers literally (read back with pdftotext). Pages are also rendered to PNG under
-build/test-pages/ so a failing layout can be looked at.
+names with ``--flags`` and LaTeX specials, an hour-long run, a run without samples, names in CJK, Greek,
+Cyrillic and emoji, and runs sampled every 5 and 15 s reported against an expected 1 s interval. Each page must
+build without an error or an ``Overfull \\hbox``, keep one page per run, and print its names and numbers
+literally (read back with pdftotext). Pages are also rendered to PNG under build/test-pages/ so a failing layout
+can be looked at.
 """
 
 from __future__ import annotations
@@ -48,8 +49,14 @@ def gpu_run(index: int, seconds: int = 40) -> Run:
     )
 
 
-def cpu_runs(name: str, watts: list[float], start: float) -> list[Run]:
-    return [synthetic_run(f"{name}-{i}", name, name, w, seconds=30, start=start + 100 * i) for i, w in enumerate(watts)]
+def cpu_runs(name: str, watts: list[float], start: float, spacings: tuple[float, ...] = (1.0,)) -> list[Run]:
+    """30 s runs at these CPU powers, sampled every ``spacings[i]`` seconds (the last spacing for the rest)."""
+    return [
+        synthetic_run(
+            f"{name}-{i}", name, name, w, seconds=30, start=start + 100 * i, spacing=spacings[min(i, len(spacings) - 1)]
+        )
+        for i, w in enumerate(watts)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +68,12 @@ def appendix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     unmeasured = synthetic_run("unmeasured-run", LONG, LONG, 40.0, start=1.7e9 + 20_000)
     unmeasured = Run(**{**unmeasured.__dict__, "samples": unmeasured.samples.iloc[0:0]})
     sets = [
-        set_report(LONG, [gpu_run(0, 3600), gpu_run(1), gpu_run(2), unmeasured], intensity, 1.58),
+        set_report(
+            LONG, [gpu_run(0, 3600), gpu_run(1), gpu_run(2), unmeasured], intensity, 1.58, expected_interval=1.0
+        ),
         set_report(CJK, cpu_runs(CJK, [30.0, 31.0, 29.0], 1.71e9), intensity, 1.58),
         set_report(JAPANESE, cpu_runs(JAPANESE, [33.0, 35.0], 1.72e9), intensity, 1.58),
-        set_report(MIXED, cpu_runs(MIXED, [20.0, 25.0], 1.73e9), intensity, 1.58),
+        set_report(MIXED, cpu_runs(MIXED, [20.0, 25.0], 1.73e9, (15.0, 5.0)), intensity, 1.58, expected_interval=1.0),
         set_report(PLAIN, cpu_runs(PLAIN, [30.0, 32.0, 31.0], 1.74e9), intensity, 1.58),
     ]
     comparisons = [comparison_report(sets[0], sets[4]), comparison_report(sets[2], sets[1])]
@@ -113,6 +122,27 @@ def test_every_run_fits_one_page_and_prints_names_numbers_and_flags_literally(ap
     assert "Duration 60.0 min" in hour and "Time since start (min)" in hour
     assert "GPU 250 measured (nvml-counter)" in hour and "Peak power (W) 295" in hour
     assert "unmeasured-run" in pdf_text(directory / "3.pdf") and "not measured" in pdf_text(directory / "3.pdf")
+
+
+def test_pages_state_the_samples_spacing_and_the_interval_coverage_is_judged_against(appendix: Path) -> None:
+    """Set MIXED was sampled every 15 s and every 5 s and reported with an expected 1 s interval: its 30 s runs
+    are covered 2 s and 6 s of 30 s. The other sets, sampled every second, are fully covered at their spacing."""
+    directory = appendix / file_names([MIXED])[MIXED]
+    coarse, finer, summary = (pdf_text(directory / name) for name in ("0.pdf", "1.pdf", "summary.pdf"))
+    against = "against the expected scrape interval of 1.00 s"
+    per_interval = "(median spacing; power and its peak are per such interval)"
+    assert f"Samples every 15.0 s {per_interval} cover 6.67 % of the run {against} (largest gap 15.0 s)" in coarse
+    assert f"Samples every 5.00 s {per_interval} cover 20.0 % of the run {against} (largest gap 5.00 s)" in finer
+    assert "Samples every 5.00 s to 15.0 s (each run’s median spacing" in summary
+    assert f"covering 6.67 % to 20.0 % of each run {against}." in summary
+    plain = pdf_text(appendix / PLAIN / "summary.pdf")
+    assert "Samples every 1.00 s (each run’s median spacing" in plain and "covering 100 % of each run." in plain
+    assert "cover 100 % of the run (largest gap 1.00 s)" in pdf_text(appendix / PLAIN / "0.pdf")
+    [mixed] = [s for s in json.loads((appendix / "appendix.json").read_text())["sets"] if s["name"] == MIXED]
+    assert [(r["sample_interval_seconds"], r["expected_interval_seconds"]) for r in mixed["runs"]] == [
+        (15.0, 1.0),
+        (5.0, 1.0),
+    ]
 
 
 @pytest.mark.parametrize("name", [CJK, JAPANESE, MIXED])

@@ -211,3 +211,56 @@ def test_the_command_lists_archived_runs_in_every_format(tmp_path: Path) -> None
         assert float(row["kgCO2eq"]) == run["kg_co2eq"]
     assert "has no energy samples" in rows[5]["not_measured"]
     assert rows[5]["not_measured"] == document["runs"][5]["not_measured"]
+
+
+def fine_and_federated() -> list[Run]:
+    """Two 60 s runs at 40 W: one scraped every second, one as a 15 s federation of it keeps it (0, 15 ... 60 s)."""
+    return [synthetic_run("fine", "e", "s", 40.0), synthetic_run("federated", "e", "s", 40.0, spacing=15.0)]
+
+
+def test_the_table_shows_each_runs_spacing_and_what_coverage_is_judged_against() -> None:
+    own = [run_figures(run, INTENSITY, PUE) for run in fine_and_federated()]
+    expected = [run_figures(run, INTENSITY, PUE, expected_interval=1.0) for run in fine_and_federated()]
+
+    columns = {column.header: column.cells for column in table_columns(own, wide=True)}
+    assert (columns["coverage"], columns["spacing"]) == (("100%", "100%"), ("1.00 s", "15.0 s"))
+    table = " ".join(runs_table(own, INTENSITY, PUE).split())
+    assert "samples every 1.00 s to 15.0 s (median spacing; peak power is over intervals of it); " in table
+    assert "coverage against each node's own spacing" in table
+    assert "samples every 15.0 s (" in runs_table(own[1:], INTENSITY, PUE)
+    unmeasured = listed([without_samples(fine_and_federated()[0])])
+    assert "samples every" not in runs_table(unmeasured, INTENSITY, PUE) and "coverage against" not in runs_table(
+        unmeasured, INTENSITY, PUE
+    )
+    # against 1 s, each of the federated run's four 15 s stretches counts 1 s: 4 of 60 s
+    columns = {column.header: column.cells for column in table_columns(expected, wide=False)}
+    assert columns["coverage"] == ("100%", "6.67%") and "spacing" not in columns
+    table = " ".join(runs_table(expected, INTENSITY, PUE, wide=True).split())
+    assert "spacing: the median spacing of a run's samples (peak power is over intervals of it); " in table
+    assert "coverage against the expected scrape interval of 1.00 s (--expected-interval)" in table
+    rows = list(csv.DictReader(io.StringIO(csv_frame(expected).to_csv(index=False))))
+    assert [(row["sample_interval_s"], row["expected_interval_s"]) for row in rows] == [("1.0", "1.0"), ("15.0", "1.0")]
+    assert float(rows[1]["coverage"]) == pytest.approx(4 / 60)
+
+
+def test_the_command_judges_coverage_against_expected_interval(tmp_path: Path) -> None:
+    directories = [f"--run-dir={write_archive(run, tmp_path / run.run_id).parent}" for run in fine_and_federated()]
+    flags = [*directories, "--carbon-intensity=300", "--prometheus=http://127.0.0.1:9", "--format=json"]
+    result = report(*flags, "--expected-interval=1s")
+    assert result.returncode == 0, result.stderr
+    fine, federated = json.loads(result.stdout)["runs"]
+    assert (fine["coverage"], fine["sample_interval_seconds"], fine["expected_interval_seconds"]) == (1.0, 1.0, 1.0)
+    assert federated["coverage"] == pytest.approx(4 / 60)
+    assert (federated["largest_gap_seconds"], federated["sample_interval_seconds"]) == (15.0, 15.0)
+    assert federated["total_joules"] == pytest.approx(fine["total_joules"]) == 60 * 45.0
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("0", "an interval must be longer than 0"), ("-1s", "invalid duration '-1s'"), ("fast", "invalid duration")],
+)
+def test_an_expected_interval_that_is_no_duration_is_a_usage_error(value: str, message: str) -> None:
+    result = report("--run-dir=/nonexistent", f"--expected-interval={value}")
+    assert result.returncode == 2
+    assert message in result.stderr and "--expected-interval" in result.stderr
+    assert "Traceback" not in result.stderr

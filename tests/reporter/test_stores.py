@@ -87,9 +87,14 @@ def joules_of(listed: Any) -> dict[str, float]:
 
 
 def test_the_fake_api_serves_a_whole_report(two_runs: list[FakeSeries]) -> None:
+    """The store holds only what exporters export: the reporter needs none of the recording rules, so a long-term
+    store needs no ruler for reports (docs/deployment.md: rules go to the Mimir ruler or Thanos Ruler for
+    dashboards and alerts only)."""
     with FakePrometheus(two_runs) as server:
         code, listed, stderr = report(server)
+        asked = [value for request in server.requests for values in request.form.values() for value in values]
     assert code == 0, stderr
+    assert server.queries() and not any("impact:" in text for text in asked), "a recording rule was asked for"
     assert joules_of(listed) == {"early": JOULES, "late": JOULES}
     assert [run["duration_seconds"] for run in listed["runs"]] == [SECONDS, SECONDS]
 
@@ -170,9 +175,12 @@ def test_a_partial_response_is_refused_and_when_allowed_the_missing_node_is_loud
 
 def test_headers_reach_the_server_and_dedup_is_asked_for(two_runs: list[FakeSeries]) -> None:
     with FakePrometheus(two_runs, org_id="lab-a") as server:
+        mimir = f"{server.url}/prometheus"  # Mimir serves the Prometheus API under /prometheus
         refused, _, refused_stderr = report(server)
         server.requests.clear()
-        code, listed, stderr = report(server, "--header", "X-Scope-OrgID=lab-a", "--header=X-Extra=1", "--dedup")
+        code, listed, stderr = report(
+            server, "--header", "X-Scope-OrgID=lab-a", "--header=X-Extra=1", "--dedup", f"--prometheus={mimir}"
+        )
         requests = list(server.requests)
     assert refused == 2
     assert "refused access (HTTP 401)" in refused_stderr and "--header X-Scope-OrgID" in refused_stderr
@@ -180,6 +188,7 @@ def test_headers_reach_the_server_and_dedup_is_asked_for(two_runs: list[FakeSeri
     assert joules_of(listed) == {"early": JOULES, "late": JOULES}
     assert requests and all(r.headers["X-Scope-OrgID"] == "lab-a" and r.headers["X-Extra"] == "1" for r in requests)
     assert all(r.form["dedup"] == ["true"] and r.form["partial_response"] == ["false"] for r in requests)
+    assert all(r.path.startswith("/prometheus/api/v1/") for r in requests)
 
 
 def test_a_malformed_header_is_a_usage_error(two_runs: list[FakeSeries]) -> None:
