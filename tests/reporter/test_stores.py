@@ -203,7 +203,15 @@ def host_info(instance: str, hostname: str, start: float, **added: str) -> FakeS
     """A node's ``impact_host_info`` as a Prometheus with external labels ``added`` stores it."""
     labels = {"__name__": "impact_host_info", "instance": instance, "job": "impact", "hostname": hostname, **added}
     return FakeSeries(
-        {**labels, "cpu_model": "Xeon", "cpu_vendor": "GenuineIntel", "cpu_count": "8", "kernel": "6.1"}, [(start, 1.0)]
+        {
+            **labels,
+            "cpu_model": "Xeon",
+            "cpu_vendor": "GenuineIntel",
+            "cpu_count": "8",
+            "kernel": "6.1",
+            "region": "FR",
+        },
+        [(start, 1.0)],
     )
 
 
@@ -252,6 +260,7 @@ def test_an_ha_pair_is_read_once_per_node_with_a_known_or_named_replica_label() 
                 "cpu_count": "8",
                 "kernel": "6.1",
                 "gpus": [],
+                "region": "FR",
             }
         ]
 
