@@ -150,7 +150,8 @@ class Run:
                 warn(f"{logdir} held a run already; it is moved to {moved}")
         text_labels = {str(name): str(value) for name, value in (labels or {}).items()}
         run_id = run_id or env.get(RUN_ID_ENV) or None
-        # Described before registering, so that py-cpuinfo's second of work is not billed to the run.
+        # Described before registering, so that py-cpuinfo's second of work (once per boot, then cached) is not billed
+        # to the run.
         hardware = describe_hardware() if logdir is not None else None
         address = str(client.address) if client else env.get(ADDRESS_ENV) or DEFAULT_ADDRESS
         registration, reason, monitor = None, None, None

@@ -1,4 +1,6 @@
-"""The run model: what a run is, the request that starts one, and the errors a run request can meet.
+"""The run model: what a run is, the request that starts one, the errors a run request can meet, and a run settled
+from the ledger and shown as the API shows it (shared by the exporter and the standalone monitor, which imports only
+this light module, not the registry or the API).
 
 A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in exporter/groups.py)
 with descriptive labels. Runs are immutable: the registry (exporter/runs.py) replaces a run whenever its figures
@@ -8,9 +10,13 @@ change, so a scrape that holds a run holds one consistent set of figures.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from impact_exporter.ledger import RunTotals
+    from impact_exporter.sampler import Snapshot
 
 COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram", "gpu": "gpu"})
 """Per-run energy components and the RAPL domain each one is the attributed share of."""
@@ -102,3 +108,48 @@ class StartRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     pid: int | None = None
     run_id: str | None = None
+
+
+def settled_run(run: Run, totals: RunTotals | None, measured: frozenset[str], timestamp: float) -> Run:
+    """The run with the ledger's totals as of the sample at ``timestamp``, ended when its processes are all gone;
+    ``measured``: the energy domains the node measures. The registry and the standalone monitor
+    (exporter/standalone.py) both settle their runs with it."""
+    if totals is None or not totals.sampled:
+        return run
+    energy = {
+        component: totals.energy_joules.get(domain, 0.0)
+        for component, domain in COMPONENT_DOMAINS.items()
+        if domain in measured or domain in totals.energy_joules
+    }
+    ended = totals.processes == 0
+    return replace(
+        run,
+        energy_joules=energy,
+        cpu_seconds=totals.cpu_seconds,
+        gpu_seconds=totals.gpu_seconds,
+        last_seen=run.last_seen if ended else timestamp,
+        end_time=(run.last_seen or timestamp) if ended else None,
+    )
+
+
+def run_object(run: Run, snapshot: Snapshot) -> dict[str, Any]:
+    """A run as the API shows it (docs/api.md), with the freshness and health of the figures as of ``snapshot``: the
+    API renders runs with it, and the standalone monitor (exporter/standalone.py) hands its run to the experiment in
+    the same shape."""
+    return {
+        "run_id": run.run_id,
+        "experiment": run.experiment,
+        "set": run.set,
+        "labels": dict(run.labels),
+        "user": run.user,
+        "pids": list(run.pids),
+        "status": "active" if run.active else "finished",
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "energy_joules": dict(run.energy_joules),
+        "cpu_seconds": run.cpu_seconds,
+        "gpu_seconds": run.gpu_seconds,
+        "last_sample_time": snapshot.timestamp,
+        "sources_up": {name: status.up for name, status in snapshot.sources.items()},
+        "source_errors": {name: status.errors_total for name, status in snapshot.sources.items()},
+    }

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from impact_exporter.groups import ProcessGroups, ProcKey
 from impact_exporter.holders import holding_run
 from impact_exporter.kubernetes import kubernetes_labels
-from impact_exporter.ledger import Ledger, RunTotals
+from impact_exporter.ledger import Ledger
 from impact_exporter.limits import DEFAULT_LIMITS, Limits, RegistrationRate, broken_label_limit, flag
 from impact_exporter.run import (
     COMPONENT_DOMAINS,
@@ -36,6 +36,7 @@ from impact_exporter.run import (
     StoreUnavailable,
     TooManyRequests,
     UnknownRun,
+    settled_run,
 )
 from impact_exporter.scheduling import Pause, no_pause
 from impact_exporter.sources import SourceError
@@ -365,7 +366,10 @@ class RunRegistry:
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()
-                changed.append(settled_run(run, totals.get(run.key), measured, timestamp))
+                settled = settled_run(run, totals.get(run.key), measured, timestamp)
+                if not settled.active:
+                    log.info("run %s ended: its processes are gone", run.run_id)
+                changed.append(settled)
             for run in changed:
                 self._runs[run.key] = run
                 if not run.active:
@@ -466,30 +470,6 @@ class RunRegistry:
         return StoreUnavailable(
             f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
         )
-
-
-def settled_run(run: Run, totals: RunTotals | None, measured: frozenset[str], timestamp: float) -> Run:
-    """The run with the ledger's totals as of the sample at ``timestamp``, ended when its processes are all gone;
-    ``measured``: the energy domains the node measures. The registry and the standalone monitor
-    (exporter/standalone.py) both settle their runs with it."""
-    if totals is None or not totals.sampled:
-        return run
-    energy = {
-        component: totals.energy_joules.get(domain, 0.0)
-        for component, domain in COMPONENT_DOMAINS.items()
-        if domain in measured or domain in totals.energy_joules
-    }
-    ended = totals.processes == 0
-    if ended:
-        log.info("run %s ended: its processes are gone", run.run_id)
-    return replace(
-        run,
-        energy_joules=energy,
-        cpu_seconds=totals.cpu_seconds,
-        gpu_seconds=totals.gpu_seconds,
-        last_seen=run.last_seen if ended else timestamp,
-        end_time=(run.last_seen or timestamp) if ended else None,
-    )
 
 
 def already_finished(run_id: str) -> str:

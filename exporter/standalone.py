@@ -40,14 +40,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from experiment_impact_tracker.extras import require_extra
 from experiment_impact_tracker.rundir import RUN_JSON, read_run_dir, write_json_atomic
-from impact_exporter import __version__
-from impact_exporter.api import run_object
 from impact_exporter.host import HostInfo, read_host_info
 from impact_exporter.ledger import Ledger
-from impact_exporter.run import ProcessRef, Run, RunKey
-from impact_exporter.runs import settled_run
+from impact_exporter.run import ProcessRef, Run, RunKey, run_object, settled_run
 from impact_exporter.sampler import GPU, Sampler, Snapshot
 from impact_exporter.sources import SourceError
 from impact_exporter.sources.opening import CPU_SOURCES, GPU_SOURCES, open_cpu_energy, open_gpus
@@ -231,10 +227,13 @@ class Monitor:
 def serve_metrics(monitor: Monitor, address: str) -> None:
     """Serve the run's /metrics on ``[HOST]:PORT`` from a thread: the exporter's collector over the monitor's
     snapshot and run, so a Prometheus scrapes it as it would an exporter."""
+    from experiment_impact_tracker.extras import require_extra
+
     require_extra("the standalone monitor's /metrics", "exporter", ["prometheus_client"])
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
+    from impact_exporter import __version__
     from impact_exporter.cli import parse_listen_address
     from impact_exporter.collector import ImpactCollector
 
