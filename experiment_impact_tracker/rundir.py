@@ -27,6 +27,11 @@ from experiment_impact_tracker.errors import RunDirError
 RUN_JSON = "run.json"
 SAMPLES_CSV = "samples.csv"
 """The samples of a run measured without an exporter (exporter/standalone.py), in ``impact-report archive``'s format."""
+SAMPLES_HEADER = "metric,instance,component,timestamp,value\n"
+ENERGY = "impact_run_energy_joules_total"
+CPU_SECONDS = "impact_run_cpu_seconds_total"
+GPU_SECONDS = "impact_run_gpu_seconds_total"
+"""The series samples.csv holds (those of the exporter's per-run metrics, docs/metrics.md)."""
 PREVIOUS = "previous"
 FORMAT_VERSION = 1
 PROMETHEUS_URL_ENV = "PROMETHEUS_URL"

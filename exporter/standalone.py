@@ -40,7 +40,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from experiment_impact_tracker.rundir import RUN_JSON, read_run_dir, write_json_atomic
+from experiment_impact_tracker.rundir import (
+    CPU_SECONDS,
+    ENERGY,
+    GPU_SECONDS,
+    RUN_JSON,
+    SAMPLES_CSV,
+    read_run_dir,
+    write_json_atomic,
+)
 from impact_exporter.host import HostInfo, read_host_info
 from impact_exporter.ledger import Ledger
 from impact_exporter.run import ProcessRef, Run, RunKey, run_object, settled_run
@@ -51,11 +59,6 @@ from impact_exporter.sources.procfs import ProcFS
 
 log = logging.getLogger("impact_exporter")
 
-SAMPLES_CSV = "samples.csv"
-SAMPLES_HEADER = "metric,instance,component,timestamp,value\n"
-ENERGY = "impact_run_energy_joules_total"
-CPU_SECONDS = "impact_run_cpu_seconds_total"
-GPU_SECONDS = "impact_run_gpu_seconds_total"
 EXIT_FAILED = 1
 
 

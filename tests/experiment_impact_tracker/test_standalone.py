@@ -229,3 +229,54 @@ def test_the_original_s_tracked_script_and_abrupt_stop(tmp_path: Path) -> None:
         "the experiment's process that started the monitor is gone",
     )
     assert component_joules(tmp_path / "exp2")["cpu"] > 0
+
+
+NESTED = """
+    # Code that marks its own runs, started by impact-run with no exporter: both join impact-run's standalone run.
+    import json, sys
+    from experiment_impact_tracker import track_run
+    from experiment_impact_tracker.compute_tracker import ImpactTracker
+
+    with track_run("inner", logdir=sys.argv[1]) as run:
+        while not (run.info()["last_sample_time"] and run.info()["cpu_seconds"] > 0):
+            sum(range(10_000))
+        seen = run.info()
+    tracker = ImpactTracker(sys.argv[2])  # the very directory impact-run writes
+    tracker.launch_impact_monitor()
+    checked = tracker.get_latest_info_and_check_for_errors()
+    tracker.stop()
+    print(json.dumps({"run_id": run.run_id, "created": run.created, "measured_by": run.measured_by, "seen": seen,
+                      "tracker_run_id": tracker.run.run_id, "tracker_created": tracker.run.created,
+                      "checked": checked}))
+"""
+
+
+def test_runs_marked_inside_impact_run_join_its_standalone_run_rather_than_start_a_second_monitor(
+    tmp_path: Path,
+) -> None:
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "impact-run"), "--experiment=outer", f"--logdir={outer}"]
+        + [f"--path.sysfs={tmp_path / 'no-powercap'}", "--sample-interval=0.1", "--"]
+        + [sys.executable, "-c", textwrap.dedent(NESTED), str(inner), str(outer)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=no_exporter(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("measured without it") == 1, "one monitor, impact-run's: " + result.stderr
+    report = json.loads(result.stdout)
+    record = read_run_dir(outer)
+    assert report["run_id"] == report["tracker_run_id"] == record["run_id"]
+    assert not report["created"] and not report["tracker_created"]
+    assert report["measured_by"] == record["measured_by"] == "standalone (estimate)"
+    assert report["seen"]["status"] == "active" and report["seen"]["cpu_seconds"] > 0
+    assert report["seen"]["energy_joules"]["cpu"] >= 0 and report["checked"]["status"] == "active"
+
+    assert record["experiment"] == "outer" and record["end_time"] is not None, "the outer run.json, finished"
+    assert not (outer / "previous").exists(), "joining the run in its own directory sets nothing aside"
+    assert read_run_dir(inner)["joined"] and not (inner / "samples.csv").exists()
+    assert read_run_dir(inner)["run_id"] == record["run_id"]
+    assert component_joules(outer)["cpu"] >= report["seen"]["energy_joules"]["cpu"]
