@@ -28,7 +28,7 @@ from impact_reporter.energy import counter_total
 from impact_reporter.runs import load_run_dirs
 from tests.fakes.powercap import FakePowercap
 from tests.reporter.papers import pdf_text
-from tests.servers import REPO_ROOT, free_port, require_binary, wait_for
+from tests.servers import REPO_ROOT, PrometheusServer, free_port, require_binary, wait_for
 
 NVML_MODULE = REPO_ROOT / "tests" / "fakes" / "nvml_module"
 
@@ -280,3 +280,33 @@ def test_runs_marked_inside_impact_run_join_its_standalone_run_rather_than_start
     assert read_run_dir(inner)["joined"] and not (inner / "samples.csv").exists()
     assert read_run_dir(inner)["run_id"] == record["run_id"]
     assert component_joules(outer)["cpu"] >= report["seen"]["energy_joules"]["cpu"]
+
+
+def test_a_prometheus_scraping_the_standalone_run_stores_the_energy_its_samples_csv_ends_with(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    powercap = FakePowercap.intel_two_socket(tmp_path / "sys")
+    address = f"127.0.0.1:{free_port()}"
+    options = StandaloneOptions(sample_interval_seconds=0.1, sysfs=str(powercap.sysfs), listen_address=address)
+    client = ExporterClient(f"unix://{tmp_path}/no-exporter.sock")
+    with track_run("scraped", logdir=tmp_path / "run", client=client, standalone=options) as run:
+        selector = f'impact_run_energy_joules_total{{run_id="{run.run_id}",component="cpu"}}'
+        prometheus.add_target(address)
+        try:
+            for _ in range(10):  # 100 J on the package while this process works; then the counters stand still
+                powercap.advance("intel-rapl:0", 10.0)
+                sum(range(300_000))
+
+            def scraped_the_latest() -> float | None:
+                latest = run.info()["energy_joules"]["cpu"]
+                stored = prometheus.query(selector)
+                return latest if latest > 0 and stored and float(stored[0]["value"][1]) == latest else None
+
+            wait_for(scraped_the_latest, 30, "a scrape of the run's latest energy")
+            scraped = float(prometheus.query(selector)[0]["value"][1])
+        finally:
+            prometheus.remove_target(address)
+    rows = [line.split(",") for line in (tmp_path / "run" / "samples.csv").read_text().splitlines()]
+    final = [float(row[4]) for row in rows if row[0] == "impact_run_energy_joules_total" and row[2] == "cpu"][-1]
+    assert 0 < scraped <= 100.0
+    assert scraped == final == run.final["energy_joules"]["cpu"], "Prometheus holds what samples.csv ends with"
