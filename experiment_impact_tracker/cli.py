@@ -57,6 +57,8 @@ environment:
                          unix:///run/impact-exporter/api.sock) or http://HOST:PORT
   IMPACT_EXPORTER_TOKEN  bearer token for http:// addresses
   IMPACT_RUN_ID          default for --run-id; impact-run sets it for the command
+  IMPACT_RUN_DIR         impact-run sets it for the command when it measures it standalone, so that track_run
+                         and ImpactTracker inside join that run rather than start a second monitor
   PROMETHEUS_URL         recorded in --logdir's run.json for the reporter (default http://localhost:9090)
 
 Without --strict, an exporter that cannot be reached is one warning line, and a standalone monitor measures the

@@ -245,7 +245,10 @@ def serve_metrics(monitor: Monitor, address: str) -> None:
     registry.register(
         ImpactCollector(lambda: monitor.sampler.snapshot, monitor.host, __version__, lambda: [monitor.run])
     )
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise ValueError(f"cannot serve /metrics on {address}: {error.strerror or error}") from error
 
 
 def detach() -> None:
@@ -263,7 +266,8 @@ class Commands:
         self._buffer = b""
 
     def wait(self, timeout: float) -> str | None:
-        """ "stop" (a stop line, or the input's end), or None when ``timeout`` passed with nothing to do."""
+        """ "stop" (a stop line), "eof" (the input's end: the experiment is gone), or None when ``timeout`` passed
+        with nothing to do."""
         ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
         if not ready:
             return None

@@ -150,7 +150,7 @@ def listen_without_the_exporter(venv: Venv) -> tuple[str, subprocess.CompletedPr
     """What ``impact-run --web.listen-address`` answers without ``[exporter]``: it must not start the command."""
     marker = venv.workdir / "ran"
     return "exporter", venv.run(
-        venv.root / "bin" / "impact-run", "--web.listen-address=127.0.0.1:9", "--", "touch", marker
+        venv.root / "bin" / "impact-run", "--experiment=x", "--web.listen-address=127.0.0.1:9", "--", "touch", marker
     )
 
 

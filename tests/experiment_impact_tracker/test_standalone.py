@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -172,6 +173,20 @@ def test_a_careless_user_rapl_unreadable_and_a_logdir_that_holds_a_run(
     assert read_run_dir(tmp_path / "run")["experiment"] == "second"
     assert read_run_dir(tmp_path / "run" / "previous" / first.run_id)["experiment"] == "first"
     assert component_joules(tmp_path / "run" / "previous" / first.run_id)["cpu"] >= 0
+
+    caplog.clear()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        busy_port = StandaloneOptions(sysfs=str(tmp_path / "no-powercap"), listen_address=address)
+        with track_run("third", standalone=busy_port) as third:
+            pass
+    assert not third.tracked
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.endswith(
+        f"and the standalone monitor cannot measure: cannot serve /metrics on {address}: Address already in use"
+    )
 
 
 MYAPP = """
