@@ -56,7 +56,7 @@ from experiment_impact_tracker.rundir import (
     set_aside_previous_run,
     write_run_dir,
 )
-from experiment_impact_tracker.standalone import JoinedRun, StandaloneMonitor, StandaloneOptions
+from experiment_impact_tracker.standalone import JoinedRun, StandaloneMonitor, StandaloneOptions, measured_by_roots
 
 log = logging.getLogger("experiment_impact_tracker")
 
@@ -484,7 +484,7 @@ def _register(
                 raise error from None
             raise
         process = pid if pid is not None else os.getpid()
-        if existing.get("status") != "active" or not _measured_by(process, existing.get("pids") or []):
+        if existing.get("status") != "active" or not measured_by_roots(process, existing.get("pids") or []):
             raise
         log.info(
             "process %d is already measured by run %s of %r (its root or a descendant of it); using that run",
@@ -538,18 +538,6 @@ def _grafana_annotator(environ: Mapping[str, str]) -> GrafanaAnnotator | None:
     except GrafanaError as error:
         warn(str(error))
         return None
-
-
-def _measured_by(pid: int, roots: list[int]) -> bool:
-    """Whether ``pid`` is one of ``roots`` or descends from one (the exporter measures roots' descendants)."""
-    import psutil
-
-    if pid in roots:
-        return True
-    try:
-        return any(parent.pid in roots for parent in psutil.Process(pid).parents())
-    except psutil.Error:
-        return False
 
 
 def _user_name() -> str:

@@ -23,7 +23,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,7 @@ class JoinedRun:
         if not isinstance(record, dict) or record.get("run_id") != run_id or record.get("end_time") is not None:
             return None
         root = record.get("pid")
-        if not isinstance(root, int) or not _descends_from(pid, root):
+        if not isinstance(root, int) or not measured_by_roots(pid, [root]):
             return None
         return cls(Path(directory), record)
 
@@ -257,14 +257,14 @@ def _tail(path: Path, size: int) -> str:
         return file.read().decode("utf-8", "replace")
 
 
-def _descends_from(pid: int, root: int) -> bool:
-    """Whether ``pid`` is ``root`` or one of its descendants."""
+def measured_by_roots(pid: int, roots: Collection[int]) -> bool:
+    """Whether ``pid`` is one of ``roots`` or descends from one (a run measures its roots' descendants)."""
     import psutil
 
-    if pid == root:
+    if pid in roots:
         return True
     try:
-        return any(parent.pid == root for parent in psutil.Process(pid).parents())
+        return any(parent.pid in roots for parent in psutil.Process(pid).parents())
     except psutil.Error:
         return False
 
