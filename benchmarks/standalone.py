@@ -7,11 +7,13 @@ exporter, 1 s samples, real /proc and sysfs: RAPL where readable, else the estim
 ``OfflineEmissionsTracker`` (measure_power_secs=1) in its own process; both processes' CPU seconds are scaled to an
 hour. Then the ported myapp script (tests/experiment_impact_tracker/test_standalone.py MYAPP) runs tracked and
 untracked (without the tracker's calls), alternately, and the ratio of the total wall times is printed: for a short
-run (``--steps``, ``--repeats`` pairs) and for a run of about ``--long-seconds`` (steps calibrated on the short
-runs). The first tracked run finds py-cpuinfo's per-boot cache empty (experiment_impact_tracker/cpu/common.py), as
-the first run after a reboot does; its time is printed apart and left out of the ratios.
+run (``--steps``, ``--repeats`` pairs) and for a run of about ``--long-seconds`` (``--long-repeats`` pairs, steps
+calibrated on the short runs). The first tracked run finds py-cpuinfo's per-boot cache empty
+(experiment_impact_tracker/cpu/common.py), as the first run after a reboot does; its time is printed apart and left
+out of the ratios.
 
     python -m benchmarks.standalone [--seconds 60] [--steps 20000] [--repeats 3] [--long-seconds 60]
+        [--long-repeats 3]
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20000, help="myapp steps of a short run (default: 20000)")
     parser.add_argument("--repeats", type=int, default=3, help="short myapp runs each way (default: 3)")
     parser.add_argument("--long-seconds", type=float, default=60.0, help="a long myapp run's length (default: 60)")
+    parser.add_argument("--long-repeats", type=int, default=3, help="long myapp runs each way (default: 3)")
     parser.add_argument("--no-codecarbon", action="store_true", help="measure the monitor alone")
     args = parser.parse_args(argv)
     with_codecarbon = not args.no_codecarbon
@@ -127,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         tracked, untracked = overhead_ratio(Path(workdir), args.steps, args.repeats)
         print_ratio("short", args.steps, tracked, untracked, args.repeats)
         long_steps = max(args.steps, round(args.steps * args.long_seconds / (untracked / args.repeats)))
-        tracked, untracked = overhead_ratio(Path(workdir), long_steps, 1)
-        print_ratio(f"of about {args.long_seconds:.0f} s", long_steps, tracked, untracked, 1)
+        tracked, untracked = overhead_ratio(Path(workdir), long_steps, args.long_repeats)
+        print_ratio(f"of about {args.long_seconds:.0f} s", long_steps, tracked, untracked, args.long_repeats)
     return 0
 
 
