@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import math
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from experiment_impact_tracker.client import ExporterClient, parse_address
 from experiment_impact_tracker.errors import ImpactTrackerError
 from experiment_impact_tracker.extras import require_extra
 from experiment_impact_tracker.runs import RUN_ID_ENV, Run
-from experiment_impact_tracker.standalone import StandaloneOptions
+from experiment_impact_tracker.standalone import RUN_DIR_ENV, StandaloneOptions
 
 log = logging.getLogger("experiment_impact_tracker")
 
@@ -56,6 +57,8 @@ environment:
                          unix:///run/impact-exporter/api.sock) or http://HOST:PORT
   IMPACT_EXPORTER_TOKEN  bearer token for http:// addresses
   IMPACT_RUN_ID          default for --run-id; impact-run sets it for the command
+  IMPACT_RUN_DIR         impact-run sets it for the command when it measures it standalone, so that track_run
+                         and ImpactTracker inside join that run rather than start a second monitor
   PROMETHEUS_URL         recorded in --logdir's run.json for the reporter (default http://localhost:9090)
 
 Without --strict, an exporter that cannot be reached is one warning line, and a standalone monitor measures the
@@ -232,11 +235,9 @@ class GatedChild:
             message = b""
             while chunk := os.read(gate_read, 4096):
                 message += chunk
-            verb, _, run_id = message.decode().partition(" ")
+            verb, _, exported = message.decode().partition(" ")
             if verb == "go":
-                env = dict(os.environ)
-                if run_id:
-                    env[RUN_ID_ENV] = run_id
+                env = {**os.environ, **json.loads(exported)}
                 code = EXIT_CANNOT_EXECUTE
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.execve(executable, argv, env)
@@ -245,9 +246,10 @@ class GatedChild:
         finally:
             os._exit(code)
 
-    def release(self, run_id: str | None) -> tuple[int, str] | None:
-        """Let the child exec the command (with IMPACT_RUN_ID=run_id); the exec's (errno, reason) if it failed."""
-        os.write(self._gate, f"go {run_id or ''}".encode())
+    def release(self, exported: Mapping[str, str]) -> tuple[int, str] | None:
+        """Let the child exec the command, with ``exported`` added to its environment (IMPACT_RUN_ID, and
+        IMPACT_RUN_DIR for a standalone run); the exec's (errno, reason) if it failed."""
+        os.write(self._gate, f"go {json.dumps(dict(exported))}".encode())
         os.close(self._gate)
         report = b""
         while chunk := os.read(self._errors, 4096):
@@ -303,6 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, original_mask)
 
 
+def exported_environment(run: Run, run_id: str | None) -> dict[str, str]:
+    """What the command's environment gets: the run's id (so code inside joins the run), and the directory of a
+    standalone run (so code inside joins it rather than start a second monitor, see
+    experiment_impact_tracker/standalone.py)."""
+    exported = {RUN_ID_ENV: run.run_id or run_id} if run.run_id or run_id else {}
+    if run.standalone_run_dir is not None:
+        exported[RUN_DIR_ENV] = str(run.standalone_run_dir.resolve())
+    return exported
+
+
 def run_command(
     args: argparse.Namespace, executable: str, client: ExporterClient | None, original_mask: set[signal.Signals]
 ) -> int:
@@ -337,7 +349,7 @@ def run_command(
     except BaseException:
         child.abandon()
         raise
-    failed_exec = child.release(run.run_id or args.run_id)
+    failed_exec = child.release(exported_environment(run, args.run_id))
     status = supervise(child.pid)
     run.stop(raise_errors=False)
     if failed_exec is not None:

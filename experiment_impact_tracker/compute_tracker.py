@@ -60,6 +60,8 @@ class ImpactTracker:
         self._standalone = standalone
         self._created = time.time()
         self._hardware: dict[str, Any] | None = None
+        self._healthy: dict[str, Any] | None = None
+        self._healthy_until = 0.0
 
     @property
     def launched(self) -> bool:
@@ -111,7 +113,12 @@ class ImpactTracker:
         if self.run is None:
             raise ImpactTrackerError("the run is not started: call launch_impact_monitor() first")
         info = self.run.info()
-        check_run_health(info, now=time.time(), stale_after=self.stale_after_seconds)
+        now = time.time()
+        if info is not self._healthy or now > self._healthy_until:
+            check_run_health(info, now=now, stale_after=self.stale_after_seconds)
+            # The same figures stay healthy until they are stale: a loop that asks at every step (the standalone
+            # monitor hands the same object until its next sample) is not checked again meanwhile.
+            self._healthy, self._healthy_until = info, info["last_sample_time"] + self.stale_after_seconds
         return info
 
     def stop(self) -> dict[str, Any] | None:

@@ -22,13 +22,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiment_impact_tracker.cpu.common import cpu_summary
 from experiment_impact_tracker.errors import RunDirError
-from experiment_impact_tracker.gpu.nvidia import gpus_or_none
 
 RUN_JSON = "run.json"
 SAMPLES_CSV = "samples.csv"
 """The samples of a run measured without an exporter (exporter/standalone.py), in ``impact-report archive``'s format."""
+SAMPLES_HEADER = "metric,instance,component,timestamp,value\n"
+ENERGY = "impact_run_energy_joules_total"
+CPU_SECONDS = "impact_run_cpu_seconds_total"
+GPU_SECONDS = "impact_run_gpu_seconds_total"
+"""The series samples.csv holds (those of the exporter's per-run metrics, docs/metrics.md)."""
 PREVIOUS = "previous"
 FORMAT_VERSION = 1
 PROMETHEUS_URL_ENV = "PROMETHEUS_URL"
@@ -36,7 +39,11 @@ DEFAULT_PROMETHEUS_URL = "http://localhost:9090"
 
 
 def describe_hardware(nvml: Any = None) -> dict[str, Any]:
-    """The CPU (py-cpuinfo: brand_raw, count, arch) and the visible NVIDIA GPUs (``[]`` without any)."""
+    """The CPU (py-cpuinfo: brand_raw, count, arch) and the visible NVIDIA GPUs (``[]`` without any). Imported here,
+    not with the module: the standalone monitor reads and writes run directories and must start fast."""
+    from experiment_impact_tracker.cpu.common import cpu_summary
+    from experiment_impact_tracker.gpu.nvidia import gpus_or_none
+
     return {"cpu": cpu_summary(), "gpus": gpus_or_none(nvml)}
 
 

@@ -18,7 +18,9 @@ experiment runs untracked (``run.tracked`` is False), unless ``strict=True`` ask
 the same experiment, set and labels) join one run. The process that created a run stops it; processes that
 joined leave it to their creator, and the exporter ends a run by itself once all its processes are gone. When
 the id names an active run that already measures this process (``impact-run`` exports its run's id to the
-command), that run is used as it is, whatever experiment name the code inside gives.
+command), that run is used as it is, whatever experiment name the code inside gives. The same holds without an
+exporter: the command joins impact-run's standalone run (``$IMPACT_RUN_DIR``, experiment_impact_tracker/standalone.py)
+rather than start a second monitor.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ from experiment_impact_tracker.errors import (
 from experiment_impact_tracker.grafana import GrafanaAnnotator, GrafanaError, run_annotation
 from experiment_impact_tracker.rundir import (
     SAMPLES_CSV,
+    SAMPLES_HEADER,
     describe_hardware,
     prometheus_url,
     set_aside_previous_run,
     write_run_dir,
 )
-from experiment_impact_tracker.standalone import StandaloneMonitor, StandaloneOptions
+from experiment_impact_tracker.standalone import JoinedRun, StandaloneMonitor, StandaloneOptions, measured_by_roots
 
 log = logging.getLogger("experiment_impact_tracker")
 
@@ -94,6 +97,7 @@ class Run:
         environ: Mapping[str, str],
         monitor: StandaloneMonitor | None = None,
         run_id: str | None = None,
+        joined: JoinedRun | None = None,
     ) -> None:
         self.experiment = experiment
         self.set = set
@@ -104,12 +108,15 @@ class Run:
         self.logdir = logdir
         self.command = command
         self.final: dict[str, Any] | None = None
-        known = registration.run if registration else monitor.ready["run"] if monitor else {}
+        known = (
+            registration.run if registration else monitor.ready["run"] if monitor else joined.record if joined else {}
+        )
         self.start_time: float = known.get("start_time") or time.time()
         self.end_time: float | None = None
         self._client = client
         self._registration = registration
         self._monitor = monitor
+        self._joined = joined
         self._standalone_run_id = run_id
         self._temporary_dir: Path | None = None
         self._strict = strict
@@ -150,17 +157,21 @@ class Run:
         is moved into ``logdir/previous/`` with a warning, so nothing measured is overwritten.
         """
         env = os.environ if environ is None else environ
+        run_id = run_id or env.get(RUN_ID_ENV) or None
+        joinable = JoinedRun.find(env, run_id, pid if pid is not None else os.getpid())
+        if joinable is not None and logdir is not None and Path(logdir).resolve() == joinable.run_dir.resolve():
+            logdir = None  # the standalone run's own directory, which the process that started the run writes
         if logdir is not None:
             Path(logdir).mkdir(parents=True, exist_ok=True)  # fail before registering, not after
             moved = set_aside_previous_run(Path(logdir))
             if moved is not None:
                 warn(f"{logdir} held a run already; it is moved to {moved}")
         text_labels = {str(name): str(value) for name, value in (labels or {}).items()}
-        run_id = run_id or env.get(RUN_ID_ENV) or None
-        # Described before registering, so that py-cpuinfo's second of work is not billed to the run.
+        # Described before registering, so that py-cpuinfo's second of work (once per boot, then cached) is not billed
+        # to the run.
         hardware = describe_hardware() if logdir is not None else None
         address = str(client.address) if client else env.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-        registration, reason, monitor = None, None, None
+        registration, reason, monitor, joined = None, None, None, None
         try:
             client = client or ExporterClient(environ=env)
             address = str(client.address)
@@ -172,10 +183,19 @@ class Run:
                 reason = _one_line(str(error))
                 warn(f"not tracking {experiment!r}: {reason}")
             else:
-                run_id = run_id or uuid.uuid4().hex
-                monitor, reason = _standalone(
-                    experiment, set, text_labels, pid, run_id, logdir, standalone, _one_line(str(error))
-                )
+                joined = joinable
+                if joined is None:
+                    run_id = run_id or uuid.uuid4().hex
+                    monitor, reason = _standalone(
+                        experiment, set, text_labels, pid, run_id, logdir, standalone, _one_line(str(error))
+                    )
+                else:
+                    log.info(
+                        "joining run %s of %r, measured standalone into %s",
+                        run_id,
+                        joined.record.get("experiment"),
+                        joined.run_dir,
+                    )
         except ImpactTrackerError as error:
             if strict:
                 raise
@@ -196,7 +216,8 @@ class Run:
             command=command,
             environ=env,
             monitor=monitor,
-            run_id=run_id if monitor else None,
+            run_id=run_id if monitor or joined else None,
+            joined=joined,
         )
         if monitor is not None and logdir is None:
             run._temporary_dir = monitor.run_dir
@@ -211,7 +232,7 @@ class Run:
     @property
     def tracked(self) -> bool:
         """Whether the run is measured: by the exporter, or by a standalone monitor when no exporter answered."""
-        return self._registration is not None or self._monitor is not None
+        return self._registration is not None or self._monitor is not None or self._joined is not None
 
     @property
     def run_id(self) -> str | None:
@@ -219,6 +240,12 @@ class Run:
         if self._registration:
             return self._registration.run["run_id"]
         return self._standalone_run_id
+
+    @property
+    def standalone_run_dir(self) -> Path | None:
+        """The directory a standalone monitor started by this process writes the run's samples into; None when an
+        exporter measures the run, when it is untracked or joined."""
+        return self._monitor.run_dir if self._monitor is not None else None
 
     @property
     def created(self) -> bool:
@@ -230,6 +257,8 @@ class Run:
         """What measures the run: "impact-exporter", or the standalone monitor and its sources; None untracked."""
         if self._monitor is not None:
             return self._monitor.measured_by
+        if self._joined is not None:
+            return self._joined.measured_by
         return MEASURED_BY_EXPORTER if self._registration is not None else None
 
     def info(self) -> dict[str, Any]:
@@ -241,6 +270,8 @@ class Run:
         """
         if self._monitor is not None:
             return self._monitor.latest()
+        if self._joined is not None:
+            return self._joined.latest()
         if self._client is None or self.run_id is None:
             raise RunNotTracked(self.experiment, self.untracked_reason or "it was never registered")
         try:
@@ -304,6 +335,12 @@ class Run:
             except ImpactTrackerError as error:
                 failure = error
                 warn(f"cannot stop the standalone measurement of {self.experiment!r}: {_one_line(str(error))}")
+        elif self._joined is not None:  # the process that started the run stops it
+            try:
+                self.final = self._joined.latest()
+            except ImpactTrackerError as error:
+                failure = error
+                warn(f"cannot read run {self.run_id} of {self.experiment!r}: {_one_line(str(error))}")
         elif self._client is not None and self.run_id is not None:
             try:
                 self._send_work()  # before the stop: a finished run counts no more work
@@ -511,7 +548,7 @@ def _register(
                 raise error from None
             raise
         process = pid if pid is not None else os.getpid()
-        if existing.get("status") != "active" or not _measured_by(process, existing.get("pids") or []):
+        if existing.get("status") != "active" or not measured_by_roots(process, existing.get("pids") or []):
             raise
         log.info(
             "process %d is already measured by run %s of %r (its root or a descendant of it); using that run",
@@ -541,7 +578,7 @@ def _standalone(
     measured and what the monitor noted (RAPL unreadable: estimated); (None, why) with a warning when it cannot
     measure."""
     run_dir = Path(logdir) if logdir is not None else Path(tempfile.mkdtemp(prefix="impact-run-"))
-    (run_dir / SAMPLES_CSV).write_text("metric,instance,component,timestamp,value\n")  # OSError here, not later
+    (run_dir / SAMPLES_CSV).write_text(SAMPLES_HEADER)  # OSError here, not later
     description = {"run_id": run_id, "experiment": experiment, "set": set or "", "labels": dict(labels)}
     try:
         monitor = StandaloneMonitor.start(
@@ -573,18 +610,6 @@ def _grafana_annotator(environ: Mapping[str, str]) -> GrafanaAnnotator | None:
     except GrafanaError as error:
         warn(str(error))
         return None
-
-
-def _measured_by(pid: int, roots: list[int]) -> bool:
-    """Whether ``pid`` is one of ``roots`` or descends from one (the exporter measures roots' descendants)."""
-    import psutil
-
-    if pid in roots:
-        return True
-    try:
-        return any(parent.pid in roots for parent in psutil.Process(pid).parents())
-    except psutil.Error:
-        return False
 
 
 def _user_name() -> str:

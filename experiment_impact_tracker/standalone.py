@@ -8,6 +8,11 @@ appends the run's counters to ``samples.csv`` in the run directory. Its figures 
 
 A monitor that dies (killed, out of memory) is a ``MeasurementFailed`` at the next ``latest``; what it measured
 until then stays in samples.csv.
+
+``impact-run`` exports its standalone run's directory to the command as ``$IMPACT_RUN_DIR`` (with its id as
+``$IMPACT_RUN_ID``), so a ``track_run`` or ``ImpactTracker`` inside the command joins that run (``JoinedRun``)
+rather than start a second monitor for the same processes: as a run joins through ``$IMPACT_RUN_ID`` when an
+exporter measures it.
 """
 
 from __future__ import annotations
@@ -18,14 +23,23 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from experiment_impact_tracker.errors import MeasurementFailed
+from experiment_impact_tracker.rundir import CPU_SECONDS, ENERGY, GPU_SECONDS, RUN_JSON, SAMPLES_CSV
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
+READ_EVERY_SECONDS = 0.01
+"""How often ``latest`` reads the monitor's pipe at most: a training loop may ask at every step (the original's
+README does), and the figures change once a sample interval (0.1 s at the least)."""
+RUN_DIR_ENV = "IMPACT_RUN_DIR"
+"""The directory of the standalone run that ``$IMPACT_RUN_ID`` names (impact-run exports both to its command)."""
+TAIL_BYTES = 8192
+"""How much of the end of samples.csv a joined run reads for its latest figures (a sample is a few rows)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class StandaloneMonitor:
         self._final: dict[str, Any] | None = None
         self._buffer = rest
         self._gone = False
+        self._next_read = 0.0
         self._out = process.stdout.fileno() if process.stdout else -1
 
     @classmethod
@@ -106,7 +121,10 @@ class StandaloneMonitor:
         MeasurementFailed when the monitor is gone."""
         if self._final is not None:
             return self._final
-        self._drain()
+        now = time.monotonic()
+        if now >= self._next_read:
+            self._drain()
+            self._next_read = now + READ_EVERY_SECONDS
         if self._gone:
             raise MeasurementFailed(
                 f"the standalone monitor (pid {self.pid}) stopped measuring the run: it was killed or failed; "
@@ -155,6 +173,100 @@ class StandaloneMonitor:
                 self._latest = event["run"]
             if event.get("event") == "final":
                 self._final = event["run"]
+
+
+class JoinedRun:
+    """A standalone run this process joined (impact-run's, named by ``$IMPACT_RUN_DIR`` and ``$IMPACT_RUN_ID``): the
+    monitor that measures it belongs to the process that started it, so its figures are read from the run's
+    directory (the last sample's rows of samples.csv, run.json's end)."""
+
+    def __init__(self, run_dir: Path, record: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.record = record
+        self.measured_by: str = record.get("measured_by") or "standalone"
+        self._latest: dict[str, Any] = {}
+        self._size = -1
+
+    @classmethod
+    def find(cls, environ: Mapping[str, str], run_id: str | None, pid: int) -> JoinedRun | None:
+        """The active standalone run of ``$IMPACT_RUN_DIR`` when it is ``run_id`` and measures ``pid`` (its root or a
+        descendant of its root); None otherwise (no such run: the caller measures its own)."""
+        directory = environ.get(RUN_DIR_ENV)
+        if not directory or not run_id:
+            return None
+        try:
+            record = json.loads((Path(directory) / RUN_JSON).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("run_id") != run_id or record.get("end_time") is not None:
+            return None
+        root = record.get("pid")
+        if not isinstance(root, int) or not measured_by_roots(pid, [root]):
+            return None
+        return cls(Path(directory), record)
+
+    def latest(self) -> dict[str, Any]:
+        """The run's figures as of the monitor's latest sample, in the shape of the exporter API's run object
+        (``status`` "finished" once run.json has its end); MeasurementFailed when its files cannot be read."""
+        try:
+            size = (self.run_dir / SAMPLES_CSV).stat().st_size
+            if size != self._size:
+                self._latest = last_sample(_tail(self.run_dir / SAMPLES_CSV, TAIL_BYTES))
+                self._size = size
+                self.record = json.loads((self.run_dir / RUN_JSON).read_text())
+        except (OSError, ValueError) as error:
+            raise MeasurementFailed(
+                f"cannot read the figures of run {self.record.get('run_id')} in {self.run_dir}: {error}"
+            ) from error
+        finished = self.record.get("end_time") is not None
+        return {
+            "run_id": self.record.get("run_id"),
+            "experiment": self.record.get("experiment"),
+            "set": self.record.get("set", ""),
+            "labels": self.record.get("labels", {}),
+            "status": "finished" if finished else "active",
+            "start_time": self.record.get("start_time"),
+            "end_time": self.record.get("end_time"),
+            "sources_up": {},
+            **self._latest,
+        }
+
+
+def last_sample(text: str) -> dict[str, Any]:
+    """The figures of the last complete sample in the end of a samples.csv (``metric,instance,component,timestamp,
+    value`` rows): energy_joules by component, cpu_seconds, gpu_seconds and last_sample_time."""
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # the last may be half written
+    rows = [line.split(",") for line in lines if line.count(",") == 4 and not line.startswith("metric,")]
+    if not rows:
+        return {"energy_joules": {}, "cpu_seconds": 0.0, "gpu_seconds": 0.0, "last_sample_time": None}
+    last = rows[-1][3]
+    sample = [row for row in rows if row[3] == last]
+    energy = {component: float(value) for metric, _, component, _, value in sample if metric == ENERGY}
+    figures = {metric: float(value) for metric, _, _, _, value in sample if metric != ENERGY}
+    return {
+        "energy_joules": energy,
+        "cpu_seconds": figures.get(CPU_SECONDS, 0.0),
+        "gpu_seconds": figures.get(GPU_SECONDS, 0.0),
+        "last_sample_time": float(last),
+    }
+
+
+def _tail(path: Path, size: int) -> str:
+    with path.open("rb") as file:
+        file.seek(max(0, file.seek(0, os.SEEK_END) - size))
+        return file.read().decode("utf-8", "replace")
+
+
+def measured_by_roots(pid: int, roots: Collection[int]) -> bool:
+    """Whether ``pid`` is one of ``roots`` or descends from one (a run measures its roots' descendants)."""
+    import psutil
+
+    if pid in roots:
+        return True
+    try:
+        return any(parent.pid in roots for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
 
 
 def _first_line(process: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:

@@ -30,6 +30,7 @@ from impact_exporter.run import (
     StoreUnavailable,
     TooManyRequests,
     UnknownRun,
+    run_object,
 )
 from impact_exporter.runs import RunRegistry
 from impact_exporter.sampler import Snapshot
@@ -285,27 +286,3 @@ class RunAPI:
     def render(self, run: Run) -> dict[str, Any]:
         """A run as the API shows it, with the freshness and health of the figures."""
         return run_object(run, self._snapshot())
-
-
-def run_object(run: Run, snapshot: Snapshot) -> dict[str, Any]:
-    """A run as the API shows it (docs/api.md), with the freshness and health of the figures as of ``snapshot``;
-    the standalone monitor (exporter/standalone.py) hands its run to the experiment in the same shape."""
-    return {
-        "run_id": run.run_id,
-        "experiment": run.experiment,
-        "set": run.set,
-        "labels": dict(run.labels),
-        "user": run.user,
-        "pids": list(run.pids),
-        "cgroup": run.cgroup,
-        "status": "active" if run.active else "finished",
-        "start_time": run.start_time,
-        "end_time": run.end_time,
-        "energy_joules": dict(run.energy_joules),
-        "cpu_seconds": run.cpu_seconds,
-        "gpu_seconds": run.gpu_seconds,
-        "work_units": dict(run.work_units),
-        "last_sample_time": snapshot.timestamp,
-        "sources_up": {name: status.up for name, status in snapshot.sources.items()},
-        "source_errors": {name: status.errors_total for name, status in snapshot.sources.items()},
-    }

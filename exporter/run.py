@@ -1,4 +1,6 @@
-"""The run model: what a run is, the request that starts one, and the errors a run request can meet.
+"""The run model: what a run is, the request that starts one, the errors a run request can meet, and a run settled
+from the ledger and shown as the API shows it (shared by the exporter and the standalone monitor, which imports only
+this light module, not the registry or the API).
 
 A run is a process group (one or more root PIDs and their descendants, see ProcessGroups in exporter/groups.py), or
 a cgroup (every process in it, exporter/cgroups.py), with descriptive labels. Runs are immutable: the registry
@@ -8,10 +10,14 @@ of figures.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from impact_exporter.ledger import RunTotals
+    from impact_exporter.sampler import Snapshot
 
 COMPONENT_DOMAINS: Mapping[str, str] = MappingProxyType({"cpu": "package", "dram": "dram", "gpu": "gpu"})
 """Per-run energy components and the RAPL domain each one is the attributed share of."""
@@ -124,3 +130,62 @@ class StartRequest:
     run_id: str | None = None
     cgroup: str | None = None  # a cgroup run (operators only), of the user ``uid`` (default: the caller)
     uid: int | None = None
+
+
+def settled_run(
+    run: Run,
+    totals: RunTotals | None,
+    measured: frozenset[str],
+    timestamp: float,
+    cgroup_gone: Callable[[Run, bool], bool] | None = None,
+) -> Run:
+    """The run with the ledger's totals as of the sample at ``timestamp``; ``measured``: the energy domains the node
+    measures. A process run ends when its processes are all gone, a cgroup run when ``cgroup_gone(run, populated)``
+    says its cgroup, having held processes, is gone. The registry and the standalone monitor
+    (exporter/standalone.py, which has no cgroup runs) both settle their runs with it."""
+    if totals is None or not totals.sampled:
+        return run
+    energy = {
+        component: totals.energy_joules.get(domain, 0.0)
+        for component, domain in COMPONENT_DOMAINS.items()
+        if domain in measured or domain in totals.energy_joules
+    }
+    populated = run.cgroup_populated or (run.cgroup is not None and totals.processes > 0)
+    if run.cgroup is None:
+        ended = totals.processes == 0
+    else:
+        ended = cgroup_gone is not None and cgroup_gone(run, populated)
+    return replace(
+        run,
+        energy_joules=energy,
+        cpu_seconds=totals.cpu_seconds,
+        gpu_seconds=totals.gpu_seconds,
+        last_seen=run.last_seen if ended else timestamp,
+        end_time=(run.last_seen or timestamp) if ended else None,
+        cgroup_populated=populated,
+    )
+
+
+def run_object(run: Run, snapshot: Snapshot) -> dict[str, Any]:
+    """A run as the API shows it (docs/api.md), with the freshness and health of the figures as of ``snapshot``: the
+    API renders runs with it, and the standalone monitor (exporter/standalone.py) hands its run to the experiment in
+    the same shape."""
+    return {
+        "run_id": run.run_id,
+        "experiment": run.experiment,
+        "set": run.set,
+        "labels": dict(run.labels),
+        "user": run.user,
+        "pids": list(run.pids),
+        "cgroup": run.cgroup,
+        "status": "active" if run.active else "finished",
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "energy_joules": dict(run.energy_joules),
+        "cpu_seconds": run.cpu_seconds,
+        "gpu_seconds": run.gpu_seconds,
+        "work_units": dict(run.work_units),
+        "last_sample_time": snapshot.timestamp,
+        "sources_up": {name: status.up for name, status in snapshot.sources.items()},
+        "source_errors": {name: status.errors_total for name, status in snapshot.sources.items()},
+    }

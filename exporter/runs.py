@@ -24,7 +24,7 @@ from impact_exporter.cgroups import Cgroup, CgroupFS, cgroup_holding, member_roo
 from impact_exporter.groups import ProcessGroups, ProcKey
 from impact_exporter.holders import holding_run
 from impact_exporter.kubernetes import kubernetes_labels
-from impact_exporter.ledger import Ledger, RunTotals
+from impact_exporter.ledger import Ledger
 from impact_exporter.limits import DEFAULT_LIMITS, Limits, RegistrationRate, broken_label_limit, flag
 from impact_exporter.run import (
     COMPONENT_DOMAINS,
@@ -40,6 +40,7 @@ from impact_exporter.run import (
     StoreUnavailable,
     TooManyRequests,
     UnknownRun,
+    settled_run,
 )
 from impact_exporter.scheduling import Pause, no_pause
 from impact_exporter.sources import SourceError
@@ -503,7 +504,10 @@ class RunRegistry:
             changed = []
             for run in [run for run in self._runs.values() if run.active]:
                 self._pause()
-                changed.append(settled_run(run, totals.get(run.key), measured, timestamp, self._cgroup_gone))
+                settled = settled_run(run, totals.get(run.key), measured, timestamp, self._cgroup_gone)
+                if not settled.active:
+                    log.info("run %s ended: its %s gone", run.run_id, "cgroup is" if run.cgroup else "processes are")
+                changed.append(settled)
             for run in changed:
                 self._runs[run.key] = run
                 if not run.active:
@@ -610,42 +614,6 @@ class RunRegistry:
         return StoreUnavailable(
             f"cannot store the run in {self._store.path}: {error}; free space there or choose another --state-dir"
         )
-
-
-def settled_run(
-    run: Run,
-    totals: RunTotals | None,
-    measured: frozenset[str],
-    timestamp: float,
-    cgroup_gone: Callable[[Run, bool], bool] | None = None,
-) -> Run:
-    """The run with the ledger's totals as of the sample at ``timestamp``; ``measured``: the energy domains the node
-    measures. A process run ends when its processes are all gone, a cgroup run when ``cgroup_gone(run, populated)``
-    says its cgroup, having held processes, is gone. The registry and the standalone monitor
-    (exporter/standalone.py, which has no cgroup runs) both settle their runs with it."""
-    if totals is None or not totals.sampled:
-        return run
-    energy = {
-        component: totals.energy_joules.get(domain, 0.0)
-        for component, domain in COMPONENT_DOMAINS.items()
-        if domain in measured or domain in totals.energy_joules
-    }
-    populated = run.cgroup_populated or (run.cgroup is not None and totals.processes > 0)
-    if run.cgroup is None:
-        ended = totals.processes == 0
-    else:
-        ended = cgroup_gone is not None and cgroup_gone(run, populated)
-    if ended:
-        log.info("run %s ended: its %s gone", run.run_id, "processes are" if run.cgroup is None else "cgroup is")
-    return replace(
-        run,
-        energy_joules=energy,
-        cpu_seconds=totals.cpu_seconds,
-        gpu_seconds=totals.gpu_seconds,
-        last_seen=run.last_seen if ended else timestamp,
-        end_time=(run.last_seen or timestamp) if ended else None,
-        cgroup_populated=populated,
-    )
 
 
 def already_finished(run_id: str) -> str:

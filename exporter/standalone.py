@@ -40,14 +40,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from experiment_impact_tracker.extras import require_extra
-from experiment_impact_tracker.rundir import RUN_JSON, read_run_dir, write_json_atomic
-from impact_exporter import __version__
-from impact_exporter.api import run_object
+from experiment_impact_tracker.rundir import (
+    CPU_SECONDS,
+    ENERGY,
+    GPU_SECONDS,
+    RUN_JSON,
+    SAMPLES_CSV,
+    read_run_dir,
+    write_json_atomic,
+)
 from impact_exporter.host import HostInfo, read_host_info
 from impact_exporter.ledger import Ledger
-from impact_exporter.run import ProcessRef, Run, RunKey
-from impact_exporter.runs import settled_run
+from impact_exporter.run import ProcessRef, Run, RunKey, run_object, settled_run
 from impact_exporter.sampler import GPU, Sampler, Snapshot
 from impact_exporter.sources import SourceError
 from impact_exporter.sources.opening import CPU_SOURCES, GPU_SOURCES, open_cpu_energy, open_gpus
@@ -55,11 +59,6 @@ from impact_exporter.sources.procfs import ProcFS
 
 log = logging.getLogger("impact_exporter")
 
-SAMPLES_CSV = "samples.csv"
-SAMPLES_HEADER = "metric,instance,component,timestamp,value\n"
-ENERGY = "impact_run_energy_joules_total"
-CPU_SECONDS = "impact_run_cpu_seconds_total"
-GPU_SECONDS = "impact_run_gpu_seconds_total"
 EXIT_FAILED = 1
 
 
@@ -231,10 +230,13 @@ class Monitor:
 def serve_metrics(monitor: Monitor, address: str) -> None:
     """Serve the run's /metrics on ``[HOST]:PORT`` from a thread: the exporter's collector over the monitor's
     snapshot and run, so a Prometheus scrapes it as it would an exporter."""
+    from experiment_impact_tracker.extras import require_extra
+
     require_extra("the standalone monitor's /metrics", "exporter", ["prometheus_client"])
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
+    from impact_exporter import __version__
     from impact_exporter.cli import parse_listen_address
     from impact_exporter.collector import ImpactCollector
 
@@ -243,7 +245,10 @@ def serve_metrics(monitor: Monitor, address: str) -> None:
     registry.register(
         ImpactCollector(lambda: monitor.sampler.snapshot, monitor.host, __version__, lambda: [monitor.run])
     )
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise ValueError(f"cannot serve /metrics on {address}: {error.strerror or error}") from error
 
 
 def detach() -> None:
@@ -261,7 +266,8 @@ class Commands:
         self._buffer = b""
 
     def wait(self, timeout: float) -> str | None:
-        """ "stop" (a stop line, or the input's end), or None when ``timeout`` passed with nothing to do."""
+        """ "stop" (a stop line), "eof" (the input's end: the experiment is gone), or None when ``timeout`` passed
+        with nothing to do."""
         ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
         if not ready:
             return None

@@ -15,6 +15,17 @@ from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, Victoria
 NODE_EXPORTER_POWERCAP = REPO_ROOT / "tests" / "fixtures" / "powercap-node_exporter"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``$XDG_CACHE_HOME`` for the session and the processes it starts: py-cpuinfo's per-boot cache
+    (experiment_impact_tracker/cpu/common.py) is written there, not in the user's ~/.cache, so tests read no file
+    outside the checkout (a stale cache could hide a bug) and leave none behind."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A real Prometheus on a loopback port, shared by every integration test."""

@@ -49,7 +49,8 @@ class Venv:
     base: frozenset[str] = frozenset()
     """The distributions the base install (no extras) put into the venv."""
     base_help: tuple[tuple[str, subprocess.CompletedProcess[str]], ...] = ()
-    """What each command of an extra answered to ``--help`` with the base install, after its extra's name."""
+    """What each command of an extra answered to ``--help`` with the base install, and ``impact-run
+    --web.listen-address`` (the standalone monitor's /metrics is the exporter's collector), after the extra's name."""
 
     @property
     def python(self) -> Path:
@@ -121,7 +122,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     workdir.mkdir()
     environment = Venv(tmp / "venv", wheel, workdir)
     environment.pip_install(str(wheel))
-    return replace(environment, base=frozenset(environment.distributions()), base_help=extra_commands_help(environment))
+    return replace(
+        environment,
+        base=frozenset(environment.distributions()),
+        base_help=(*extra_commands_help(environment), listen_without_the_exporter(environment)),
+    )
 
 
 EXTRA_SCRIPTS = {
@@ -139,6 +144,14 @@ def extra_commands_help(venv: Venv) -> tuple[tuple[str, subprocess.CompletedProc
         answers += [(extra, venv.run(venv.root / "bin" / script, "--help")) for script in scripts]
         answers.append((extra, venv.run(venv.python, "-m", EXTRA_MODULES[extra], "--help")))
     return tuple(answers)
+
+
+def listen_without_the_exporter(venv: Venv) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """What ``impact-run --web.listen-address`` answers without ``[exporter]``: it must not start the command."""
+    marker = venv.workdir / "ran"
+    return "exporter", venv.run(
+        venv.root / "bin" / "impact-run", "--experiment=x", "--web.listen-address=127.0.0.1:9", "--", "touch", marker
+    )
 
 
 @dataclass(frozen=True)
@@ -184,11 +197,14 @@ def test_the_base_install_leaves_out_the_reporters_dependencies(venv: Venv) -> N
 
 
 def test_without_its_extra_a_command_names_the_extra_to_install(venv: Venv) -> None:
-    assert len(venv.base_help) == 5
+    assert len(venv.base_help) == 7  # 6 commands of extras (4 scripts, 2 modules) and impact-run --web.listen-address
     for extra, result in venv.base_help:
         assert result.returncode == 3, (result.args, result.stderr)
         assert f"pip install 'experiment-impact-tracker[{extra}]'" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
+    listen = venv.base_help[-1][1]
+    assert listen.stderr.startswith("impact-run --web.listen-address: needs prometheus_client"), listen.stderr
+    assert not (venv.workdir / "ran").exists(), "the command does not run"
 
 
 def test_the_client_imports_nothing_heavy(venv: Venv) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from experiment_impact_tracker.cpu.common import (
     CPUAttributeAssertionError,
     assert_cpus_by_attributes,
+    cached_cpu_info,
     cpu_info,
+    cpu_info_cache_file,
     cpu_summary,
 )
 
@@ -85,3 +89,40 @@ def test_the_original_exceptions_module_names_the_same_class() -> None:
 
     with pytest.raises(Original, match=r"brand_raw \(asked as 'brand'\): expected 'AMD'"):
         assert_cpus_by_attributes({"brand": "AMD"}, info=XEON)
+
+
+def test_py_cpuinfo_s_answer_is_kept_per_boot_in_the_user_s_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cpuinfo
+
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("0b6d2c3e-1f0a\n")
+    path = cpu_info_cache_file({"XDG_CACHE_HOME": str(tmp_path / "cache")}, boot_id)
+    assert path == tmp_path / "cache" / "experiment-impact-tracker" / "cpuinfo-0b6d2c3e-1f0a.json"
+    assert cpu_info_cache_file({"XDG_CACHE_HOME": str(tmp_path)}, tmp_path / "no-boot-id") is None
+
+    asked = []
+    answer = {**XEON, "cpuinfo_version_string": cpuinfo.CPUINFO_VERSION_STRING}
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: asked.append(1) or dict(answer))
+    past_boot = path.with_name("cpuinfo-past-boot.json")
+    path.parent.mkdir(parents=True)
+    past_boot.write_text("{}")
+    os.utime(past_boot, (time.time() - 31 * 86400,) * 2)
+    other_node = path.with_name("cpuinfo-other-node.json")
+    other_node.write_text("{}")
+
+    assert cached_cpu_info(path) == answer and len(asked) == 1
+    assert cached_cpu_info(path) == answer and len(asked) == 1, "the second process of the boot reads the file"
+    assert not past_boot.exists() and other_node.exists(), "only boots a month gone are removed"
+
+    path.write_text(json.dumps({**answer, "cpuinfo_version_string": "8.0.0", "brand_raw": "stale"}))
+    assert cached_cpu_info(path) == answer and len(asked) == 2, "another py-cpuinfo version asks again"
+    path.write_text('{"brand_raw": ')
+    assert cached_cpu_info(path) == answer and len(asked) == 3, "a damaged file is replaced"
+    assert json.loads(path.read_text()) == answer
+
+    unwritable = tmp_path / "a-file" / "cpuinfo-x.json"
+    unwritable.parent.write_text("")
+    assert cached_cpu_info(unwritable) == answer and len(asked) == 4, "an unwritable cache costs only the time"
+    assert cached_cpu_info(None) == answer

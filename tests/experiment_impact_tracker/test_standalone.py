@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,7 @@ from impact_reporter.energy import counter_total
 from impact_reporter.runs import load_run_dirs
 from tests.fakes.powercap import FakePowercap
 from tests.reporter.papers import pdf_text
-from tests.servers import REPO_ROOT, free_port, require_binary, wait_for
+from tests.servers import REPO_ROOT, PrometheusServer, free_port, require_binary, wait_for
 
 NVML_MODULE = REPO_ROOT / "tests" / "fakes" / "nvml_module"
 
@@ -173,6 +174,20 @@ def test_a_careless_user_rapl_unreadable_and_a_logdir_that_holds_a_run(
     assert read_run_dir(tmp_path / "run" / "previous" / first.run_id)["experiment"] == "first"
     assert component_joules(tmp_path / "run" / "previous" / first.run_id)["cpu"] >= 0
 
+    caplog.clear()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        busy_port = StandaloneOptions(sysfs=str(tmp_path / "no-powercap"), listen_address=address)
+        with track_run("third", standalone=busy_port) as third:
+            pass
+    assert not third.tracked
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.endswith(
+        f"and the standalone monitor cannot measure: cannot serve /metrics on {address}: Address already in use"
+    )
+
 
 MYAPP = """
     # experiment-impact-tracker's tests/scripts/myapp.py, with numpy for torch: a two-layer network's steps, the
@@ -229,3 +244,84 @@ def test_the_original_s_tracked_script_and_abrupt_stop(tmp_path: Path) -> None:
         "the experiment's process that started the monitor is gone",
     )
     assert component_joules(tmp_path / "exp2")["cpu"] > 0
+
+
+NESTED = """
+    # Code that marks its own runs, started by impact-run with no exporter: both join impact-run's standalone run.
+    import json, sys
+    from experiment_impact_tracker import track_run
+    from experiment_impact_tracker.compute_tracker import ImpactTracker
+
+    with track_run("inner", logdir=sys.argv[1]) as run:
+        while not (run.info()["last_sample_time"] and run.info()["cpu_seconds"] > 0):
+            sum(range(10_000))
+        seen = run.info()
+    tracker = ImpactTracker(sys.argv[2])  # the very directory impact-run writes
+    tracker.launch_impact_monitor()
+    checked = tracker.get_latest_info_and_check_for_errors()
+    tracker.stop()
+    print(json.dumps({"run_id": run.run_id, "created": run.created, "measured_by": run.measured_by, "seen": seen,
+                      "tracker_run_id": tracker.run.run_id, "tracker_created": tracker.run.created,
+                      "checked": checked}))
+"""
+
+
+def test_runs_marked_inside_impact_run_join_its_standalone_run_rather_than_start_a_second_monitor(
+    tmp_path: Path,
+) -> None:
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "impact-run"), "--experiment=outer", f"--logdir={outer}"]
+        + [f"--path.sysfs={tmp_path / 'no-powercap'}", "--sample-interval=0.1", "--"]
+        + [sys.executable, "-c", textwrap.dedent(NESTED), str(inner), str(outer)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=no_exporter(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("measured without it") == 1, "one monitor, impact-run's: " + result.stderr
+    report = json.loads(result.stdout)
+    record = read_run_dir(outer)
+    assert report["run_id"] == report["tracker_run_id"] == record["run_id"]
+    assert not report["created"] and not report["tracker_created"]
+    assert report["measured_by"] == record["measured_by"] == "standalone (estimate)"
+    assert report["seen"]["status"] == "active" and report["seen"]["cpu_seconds"] > 0
+    assert report["seen"]["energy_joules"]["cpu"] >= 0 and report["checked"]["status"] == "active"
+
+    assert record["experiment"] == "outer" and record["end_time"] is not None, "the outer run.json, finished"
+    assert not (outer / "previous").exists(), "joining the run in its own directory sets nothing aside"
+    assert read_run_dir(inner)["joined"] and not (inner / "samples.csv").exists()
+    assert read_run_dir(inner)["run_id"] == record["run_id"]
+    assert component_joules(outer)["cpu"] >= report["seen"]["energy_joules"]["cpu"]
+
+
+def test_a_prometheus_scraping_the_standalone_run_stores_the_energy_its_samples_csv_ends_with(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    powercap = FakePowercap.intel_two_socket(tmp_path / "sys")
+    address = f"127.0.0.1:{free_port()}"
+    options = StandaloneOptions(sample_interval_seconds=0.1, sysfs=str(powercap.sysfs), listen_address=address)
+    client = ExporterClient(f"unix://{tmp_path}/no-exporter.sock")
+    with track_run("scraped", logdir=tmp_path / "run", client=client, standalone=options) as run:
+        selector = f'impact_run_energy_joules_total{{run_id="{run.run_id}",component="cpu"}}'
+        prometheus.add_target(address)
+        try:
+            for _ in range(10):  # 100 J on the package while this process works; then the counters stand still
+                powercap.advance("intel-rapl:0", 10.0)
+                sum(range(300_000))
+
+            def scraped_the_latest() -> float | None:
+                latest = run.info()["energy_joules"]["cpu"]
+                stored = prometheus.query(selector)
+                return latest if latest > 0 and stored and float(stored[0]["value"][1]) == latest else None
+
+            wait_for(scraped_the_latest, 30, "a scrape of the run's latest energy")
+            scraped = float(prometheus.query(selector)[0]["value"][1])
+        finally:
+            prometheus.remove_target(address)
+    rows = [line.split(",") for line in (tmp_path / "run" / "samples.csv").read_text().splitlines()]
+    final = [float(row[4]) for row in rows if row[0] == "impact_run_energy_joules_total" and row[2] == "cpu"][-1]
+    assert 0 < scraped <= 100.0
+    assert scraped == final == run.final["energy_joules"]["cpu"], "Prometheus holds what samples.csv ends with"
