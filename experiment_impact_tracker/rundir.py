@@ -31,6 +31,10 @@ SAMPLES_HEADER = "metric,instance,component,timestamp,value\n"
 ENERGY = "impact_run_energy_joules_total"
 CPU_SECONDS = "impact_run_cpu_seconds_total"
 GPU_SECONDS = "impact_run_gpu_seconds_total"
+WORK_UNITS_TOTAL = "impact_run_work_units_total"
+WORK_JSONL = "work.jsonl"
+"""Units of work a standalone run's processes reported (``run.add_work``), one JSON object a line, appended by any
+of them; its monitor adds them to the run at its next sample (exporter/standalone.py)."""
 """The series samples.csv holds (those of the exporter's per-run metrics, docs/metrics.md)."""
 PREVIOUS = "previous"
 FORMAT_VERSION = 1
@@ -45,6 +49,16 @@ def describe_hardware(nvml: Any = None) -> dict[str, Any]:
     from experiment_impact_tracker.gpu.nvidia import gpus_or_none
 
     return {"cpu": cpu_summary(), "gpus": gpus_or_none(nvml)}
+
+
+def append_work(run_dir: Path, units: Mapping[str, int]) -> None:
+    """Append units of work to a standalone run's WORK_JSONL: one short write in append mode, so the lines of
+    several processes of the run never interleave; OSError when the run directory cannot be written."""
+    fd = os.open(run_dir / WORK_JSONL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(dict(units)) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

@@ -51,6 +51,8 @@ from experiment_impact_tracker.grafana import GrafanaAnnotator, GrafanaError, ru
 from experiment_impact_tracker.rundir import (
     SAMPLES_CSV,
     SAMPLES_HEADER,
+    WORK_JSONL,
+    append_work,
     describe_hardware,
     prometheus_url,
     set_aside_previous_run,
@@ -299,11 +301,20 @@ class Run:
             self._send_work()
 
     def _send_work(self) -> None:
-        """Send the work counted since the last report; kept for the next try when the exporter cannot be reached."""
+        """Send the work counted since the last report: to the exporter, or, for a run measured standalone (its own
+        or impact-run's that it joined), into the run directory's work file, which its monitor reads at every
+        sample; kept for the next try when the exporter cannot be reached."""
         self._work_sent_at = time.monotonic()
-        if not self._unsent_work or self._client is None or self.run_id is None:
+        standalone = self._monitor if self._monitor is not None else self._joined
+        if not self._unsent_work or self.run_id is None or (self._client is None and standalone is None):
             return
         unsent, self._unsent_work = self._unsent_work, {}
+        if standalone is not None:
+            try:
+                append_work(standalone.run_dir, unsent)
+            except OSError as error:
+                self._work_failed(ImpactTrackerError(f"cannot write {standalone.run_dir / WORK_JSONL}: {error}"))
+            return
         try:
             self._client.add_work(self.run_id, unsent)
         except ExporterUnavailable as error:
@@ -329,6 +340,11 @@ class Run:
             return self.final
         self._stopped = True
         failure: ImpactTrackerError | None = None
+        if self._monitor is not None or self._joined is not None:
+            try:
+                self._send_work()  # into the work file before the monitor's last sample
+            except ImpactTrackerError as error:  # strict: raised once the run is stopped and run.json written
+                failure = error
         if self._monitor is not None:
             try:
                 self.final = self._monitor.stop()

@@ -46,12 +46,14 @@ from experiment_impact_tracker.rundir import (
     GPU_SECONDS,
     RUN_JSON,
     SAMPLES_CSV,
+    WORK_JSONL,
+    WORK_UNITS_TOTAL,
     read_run_dir,
     write_json_atomic,
 )
 from impact_exporter.host import HostInfo, read_host_info
 from impact_exporter.ledger import Ledger
-from impact_exporter.run import ProcessRef, Run, RunKey, run_object, settled_run
+from impact_exporter.run import MAX_WORK_UNITS, WORK_UNITS, ProcessRef, Run, RunKey, run_object, settled_run
 from impact_exporter.sampler import GPU, Sampler, Snapshot
 from impact_exporter.sources import SourceError
 from impact_exporter.sources.opening import CPU_SOURCES, GPU_SOURCES, open_cpu_energy, open_gpus
@@ -96,7 +98,56 @@ def sample_rows(run: Run, instance: str, timestamp: float) -> str:
     rows.append(f"{CPU_SECONDS},{instance},,{timestamp!r},{run.cpu_seconds!r}\n")
     if GPU in run.energy_joules:
         rows.append(f"{GPU_SECONDS},{instance},,{timestamp!r},{run.gpu_seconds!r}\n")
+    rows += [
+        f"{WORK_UNITS_TOTAL},{instance},{unit},{timestamp!r},{count!r}\n" for unit, count in run.work_units.items()
+    ]
     return "".join(rows)
+
+
+class WorkFile:
+    """The units of work a run's processes appended to its WORK_JSONL (``run.add_work``), read as they come.
+
+    A line that is not an object of known units with whole counts from 0 is left out with one warning: the file
+    is the run's own processes' (its owner's), and a bad line must not stop the measurement.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+        self._partial = b""
+        self._warned = False
+
+    def new_units(self) -> dict[str, int]:
+        """The units appended since the last call, summed per unit."""
+        try:
+            with open(self._path, "rb") as file:
+                file.seek(self._offset)
+                data = file.read()
+        except FileNotFoundError:
+            return {}
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        units: dict[str, int] = {}
+        for line in lines:
+            for unit, count in self._parsed(line).items():
+                units[unit] = units.get(unit, 0) + count
+        return units
+
+    def _parsed(self, line: bytes) -> dict[str, int]:
+        try:
+            reported = json.loads(line)
+        except ValueError:
+            reported = None
+        valid = isinstance(reported, dict) and all(
+            unit in WORK_UNITS and type(count) is int and 0 <= count <= MAX_WORK_UNITS
+            for unit, count in reported.items()
+        )
+        if valid:
+            return reported
+        if not self._warned:
+            self._warned = True
+            log.warning("%s: a line that is not units of work is left out: %.80r", self._path, line)
+        return {}
 
 
 def host_record(host: HostInfo, instance: str, gpus: Sequence[str]) -> dict[str, Any]:
@@ -171,6 +222,7 @@ class Monitor:
         if self.gpu is not None:
             self.methods["gpu"] = snapshot.gpu_energy_method or self.gpu.name
         self.measured_by = measured_by(sources)
+        self._work = WorkFile(settings.run_dir / WORK_JSONL)
         self._samples = os.open(settings.run_dir / SAMPLES_CSV, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._settle(snapshot)
 
@@ -192,6 +244,11 @@ class Monitor:
         return self._settle(self.sampler.sample_once())
 
     def _settle(self, snapshot: Snapshot) -> Run:
+        if units := self._work.new_units():
+            counted = dict(self.run.work_units)
+            for unit, count in units.items():
+                counted[unit] = min(counted.get(unit, 0) + count, MAX_WORK_UNITS)
+            self.run = replace(self.run, work_units=counted)
         if self.run.active:
             self.run = settled_run(
                 self.run, self.ledger.totals().get(self.key), self.ledger.measured(), snapshot.timestamp

@@ -39,11 +39,17 @@ def no_exporter(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**environment, "IMPACT_EXPORTER": f"unix://{tmp_path}/no-exporter.sock", **extra}
 
 
-def component_joules(run_dir: Path) -> dict[str, float]:
-    """Each component's energy as the reporter reads the run directory, with no Prometheus."""
+def component_joules(run_dir: Path, metric: str = "impact_run_energy_joules_total") -> dict[str, float]:
+    """Each component's energy (or another counter's total per component: units of work per unit) as the reporter
+    reads the run directory, with no Prometheus."""
     (run,) = load_run_dirs([run_dir], lambda url: pytest.fail("a standalone run must not need Prometheus"))
-    energy = run.samples[run.samples["metric"] == "impact_run_energy_joules_total"]
+    energy = run.samples[run.samples["metric"] == metric]
     return {component: counter_total(rows["value"].to_numpy()) for component, rows in energy.groupby("component")}
+
+
+def work_totals(run_dir: Path) -> dict[str, float]:
+    """The units of work the run's processes reported (run.add_work), as the reporter reads the run directory."""
+    return component_joules(run_dir, "impact_run_work_units_total")
 
 
 def test_impact_run_without_an_exporter_gives_the_run_its_true_energy_and_the_reports_say_how(tmp_path: Path) -> None:
@@ -256,6 +262,8 @@ NESTED = """
         while not (run.info()["last_sample_time"] and run.info()["cpu_seconds"] > 0):
             sum(range(10_000))
         seen = run.info()
+        for _ in range(5):
+            run.add_work(samples=64, steps=1)  # a joined run's work goes to impact-run's monitor
     tracker = ImpactTracker(sys.argv[2])  # the very directory impact-run writes
     tracker.launch_impact_monitor()
     checked = tracker.get_latest_info_and_check_for_errors()
@@ -295,6 +303,7 @@ def test_runs_marked_inside_impact_run_join_its_standalone_run_rather_than_start
     assert read_run_dir(inner)["joined"] and not (inner / "samples.csv").exists()
     assert read_run_dir(inner)["run_id"] == record["run_id"]
     assert component_joules(outer)["cpu"] >= report["seen"]["energy_joules"]["cpu"]
+    assert work_totals(outer) == {"samples": 320, "steps": 5}, "a joined run's work reaches impact-run's monitor"
 
 
 def test_a_prometheus_scraping_the_standalone_run_stores_the_energy_its_samples_csv_ends_with(
@@ -311,6 +320,7 @@ def test_a_prometheus_scraping_the_standalone_run_stores_the_energy_its_samples_
             for _ in range(10):  # 100 J on the package while this process works; then the counters stand still
                 powercap.advance("intel-rapl:0", 10.0)
                 sum(range(300_000))
+                run.add_work(samples=32)
 
             def scraped_the_latest() -> float | None:
                 latest = run.info()["energy_joules"]["cpu"]
@@ -325,3 +335,5 @@ def test_a_prometheus_scraping_the_standalone_run_stores_the_energy_its_samples_
     final = [float(row[4]) for row in rows if row[0] == "impact_run_energy_joules_total" and row[2] == "cpu"][-1]
     assert 0 < scraped <= 100.0
     assert scraped == final == run.final["energy_joules"]["cpu"], "Prometheus holds what samples.csv ends with"
+    assert work_totals(tmp_path / "run") == {"samples": 320}, "the work reported, through the run's own monitor"
+    assert run.final["work_units"] == {"samples": 320}
