@@ -99,6 +99,7 @@ def test_energy_measured_while_procfs_was_down_is_attributed_once_it_is_back(
     assert sampler.snapshot.unattributed_joules["package"] == pytest.approx(10.0, abs=1e-6)
 
 
+@pytest.mark.serial
 def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
     busy_loop = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
     child = subprocess.Popen([sys.executable, "-c", busy_loop])
