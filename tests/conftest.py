@@ -26,6 +26,15 @@ def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield cache
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of the ``monitored`` node are ``serial``: its fake hardware is driven by a thread of the test process,
+    which parallel workers busy on the same cores could starve (a step in which nothing moves reads as 0 W)."""
+    for item in items:
+        if "monitored" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A real Prometheus on a loopback port, shared by every integration test."""

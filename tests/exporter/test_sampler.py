@@ -107,6 +107,7 @@ def cpu_seconds_of(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+@pytest.mark.serial
 def test_group_totals_follow_a_real_busy_child(powercap: FakePowercap) -> None:
     """The group's CPU time between two samples is the child's, as the kernel counts it, bracketed by readings
     taken around each sample; the test waits for CPU time, not wall time, so a loaded machine only makes it slower."""

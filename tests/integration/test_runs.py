@@ -104,6 +104,7 @@ def children() -> Iterator[list[subprocess.Popen]]:
         child.wait()
 
 
+@pytest.mark.serial
 def test_two_concurrent_runs_split_energy_by_cpu_and_conserve_it(
     exporter: ExporterProcess, powercap: FakePowercap, children: list[subprocess.Popen]
 ) -> None:
@@ -329,6 +330,7 @@ def test_every_bad_request_gets_its_status_and_a_json_error_and_stores_nothing(
     assert exporter.process.poll() is None
 
 
+@pytest.mark.serial
 def test_stop_returns_totals_and_a_second_stop_is_harmless(
     exporter: ExporterProcess, children: list[subprocess.Popen]
 ) -> None:
@@ -348,6 +350,7 @@ def test_stop_returns_totals_and_a_second_stop_is_harmless(
     assert value(scrape, "impact_run_end_time_seconds", run_id=run["run_id"], user="root") == stopped["end_time"]
 
 
+@pytest.mark.serial
 def test_a_run_ends_by_itself_when_its_process_exits(
     exporter: ExporterProcess, children: list[subprocess.Popen]
 ) -> None:

@@ -137,6 +137,7 @@ def package_conserved(before: dict, after: dict, run_ids: list[str]) -> None:
     assert runs + rest == pytest.approx(measured, rel=1e-9)
 
 
+@pytest.mark.serial
 def test_forty_runs_of_one_busy_process_leave_another_users_energy_per_cpu_second_as_it_was(
     powered: FakePowercap, start_exporter: Callable[..., ExporterProcess], busy_as: Callable[[int], int]
 ) -> None:

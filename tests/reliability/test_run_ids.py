@@ -103,6 +103,7 @@ def run_series(exporter: ExporterProcess, run_id: str) -> dict[tuple[str, str], 
     }
 
 
+@pytest.mark.serial
 def test_a_squatted_run_id_does_not_stop_the_owners_launcher_and_each_run_keeps_its_own_energy(
     exporter: ExporterProcess, powercap: FakePowercap, processes: list[subprocess.Popen[bytes]]
 ) -> None:
