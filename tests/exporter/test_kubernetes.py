@@ -100,8 +100,9 @@ def test_a_store_from_before_placement_gains_the_column(tmp_path: Path) -> None:
         RunStore.SCHEMA.replace(",\n            placement TEXT NOT NULL DEFAULT '{}'", "")
         .replace(",\n            cgroup TEXT", "")
         .replace(",\n            cgroup_populated INTEGER NOT NULL DEFAULT 0", "")
+        .replace(",\n            work_units TEXT NOT NULL DEFAULT '{}'", "")
     )
-    assert "placement" not in old_schema and "cgroup" not in old_schema
+    assert "placement" not in old_schema and "cgroup" not in old_schema and "work_units" not in old_schema
     with sqlite3.connect(path) as db:
         db.execute(old_schema)
         db.execute(
@@ -110,4 +111,4 @@ def test_a_store_from_before_placement_gains_the_column(tmp_path: Path) -> None:
         )
     [run] = RunStore(path).load()
     assert (run.run_id, run.placement, run.energy_joules, run.cgroup) == ("old", {}, {"cpu": 5.0}, None)
-    assert not run.cgroup_populated
+    assert not run.cgroup_populated and run.work_units == {}
