@@ -12,8 +12,10 @@ member counted now. A vanished member is subtracted only when it died and its la
 children that fork and exit between two samples are counted once. A vanished member whose parent is outside the
 group, or that is alive but orphaned to init, keeps its time up to the previous sample; later time is not the
 group's. A process under two roots of one group is counted once. A group sampled with ``born_in`` (a cgroup run,
-exporter/cgroups.py) counts a new root's whole time when it started after the previous sample: born in the
-cgroup, it was the run's from its first tick.
+exporter/cgroups.py) counts a new root's whole time when it started after the previous sample, or, at the first
+sample after ``add_roots`` took the group's baseline (its run's registration), after that baseline: born in the
+cgroup, it was the run's from its first tick. Its roots are the members its cgroup holds, so a root that died has
+left them; it still gets its final total from its reaper, as below.
 
 A root is usually reaped by a parent outside the group (impact-run, a shell, a job launcher), whose cutime then
 holds the root's final total. So each live root's parent is read with each sample (and with ``add_roots``'s
@@ -24,7 +26,8 @@ equally (other children that parent reaped in that interval add to it).
 
 Limits: children of a member that ignores SIGCHLD are auto-reaped and their time is added to no one (their last
 counted time is subtracted anyway, and the interval clamped at 0); a root reaped by init or by a parent that
-ignores SIGCHLD loses its time after the last sample. Time before a group (or a root added to it) is first
+ignores SIGCHLD, or by one that exits itself before the next sample (a Slurm task's slurmstepd), loses its time
+after the last sample. Time before a group (or a root added to it) is first
 sampled is not the run's: that sample records only the baseline. Zombies are members until reaped;
 ``root_alive`` is False once every root is a zombie or gone.
 """
@@ -49,8 +52,8 @@ change without RSS when a process that shares its pages starts or exits: that is
 
 ProcKey = tuple[int, int]  # (pid, start_ticks)
 _Memory = tuple[int, float, int]  # a member's memory reading: (bytes, when read, RSS in pages then)
-_Baseline = tuple[str, dict[int, "int | None"], dict[ProcKey, "ProcStat"], dict[ProcKey, "ProcStat"]]
-# what add_roots queues: group id, roots' start times, members, roots' parents
+_Baseline = tuple[str, dict[int, "int | None"], dict[ProcKey, "ProcStat"], dict[ProcKey, "ProcStat"], "int | None"]
+# what add_roots queues: group id, roots' start times, members, roots' parents, clock ticks since boot then
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ class ProcessGroups:
         (A member that is a child subreaper adopting the orphans of a process outside the group is seen at the next
         full read: when a root is added, a group loses a member, or the PIDs wrap around.)
         """
-        known = self._children_lists_to_reuse(self._take_added_roots())
+        registered = self._take_added_roots()
+        known = self._children_lists_to_reuse(bool(registered))
         born_after, self._uptime_ticks = self._uptime_ticks, self._read_uptime_ticks() if born_in else None
         lists: dict[int, list[int]] = {}
         children = ChildLookup(self._procfs, self._files, lists, known)
@@ -169,15 +173,16 @@ class ProcessGroups:
                 lookup = ChildLookup(self._procfs, self._files, lists)
                 walk = self._walk_group(tuple(own), previous, lookup, foreign)
             walked[group_id] = walk
-        exited = self._exited_roots(walked)
+        exited = self._exited_roots(walked, born_in)
         parents: dict[int, ProcStat | None] = {}
         # Which group each member is in, where a process can be in a group and its parent in another (cgroup runs).
         holders = (
             {pid: group for group, walk in walked.items() for pid, _ in (*walk.members, *walk.fresh)} if owners else {}
         )
         for group_id, walk in walked.items():
-            if born_after is not None and group_id in born_in:
-                walk = _born_since(walk, born_after)
+            born_from = registered.get(group_id) if registered.get(group_id) is not None else born_after
+            if born_from is not None and group_id in born_in:
+                walk = _born_since(walk, born_from)
             usage[group_id], groups[group_id] = self._group_usage(
                 walk, self._groups.get(group_id), exited.get(group_id, {}), memory, parents, holders, group_id
             )
@@ -202,6 +207,7 @@ class ProcessGroups:
         roots (it forgets a group or root it is not given).
         """
         children = ChildLookup(self._procfs)
+        now = self._read_uptime_ticks()  # a cgroup run's processes born from now on are the run's from their start
         roots: dict[int, int | None] = {}
         fresh: dict[ProcKey, ProcStat] = {}
         for pid in root_pids:
@@ -210,7 +216,7 @@ class ProcessGroups:
             self._walk(pid, roots[pid], children, fresh, None)
         reapers = self._reapers(roots, fresh, {}, None)
         with self._added_lock:
-            self._added.append((group_id, roots, fresh, reapers))
+            self._added.append((group_id, roots, fresh, reapers, now))
 
     def _children_lists_to_reuse(self, roots_added: bool) -> Mapping[int, list[int]] | None:
         """The children lists of the previous sample that still hold, or None when every member's must be read.
@@ -238,20 +244,23 @@ class ProcessGroups:
                 parents.add(stat.ppid)
         return {pid: children for pid, children in lists.items() if pid not in parents}
 
-    def _take_added_roots(self) -> bool:
-        """Merge the baselines ``add_roots`` queued into the groups, for roots the groups do not have yet; True
-        when there were any."""
+    def _take_added_roots(self) -> dict[str, int | None]:
+        """Merge the baselines ``add_roots`` queued into the groups, for roots the groups do not have yet. Returns
+        every group id that had one, with the clock ticks since boot when the baseline of a group new then was
+        taken (else None): a cgroup run's processes born since were born in it, though no sample saw them yet."""
         with self._added_lock:
             added, self._added = self._added, []
-        for group_id, roots, baseline, reapers in added:
+        registered: dict[str, int | None] = {}
+        for group_id, roots, baseline, reapers, ticks in added:
             previous = self._groups.get(group_id)
+            registered.setdefault(group_id, ticks if previous is None else None)
             known = previous.roots if previous is not None else {}
             if previous is not None and all(pid in known for pid in roots):
                 continue
             members = {**baseline, **(previous.members if previous is not None else {})}
             kept = {**reapers, **(previous.reapers if previous is not None else {})}
             self._groups[group_id] = _Group({**roots, **known}, members, kept)
-        return bool(added)
+        return registered
 
     def _group_memory(self, members: Mapping[ProcKey, ProcStat], now: float, kept: dict[ProcKey, _Memory]) -> int:
         """The members' memory in bytes. A member's last reading is reused while it is younger than the maximum
@@ -379,9 +388,13 @@ class ProcessGroups:
                 reapers[root.key] = parent
         return reapers
 
-    def _exited_roots(self, walked: Mapping[str, _Walked]) -> dict[str, dict[ProcKey, ProcStat]]:
+    def _exited_roots(
+        self, walked: Mapping[str, _Walked], born_in: Collection[str] = ()
+    ) -> dict[str, dict[ProcKey, ProcStat]]:
         """Per group, its roots that died since the previous sample and whose parent has since reaped them, each
-        with its total CPU time replaced by its final one (see the module docstring).
+        with its total CPU time replaced by its final one (see the module docstring). A root no longer passed is
+        not the group's any more, except in a group of ``born_in`` (a cgroup run): its roots are the members the
+        cgroup holds, and a process that died has left it.
 
         A parent's cutime+cstime rises by the whole total of each child it reaps; minus the totals the roots it
         reaped had at their last sample, the rest is what they used since, shared equally among them. A rise
@@ -395,7 +408,9 @@ class ProcessGroups:
             present = walk.members.keys() | walk.fresh.keys()
             for (pid, start), parent in previous.reapers.items():
                 root = previous.members.get((pid, start))
-                if root is None or (pid, start) in present or walk.roots.get(pid) != start:
+                if root is None or (pid, start) in present:
+                    continue
+                if walk.roots.get(pid) != start and (group_id not in born_in or pid in walk.roots):
                     continue
                 claims.setdefault(parent.key, []).append((group_id, root, parent))
         exited: dict[str, dict[ProcKey, ProcStat]] = {}

@@ -202,6 +202,27 @@ def test_a_cgroup_run_keeps_the_energy_of_a_process_that_double_forks_out_of_the
     assert held.energy_joules["cpu"] + unattributed == pytest.approx(30.0), "energy is conserved"
 
 
+def test_a_task_that_runs_before_the_runs_first_sample_and_exits_before_the_next_is_counted_whole(
+    machine: Machine,
+) -> None:
+    """slurmd starts a step's task right after the prolog registered the job, and the task's slurmstepd, outside the
+    cgroup, reaps it: the task's time before any sample saw the run, and after the last sample that saw the task, is
+    the run's (it was born in the cgroup; its reaper's cutime holds its final total)."""
+    status, _ = machine.run(OPERATOR, {"experiment": "train", "run_id": "slurm-c-42", "cgroup": f"freezer:{JOB}"})
+    assert status == 201
+    machine.proc.spawn(CHILD, STEPD, start=machine.proc.uptime_ticks, uid=ALICE)
+    machine.cgroups.place(CHILD, f"{JOB}/step_0")
+    machine.burn(10.0, busy_ticks=100, running={SHELL: 10, CHILD: 40, OUTSIDER: 50})
+    machine.sample()
+    machine.burn(10.0, busy_ticks=100, running={CHILD: 30, OUTSIDER: 70})
+    machine.proc.reap(CHILD)
+    machine.cgroups.drop(CHILD)
+    machine.sample()
+    [held] = [r for r in machine.registry.runs() if r.run_id == "slurm-c-42"]
+    assert held.cpu_seconds == pytest.approx((10 + 40 + 30) / 100)
+    assert held.energy_joules["cpu"] == pytest.approx(10.0 * 50 / 100 + 10.0 * 30 / 100)
+
+
 def test_a_non_operator_gets_403_and_an_operator_group_member_gets_the_run(machine: Machine) -> None:
     body = {"experiment": "train", "run_id": "mine", "cgroup": f"freezer:{JOB}"}
     status, reply = machine.run(USER, body)
