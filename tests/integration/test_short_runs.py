@@ -26,7 +26,7 @@ from tests.fakes.powercap import PowerDriver
 from tests.fakes.procfs import TICKS
 from tests.servers import REPO_ROOT, ExporterProcess, PrometheusServer, reported_run, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # serial: CPU shares and timings need the cores
 
 LAUNCHER, SHORT = 4000, 4300  # the process that starts the run's command and waits for it; the command
 RUN_SECONDS = 0.3

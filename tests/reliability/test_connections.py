@@ -30,7 +30,7 @@ from impact_exporter.connections import DESCRIPTOR_RESERVE, ConnectionLimits
 from tests.fakes.powercap import FakePowercap
 from tests.servers import ExporterProcess, require_binary, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # serial: CPU shares and timings need the cores
 
 NOFILE = 1024
 NOGROUP = NOBODY = 65534

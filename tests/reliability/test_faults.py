@@ -47,7 +47,7 @@ from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.monitored import LockedNvml, healthy
 from tests.servers import ExporterProcess, PrometheusServer, free_port, reported_run, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # serial: CPU shares and timings need the cores
 
 OTHER_PID = 4343  # a process of the fake node beside the run's (PID)
 

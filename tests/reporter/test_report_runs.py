@@ -72,6 +72,7 @@ def node(tmp_path: Path) -> Node:
     return Node(tmp_path / "node1")
 
 
+@pytest.mark.serial  # the ground truth is a CPU share of the machine
 def test_runs_by_matcher_and_by_run_directory_match_the_exporter_and_ground_truth(
     tmp_path: Path, node: Node, prometheus: PrometheusServer, start_exporter: Callable[..., ExporterProcess]
 ) -> None:

@@ -72,7 +72,9 @@ def report(
         result = report_here(*command)
     else:
         child = [sys.executable, "-m", "impact_reporter", *command]
-        result = subprocess.run(child, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        result = subprocess.run(
+            child, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
+        )  # a hang guard, not a speed goal
     return result.returncode, json.loads(result.stdout) if result.returncode == 0 else None, result.stderr
 
 
