@@ -188,6 +188,7 @@ srun -n1 /usr/bin/python3 -c {shlex.quote(DAEMON_STEP)}
 BURNED_SECONDS = 0.3 + 0.2 + 0.3  # CPU time the steps' processes use, as the kernel counts it
 
 
+@pytest.mark.serial  # its energy is a share of a real job's CPU time on the machine
 def test_a_real_slurm_job_of_two_steps_is_one_run_with_its_ids_labels_and_energy(
     tmp_path: Path, start_exporter: Callable[..., ExporterProcess]
 ) -> None:

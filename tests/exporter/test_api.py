@@ -26,13 +26,6 @@ ROOT = Caller(uid=0, pid=PID)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[RunStore]:
-    store = RunStore(tmp_path / "state" / "runs.sqlite")
-    yield store
-    store.close()
-
-
-@pytest.fixture
 def api(tmp_path: Path, store: RunStore) -> RunAPI:
     proc = FakeProc(tmp_path / "proc")
     proc.spawn(PID, 1, start=100, uid=0)

@@ -5,7 +5,6 @@ restart."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,6 @@ def proc(tmp_path: Path) -> FakeProc:
     proc.spawn(ALICE.pid, 1, start=100, uid=ALICE.uid)
     proc.spawn(BOB.pid, 1, start=100, uid=BOB.uid)
     return proc
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RunStore]:
-    store = RunStore(tmp_path / "state" / "runs.sqlite")
-    yield store
-    store.close()
 
 
 @pytest.fixture
