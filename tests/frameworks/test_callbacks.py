@@ -145,7 +145,7 @@ def test_keras_callback(client: ExporterClient, env: dict[str, str], tmp_path: P
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)],
                                  name="tiny_mlp")
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss="mse")
-        x, y = np.random.rand(64, 4), np.random.rand(64, 1)
+        x, y = np.random.rand(4096, 4), np.random.rand(4096, 1)  # 256 steps an epoch: long enough to be sampled
         callback = ImpactTrackerCallback("tiny-keras", batch_size=16, seed=3, hyperparameters=["learning_rate"],
                                          carbon_intensity={INTENSITY}, pue={PUE})
         epochs = []  # what a callback after it (TensorBoard writes every epoch's logs as scalars) receives
@@ -160,7 +160,7 @@ def test_keras_callback(client: ExporterClient, env: dict[str, str], tmp_path: P
     history = out["history"]
     run = the_run(client, "tiny-keras")
     assert run["labels"] == {"model": "tiny_mlp", "seed": "3", "learning_rate": "0.01"}
-    assert run["work_units"] == {"samples": 128, "steps": 8}
+    assert run["work_units"] == {"samples": 8192, "steps": 512}
     assert_logged({name: values[-1] for name, values in history.items() if name.startswith("impact/")}, run)
     assert ["impact/energy_joules" in logs for logs in out["epochs"]] == [False, True]
     assert_logged({name: value for name, value in out["epochs"][-1].items() if name.startswith("impact/")}, run)
