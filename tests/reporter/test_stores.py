@@ -101,6 +101,28 @@ def test_the_fake_api_serves_a_whole_report(two_runs: list[FakeSeries]) -> None:
     assert [run["duration_seconds"] for run in listed["runs"]] == [SECONDS, SECONDS]
 
 
+def test_an_active_run_is_read_only_as_far_as_its_newest_sample_saying_so() -> None:
+    """remote_write delivers series in any order: a store may hold a run's counters past the newest sample of
+    impact_run_active (and no end time yet). The run is reported as active up to that sample, not as longer."""
+    start = DAY + 3600
+    known = start + 30  # the newest impact_run_active sample the store holds
+    series = []
+    for one in run_series("racing", start):
+        name = one.labels["__name__"]
+        if name == "impact_run_end_time_seconds":
+            continue
+        if name in ("impact_run_active", "impact_run_start_time_seconds"):
+            one = FakeSeries(one.labels, [(t, v) for t, v in one.samples if t <= known])
+        series.append(one)
+    with FakePrometheus(series) as server:
+        code, listed, stderr = report(server, here=True)
+    assert code == 0, stderr
+    [run] = listed["runs"]
+    assert run["end_time"] is None, "the store does not say the run ended"
+    assert run["duration_seconds"] == known - start  # not the 60 s the counters already reach
+    assert run["total_joules"] == pytest.approx(WATTS * (known - start), rel=1e-12)
+
+
 def test_discovery_keeps_only_runs_with_samples_inside_the_window(two_runs: list[FakeSeries]) -> None:
     """A /api/v1/series that answers for the whole day names run "early" too; the report of 04:00-06:00 has
     only run "late", and exits 0."""
