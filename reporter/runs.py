@@ -164,20 +164,18 @@ class _Found:
 
 @dataclass
 class _Times:
-    """Per (run id, user), from the raw samples of its times: start (earliest over nodes), end (latest), whether
-    some node's newest sample says it is active and, if so, when the newest such sample was taken (``active_at``),
-    and the names of the labels the store added to its series."""
+    """Per (run id, user), from the raw samples of its times: start (earliest over nodes), end (latest), when the
+    newest sample saying it is active was taken (``active_at``: present only for runs some node's newest sample
+    says are active), and the names of the labels the store added to its series."""
 
     starts: dict[RunKey, float] = field(default_factory=dict)
     ends: dict[RunKey, float] = field(default_factory=dict)
-    active: dict[RunKey, bool] = field(default_factory=dict)
     active_at: dict[RunKey, float] = field(default_factory=dict)
     added: dict[RunKey, set[str]] = field(default_factory=dict)
 
     def update(self, other: _Times) -> None:
         self.starts.update(other.starts)
         self.ends.update(other.ends)
-        self.active.update(other.active)
         self.active_at.update(other.active_at)
         self.added.update(other.added)
 
@@ -244,9 +242,9 @@ class PrometheusRuns:
             nodes = self._nodes(run, added)
             known_start = times.starts.get(key)
             run_start = start if known_start is None else known_start
-            run_end = None if times.active.get(key) else times.ends.get(key)
+            run_end = None if key in times.active_at else times.ends.get(key)
             read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
-            if run_end is None and key in times.active_at:
+            if key in times.active_at:
                 # An active run is known only as far as the newest sample saying so: counter samples the store
                 # received since (remote_write delivers series in any order) may already hold the run's end.
                 read_until = min(read_until, times.active_at[key])
@@ -383,7 +381,6 @@ class PrometheusRuns:
             elif (key, origin.node) not in newest or timestamps[-1] > newest[(key, origin.node)][0]:
                 newest[(key, origin.node)] = (float(timestamps[-1]), float(values[-1]))
         for (key, _), (when, value) in newest.items():
-            times.active[key] = times.active.get(key, False) or value == 1.0
             if value == 1.0:
                 times.active_at[key] = max(times.active_at.get(key, -math.inf), when)
         _refuse_copies(copies)
