@@ -166,18 +166,28 @@ class _Found:
 class _Times:
     """Per (run id, user), from the raw samples of its times: start (earliest over nodes), end (latest), when the
     newest sample saying it is active was taken (``active_at``: present only for runs some node's newest sample
-    says are active), and the names of the labels the store added to its series."""
+    says are active), the same for runs that some node says ended but whose end time that node's series do not
+    hold yet (``end_pending``), and the names of the labels the store added to its series."""
 
     starts: dict[RunKey, float] = field(default_factory=dict)
     ends: dict[RunKey, float] = field(default_factory=dict)
     active_at: dict[RunKey, float] = field(default_factory=dict)
+    end_pending: dict[RunKey, float] = field(default_factory=dict)
     added: dict[RunKey, set[str]] = field(default_factory=dict)
 
     def update(self, other: _Times) -> None:
         self.starts.update(other.starts)
         self.ends.update(other.ends)
         self.active_at.update(other.active_at)
+        self.end_pending.update(other.end_pending)
         self.added.update(other.added)
+
+    def known_until(self, key: RunKey) -> float | None:
+        """How far the store knows a run that has no end time yet: the newest sample saying it is active. None
+        for a run whose end the store holds."""
+        if key in self.active_at:
+            return self.active_at[key]
+        return self.end_pending.get(key)
 
 
 class PrometheusRuns:
@@ -242,12 +252,14 @@ class PrometheusRuns:
             nodes = self._nodes(run, added)
             known_start = times.starts.get(key)
             run_start = start if known_start is None else known_start
-            run_end = None if key in times.active_at else times.ends.get(key)
+            known_until = times.known_until(key)
+            run_end = None if known_until is not None else times.ends.get(key)
             read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
-            if key in times.active_at:
-                # An active run is known only as far as the newest sample saying so: counter samples the store
-                # received since (remote_write delivers series in any order) may already hold the run's end.
-                read_until = min(read_until, times.active_at[key])
+            if known_until is not None:
+                # A run without its end is known only as far as the newest sample saying it is active: counter
+                # samples the store received since (remote_write delivers series in any order) may already hold
+                # the run's end, and a finished run's counters stay exported after it.
+                read_until = min(read_until, known_until)
             samples = self._samples(run, run_start - 1.0, max(read_until, run_start))
             if known_start is None:
                 not_measured = (
@@ -257,6 +269,8 @@ class PrometheusRuns:
                 )
                 if len(samples):
                     run_start = float(samples["timestamp"].min())
+            elif key in times.end_pending:
+                not_measured = self._end_pending(run, times.end_pending[key])
             else:
                 not_measured = self._settling(run, nodes, run_end, samples)
             runs.append(
@@ -308,6 +322,25 @@ class PrometheusRuns:
             "to report it as it is"
         )
 
+    def _end_pending(self, run: _Found, last_active: float) -> str:
+        """Why a run that a node says ended, but whose end time the store does not hold, has no figures ("" with
+        --settle=0: it is reported as it is, active up to ``last_active``, the newest sample saying so)."""
+        if self._settle_seconds <= 0:
+            return ""
+        ago = self._clock() - last_active
+        if ago < self._settle_seconds:
+            return (
+                f"run {run.run_id} is still settling: it ended less than {ago:.0f} s ago and the store does not "
+                f"hold its end time from every node yet; report again in {self._settle_seconds - ago:.0f} s, or pass "
+                "--settle=0 to report it as it is (active up to its last sample saying so)"
+            )
+        return (
+            f"run {run.run_id} ended (impact_run_active went to 0 {ago:.0f} s ago) but the store holds no "
+            "impact_run_end_time_seconds for it from every node, so its duration is unknown: check that no "
+            "relabelling rule drops that metric, or pass --settle=0 to report it as active up to its last sample "
+            "saying so"
+        )
+
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
         """The runs the selectors find, one per run id and user; RunDataError for a run id of several users.
 
@@ -346,8 +379,10 @@ class PrometheusRuns:
         return times
 
     def _batch_times(self, found: list[_Found], start: float, end: float) -> _Times:
-        """Per (run id, user): start (earliest over nodes), end (latest) and whether any node's newest sample says
-        the run is still active, all read from the raw samples in (start, end]; and the labels the store added.
+        """Per (run id, user): start (earliest over nodes), end (latest), whether any node's newest sample says
+        the run is still active, and whether a node says it ended without its end time in the store (remote_write
+        may deliver ``impact_run_active``'s 0 before the new end-time series), all read from the raw samples in
+        (start, end]; and the labels the store added.
 
         Read from the samples rather than evaluated at the window's end, these do not depend on when the store
         considers its newest data complete (VictoriaMetrics answers queries near now as of 30 s earlier) nor on
@@ -362,6 +397,8 @@ class PrometheusRuns:
         selector = f'{{__name__=~"{names}",run_id=~"{ids}",user=~"{users}"}}'
         times = _Times()
         newest: dict[tuple[RunKey, str], tuple[float, float]] = {}
+        last_active: dict[RunKey, float] = {}
+        ended_nodes: set[tuple[RunKey, str]] = set()
         copies: dict[tuple[RunKey, str, float], set[frozenset[tuple[str, str]]]] = defaultdict(set)
         for series in self._client.raw_samples(selector, start, end):
             finite = np.isfinite(series.values)
@@ -378,11 +415,19 @@ class PrometheusRuns:
                 copies[(key, series.labels.get("instance", ""), first)].add(origin.added)
             elif name == "impact_run_end_time_seconds":
                 times.ends[key] = max(times.ends.get(key, -math.inf), float(values.max()))
-            elif (key, origin.node) not in newest or timestamps[-1] > newest[(key, origin.node)][0]:
-                newest[(key, origin.node)] = (float(timestamps[-1]), float(values[-1]))
-        for (key, _), (when, value) in newest.items():
+                ended_nodes.add((key, origin.node))
+            else:
+                if (values == 1.0).any():
+                    last_active[key] = max(last_active.get(key, -math.inf), float(timestamps[values == 1.0][-1]))
+                if (key, origin.node) not in newest or timestamps[-1] > newest[(key, origin.node)][0]:
+                    newest[(key, origin.node)] = (float(timestamps[-1]), float(values[-1]))
+        for (key, node), (when, value) in newest.items():
             if value == 1.0:
                 times.active_at[key] = max(times.active_at.get(key, -math.inf), when)
+            elif (key, node) not in ended_nodes:
+                times.end_pending[key] = last_active.get(key, times.starts.get(key, when))
+        for key in times.active_at:
+            times.end_pending.pop(key, None)
         _refuse_copies(copies)
         return times
 

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -339,3 +340,56 @@ def test_a_replica_label_that_cannot_tell_replicas_apart_is_a_usage_error(two_ru
     with pytest.raises(argparse.ArgumentTypeError, match="expected a label name"):
         replica_label("prometheus-replica")
     assert replica_label(" ha_member ") == "ha_member"
+
+
+def not_measured_reason(server: FakePrometheus, start: float = DAY, end: float = DAY + 86399) -> str:
+    """The reason ``runs --format=json`` gives for its one run, which it must list as not measured (exit 1)."""
+    result = report_here(
+        "runs",
+        "--format=json",
+        f"--prometheus={server.url}",
+        f"--start={start}",
+        f"--end={end}",
+        "--carbon-intensity=100",
+    )
+    assert result.returncode == 1, result.stderr
+    [run] = json.loads(result.stdout)["runs"]
+    return str(run["not_measured"])
+
+
+def ended_without_end_time(run_id: str, start: float, delivered: float) -> list[FakeSeries]:
+    """A run's series as a store holds them when remote_write has delivered every series up to ``delivered``
+    (after the run's end: ``impact_run_active`` already 0) but the new ``impact_run_end_time_seconds`` not yet."""
+    return [
+        FakeSeries(one.labels, [(t, v) for t, v in one.samples if t <= delivered])
+        for one in run_series(run_id, start)
+        if one.labels["__name__"] != "impact_run_end_time_seconds"
+    ]
+
+
+def test_a_run_that_ended_without_its_end_time_in_the_store_is_settling_not_longer() -> None:
+    """A store that holds a run's impact_run_active at 0 but not its end time yet (remote_write delivers series
+    in any order) lists the run as still settling, never as lasting until its newest counter sample (the
+    exporter keeps exporting a finished run's counters); --settle=0 reports it as active up to its last sample
+    saying so."""
+    now = time.time()
+    start = now - SECONDS - 2 * SCRAPE - 1  # ended 11 s ago, the first sample saying so 6 s ago
+    series = ended_without_end_time("pending", start, delivered=now)
+    with FakePrometheus(series) as server:
+        reason = not_measured_reason(server, start=now - 600, end=now)
+        settled_code, listed, settled_stderr = report(server, "--settle=0", start=now - 600, end=now, here=True)
+    assert "still settling" in reason and "--settle=0" in reason, reason
+    assert settled_code == 0, settled_stderr
+    [run] = listed["runs"]
+    assert run["end_time"] is None
+    assert run["duration_seconds"] == pytest.approx(SECONDS)  # its last active sample, at its end
+    assert run["total_joules"] == pytest.approx(JOULES, rel=1e-12)
+
+
+def test_a_run_whose_end_time_never_reached_the_store_is_not_measured_and_says_why() -> None:
+    """Long after the run, a store without its end time (a relabelling rule that drops it) gives no duration:
+    the run is not measured, with the metric named, rather than as long as its counters stayed exported."""
+    start = DAY + 3600
+    with FakePrometheus(ended_without_end_time("dropped", start, delivered=start + SECONDS + 30)) as server:
+        reason = not_measured_reason(server)
+    assert "impact_run_end_time_seconds" in reason and "relabelling" in reason, reason
