@@ -41,6 +41,16 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Terminate ``process`` and wait for it; kill it if it has not exited after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100) of ``values``, nearest-rank: a value that was actually observed."""
     ordered = sorted(values)

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import numpy as np
 import requests
 
-from benchmarks.common import REPO_ROOT, machine_description, wait_for
+from benchmarks.common import REPO_ROOT, machine_description, stop_process, wait_for
 
 INSTANCE, JOB = "node-1:9877", "impact"
 EXPERIMENT = "bench-reporter"
@@ -283,12 +283,7 @@ class BackfilledPrometheus:
             return False
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 30)
 
 
 def free_port() -> int:
@@ -360,15 +355,22 @@ def max_relative_difference(dataset: Dataset, reported: Sequence[dict[str, Any]]
     by_id = {run["run_id"]: run for run in reported}
     if set(by_id) != {run.run_id for run in dataset.runs}:
         raise ValueError(f"reported runs {sorted(by_id)} are not the generated ones")
+    return worst_difference(
+        (run.run_id, expected_figures(run), reported_figures(by_id[run.run_id])) for run in dataset.runs
+    )
+
+
+def worst_difference(runs: Iterable[tuple[str, Mapping[str, float], Mapping[str, float]]]) -> tuple[float, str]:
+    """Over (run id, expected figures, reported figures): the largest relative difference and where it is;
+    ValueError when a run's reported figures are not the expected ones."""
     worst, where = 0.0, "none"
-    for run in dataset.runs:
-        expected, got = expected_figures(run), reported_figures(by_id[run.run_id])
+    for run_id, expected, got in runs:
         if set(expected) != set(got):
-            raise ValueError(f"run {run.run_id}: reported {sorted(got)}, expected {sorted(expected)}")
+            raise ValueError(f"run {run_id}: reported {sorted(got)}, expected {sorted(expected)}")
         for key, value in expected.items():
             difference = abs(got[key] - value) / max(abs(value), 1e-300)
             if difference > worst or where == "none":
-                worst, where = difference, f"{run.run_id} {key}: {got[key]!r} vs {value!r}"
+                worst, where = difference, f"{run_id} {key}: {got[key]!r} vs {value!r}"
     return worst, where
 
 

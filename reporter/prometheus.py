@@ -428,10 +428,9 @@ def _parse_result(data: Any, *, context: str) -> list[Series | InstantSample]:
         for item in result:
             if "values" not in item and "histograms" in item:
                 raise PrometheusError(f"{_short(context)} returned native histograms; query a float series")
-            points = item.get("values") or []
-            timestamps = np.array([float(point[0]) for point in points], dtype=np.float64)
-            values = np.array([_value(point[1]) for point in points], dtype=np.float64)
-            series.append(_series(dict(item["metric"]), timestamps, values))
+            times, values = zip(*item["values"], strict=True) if item.get("values") else ((), ())
+            # numpy parses the value strings ('NaN', '+Inf' and '-Inf' too) without a Python call per sample.
+            series.append(_series(dict(item["metric"]), np.array(times, np.float64), np.array(values, np.float64)))
         return series
     raise PrometheusError(f"{_short(context)} returned a {result_type} result; expected a vector, matrix or scalar")
 

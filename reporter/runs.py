@@ -32,7 +32,7 @@ from impact_reporter.nodes import (
     added_names,
     copies_problem,
 )
-from impact_reporter.prometheus import PrometheusClient
+from impact_reporter.prometheus import PrometheusClient, Series
 
 RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
 RUN_COUNTERS = (
@@ -58,6 +58,10 @@ MAX_QUERY_BYTES = 8192
 (``-search.maxQueryLen``), so queries that name runs are split into batches below this."""
 ID_BUDGET_BYTES = MAX_QUERY_BYTES - 512
 """What the run-id and user regexes of one batch may take; the rest of the query is well under 512 bytes."""
+SEEN_MARGIN_SECONDS = 60.0
+"""How far outside the span of its ``impact_run_info`` samples a run's start, end and active gauges are read: the
+exporter exposes them in the same scrapes as the info, so they lie inside that span; the margin only keeps the
+samples on its edges."""
 
 
 RunKey = tuple[str, str]
@@ -160,6 +164,7 @@ class _Found:
     labels: Mapping[str, str]
     instances: tuple[str, ...]
     info: tuple[Mapping[str, str], ...] = ()
+    seen: tuple[float, float] = (-math.inf, math.inf)  # its first and last finite impact_run_info sample
 
 
 @dataclass
@@ -182,12 +187,31 @@ class _Times:
         self.end_pending.update(other.end_pending)
         self.added.update(other.added)
 
+    def key(self, own: RunKey) -> RunKey:
+        """The key a run's times are under: its own, or its run id alone for series without a user (older
+        exporters)."""
+        return own if own in self.starts else (own[0], UNSCOPED)
+
     def known_until(self, key: RunKey) -> float | None:
         """How far the store knows a run that has no end time yet: the newest sample saying it is active. None
         for a run whose end the store holds."""
         if key in self.active_at:
             return self.active_at[key]
         return self.end_pending.get(key)
+
+    def end(self, key: RunKey) -> float | None:
+        """The run's end; None while the store knows it only up to some sample (``known_until``)."""
+        return None if self.known_until(key) is not None else self.ends.get(key)
+
+    def read_until(self, key: RunKey, end: float, now: float) -> float:
+        """How far the run's counter samples are read: a little past its end, and no further than the window's
+        end, now, or, for a run without its end, the newest sample saying it is active (counter samples the
+        store received since, as remote_write delivers series in any order, may already hold the run's end, and
+        a finished run's counters stay exported after it)."""
+        run_end = self.end(key)
+        until = min(end, now, (run_end or end) + END_MARGIN_SECONDS)
+        known_until = self.known_until(key)
+        return until if known_until is None else min(until, known_until)
 
 
 class PrometheusRuns:
@@ -243,36 +267,37 @@ class PrometheusRuns:
         hosts = self._hosts(host_info, start, end)
         host_added = self._host_added(host_info)
         methods = self._methods(start, end)
-        runs = []
-        for number, run in enumerate(found, 1):
-            if progress is not None:
-                progress(number, len(found), run.run_id)
-            key = (run.run_id, run.user) if (run.run_id, run.user) in times.starts else (run.run_id, UNSCOPED)
+        now = self._clock()
+        nodes: dict[RunKey, tuple[str, ...]] = {}
+        windows: dict[RunKey, tuple[float, float]] = {}  # the (start, end] each run's samples are read in
+        for run in found:
+            own = (run.run_id, run.user)
+            key = times.key(own)
             added = times.added.get(key, set()).union(*(host_added.get(instance, ()) for instance in run.instances))
-            nodes = self._nodes(run, added)
+            nodes[own] = self._nodes(run, added)
+            run_start = times.starts.get(key, start)
+            windows[own] = (run_start - 1.0, max(times.read_until(key, end, now), run_start))
+        samples = self._samples(found, windows, progress)
+        runs = []
+        for run in found:
+            own = (run.run_id, run.user)
+            key = times.key(own)
             known_start = times.starts.get(key)
             run_start = start if known_start is None else known_start
-            known_until = times.known_until(key)
-            run_end = None if known_until is not None else times.ends.get(key)
-            read_until = min(end, self._clock(), (run_end or end) + END_MARGIN_SECONDS)
-            if known_until is not None:
-                # A run without its end is known only as far as the newest sample saying it is active: counter
-                # samples the store received since (remote_write delivers series in any order) may already hold
-                # the run's end, and a finished run's counters stay exported after it.
-                read_until = min(read_until, known_until)
-            samples = self._samples(run, run_start - 1.0, max(read_until, run_start))
+            run_end = times.end(key)
+            run_samples = samples[own]
             if known_start is None:
                 not_measured = (
                     f"run {run.run_id} has no impact_run_start_time_seconds sample between {_iso(start)} and "
                     f"{_iso(end)}: its start is unknown, so no figure would be right; widen the window (--since, "
                     "--start) to include its start"
                 )
-                if len(samples):
-                    run_start = float(samples["timestamp"].min())
+                if len(run_samples):
+                    run_start = float(run_samples["timestamp"].min())
             elif key in times.end_pending:
                 not_measured = self._end_pending(run, times.end_pending[key])
             else:
-                not_measured = self._settling(run, nodes, run_end, samples)
+                not_measured = self._settling(run, nodes[own], run_end, run_samples)
             runs.append(
                 Run(
                     run_id=run.run_id,
@@ -282,9 +307,9 @@ class PrometheusRuns:
                     user=run.user,
                     start_time=run_start,
                     end_time=run_end,
-                    hosts=tuple(hosts.get(node, Host(node)) for node in nodes),
-                    methods=_merge_methods(methods, nodes),
-                    samples=samples,
+                    hosts=tuple(hosts.get(node, Host(node)) for node in nodes[own]),
+                    methods=_merge_methods(methods, nodes[own]),
+                    samples=run_samples,
                     source=self._client.url,
                     not_measured=not_measured,
                 )
@@ -353,11 +378,15 @@ class PrometheusRuns:
         for series in (found for selector in selectors for found in self._client.raw_samples(selector, start, end)):
             labels = {name: value for name, value in series.labels.items() if name != "__name__"}
             run_id = labels.get("run_id", "")
-            if not run_id or not np.isfinite(series.values).any():
+            seen = series.timestamps[np.isfinite(series.values)]
+            if not run_id or not len(seen):
                 continue
-            entry = by_run.setdefault((run_id, labels.get("user", "")), {"labels": labels, "info": []})
+            entry = by_run.setdefault(
+                (run_id, labels.get("user", "")), {"labels": labels, "info": [], "seen": (math.inf, -math.inf)}
+            )
             if labels not in entry["info"]:
                 entry["info"].append(labels)
+            entry["seen"] = (min(entry["seen"][0], float(seen[0])), max(entry["seen"][1], float(seen[-1])))
         found = [
             _Found(
                 run_id,
@@ -365,6 +394,7 @@ class PrometheusRuns:
                 entry["labels"],
                 tuple(sorted({info.get("instance", "") for info in entry["info"]})),
                 tuple(entry["info"]),
+                entry["seen"],
             )
             for (run_id, user), entry in sorted(by_run.items(), key=lambda item: item[0])
         ]
@@ -372,10 +402,18 @@ class PrometheusRuns:
         return found
 
     def _times(self, found: list[_Found], start: float, end: float) -> _Times:
-        """The runs' times (see _batch_times), asked in batches of runs whose queries stay under MAX_QUERY_BYTES."""
+        """The runs' times (see _batch_times), asked in batches of runs whose queries stay under MAX_QUERY_BYTES.
+
+        Runs are batched in the order of their first ``impact_run_info`` sample, and a batch is read only over
+        the span its runs' info samples cover (SEEN_MARGIN_SECONDS either side), not the whole window: over a
+        month, a batch of runs taken in id order would span all of it, and its times would take a request per
+        6 hours of the month.
+        """
         times = _Times()
-        for batch in run_batches(found):
-            times.update(self._batch_times(batch, start, end))
+        for batch in run_batches(sorted(found, key=lambda run: run.seen)):
+            first = max(start, min(run.seen[0] for run in batch) - SEEN_MARGIN_SECONDS)
+            last = min(end, max(run.seen[1] for run in batch) + SEEN_MARGIN_SECONDS)
+            times.update(self._batch_times(batch, first, last))
         return times
 
     def _batch_times(self, found: list[_Found], start: float, end: float) -> _Times:
@@ -479,25 +517,92 @@ class PrometheusRuns:
             methods[node][labels.get("component", "")] = labels.get("method", "")
         return methods
 
-    def _samples(self, run: _Found, start: float, end: float) -> pd.DataFrame:
-        """The run's counter samples, one replica per node (SeriesIdentity.one_replica)."""
+    def _samples(
+        self,
+        found: list[_Found],
+        windows: Mapping[RunKey, tuple[float, float]],
+        progress: Callable[[int, int, str], None] | None,
+    ) -> dict[RunKey, pd.DataFrame]:
+        """Each run's raw counter samples in its own window (start, end], keyed by (run id, user).
+
+        Read for a batch of runs at a time (see run_batches: one selector under MAX_QUERY_BYTES), over the
+        windows of the batch together; runs are batched in the order of their windows, so that a batch spans
+        little time and its requests grow with the batches, not the runs.
+        """
+        ordered = sorted(found, key=lambda run: windows[(run.run_id, run.user)])
+        samples: dict[RunKey, pd.DataFrame] = {}
+        for batch in run_batches(ordered):
+            samples.update(self._batch_samples(batch, windows))
+            if progress is not None:
+                progress(len(samples), len(found), batch[-1].run_id)
+        return samples
+
+    def _batch_samples(
+        self, batch: list[_Found], windows: Mapping[RunKey, tuple[float, float]]
+    ) -> dict[RunKey, pd.DataFrame]:
+        """The samples of one batch, one replica per node (SeriesIdentity.one_replica): a series goes to the run of
+        its run id and user, or, without a user (older exporters), to the run of its run id; each run keeps the
+        samples in its own window."""
         names = "|".join(RUN_COUNTERS)
-        selector = f'{{__name__=~"{names}",run_id="{run.run_id}",user=~"{_quoted(re.escape(run.user))}|"}}'
-        series = self._client.raw_samples(selector, start, end)
-        frames = [
-            pd.DataFrame(
-                {
-                    "metric": s.labels.get("__name__", ""),
-                    "instance": node,
-                    "component": s.labels.get("component", "") or s.labels.get("unit", ""),
-                    "timestamp": s.timestamps,
-                    "value": s.values,
-                }
-            )
-            for node, s in self._identity.one_replica(series, RUN_SERIES_LABELS)
-            if len(s)
-        ]
-        return finite_samples(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
+        ids = _id_regex(run.run_id for run in batch)
+        users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in batch} | {UNSCOPED})
+        selector = f'{{__name__=~"{names}",run_id=~"{ids}",user=~"{users}"}}'
+        own = [(run.run_id, run.user) for run in batch]
+        unscoped = {run_id: (run_id, user) for run_id, user in own}
+        first = min(windows[key][0] for key in own)
+        last = max(windows[key][1] for key in own)
+        pieces: dict[RunKey, list[tuple[str, Series]]] = {key: [] for key in own}
+        read = self._client.raw_samples(selector, first, last)
+        for node, series in self._identity.one_replica(read, RUN_SERIES_LABELS):
+            key = (series.labels.get("run_id", ""), series.labels.get("user", ""))
+            if key not in pieces:
+                if key[1] != UNSCOPED or key[0] not in unscoped:
+                    continue
+                key = unscoped[key[0]]
+            window_start, window_end = (round(edge * 1000) for edge in windows[key])
+            millis = np.round(series.timestamps * 1000).astype(np.int64)
+            keep = (millis > window_start) & (millis <= window_end)
+            if keep.any():
+                pieces[key].append((node, Series(series.labels, series.timestamps[keep], series.values[keep])))
+        return samples_frames(pieces)
+
+
+def samples_frames(pieces: Mapping[RunKey, Sequence[tuple[str, Series]]]) -> dict[RunKey, pd.DataFrame]:
+    """Each run's series, with the name of the node each came from, as its samples table (SAMPLE_COLUMNS), stale
+    markers left out; a work counter's unit goes in the component column.
+
+    One table is built for all the runs and each run gets its own rows of it: pandas spends about half a
+    millisecond making a table however few its rows, which a report of thousands of runs paid once per run.
+    """
+    series = [(key, s) for key, run_series in pieces.items() for _, s in run_series]
+    node_names = [node for run_series in pieces.values() for node, _ in run_series]
+    finite = [np.isfinite(s.values) for _, s in series]
+    lengths = [int(keep.sum()) for keep in finite]
+
+    def repeated(texts: list[str]) -> np.ndarray:
+        return np.repeat(np.array(texts, dtype=object), lengths)
+
+    def column(values: Callable[[Series], np.ndarray]) -> np.ndarray:
+        return np.concatenate([values(s)[keep] for (_, s), keep in zip(series, finite, strict=True)] or [[]])
+
+    frame = pd.DataFrame(
+        {
+            "metric": repeated([s.labels.get("__name__", "") for _, s in series]),
+            "instance": repeated(node_names),
+            "component": repeated([s.labels.get("component", "") or s.labels.get("unit", "") for _, s in series]),
+            "timestamp": column(lambda s: s.timestamps),
+            "value": column(lambda s: s.values),
+        },
+        columns=SAMPLE_COLUMNS,
+    )
+    rows: dict[RunKey, int] = dict.fromkeys(pieces, 0)
+    for (key, _), length in zip(series, lengths, strict=True):
+        rows[key] += length
+    ends = np.cumsum(list(rows.values())).tolist()
+    return {
+        key: frame.iloc[end - count : end].reset_index(drop=True)
+        for (key, count), end in zip(rows.items(), ends, strict=True)
+    }
 
 
 def finite_samples(samples: pd.DataFrame) -> pd.DataFrame:

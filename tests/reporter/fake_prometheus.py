@@ -42,6 +42,7 @@ AGGREGATION = re.compile(r"\s*(min|max|sum|count)\s+by\s*\(([^)]*)\)\s*\((.*)\)\
 OVER_TIME = re.compile(r"\s*(min|max|last|count)_over_time\((.*)\)\s*", re.DOTALL)
 LOOKBACK_MS = 300_000
 ONE_RUN = re.compile(r'[{,]\s*run_id\s*=\s*"([^"\\]*)"')
+SOME_RUNS = re.compile(r'[{,]\s*run_id\s*=~\s*"((?:[\w-]|\\\\\.)+(?:\|(?:[\w-]|\\\\\.)+)*)"')
 
 
 class Unsupported(Exception):
@@ -160,15 +161,17 @@ class FakePrometheus:
         return 200, answer
 
     def _narrowed(self, query: str) -> list[FakeSeries]:
-        """Only the series of the run a one-selector query names with run_id="..." (a shortcut for speed)."""
-        named = ONE_RUN.search(query)
-        if query.count("{") != 1 or not named:
+        """Only the series of the runs a one-selector query names with run_id="..." or run_id=~"a|b|..." of
+        literal ids (a shortcut for speed: the reporter's batches name hundreds of runs)."""
+        named, some = ONE_RUN.search(query), SOME_RUNS.search(query)
+        if query.count("{") != 1 or not (named or some):
             return self.series
         if self._by_run_id is None:
             self._by_run_id = {}
             for s in self.series:
                 self._by_run_id.setdefault(s.labels.get("run_id", ""), []).append(s)
-        return self._by_run_id.get(named.group(1), [])
+        run_ids = [named.group(1)] if named else [i.replace("\\\\.", ".") for i in some.group(1).split("|")]
+        return [s for run_id in dict.fromkeys(run_ids) for s in self._by_run_id.get(run_id, [])]
 
     def _data(self, request: Request, query: str, keep: Callable[[dict[str, str]], bool]) -> Any:
         form = request.form

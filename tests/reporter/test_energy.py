@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from impact_reporter.carbon import CarbonIntensity, resolve_intensity
-from impact_reporter.energy import component_power, counter_total, coverage, run_figures, running_total
+from impact_reporter.energy import component_power, counter_total, coverage, run_figures, running_total, split_series
 from impact_reporter.prometheus import Series
 from impact_reporter.runs import SAMPLE_COLUMNS, Host, Run, RunDataError
 
@@ -92,7 +92,10 @@ def two_nodes() -> pd.DataFrame:
 
 
 def test_component_power_sums_nodes() -> None:
-    power = component_power(two_nodes().query("metric == 'impact_run_energy_joules_total'"), 0.0, 10.0, 1.0)
+    energy = {
+        (i, c): tv for (m, i, c), tv in split_series(two_nodes()).items() if m == "impact_run_energy_joules_total"
+    }
+    power = component_power(energy, 0.0, 10.0, 1.0)
     assert list(power["watts"]) == pytest.approx([40.0] * 10)
     assert list(power["timestamp"]) == pytest.approx(list(range(1, 11)))
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from impact_reporter.cli import replica_label
+from impact_reporter.cli import main, replica_label
 from impact_reporter.prometheus import PrometheusClient
 from impact_reporter.runs import ID_BUDGET_BYTES, MAX_QUERY_BYTES, _Found, _id_regex, run_batches
 from tests.reporter.fake_prometheus import FakePrometheus, FakeSeries
@@ -393,3 +393,50 @@ def test_a_run_whose_end_time_never_reached_the_store_is_not_measured_and_says_w
     with FakePrometheus(ended_without_end_time("dropped", start, delivered=start + SECONDS + 30)) as server:
         reason = not_measured_reason(server)
     assert "impact_run_end_time_seconds" in reason and "relabelling" in reason, reason
+
+
+def brief_run(run_id: str, start: float) -> list[FakeSeries]:
+    """A run of 10 W for 10 s on one node, scraped 5, 10 and 15 s after its start: 100 J, three samples a series."""
+    end, times = start + 10, [start + 5, start + 10, start + 15]
+    identity = {"run_id": run_id, "user": "alice", "instance": "node1:9100", "job": "impact"}
+
+    def series(name: str, value: Any, **labels: str) -> FakeSeries:
+        return FakeSeries({"__name__": name, **identity, **labels}, [(t, float(value(t))) for t in times])
+
+    return [
+        series("impact_run_info", lambda t: 1, experiment="exp", set="a"),
+        series("impact_run_start_time_seconds", lambda t: start),
+        FakeSeries({"__name__": "impact_run_end_time_seconds", **identity}, [(t, end) for t in times[1:]]),
+        series("impact_run_active", lambda t: t < end),
+        series("impact_run_energy_joules_total", lambda t: 10.0 * (min(t, end) - start), component="cpu"),
+        series("impact_run_cpu_seconds_total", lambda t: min(t, end) - start),
+    ]
+
+
+def test_a_thousand_runs_in_one_report_take_requests_per_batch_not_per_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """1,000 runs of 32-character ids over one day (one regex of them all would be over 16 KB, which the fake
+    refuses as VictoriaMetrics does): every run is listed with its 100 J, every query is under 8 KB, and the
+    requests number a few per batch of runs (their times, read over the span of its runs, and their samples),
+    not one per run.
+
+    A thousand runs make five batches, which is what the request count is about; 10,000 runs from real stores
+    are benchmarks/reporter_scale.py's (in the suite they cost a minute of CPU in the reporter's per-run work,
+    not in its requests).
+    """
+    run_ids = [uuid.UUID(int=number).hex for number in range(1_000)]
+    series = [s for number, run_id in enumerate(run_ids) for s in brief_run(run_id, DAY + 60 + 8 * number)]
+    batches = run_batches([_Found(run_id, "alice", {}, ()) for run_id in run_ids])
+    with FakePrometheus(series, max_query_length=16384) as server:
+        code = main(["runs", "--format=json", f"--prometheus={server.url}", f"--start={DAY}", f"--end={DAY + 86399}"])
+        requests = list(server.requests)
+    listed = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert joules_of(listed) == dict.fromkeys(run_ids, 100.0)
+    assert len("|".join(run_ids)) > 16384
+    assert max(len(query.encode()) for r in requests for query in r.form.get("query", [])) < MAX_QUERY_BYTES
+    # Over one day, reading in windows of 6 h: the discovery 4; per batch (its runs span 40 minutes) its times
+    # 1, read over its runs' span rather than the day, and its samples 1 or 2; the hosts, GPUs and methods 3.
+    assert 3 <= len(batches) <= 6
+    assert len(requests) <= 4 + 3 * len(batches) + 3
