@@ -249,7 +249,7 @@ def run_figures(
     node_times = node_timestamps(energy_series)
     interval = sample_interval(node_times, run.start_time, end, expected_interval or DEFAULT_INTERVAL_SECONDS)
     power = component_power(energy_series, run.start_time, end, interval)
-    grid_power = power.groupby("timestamp")["watts"].sum()
+    grid_power = total_power(power)
     hosts = host_intensities(run, energy_series, intensity, end, interval, intensity_series)
     g_per_kwh = carbon.energy_weighted([(host.joules, host.g_per_kwh) for host in hosts])
     run_intensity = carbon.combined_intensity([(h.instance, h.joules, h.intensity) for h in hosts], g_per_kwh)
@@ -324,7 +324,7 @@ def series_intensity(
 ) -> float:
     """The energy-weighted mean of a time-varying intensity over the sampled power of ``energy_series``, applied
     to all of their energy; RunDataError when there is no series or no sampled power."""
-    power = component_power(energy_series, run.start_time, end, interval).groupby("timestamp")["watts"].sum()
+    power = total_power(component_power(energy_series, run.start_time, end, interval))
     if intensity_series is None or not len(power) or power.sum() <= 0:
         raise RunDataError(f"run {run.run_id}: the carbon intensity series has no data for the run")
     edges = np.concatenate(([run.start_time], power.index.to_numpy()))
@@ -343,9 +343,14 @@ def split_series(samples: pd.DataFrame) -> dict[SeriesKey, tuple[np.ndarray, np.
 
     The table is split once, so that each figure reads arrays instead of filtering and grouping the table
     again: pandas' per-call cost, not the samples, was what a report of thousands of runs spent its time on.
+    A table read from a store holds each series in one block of rows in time order (runs.samples_frames),
+    which is split where its key changes; any other table is sorted first.
     """
     if samples.empty:
         return {}
+    in_blocks = series_blocks(samples)
+    if in_blocks is not None:
+        return in_blocks
     code = np.zeros(len(samples), dtype=np.int64)
     for name in ("metric", "instance", "component"):
         codes, uniques = pd.factorize(samples[name], sort=True, use_na_sentinel=False)
@@ -360,6 +365,27 @@ def split_series(samples: pd.DataFrame) -> dict[SeriesKey, tuple[np.ndarray, np.
     return {
         key: (timestamps[bounds[i] : bounds[i + 1]], values[bounds[i] : bounds[i + 1]]) for i, key in enumerate(keys)
     }
+
+
+def series_blocks(samples: pd.DataFrame) -> dict[SeriesKey, tuple[np.ndarray, np.ndarray]] | None:
+    """``split_series`` of a table whose series each lie in one block of rows in time order; None for any other."""
+    columns = [samples[name].to_numpy() for name in ("metric", "instance", "component")]
+    timestamps = samples["timestamp"].to_numpy(dtype=np.float64)
+    values = samples["value"].to_numpy(dtype=np.float64)
+    changed = np.zeros(len(samples) - 1, dtype=bool)
+    for column in columns:
+        changed |= column[1:] != column[:-1]
+    if not (np.diff(timestamps)[~changed] > 0).all():
+        return None
+    bounds = [0, *(np.flatnonzero(changed) + 1).tolist(), len(samples)]
+    keys = [tuple(column[first] for column in columns) for first in bounds[:-1]]
+    if len(set(keys)) != len(keys):
+        return None
+    blocks = {
+        key: (timestamps[first:after], values[first:after])
+        for key, first, after in zip(keys, bounds[:-1], bounds[1:], strict=True)
+    }
+    return dict(sorted(blocks.items()))
 
 
 def work_totals(series: Mapping[SeriesKey, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -475,6 +501,14 @@ def component_power(
         return pd.DataFrame(columns=["timestamp", "component", "watts"])
     columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
     return pd.DataFrame(dict(zip(["timestamp", "component", "watts"], columns, strict=True)))
+
+
+def total_power(power: pd.DataFrame) -> pd.Series:
+    """Power summed over components (``component_power``'s rows) per interval, indexed by interval end."""
+    ends, interval = np.unique(power["timestamp"].to_numpy(dtype=np.float64), return_inverse=True)
+    return pd.Series(
+        np.bincount(interval, weights=power["watts"].to_numpy(dtype=np.float64), minlength=len(ends)), index=ends
+    )
 
 
 def peak_power(grid_power: pd.Series, grid: np.ndarray, interval: float) -> float | None:

@@ -9,7 +9,6 @@ figures, alignment) so the templates only lay them out.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ from impact_reporter.carbon import PRECEDENCE, world_average_note
 from impact_reporter.energy import RunFigures
 from impact_reporter.legacy import is_power_samples
 from impact_reporter.stats import Comparison, Summary
+from impact_reporter.table import json_text
 from impact_reporter.typeset import (
     Unit,
     cell,
@@ -267,9 +267,12 @@ def power_plot(figures: RunFigures) -> PowerPlot | None:
     if figures.duration_seconds <= interval or figures.power.empty:
         return None
     start = figures.run.start_time
+    components = figures.power["component"].to_numpy()
+    ends = (figures.power["timestamp"].to_numpy(dtype=float) - start) * unit.factor
+    watts = figures.power["watts"].to_numpy(dtype=float)
     series = tuple(
-        (escape(component_name(str(component))), plot_rows((rows["timestamp"] - start) * unit.factor, rows["watts"]))
-        for component, rows in figures.power.groupby("component", sort=True)
+        (escape(component_name(str(component))), plot_rows(ends[rows], watts[rows]))
+        for component, rows in ((c, components == c) for c in sorted(set(components)))
     )
     series = tuple(s for s in series if s[1])
     if not series:
@@ -283,7 +286,8 @@ def plot_rows(x: Sequence[float] | np.ndarray | pd.Series, y: Sequence[float] | 
     if len(x) > PLOT_POINTS:
         keep = np.linspace(0, len(x) - 1, PLOT_POINTS).round().astype(int)
         x, y = x[keep], y[keep]
-    return "\n".join(f"{a:.6g} {b:.6g}" for a, b in zip(x, y, strict=True) if np.isfinite(a) and np.isfinite(b))
+    finite = np.isfinite(x) & np.isfinite(y)
+    return "\n".join(f"{a:.6g} {b:.6g}" for a, b in zip(x[finite].tolist(), y[finite].tolist(), strict=True))
 
 
 @cache
@@ -429,7 +433,7 @@ def write_appendix(
         name = f"{names[comparison.a.name]}_v_{names[comparison.b.name]}.tex"
         texs.append(write_page(out / name, "comparison.tex", **comparison_context(comparison)))
     document = appendix_document(sets, comparisons)
-    (out / "appendix.json").write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    (out / "appendix.json").write_text(json_text(document))
     return build_pdfs(texs) if build else []
 
 

@@ -23,17 +23,20 @@ arithmetic in integer milliseconds: chunk seams and window edges then fall exact
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import orjson
 import requests
 
 logger = logging.getLogger(__name__)
@@ -263,13 +266,38 @@ class PrometheusClient:
             window_start_ms = window_end_ms
         return [_concatenate(labels_of[key], pieces[key]) for key in sorted(pieces)]
 
+    def window_rollups(
+        self, function: str, selector: str, start: float, end: float, max_window_seconds: float = 3600 * 6
+    ) -> list[list[InstantSample]]:
+        """``function(selector[<window>ms])`` (a ``*_over_time`` function) for consecutive windows of at most
+        ``max_window_seconds`` that cover (start, end], in time order: one value per series and window, so the
+        server summarises the samples instead of sending them. The windows are raw_samples' windows, so the
+        server's per-query sample limit binds however long the range. Labels keep ``__name__`` only where the
+        function does (Prometheus drops it from most ``*_over_time`` results)."""
+        start_ms, end_ms = _to_ms(start, "start"), _to_ms(end, "end")
+        window_ms = _to_ms(max_window_seconds, "max_window_seconds")
+        if window_ms < 1:
+            raise ValueError(f"max_window_seconds must be at least 0.001, not {max_window_seconds!r}")
+        answers = []
+        window_start_ms = start_ms
+        while window_start_ms < end_ms:
+            window_end_ms = min(window_start_ms + window_ms, end_ms)
+            expr = f"{function}({selector}[{window_end_ms - window_start_ms}ms])"
+            answer = self._query_ms(expr, window_end_ms)
+            if not all(isinstance(item, InstantSample) for item in answer):
+                raise PrometheusError(f"{_short(expr)} did not return an instant vector")
+            answers.append([item for item in answer if isinstance(item, InstantSample)])
+            window_start_ms = window_end_ms
+        return answers
+
     # -- HTTP ------------------------------------------------------------------------------------------------
 
     def _query_ms(self, expr: str, at_ms: int | None) -> list[Series | InstantSample]:
         form = [("query", expr)]
         if at_ms is not None:
             form.append(("time", _format_ms(at_ms)))
-        return _parse_result(self._api("query", form, context=expr), context=expr)
+        with paused_gc():
+            return _parse_result(self._api("query", form, context=expr), context=expr)
 
     def _api(self, endpoint: str, form: list[tuple[str, str]], *, context: str) -> Any:
         """POST ``form`` to ``/api/v1/<endpoint>`` with retries; the ``data`` of a successful answer."""
@@ -490,10 +518,26 @@ def _reason(error: Exception, timeout: float) -> str:
     return _snippet(f"{type(error).__name__}: {text}")
 
 
-def _json(response: requests.Response) -> Any:
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cycle collector off while an answer is decoded into millions of lists and strings, none of them
+    in a cycle: each collection would walk every object the report already holds, which took three quarters of
+    the decoding time of a report of 10,000 runs."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        return response.json()
-    except ValueError:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _json(response: requests.Response) -> Any:
+    """The answer's JSON (None when it is not JSON), decoded by orjson, about twice as fast as the standard
+    library's decoder on the millions of samples of a lab's report."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
         return None
 
 

@@ -35,6 +35,12 @@ from impact_reporter.nodes import (
 from impact_reporter.prometheus import PrometheusClient, Series
 
 RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
+RUN_TIME_SUMMARIES = {
+    "impact_run_start_time_seconds": "min_over_time",
+    "impact_run_end_time_seconds": "max_over_time",
+    "impact_run_active": "last_over_time",
+}
+"""How each of RUN_TIMES is summarised per series by the store (PrometheusRuns._batch_times)."""
 RUN_COUNTERS = (
     "impact_run_energy_joules_total",
     "impact_run_cpu_seconds_total",
@@ -417,6 +423,38 @@ class PrometheusRuns:
         return times
 
     def _batch_times(self, found: list[_Found], start: float, end: float) -> _Times:
+        """The times of a batch of runs (see _raw_times), summarised by the store: each series' earliest start,
+        latest end and last activity in (start, end] (``*_over_time``), a value per series instead of every
+        sample of three gauges. Only runs that some node does not show as ended (last activity 0, end time
+        stored) are read again from the raw samples, which alone tell when the newest sample was taken.
+        """
+        times = _Times()
+        copies: dict[tuple[RunKey, str, float], set[frozenset[tuple[str, str]]]] = defaultdict(set)
+        ended_nodes: set[tuple[RunKey, str]] = set()
+        last_activity: dict[frozenset[tuple[str, str]], tuple[RunKey, str, float]] = {}  # per series
+        for metric, function in RUN_TIME_SUMMARIES.items():
+            for window in self._client.window_rollups(function, batch_selector(found, [metric]), start, end):
+                for sample in (sample for sample in window if math.isfinite(sample.value)):
+                    key = (sample.labels.get("run_id", ""), sample.labels.get("user", ""))
+                    origin = self._identity.origin(sample.labels, RUN_SERIES_LABELS)
+                    times.added.setdefault(key, set()).update(added_names(sample.labels, RUN_SERIES_LABELS))
+                    if metric == "impact_run_start_time_seconds":
+                        times.starts[key] = min(times.starts.get(key, math.inf), sample.value)
+                        copies[(key, sample.labels.get("instance", ""), sample.value)].add(origin.added)
+                    elif metric == "impact_run_end_time_seconds":
+                        times.ends[key] = max(times.ends.get(key, -math.inf), sample.value)
+                        ended_nodes.add((key, origin.node))
+                    else:
+                        series = frozenset(sample.labels.items())  # a later window's value replaces an earlier one's
+                        last_activity[series] = (key, origin.node, sample.value)
+        _refuse_copies(copies)
+        unsettled = {key for key, node, active in last_activity.values() if active or (key, node) not in ended_nodes}
+        raw = [run for run in found if times.key((run.run_id, run.user)) in unsettled]
+        if raw:
+            times.update(self._raw_times(raw, start, end))
+        return times
+
+    def _raw_times(self, found: list[_Found], start: float, end: float) -> _Times:
         """Per (run id, user): start (earliest over nodes), end (latest), whether any node's newest sample says
         the run is still active, and whether a node says it ended without its end time in the store (remote_write
         may deliver ``impact_run_active``'s 0 before the new end-time series), all read from the raw samples in
@@ -429,10 +467,7 @@ class PrometheusRuns:
         not keep it active. RunDataError when one node's series come in copies that no replica label tells
         apart (see _refuse_copies).
         """
-        ids = _id_regex(run.run_id for run in found)
-        users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in found} | {UNSCOPED})
-        names = "|".join(RUN_TIMES)
-        selector = f'{{__name__=~"{names}",run_id=~"{ids}",user=~"{users}"}}'
+        selector = batch_selector(found, RUN_TIMES)
         times = _Times()
         newest: dict[tuple[RunKey, str], tuple[float, float]] = {}
         last_active: dict[RunKey, float] = {}
@@ -543,10 +578,7 @@ class PrometheusRuns:
         """The samples of one batch, one replica per node (SeriesIdentity.one_replica): a series goes to the run of
         its run id and user, or, without a user (older exporters), to the run of its run id; each run keeps the
         samples in its own window."""
-        names = "|".join(RUN_COUNTERS)
-        ids = _id_regex(run.run_id for run in batch)
-        users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in batch} | {UNSCOPED})
-        selector = f'{{__name__=~"{names}",run_id=~"{ids}",user=~"{users}"}}'
+        selector = batch_selector(batch, RUN_COUNTERS)
         own = [(run.run_id, run.user) for run in batch]
         unscoped = {run_id: (run_id, user) for run_id, user in own}
         first = min(windows[key][0] for key in own)
@@ -565,6 +597,14 @@ class PrometheusRuns:
             if keep.any():
                 pieces[key].append((node, Series(series.labels, series.timestamps[keep], series.values[keep])))
         return samples_frames(pieces)
+
+
+def batch_selector(batch: Sequence[_Found], names: Sequence[str]) -> str:
+    """The selector of the series named ``names`` of a batch of runs (run_batches keeps it under
+    MAX_QUERY_BYTES), with the series of older exporters, which have no user label."""
+    ids = _id_regex(run.run_id for run in batch)
+    users = "|".join(_quoted(re.escape(user)) for user in {run.user for run in batch} | {UNSCOPED})
+    return f'{{__name__=~"{"|".join(names)}",run_id=~"{ids}",user=~"{users}"}}'
 
 
 def samples_frames(pieces: Mapping[RunKey, Sequence[tuple[str, Series]]]) -> dict[RunKey, pd.DataFrame]:

@@ -44,6 +44,11 @@ BREAK_EVERY = 12
 FLAG = re.compile(r"(?<![\w-])(--[A-Za-z][\w.-]*)")
 
 
+PLAIN = re.compile(r"[A-Za-z0-9.:/()+=]*")
+"""A word TeX prints as it is: no special character, no ligature to break (most of the numbers and words that
+an appendix of 10,000 runs escapes)."""
+
+
 def escape(text: object) -> str:
     """``text`` as LaTeX source that prints it literally, with break points inside very long words.
 
@@ -54,6 +59,8 @@ def escape(text: object) -> str:
 
 
 def _escape_word(word: str) -> str:
+    if len(word) <= BREAK_EVERY and PLAIN.fullmatch(word):
+        return word
     out = []
     for index, char in enumerate(word):
         if index and index % BREAK_EVERY == 0 and len(word) > BREAK_EVERY:
@@ -82,9 +89,13 @@ PDFLATEX_EXTRAS = frozenset("–—‘’‚“”„…•†‡‰€")
 """Characters beyond Latin-1 and Latin Extended-A that pdfLaTeX prints from UTF-8 input with T1 fonts."""
 
 
+BEYOND_PDFLATEX = re.compile("[^\x00-\u017f" + re.escape("".join(sorted(PDFLATEX_EXTRAS))) + "]")
+"""A character past Latin Extended-A that is not among PDFLATEX_EXTRAS."""
+
+
 def needs_unicode_engine(text: str) -> bool:
     """Whether pdfLaTeX with T1 fonts cannot print ``text``: it has Greek, Cyrillic, CJK, emoji or the like."""
-    return any(ord(char) > 0x17F and char not in PDFLATEX_EXTRAS for char in text)
+    return not text.isascii() and BEYOND_PDFLATEX.search(text) is not None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -365,3 +366,26 @@ def test_a_run_at_unix_times_has_its_peak_whatever_its_spacing() -> None:
     assert figures.sample_interval_seconds == 1.0010000467300415
     assert figures.peak_power_watts == pytest.approx(20.0)
     assert list(figures.power["watts"]) == pytest.approx([20.0] * 28)
+
+
+@given(st.randoms(use_true_random=False), st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=6))
+def test_split_series_gives_the_same_series_from_blocks_and_from_any_row_order(
+    shuffler: random.Random, lengths: list[int]
+) -> None:
+    """A table read from a store (each series one block of rows in time order) is split where its key
+    changes; the same rows in any order, where a series may lie in several blocks, give the same series."""
+    keys = [("impact_run_energy_joules_total", f"node{i % 2}", ("cpu", "dram", "gpu")[i % 3]) for i in range(6)]
+    blocks = pd.DataFrame(
+        [(*keys[k], float(t), float(10 * k + t)) for k, n in enumerate(lengths) for t in range(n)],
+        columns=SAMPLE_COLUMNS,
+    )
+    rows = list(blocks.itertuples(index=False))
+    shuffler.shuffle(rows)
+    shuffled = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    expected = {keys[k]: (np.arange(n, dtype=float), 10.0 * k + np.arange(n)) for k, n in enumerate(lengths)}
+    for table in (blocks, shuffled):
+        split = split_series(table)
+        assert list(split) == sorted(expected)
+        for key, (timestamps, values) in expected.items():
+            np.testing.assert_array_equal(split[key][0], timestamps)
+            np.testing.assert_array_equal(split[key][1], values)
