@@ -15,7 +15,7 @@ from typing import Any
 
 from experiment_impact_tracker.work import PER_UNIT
 from impact_reporter.carbon import CarbonIntensity
-from impact_reporter.energy import RunFigures, run_figures
+from impact_reporter.energy import RunFigures, runs_figures
 from impact_reporter.legacy import is_power_samples
 from impact_reporter.runs import Run, RunDataError
 from impact_reporter.stats import Comparison, Summary, compare_all, holm_family, repeated_tests, summarize
@@ -160,13 +160,14 @@ def set_report(
 ) -> SetReport:
     """Figures of each run of a set (in start order) and the set's summaries; failed runs are kept aside.
     Coverage is against ``expected_interval`` (seconds) when given (``run_figures``)."""
-    figures, failed = [], []
-    for run in sorted(runs, key=lambda r: (r.start_time, r.run_id)):
-        try:
-            series = intensity_series(run) if intensity_series else None
-            figures.append(run_figures(run, intensity, pue, series, expected_interval))
-        except RunDataError as error:
-            failed.append(FailedRun(run, str(error)))
+    ordered = sorted(runs, key=lambda r: (r.start_time, r.run_id))
+    computed = runs_figures(ordered, intensity, pue, intensity_series, expected_interval)
+    figures = [result for result in computed if isinstance(result, RunFigures)]
+    failed = [
+        FailedRun(run, str(error))
+        for run, error in zip(ordered, computed, strict=True)
+        if isinstance(error, RunDataError)
+    ]
     report = SetReport(name, tuple(figures), tuple(failed), {})
     summaries = {q.key: summarize(report.values(q)) for q in QUANTITIES if report.values(q)}
     return SetReport(name, tuple(figures), tuple(failed), summaries)

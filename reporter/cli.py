@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from experiment_impact_tracker.durations import parse_duration
 from impact_reporter import carbon
 from impact_reporter.appendix import FailedRun, comparison_report, set_report
-from impact_reporter.energy import RunFigures, run_figures
+from impact_reporter.energy import RunFigures, runs_figures
 from impact_reporter.latex import LATEX_INSTALL_HINT, LatexError, latex_available, write_appendix
 from impact_reporter.legacy import Totals, impact_totals
 from impact_reporter.nodes import NOT_REPLICA_LABELS, REPLICA_LABELS
@@ -425,15 +425,11 @@ def figures_for(args: argparse.Namespace, runs: list[Run]) -> list[Listed]:
 
     A time-varying intensity is read from Prometheus over each run's window.
     """
-    series = intensity_reader(args)
-
-    def listed(run: Run) -> Listed:
-        try:
-            return run_figures(run, args.intensity, args.pue, series(run) if series else None, args.expected_interval)
-        except RunDataError as error:
-            return FailedRun(run, str(error))
-
-    return [listed(run) for run in runs]
+    computed = runs_figures(runs, args.intensity, args.pue, intensity_reader(args), args.expected_interval)
+    return [
+        FailedRun(run, str(result)) if isinstance(result, RunDataError) else result
+        for run, result in zip(runs, computed, strict=True)
+    ]
 
 
 def intensity_reader(args: argparse.Namespace) -> Callable[[Run], Series] | None:

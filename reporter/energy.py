@@ -9,8 +9,8 @@ counters stop moving when it ends, so a sample taken at or after the end holds i
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,8 @@ import pandas as pd
 from experiment_impact_tracker.work import energy_per_unit
 from impact_reporter import carbon
 from impact_reporter.carbon import CarbonIntensity, TimeSeries, integrate_intensity, kg_co2eq, kwh_from_joules
-from impact_reporter.runs import Run, RunDataError
+from impact_reporter.forked import forked_map
+from impact_reporter.runs import SAMPLE_COLUMNS, Run, RunDataError
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class RunFigures:
     coverage: Coverage
     resets: int  # exporter restarts without state seen during the run, over all nodes
     measured: Mapping[str, bool]
-    power: pd.DataFrame  # columns: timestamp (an interval's end, unix s), component, watts (summed over nodes)
+    power: Power
     sample_interval_seconds: float
     host_intensities: tuple[HostIntensity, ...] = ()
     work_units: Mapping[str, float] = field(default_factory=dict)  # unit -> count reported, over every node
@@ -195,6 +196,8 @@ class RunFigures:
         }
 
 
+NO_SAMPLES = pd.DataFrame(columns=SAMPLE_COLUMNS)
+"""The samples of a run whose figures come back from a forked process: the run's own stay here."""
 MEASURED_METHODS = frozenset({"rapl", "nvml-counter", "nvml-power"})
 """Methods whose energy the exporter measured, so reports call it measured: hardware energy counters read at every
 sample (RAPL, NVML's total energy), or NVML's power integrated at the exporter's own sampling interval.
@@ -249,7 +252,6 @@ def run_figures(
     node_times = node_timestamps(energy_series)
     interval = sample_interval(node_times, run.start_time, end, expected_interval or DEFAULT_INTERVAL_SECONDS)
     power = component_power(energy_series, run.start_time, end, interval)
-    grid_power = total_power(power)
     hosts = host_intensities(run, energy_series, intensity, end, interval, intensity_series)
     g_per_kwh = carbon.energy_weighted([(host.joules, host.g_per_kwh) for host in hosts])
     run_intensity = carbon.combined_intensity([(h.instance, h.joules, h.intensity) for h in hosts], g_per_kwh)
@@ -268,7 +270,7 @@ def run_figures(
         host_intensities=tuple(hosts),
         pue=pue,
         average_power_watts=total_joules / duration if duration > 0 else 0.0,
-        peak_power_watts=peak_power(grid_power, power_grid(run.start_time, end, interval), interval),
+        peak_power_watts=peak_power(power, interval),
         cpu_hours=cpu_hours or 0.0,
         gpu_hours=counter_hours(series, "impact_run_gpu_seconds_total"),
         coverage=cover,
@@ -279,6 +281,41 @@ def run_figures(
         work_units=work_totals(series),
         expected_interval_seconds=expected_interval,
     )
+
+
+def runs_figures(
+    runs: Sequence[Run],
+    intensity: CarbonIntensity,
+    pue: float,
+    intensity_series: Callable[[Run], TimeSeries] | None = None,
+    expected_interval: float | None = None,
+) -> list[RunFigures | RunDataError]:
+    """Each run's figures (``run_figures``), or the RunDataError that says why it has none, in order.
+
+    Many runs are computed in forked processes (impact_reporter.forked), which send back each run's figures
+    without its samples (the run is put back here); not when a run's intensity series is read from Prometheus
+    (``intensity_series``), as forked processes must not share a connection.
+    """
+
+    def figures_or_error(run: Run) -> RunFigures | RunDataError:
+        try:
+            series = intensity_series(run) if intensity_series is not None else None
+            return run_figures(run, intensity, pue, series, expected_interval)
+        except RunDataError as error:
+            return error
+
+    if intensity_series is not None:
+        return [figures_or_error(run) for run in runs]
+
+    def without_samples(run: Run) -> RunFigures | RunDataError:
+        result = figures_or_error(run)
+        return replace(result, run=replace(run, samples=NO_SAMPLES)) if isinstance(result, RunFigures) else result
+
+    computed = forked_map(without_samples, runs)
+    return [
+        replace(result, run=run) if isinstance(result, RunFigures) else result
+        for result, run in zip(computed, runs, strict=True)
+    ]
 
 
 def host_intensities(
@@ -324,12 +361,12 @@ def series_intensity(
 ) -> float:
     """The energy-weighted mean of a time-varying intensity over the sampled power of ``energy_series``, applied
     to all of their energy; RunDataError when there is no series or no sampled power."""
-    power = total_power(component_power(energy_series, run.start_time, end, interval))
-    if intensity_series is None or not len(power) or power.sum() <= 0:
+    ends, watts = component_power(energy_series, run.start_time, end, interval).total()
+    if intensity_series is None or not len(watts) or watts.sum() <= 0:
         raise RunDataError(f"run {run.run_id}: the carbon intensity series has no data for the run")
-    edges = np.concatenate(([run.start_time], power.index.to_numpy()))
-    grams = integrate_intensity(edges, np.append(power.to_numpy(), 0.0), intensity_series)
-    return grams / kwh_from_joules(float(np.sum(power.to_numpy() * np.diff(edges))))
+    edges = np.concatenate(([run.start_time], ends))
+    grams = integrate_intensity(edges, np.append(watts, 0.0), intensity_series)
+    return grams / kwh_from_joules(float(np.sum(watts * np.diff(edges))))
 
 
 ENERGY = "impact_run_energy_joules_total"
@@ -476,15 +513,48 @@ def energy_since_start(
     return energy
 
 
+@dataclass(frozen=True)
+class Power:
+    """A run's mean power over each interval of its power grid (``power_grid``), per component, summed over nodes.
+
+    ``watts[component][i]`` is the power from ``grid[i]`` to ``grid[i + 1]``, NaN where no node's samples close
+    the interval (the final counters never scraped). Arrays rather than a table: a report of 10,000 runs spent
+    a fifth of its figures' time making tables of them.
+    """
+
+    grid: np.ndarray
+    watts: Mapping[str, np.ndarray]
+
+    @property
+    def empty(self) -> bool:
+        return not any(np.isfinite(watts).any() for watts in self.watts.values())
+
+    def total(self) -> tuple[np.ndarray, np.ndarray]:
+        """(interval ends, power summed over components) of the intervals whose power some component knows."""
+        if not self.watts:
+            return np.array([]), np.array([])
+        stacked = np.vstack(list(self.watts.values()))
+        known = np.isfinite(stacked).any(axis=0)
+        return self.grid[1:][known], np.nansum(stacked[:, known], axis=0)
+
+    def table(self) -> pd.DataFrame:
+        """One row per component and interval with a known power: ``timestamp`` (the interval's end), ``component``
+        and ``watts``, components in name order (for notebooks and tests)."""
+        rows = [
+            pd.DataFrame({"timestamp": self.grid[1:][known], "component": component, "watts": watts[known]})
+            for component, watts in sorted(self.watts.items())
+            if (known := np.isfinite(watts)).any()
+        ]
+        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["timestamp", "component", "watts"])
+
+
 def component_power(
     energy_series: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]], start: float, end: float, interval: float
-) -> pd.DataFrame:
+) -> Power:
     """Power per component over [start, end], summed over nodes, on the grid of ``power_grid``.
 
-    ``energy_series`` holds each (instance, component) energy counter's (timestamps, values). Each row is one
-    interval: ``timestamp`` its end (unix seconds), ``watts`` its mean power. The first interval begins at the
-    run's start, where the counters were 0, and none reaches past the end. Intervals no node's samples close
-    (the final counters never scraped) are left out.
+    ``energy_series`` holds each (instance, component) energy counter's (timestamps, values). The first interval
+    begins at the run's start, where the counters were 0, and none reaches past the end.
     """
     grid = power_grid(start, end, interval)
     cumulative: dict[str, np.ndarray] = {}
@@ -492,34 +562,18 @@ def component_power(
         for (_, component), (timestamps, values) in sorted(energy_series.items(), key=lambda item: item[0][::-1]):
             since_start = energy_since_start(timestamps, values, start, end, grid)
             cumulative[component] = cumulative.get(component, 0.0) + since_start
-    parts = []
-    for component, energy in cumulative.items():
-        watts = np.diff(energy) / np.diff(grid)
-        known = np.isfinite(watts)
-        parts.append((grid[1:][known], np.full(int(known.sum()), component, dtype=object), watts[known]))
-    if not parts:
-        return pd.DataFrame(columns=["timestamp", "component", "watts"])
-    columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
-    return pd.DataFrame(dict(zip(["timestamp", "component", "watts"], columns, strict=True)))
+    return Power(grid, {component: np.diff(energy) / np.diff(grid) for component, energy in cumulative.items()})
 
 
-def total_power(power: pd.DataFrame) -> pd.Series:
-    """Power summed over components (``component_power``'s rows) per interval, indexed by interval end."""
-    ends, interval = np.unique(power["timestamp"].to_numpy(dtype=np.float64), return_inverse=True)
-    return pd.Series(
-        np.bincount(interval, weights=power["watts"].to_numpy(dtype=np.float64), minlength=len(ends)), index=ends
-    )
-
-
-def peak_power(grid_power: pd.Series, grid: np.ndarray, interval: float) -> float | None:
-    """The highest power over one whole interval of ``grid`` (``power_grid``; ``grid_power`` is indexed by
-    interval end); None when there is none: a run shorter than one interval is known only by its average.
+def peak_power(power: Power, interval: float) -> float | None:
+    """The highest power over one whole interval of the run's grid; None when there is none: a run shorter than
+    one interval is known only by its average.
 
     Whole intervals are read off the grid's own edges, not recomputed from the start: at unix times, start +
     k x interval is not exactly an edge, and an interval of 1.001 s would then never count as whole."""
-    whole_ends = grid[1:][np.diff(grid) >= interval * WHOLE]
-    whole = np.isin(grid_power.index.to_numpy(dtype=np.float64), whole_ends)
-    return float(grid_power.to_numpy()[whole].max()) if whole.any() else None
+    ends, watts = power.total()
+    whole = np.isin(ends, power.grid[1:][np.diff(power.grid) >= interval * WHOLE])
+    return float(watts[whole].max()) if whole.any() else None
 
 
 def run_coverage(

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, partial
@@ -36,6 +36,7 @@ from impact_reporter.appendix import (
 )
 from impact_reporter.carbon import PRECEDENCE, world_average_note
 from impact_reporter.energy import RunFigures
+from impact_reporter.forked import forked_map
 from impact_reporter.legacy import is_power_samples
 from impact_reporter.stats import Comparison, Summary
 from impact_reporter.table import json_text
@@ -267,12 +268,10 @@ def power_plot(figures: RunFigures) -> PowerPlot | None:
     if figures.duration_seconds <= interval or figures.power.empty:
         return None
     start = figures.run.start_time
-    components = figures.power["component"].to_numpy()
-    ends = (figures.power["timestamp"].to_numpy(dtype=float) - start) * unit.factor
-    watts = figures.power["watts"].to_numpy(dtype=float)
+    ends = (figures.power.grid[1:] - start) * unit.factor
     series = tuple(
-        (escape(component_name(str(component))), plot_rows(ends[rows], watts[rows]))
-        for component, rows in ((c, components == c) for c in sorted(set(components)))
+        (escape(component_name(str(component))), plot_rows(ends, watts))
+        for component, watts in sorted(figures.power.watts.items())
     )
     series = tuple(s for s in series if s[1])
     if not series:
@@ -333,6 +332,23 @@ def write_page(path: Path, template: str, **context: Any) -> Path:
             fragment_template.render(body=wide, unicode=needs_unicode_engine(wide))
         )
     return path
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page to write: its path, its template and what makes its context (made where the page is written)."""
+
+    path: Path
+    template: str
+    context: Callable[[], Mapping[str, Any]]
+
+    def write(self) -> Path:
+        return write_page(self.path, self.template, **self.context())
+
+
+def write_pages(pages: Sequence[Page]) -> list[Path]:
+    """Write every page (in forked processes when there are many: impact_reporter.forked); the paths, in order."""
+    return forked_map(Page.write, pages)
 
 
 def latex_available() -> bool:
@@ -415,7 +431,7 @@ def write_appendix(
     ``<set A>_v_<set B>.pdf`` per comparison. Returns the PDFs built (none unless ``build``).
     """
     names = file_names([report.name for report in sets])
-    texs: list[Path] = []
+    pages: list[Page] = []
     for report in sets:
         directory = out / names[report.name]
         entries = sorted(
@@ -425,13 +441,14 @@ def write_appendix(
         for index, (_, entry) in enumerate(entries):
             title = f"{report.name}: run {index}"
             if isinstance(entry, FailedRun):
-                texs.append(write_page(directory / f"{index}.tex", "failed.tex", title=title, failed=entry))
+                pages.append(Page(directory / f"{index}.tex", "failed.tex", partial(dict, title=title, failed=entry)))
             else:
-                texs.append(write_page(directory / f"{index}.tex", "run.tex", **run_context(title, entry)))
-        texs.append(write_page(directory / "summary.tex", "summary.tex", **summary_context(report)))
+                pages.append(Page(directory / f"{index}.tex", "run.tex", partial(run_context, title, entry)))
+        pages.append(Page(directory / "summary.tex", "summary.tex", partial(summary_context, report)))
     for comparison in comparisons:
         name = f"{names[comparison.a.name]}_v_{names[comparison.b.name]}.tex"
-        texs.append(write_page(out / name, "comparison.tex", **comparison_context(comparison)))
+        pages.append(Page(out / name, "comparison.tex", partial(comparison_context, comparison)))
+    texs = write_pages(pages)
     document = appendix_document(sets, comparisons)
     (out / "appendix.json").write_text(json_text(document))
     return build_pdfs(texs) if build else []

@@ -27,6 +27,7 @@ import gc
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -147,20 +148,33 @@ class PrometheusClient:
         self._warned: set[str] = set()
         self._always = [("partial_response", "true" if allow_partial else "false")]
         self._always += [("dedup", "true")] if dedup else []
-        self._session = requests.Session()
-        self._session.headers.update(headers or {})
-        if token is not None:
-            self._session.headers["Authorization"] = f"Bearer {token}"
-        if basic_auth is not None:
-            self._session.auth = basic_auth
-        if ca_bundle is not None:
-            self._session.verify = ca_bundle
-        elif insecure:
-            self._session.verify = False
+        self._headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token is not None else {})}
+        self._basic_auth = basic_auth
+        self._verify: bool | str = ca_bundle if ca_bundle is not None else not insecure
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    @property
+    def _session(self) -> requests.Session:
+        """This thread's session: the reporter reads batches of runs from two threads, and requests' sessions are
+        not made to be shared between threads."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(self._headers)
+            session.auth = self._basic_auth
+            session.verify = self._verify
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
 
     def close(self) -> None:
         """Close the pooled connections."""
-        self._session.close()
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
 
     def __enter__(self) -> PrometheusClient:
         return self

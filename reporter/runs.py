@@ -13,10 +13,11 @@ import re
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from impact_reporter.nodes import (
 )
 from impact_reporter.prometheus import PrometheusClient, Series
 
+T = TypeVar("T")
 RUN_TIMES = ("impact_run_start_time_seconds", "impact_run_end_time_seconds", "impact_run_active")
 RUN_TIME_SUMMARIES = {
     "impact_run_start_time_seconds": "min_over_time",
@@ -415,11 +417,15 @@ class PrometheusRuns:
         month, a batch of runs taken in id order would span all of it, and its times would take a request per
         6 hours of the month.
         """
-        times = _Times()
-        for batch in run_batches(sorted(found, key=lambda run: run.seen)):
+
+        def spanned_times(batch: list[_Found]) -> _Times:
             first = max(start, min(run.seen[0] for run in batch) - SEEN_MARGIN_SECONDS)
             last = min(end, max(run.seen[1] for run in batch) + SEEN_MARGIN_SECONDS)
-            times.update(self._batch_times(batch, first, last))
+            return self._batch_times(batch, first, last)
+
+        times = _Times()
+        for _, batch_times in each_batch(spanned_times, run_batches(sorted(found, key=lambda run: run.seen))):
+            times.update(batch_times)
         return times
 
     def _batch_times(self, found: list[_Found], start: float, end: float) -> _Times:
@@ -566,8 +572,8 @@ class PrometheusRuns:
         """
         ordered = sorted(found, key=lambda run: windows[(run.run_id, run.user)])
         samples: dict[RunKey, pd.DataFrame] = {}
-        for batch in run_batches(ordered):
-            samples.update(self._batch_samples(batch, windows))
+        for batch, batch_samples in each_batch(lambda batch: self._batch_samples(batch, windows), run_batches(ordered)):
+            samples.update(batch_samples)
             if progress is not None:
                 progress(len(samples), len(found), batch[-1].run_id)
         return samples
@@ -597,6 +603,16 @@ class PrometheusRuns:
             if keep.any():
                 pieces[key].append((node, Series(series.labels, series.timestamps[keep], series.values[keep])))
         return samples_frames(pieces)
+
+
+READERS = 2
+"""Batches read at once: while the store answers one, the reporter decodes another."""
+
+
+def each_batch(read: Callable[[list[_Found]], T], batches: list[list[_Found]]) -> Iterator[tuple[list[_Found], T]]:
+    """Each batch with what ``read`` gives for it, in order, READERS batches read at a time."""
+    with ThreadPoolExecutor(max_workers=READERS) as pool:
+        yield from zip(batches, pool.map(read, batches), strict=True)
 
 
 def batch_selector(batch: Sequence[_Found], names: Sequence[str]) -> str:

@@ -96,7 +96,7 @@ def test_component_power_sums_nodes() -> None:
     energy = {
         (i, c): tv for (m, i, c), tv in split_series(two_nodes()).items() if m == "impact_run_energy_joules_total"
     }
-    power = component_power(energy, 0.0, 10.0, 1.0)
+    power = component_power(energy, 0.0, 10.0, 1.0).table()
     assert list(power["watts"]) == pytest.approx([40.0] * 10)
     assert list(power["timestamp"]) == pytest.approx(list(range(1, 11)))
 
@@ -215,8 +215,8 @@ def test_a_run_shorter_than_one_interval_has_its_energy_full_coverage_and_no_pea
     assert figures.peak_power_watts is None
     assert figures.coverage.fraction == 1.0
     assert figures.sample_interval_seconds == 1.0
-    assert list(figures.power["timestamp"]) == pytest.approx([100.8])
-    assert list(figures.power["watts"]) == pytest.approx([50.0])
+    assert list(figures.power.table()["timestamp"]) == pytest.approx([100.8])
+    assert list(figures.power.table()["watts"]) == pytest.approx([50.0])
     document = json.loads(json.dumps(figures.as_json(), allow_nan=False))
     assert document["peak_power_watts"] is None
     assert document["sample_interval_seconds"] == 1.0
@@ -229,7 +229,7 @@ def test_power_is_only_the_run_from_its_start_to_its_end() -> None:
         constant_power_run(20.0, start, end, start + 0.7, start + 26), end=end, start=start, hosts=(Host("a"),)
     )
     figures = run_figures(run, FLAT, pue=1.0)
-    power = figures.power
+    power = figures.power.table()
     assert list(power["timestamp"] - start) == pytest.approx([1.0, 2.0, 3.0, 4.0, 4.3])
     assert list(power["watts"]) == pytest.approx([20.0] * 5)  # the first second too, from 0 J at the start
     assert figures.peak_power_watts == pytest.approx(20.0)
@@ -245,7 +245,7 @@ def test_a_short_high_power_burst_is_the_peak_and_the_cut_last_interval_is_not()
     rows += [("impact_run_energy_joules_total", "a", "cpu", t, 95.0) for t in (4.0, 5.0)]
     run = make_run(samples(rows), end=3.5, start=0.0, hosts=(Host("a"),))
     figures = run_figures(run, FLAT, pue=1.0)
-    assert list(figures.power["watts"]) == pytest.approx([10.0, 10.0, 30.0, 90.0])
+    assert list(figures.power.table()["watts"]) == pytest.approx([10.0, 10.0, 30.0, 90.0])
     assert figures.peak_power_watts == pytest.approx(30.0)
 
 
@@ -293,7 +293,7 @@ def test_two_nodes_scraped_half_a_second_apart_are_each_one_second_apart() -> No
     assert figures.total_joules == pytest.approx(100.0 + 340.0)
     assert figures.peak_power_watts == pytest.approx(60.0)
     assert (figures.coverage.fraction, figures.coverage.largest_gap_seconds) == (1.0, 1.0)
-    assert list(figures.power["watts"]) == pytest.approx([40.0] * 4 + [60.0, 60.0] + [40.0] * 4)
+    assert list(figures.power.table()["watts"]) == pytest.approx([40.0] * 4 + [60.0, 60.0] + [40.0] * 4)
 
 
 def test_two_nodes_give_the_same_figures_whether_few_or_many_samples_follow_the_end() -> None:
@@ -318,9 +318,9 @@ def test_samples_every_15_seconds_give_a_15_second_spacing_and_a_peak_over_15_se
     figures = run_figures(run, FLAT, pue=1.0)
     assert figures.total_joules == pytest.approx(630.0)
     assert figures.sample_interval_seconds == 15.0
-    assert list(figures.power["timestamp"]) == [15.0, 30.0, 45.0, 60.0]
+    assert list(figures.power.table()["timestamp"]) == [15.0, 30.0, 45.0, 60.0]
     # the energy at 15, 30 and 45 s lies between the samples: 150, 320 and 480 J; 630 J at the end
-    assert list(figures.power["watts"]) == pytest.approx([10.0, 170 / 15, 160 / 15, 10.0])
+    assert list(figures.power.table()["watts"]) == pytest.approx([10.0, 170 / 15, 160 / 15, 10.0])
     assert figures.peak_power_watts == pytest.approx(170 / 15)  # the 40 W second, spread over 15 s
     # against its own spacing the run is fully covered: nothing says the data was scraped every second
     assert (figures.coverage.fraction, figures.coverage.largest_gap_seconds) == (1.0, 15.0)
@@ -365,7 +365,7 @@ def test_a_run_at_unix_times_has_its_peak_whatever_its_spacing() -> None:
     figures = run_figures(make_run(samples(rows), end=end, start=start, hosts=(Host("a"),)), FLAT, pue=1.0)
     assert figures.sample_interval_seconds == 1.0010000467300415
     assert figures.peak_power_watts == pytest.approx(20.0)
-    assert list(figures.power["watts"]) == pytest.approx([20.0] * 28)
+    assert list(figures.power.table()["watts"]) == pytest.approx([20.0] * 28)
 
 
 @given(st.randoms(use_true_random=False), st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=6))
