@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import psutil
 import requests
 
 from benchmarks.common import REPO_ROOT, machine_description, stop_process, wait_for
@@ -202,26 +203,34 @@ def write_openmetrics(path: Path, dataset: Dataset) -> int:
 
 @dataclass(frozen=True)
 class Timed:
-    """A finished child process: its wall time, its own CPU time (user + system), peak RSS, and what it printed."""
+    """A finished child process: its wall time, its CPU time (user + system, with its children's), the peak RSS
+    of the largest of them, the peak of their memory together (PSS summed over the process and its children,
+    which counts the pages forked children share once), and what it printed."""
 
     seconds: float
     cpu_seconds: float
     peak_rss_bytes: int
     stdout: str
+    peak_pss_bytes: int = 0
 
 
 def run_timed(command: Sequence[str], timeout: float = 1800.0) -> Timed:
-    """Run ``command`` to completion; its wall time and peak RSS (its own, from wait4), RuntimeError if it fails."""
+    """Run ``command`` to completion; its wall time, CPU time and peak RSS (from wait4) and the peak PSS of its
+    process tree (sampled every 0.1 s), RuntimeError if it fails."""
     started = time.monotonic()
+    peak_pss = 0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO_ROOT)
         deadline = started + timeout
+        sampled = 0.0
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() > deadline:
                 process.kill()
+            if time.monotonic() - sampled >= 0.1:
+                peak_pss, sampled = max(peak_pss, tree_pss_bytes(process.pid)), time.monotonic()
             time.sleep(0.02)
         seconds = time.monotonic() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -230,7 +239,23 @@ def run_timed(command: Sequence[str], timeout: float = 1800.0) -> Timed:
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} ... exited with {process.returncode}: {stderr[-2000:]}")
-    return Timed(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, stdout)
+    return Timed(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, stdout, peak_pss)
+
+
+def tree_pss_bytes(pid: int) -> int:
+    """The PSS of a process and its descendants together (0 for what has exited meanwhile)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.Error:
+            continue
+    return total
 
 
 def backfill(openmetrics: Path, data_dir: Path) -> Timed:

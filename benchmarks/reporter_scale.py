@@ -17,9 +17,11 @@ differ only in how many runs the report holds.
 
 VictoriaMetrics gets the series through its JSON line import (``/api/v1/import``), Prometheus through
 ``promtool tsdb create-blocks-from openmetrics``. For each store and report: the reporter's wall time, its CPU
-time and peak RSS (wait4), and the store's CPU time over the same command (``/proc``). Target: under 60 s and
-2 GiB per report of the 10,000 runs on this 2-core machine, judged on the reporter's CPU-seconds, which a machine
-shared with other work does not inflate as it does wall time.
+time (with its forked children's), the peak of its process tree's memory (PSS, which counts the pages forked
+children share once) and the store's CPU time over the same command (``/proc``). Target: under 60 s wall and
+2 GiB per report of the 10,000 runs on this 2-core machine. The reporter uses both cores (two reading threads, two
+forked processes for figures and pages), so the verdict is on wall time: run the benchmark with nothing else
+running on the machine.
 
     python -m benchmarks.reporter_scale [--runs 10000] [--days 30] [--store both|victoria-metrics|prometheus]
         [--keep DIR [--reuse]]
@@ -407,11 +409,11 @@ def _of(runs: Sequence[LabRun], experiment: str) -> set[str]:
 
 def _line(store: str, what: str, measured: Measured) -> str:
     timed = measured.reporter
-    meets = timed.cpu_seconds < TARGET_SECONDS and timed.peak_rss_bytes < TARGET_BYTES
+    meets = timed.seconds < TARGET_SECONDS and timed.peak_pss_bytes < TARGET_BYTES
     return (
         f"{store:<16} {what:<34} {timed.seconds:6.1f} s wall {timed.cpu_seconds:6.1f} CPU-s "
-        f"{timed.peak_rss_bytes / 2**20:6.0f} MiB peak RSS | store {measured.store_cpu_seconds:6.1f} CPU-s | "
-        f"max rel. diff {measured.difference[0]:.1e} | {'meets' if meets else 'MISSES'} < 60 CPU-s, 2 GiB"
+        f"{timed.peak_pss_bytes / 2**20:6.0f} MiB peak PSS | store {measured.store_cpu_seconds:6.1f} CPU-s | "
+        f"max rel. diff {measured.difference[0]:.1e} | {'meets' if meets else 'MISSES'} < 60 s wall, 2 GiB"
     )
 
 

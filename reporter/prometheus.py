@@ -146,7 +146,9 @@ class PrometheusClient:
         self.backoff_seconds = backoff_seconds
         self.allow_partial = allow_partial
         self._warned: set[str] = set()
-        self._always = [("partial_response", "true" if allow_partial else "false")]
+        # nocache: VictoriaMetrics evaluates a query within 30 s of now as of 30 s earlier (-search.latencyOffset)
+        # unless asked not to cache it, so a summary of a run that just ended would miss it; other stores ignore it.
+        self._always = [("partial_response", "true" if allow_partial else "false"), ("nocache", "1")]
         self._always += [("dedup", "true")] if dedup else []
         self._headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token is not None else {})}
         self._basic_auth = basic_auth

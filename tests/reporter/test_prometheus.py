@@ -566,6 +566,7 @@ def test_requests_are_form_posts_with_credentials_under_a_path_prefix(
         "query": [long_expr],
         "time": ["1700000000.123"],
         "partial_response": ["false"],
+        "nocache": ["1"],
     }
     assert (series["method"], series["path"]) == ("POST", "/prometheus/api/v1/series")
     assert parse_qs(series["body"]) == {
@@ -573,6 +574,7 @@ def test_requests_are_form_posts_with_credentials_under_a_path_prefix(
         "start": ["1700000000.000"],
         "end": ["1700000060.500"],
         "partial_response": ["false"],
+        "nocache": ["1"],
     }
 
 
