@@ -194,9 +194,16 @@ def test_a_report_right_after_a_run_is_right_or_says_the_run_is_settling(
     [right_after] = strict_json(soon.stdout, "the report right after the run")["runs"]
     if soon.returncode != 0:
         assert "still settling" in right_after["not_measured"] and "--settle=0" in right_after["not_measured"]
-    end_time = f'impact_run_end_time_seconds{{run_id="{run_id}"}}'
-    wait_for(lambda: victoria_metrics.query(end_time), 30, "VictoriaMetrics to hold the run's end")
-    [later] = report_json(f"--prometheus={victoria_metrics.url}", *selection[:-1])["runs"]
+
+    def settled() -> dict[str, Any] | None:
+        """The run as a report lists it once the store holds its end (None while it is still settling)."""
+        result = report_here("runs", f"--prometheus={victoria_metrics.url}", *selection)
+        [run] = json.loads(result.stdout)["runs"]
+        return run if result.returncode == 0 and run["end_time"] is not None else None
+
+    # The report itself says when the store holds the end: VictoriaMetrics may answer a query that names the
+    # new end-time series before one that selects the run's series by a regex does.
+    later = wait_for(settled, 30, "a report of the run once VictoriaMetrics holds its end")
     [prom] = report_json(f"--prometheus={writer.url}", *selection[:-1])["runs"]
     assert later["duration_seconds"] == pytest.approx(final["end_time"] - final["start_time"], abs=1e-3)
     assert later["duration_seconds"] == pytest.approx(prom["duration_seconds"], abs=1e-3)
