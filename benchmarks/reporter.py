@@ -324,13 +324,21 @@ def window_flags(dataset: Dataset) -> list[str]:
 
 
 def appendix_args(prometheus_url: str, dataset: Dataset, out: Path) -> list[str]:
-    """``impact-report`` arguments of ``appendix --no-pdf`` for both sets, treatment compared with baseline."""
-    matches = [arg for name in SETS for arg in ("--match", f'{{experiment="{EXPERIMENT}",set="{name}"}}')]
+    """``impact-report`` arguments of ``appendix --no-pdf`` for both sets of the experiment, treatment compared
+    with baseline."""
+    return appendix_command(prometheus_url, window_flags(dataset), f'experiment="{EXPERIMENT}",', out)
+
+
+def appendix_command(url: str, window: Sequence[str], scope: str, out: Path) -> list[str]:
+    """``impact-report`` arguments of ``appendix --no-pdf`` over ``window`` (flags) for both SETS, each set's
+    ``--match`` with ``scope`` (matchers, each followed by a comma; "" for every run), treatment compared with
+    baseline."""
+    matches = [arg for name in SETS for arg in ("--match", f'{{{scope}set="{name}"}}')]
     return [
         "appendix",
         "--no-pdf",
-        f"--prometheus={prometheus_url}",
-        *window_flags(dataset),
+        f"--prometheus={url}",
+        *window,
         "--experiment-set-names",
         *SETS,
         *matches,

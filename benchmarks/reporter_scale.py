@@ -52,8 +52,10 @@ import requests
 from benchmarks.common import machine_description, process_cpu_seconds, stop_process, wait_for
 from benchmarks.reporter import (
     REPORTER,
+    SETS,
     BackfilledPrometheus,
     Timed,
+    appendix_command,
     appendix_runs,
     free_port,
     reported_figures,
@@ -68,7 +70,6 @@ SCRAPE_SECONDS = 15
 RETAIN_FINISHED_SECONDS = 900  # the exporter's --runs.retain-finished default
 SHORTEST_RUN, LONGEST_RUN = 120, 4 * 3600
 USERS = tuple(f"user{number:02d}" for number in range(12))
-SETS = ("baseline", "treatment")
 BASELINE_EXPERIMENT, BASELINE_RUNS = "baseline-30", 30
 END_BEFORE_NOW_SECONDS = 300
 TARGET_SECONDS, TARGET_BYTES = 60.0, 2 * 2**30
@@ -362,24 +363,6 @@ def runs_command(url: str, start: int, end: int, experiment: str | None) -> list
     return ["runs", "--format=json", f"--prometheus={url}", *window_flags(start, end), *match]
 
 
-def appendix_command(url: str, start: int, end: int, experiment: str | None, out: Path) -> list[str]:
-    scope = f'experiment="{experiment}",' if experiment else ""
-    matches = [arg for name in SETS for arg in ("--match", f'{{{scope}set="{name}"}}')]
-    return [
-        "appendix",
-        "--no-pdf",
-        f"--prometheus={url}",
-        *window_flags(start, end),
-        "--experiment-set-names",
-        *SETS,
-        *matches,
-        "--compare",
-        SETS[1],
-        SETS[0],
-        f"--out={out}",
-    ]
-
-
 def report_store(store: Store, lab: Lab) -> list[str]:
     """Time both reports on 30 runs and on all of them from one store; the lines to print."""
     runs, start, end, workdir, expected = lab.runs, lab.start, lab.end, lab.workdir, lab.expected
@@ -391,9 +374,10 @@ def report_store(store: Store, lab: Lab) -> list[str]:
         )
         lines.append(_line(store.name, f"runs --format=json, {label}", measured))
         out = workdir / f"appendix-{store.name}-{len(chosen)}"
+        scope = f'experiment="{experiment}",' if experiment else ""
         measured = measure_report(
             store,
-            appendix_command(store.url, start, end, experiment, out),
+            appendix_command(store.url, window_flags(start, end), scope, out),
             lambda _, path=out / "appendix.json": appendix_runs(path),
             chosen,
         )
