@@ -104,6 +104,15 @@ class InstantSample:
     value: float
 
 
+@dataclass(frozen=True)
+class WindowAnswer:
+    """What a function over one window of samples, (``start``, ``end``] in unix seconds, gave per series."""
+
+    start: float
+    end: float
+    samples: list[InstantSample]
+
+
 class PrometheusClient:
     """A client for the Prometheus HTTP API over one ``requests.Session``.
 
@@ -284,7 +293,7 @@ class PrometheusClient:
 
     def window_rollups(
         self, function: str, selector: str, start: float, end: float, max_window_seconds: float = 3600 * 6
-    ) -> list[list[InstantSample]]:
+    ) -> list[WindowAnswer]:
         """``function(selector[<window>ms])`` (a ``*_over_time`` function) for consecutive windows of at most
         ``max_window_seconds`` that cover (start, end], in time order: one value per series and window, so the
         server summarises the samples instead of sending them. The windows are raw_samples' windows, so the
@@ -302,7 +311,8 @@ class PrometheusClient:
             answer = self._query_ms(expr, window_end_ms)
             if not all(isinstance(item, InstantSample) for item in answer):
                 raise PrometheusError(f"{_short(expr)} did not return an instant vector")
-            answers.append([item for item in answer if isinstance(item, InstantSample)])
+            samples = [item for item in answer if isinstance(item, InstantSample)]
+            answers.append(WindowAnswer(window_start_ms / 1000, window_end_ms / 1000, samples))
             window_start_ms = window_end_ms
         return answers
 

@@ -66,10 +66,6 @@ MAX_QUERY_BYTES = 8192
 (``-search.maxQueryLen``), so queries that name runs are split into batches below this."""
 ID_BUDGET_BYTES = MAX_QUERY_BYTES - 512
 """What the run-id and user regexes of one batch may take; the rest of the query is well under 512 bytes."""
-SEEN_MARGIN_SECONDS = 60.0
-"""How far outside the span of its ``impact_run_info`` samples a run's start, end and active gauges are read: the
-exporter exposes them in the same scrapes as the info, so they lie inside that span; the margin only keeps the
-samples on its edges."""
 
 
 RunKey = tuple[str, str]
@@ -172,7 +168,7 @@ class _Found:
     labels: Mapping[str, str]
     instances: tuple[str, ...]
     info: tuple[Mapping[str, str], ...] = ()
-    seen: tuple[float, float] = (-math.inf, math.inf)  # its first and last finite impact_run_info sample
+    seen: tuple[float, float] = (-math.inf, math.inf)  # the span of the windows with its impact_run_info samples
 
 
 @dataclass
@@ -377,24 +373,26 @@ class PrometheusRuns:
     def _discover(self, selectors: list[str], start: float, end: float) -> list[_Found]:
         """The runs the selectors find, one per run id and user; RunDataError for a run id of several users.
 
-        A run counts only where its ``impact_run_info`` has a finite sample inside the window, read from the samples
-        themselves: ``/api/v1/series`` may answer for more (VictoriaMetrics answers it from a per-day index), and a
-        query evaluated at the window's end misses a series whose last sample there is a staleness marker
-        (VictoriaMetrics drops it).
+        A run counts only where its ``impact_run_info`` has a finite sample inside the window, which the store
+        tells per series and 6-hour window (``last_over_time``, which skips staleness markers) rather than by
+        sending every sample: ``/api/v1/series`` may answer for more (VictoriaMetrics answers it from a per-day
+        index), and a query evaluated at the window's end misses a series whose last sample there is a staleness
+        marker. A run's ``seen`` is the span of the 6-hour windows it has samples in.
         """
         by_run: dict[tuple[str, str], dict[str, Any]] = {}
-        for series in (found for selector in selectors for found in self._client.raw_samples(selector, start, end)):
-            labels = {name: value for name, value in series.labels.items() if name != "__name__"}
+        rollups = self._client.window_rollups
+        answers = (answer for selector in selectors for answer in rollups("last_over_time", selector, start, end))
+        for window, sample in ((answer, sample) for answer in answers for sample in answer.samples):
+            labels = {name: value for name, value in sample.labels.items() if name != "__name__"}
             run_id = labels.get("run_id", "")
-            seen = series.timestamps[np.isfinite(series.values)]
-            if not run_id or not len(seen):
+            if not run_id or not math.isfinite(sample.value):
                 continue
             entry = by_run.setdefault(
                 (run_id, labels.get("user", "")), {"labels": labels, "info": [], "seen": (math.inf, -math.inf)}
             )
             if labels not in entry["info"]:
                 entry["info"].append(labels)
-            entry["seen"] = (min(entry["seen"][0], float(seen[0])), max(entry["seen"][1], float(seen[-1])))
+            entry["seen"] = (min(entry["seen"][0], window.start), max(entry["seen"][1], window.end))
         found = [
             _Found(
                 run_id,
@@ -413,14 +411,14 @@ class PrometheusRuns:
         """The runs' times (see _batch_times), asked in batches of runs whose queries stay under MAX_QUERY_BYTES.
 
         Runs are batched in the order of their first ``impact_run_info`` sample, and a batch is read only over
-        the span its runs' info samples cover (SEEN_MARGIN_SECONDS either side), not the whole window: over a
+        the windows its runs' info samples lie in (the gauges come in the same scrapes), not the whole window: over a
         month, a batch of runs taken in id order would span all of it, and its times would take a request per
         6 hours of the month.
         """
 
         def spanned_times(batch: list[_Found]) -> _Times:
-            first = max(start, min(run.seen[0] for run in batch) - SEEN_MARGIN_SECONDS)
-            last = min(end, max(run.seen[1] for run in batch) + SEEN_MARGIN_SECONDS)
+            first = max(start, min(run.seen[0] for run in batch))
+            last = min(end, max(run.seen[1] for run in batch))
             return self._batch_times(batch, first, last)
 
         times = _Times()
@@ -440,7 +438,7 @@ class PrometheusRuns:
         last_activity: dict[frozenset[tuple[str, str]], tuple[RunKey, str, float]] = {}  # per series
         for metric, function in RUN_TIME_SUMMARIES.items():
             for window in self._client.window_rollups(function, batch_selector(found, [metric]), start, end):
-                for sample in (sample for sample in window if math.isfinite(sample.value)):
+                for sample in (sample for sample in window.samples if math.isfinite(sample.value)):
                     key = (sample.labels.get("run_id", ""), sample.labels.get("user", ""))
                     origin = self._identity.origin(sample.labels, RUN_SERIES_LABELS)
                     times.added.setdefault(key, set()).update(added_names(sample.labels, RUN_SERIES_LABELS))

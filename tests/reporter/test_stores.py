@@ -436,12 +436,14 @@ def test_a_thousand_runs_in_one_report_take_requests_per_batch_not_per_run(
     assert joules_of(listed) == dict.fromkeys(run_ids, 100.0)
     assert len("|".join(run_ids)) > 16384
     assert max(len(query.encode()) for r in requests for query in r.form.get("query", [])) < MAX_QUERY_BYTES
-    # Over one day, reading in windows of 6 h: the discovery 4; per batch (its runs span 40 minutes) its times,
-    # read over its runs' span rather than the day as one summary per gauge (no raw read: every run ended), and
-    # its samples 1 or 2; the hosts, GPUs and methods 3.
+    # Over one day, in windows of 6 h: the discovery 4 summaries; per batch (its runs span 40 minutes, in the
+    # day's first 6 hours) its times, read over its runs' windows rather than the day as one summary per gauge
+    # (no raw read: every run ended), and its samples 1 or 2; the hosts, GPUs and methods 3.
     assert 3 <= len(batches) <= 6
     queries = [query for r in requests for query in r.form.get("query", [])]
     summaries = [query for query in queries if query.startswith(("min_over_time", "max_over_time", "last_over_time"))]
-    assert len(summaries) == 3 * len(batches)
+    found = [query for query in summaries if "impact_run_info" in query]
+    assert len(found) == 4, "discovery: one summary of impact_run_info per 6 hours of the day"
+    assert len(summaries) - len(found) == 3 * len(batches), "times: one summary per gauge per batch"
     assert not [query for query in queries if "impact_run_active" in query and query not in summaries]
     assert len(requests) <= 4 + 5 * len(batches) + 3
