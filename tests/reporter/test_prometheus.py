@@ -31,6 +31,7 @@ from impact_reporter.prometheus import (
     _parse_result,
     parse_time,
     plan_range_chunks,
+    uncompressed_on_loopback,
 )
 from tests.fakes.powercap import FakePowercap
 from tests.servers import ExporterProcess, PrometheusServer, free_port, wait_for
@@ -562,6 +563,7 @@ def test_requests_are_form_posts_with_credentials_under_a_path_prefix(
     assert (query["method"], query["path"]) == ("POST", "/prometheus/api/v1/query")
     assert query["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
     assert query["headers"]["Authorization"] == "Bearer s3cret"
+    assert query["headers"]["Accept-Encoding"] == "identity", "a store on this machine is asked for no gzip"
     assert parse_qs(query["body"]) == {
         "query": [long_expr],
         "time": ["1700000000.123"],
@@ -586,3 +588,19 @@ def test_basic_auth_is_sent_and_cannot_be_combined_with_a_token(scripted: Callab
         PrometheusClient(server.url, token="t", basic_auth=("ana", "pw"))
     with pytest.raises(ValueError, match="not both"):
         PrometheusClient(server.url, ca_bundle="/etc/ssl/ca.pem", insecure=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "compressed"),
+    [
+        ("http://localhost:9090", False),
+        ("http://127.0.0.1:8428", False),
+        ("http://127.5.5.5:9090/prometheus", False),
+        ("http://[::1]:9090", False),
+        ("https://prometheus.example.org", True),
+        ("http://10.0.0.5:9090", True),
+        ("http://[2001:db8::1]:9090", True),
+    ],
+)
+def test_answers_come_compressed_except_from_a_store_on_this_machine(url: str, compressed: bool) -> None:
+    assert uncompressed_on_loopback(url) == ({} if compressed else {"Accept-Encoding": "identity"})
