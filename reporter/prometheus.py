@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import itertools
 import logging
 import math
 import re
@@ -271,15 +272,9 @@ class PrometheusClient:
         selectors are left-closed (Prometheus 2) or left-open (Prometheus 3). Results are stitched per label set.
         This is what reporting without extrapolation needs: the values exactly as scraped.
         """
-        start_ms, end_ms = _to_ms(start, "start"), _to_ms(end, "end")
-        window_ms = _to_ms(max_window_seconds, "max_window_seconds")
-        if window_ms < 1:
-            raise ValueError(f"max_window_seconds must be at least 0.001, not {max_window_seconds!r}")
         pieces: dict[tuple[tuple[str, str], ...], list[Series]] = {}
         labels_of: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
-        window_start_ms = start_ms
-        while window_start_ms < end_ms:
-            window_end_ms = min(window_start_ms + window_ms, end_ms)
+        for window_start_ms, window_end_ms in _windows_ms(start, end, max_window_seconds):
             expr = f"{selector}[{window_end_ms - window_start_ms}ms]"
             for item in self._query_ms(expr, window_end_ms):
                 if not isinstance(item, Series):
@@ -293,7 +288,6 @@ class PrometheusClient:
                 key = _label_key(item.labels)
                 labels_of.setdefault(key, item.labels)
                 pieces.setdefault(key, []).append(_series(item.labels, item.timestamps[keep], item.values[keep]))
-            window_start_ms = window_end_ms
         return [_concatenate(labels_of[key], pieces[key]) for key in sorted(pieces)]
 
     def window_rollups(
@@ -304,21 +298,14 @@ class PrometheusClient:
         server summarises the samples instead of sending them. The windows are raw_samples' windows, so the
         server's per-query sample limit binds however long the range. Labels keep ``__name__`` only where the
         function does (Prometheus drops it from most ``*_over_time`` results)."""
-        start_ms, end_ms = _to_ms(start, "start"), _to_ms(end, "end")
-        window_ms = _to_ms(max_window_seconds, "max_window_seconds")
-        if window_ms < 1:
-            raise ValueError(f"max_window_seconds must be at least 0.001, not {max_window_seconds!r}")
         answers = []
-        window_start_ms = start_ms
-        while window_start_ms < end_ms:
-            window_end_ms = min(window_start_ms + window_ms, end_ms)
+        for window_start_ms, window_end_ms in _windows_ms(start, end, max_window_seconds):
             expr = f"{function}({selector}[{window_end_ms - window_start_ms}ms])"
             answer = self._query_ms(expr, window_end_ms)
             if not all(isinstance(item, InstantSample) for item in answer):
                 raise PrometheusError(f"{_short(expr)} did not return an instant vector")
             samples = [item for item in answer if isinstance(item, InstantSample)]
             answers.append(WindowAnswer(window_start_ms / 1000, window_end_ms / 1000, samples))
-            window_start_ms = window_end_ms
         return answers
 
     # -- HTTP ------------------------------------------------------------------------------------------------
@@ -459,6 +446,17 @@ def _format_ms(ms: int) -> str:
     sign = "-" if ms < 0 else ""
     whole, frac = divmod(abs(ms), 1000)
     return f"{sign}{whole}.{frac:03d}"
+
+
+def _windows_ms(start: float, end: float, max_window_seconds: float) -> list[tuple[int, int]]:
+    """Consecutive (start, end] windows in milliseconds, each at most ``max_window_seconds`` long, that cover
+    (start, end]: raw_samples' and window_rollups' windows are the same."""
+    start_ms, end_ms = _to_ms(start, "start"), _to_ms(end, "end")
+    window_ms = _to_ms(max_window_seconds, "max_window_seconds")
+    if window_ms < 1:
+        raise ValueError(f"max_window_seconds must be at least 0.001, not {max_window_seconds!r}")
+    edges = [*range(start_ms, end_ms, window_ms), end_ms]
+    return list(itertools.pairwise(edges))
 
 
 def _ms_array(timestamps: np.ndarray) -> np.ndarray:
